@@ -1,0 +1,2 @@
+//! Editing containerd configs to add the flox runtime; install, uninstall, doctor.
+pub mod cli;

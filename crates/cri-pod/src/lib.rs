@@ -1,0 +1,2 @@
+//! Running Kubernetes pod manifests over CRI without a kubelet.
+pub mod cli;

@@ -1,0 +1,2 @@
+//! Node I/O: hub client, Nix realization, rendering and the node cache.
+pub mod cli;
