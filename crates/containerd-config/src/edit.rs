@@ -186,7 +186,12 @@ pub fn add_flox_runtime(config_text: &str, rt: &FloxRuntime) -> Result<String, E
 
     // Collect what to copy before borrowing the document mutably.
     let source = source_runtime(&doc, version);
-    let style = Style::from_source(source, config_text);
+    // Layout follows the copied runtime, else the last runtime the file already has.
+    let last_runtime = lookup(doc.as_item(), &version.runtimes_path())
+        .and_then(Item::as_table_like)
+        .and_then(|r| r.iter().filter(|(k, i)| *k != RUNTIME_NAME && i.is_table()).last())
+        .map(|(_, item)| item);
+    let style = Style::from_source(source.or(last_runtime), config_text);
     let mut desired_options: Vec<(String, Value)> = Vec::new();
     if let Some(options) = source.and_then(|s| s.get("options")).and_then(Item::as_table_like) {
         for (key, item) in options.iter() {
@@ -365,8 +370,12 @@ impl Style {
             table.and_then(first_key_indent).unwrap_or_else(|| runtime_header_indent.clone());
         let options_header_indent =
             options.map(header_indent).unwrap_or_else(|| key_indent.clone());
-        let options_key_indent =
-            options.and_then(first_key_indent).unwrap_or_else(|| options_header_indent.clone());
+        // Without an options table to copy from, indent its keys as the runtime's keys are
+        // indented relative to the runtime's header.
+        let step = key_indent.strip_prefix(runtime_header_indent.as_str()).unwrap_or("").to_owned();
+        let options_key_indent = options
+            .and_then(first_key_indent)
+            .unwrap_or_else(|| format!("{options_header_indent}{step}"));
         // containerd 2.x writes '...' strings; follow the file when its runtime does.
         let literal_strings = table
             .and_then(|t| t.get("runtime_type"))
@@ -415,6 +424,86 @@ fn first_key_indent(table: &Table) -> Option<String> {
 fn last_line_whitespace(prefix: &str) -> String {
     let last = prefix.rsplit('\n').next().unwrap_or("");
     last.chars().take_while(|c| *c == ' ' || *c == '\t').collect()
+}
+
+/// First line of the block added to Go templates (k3s/RKE2 `config.toml.tmpl`, nodeadm).
+pub const TEMPLATE_BLOCK_BEGIN: &str =
+    "# BEGIN imageless flox runtime (written by `imageless install`, removed by `imageless uninstall`)";
+/// Last line of that block.
+pub const TEMPLATE_BLOCK_END: &str = "# END imageless flox runtime";
+
+/// Reads `version = N` from a Go template's text: the first such line before any table header.
+pub fn detect_template_version(template_text: &str) -> ConfigVersion {
+    for line in template_text.lines() {
+        let line = line.trim();
+        if line.starts_with('[') {
+            break;
+        }
+        if let Some(rest) = line.strip_prefix("version") {
+            match rest.trim_start().strip_prefix('=').map(str::trim) {
+                Some("3") => return ConfigVersion::V3,
+                Some("2") => return ConfigVersion::V2,
+                Some(_) => return ConfigVersion::V1,
+                None => {}
+            }
+        }
+    }
+    ConfigVersion::V1
+}
+
+/// Adds the flox runtime to a Go text/template containerd config. Templates are not TOML
+/// (`{{ ... }}` may sit anywhere), so the runtime goes in as one marked block at the end, where
+/// no `{{if}}`/`{{range}}` can enclose it; re-running replaces the block. `SystemdCgroup` is
+/// copied verbatim from the template's first `SystemdCgroup =` line (k3s writes
+/// `{{ .SystemdCgroup }}` there), so the runtime follows the node like runc does.
+pub fn add_flox_runtime_template(template_text: &str, rt: &FloxRuntime) -> Result<String, EditError> {
+    let wrapper = path_str("runc_wrapper", &rt.runc_wrapper)?;
+    let launcher = path_str("shim_launcher", &rt.shim_launcher)?;
+    let base = remove_flox_runtime_template(template_text);
+    let version = detect_template_version(&base);
+    let key = version.cri_plugin_key();
+    let systemd_cgroup = base.lines().find_map(|line| {
+        let rest = line.trim().strip_prefix("SystemdCgroup")?;
+        Some(rest.trim_start().strip_prefix('=')?.trim().to_owned())
+    });
+    let quote = |s: &str| Value::from(s).to_string().trim().to_owned();
+    let mut block = format!("{TEMPLATE_BLOCK_BEGIN}\n[plugins.\"{key}\".containerd.runtimes.{RUNTIME_NAME}]\n");
+    block.push_str(&format!("  runtime_type = {}\n", quote(RUNTIME_TYPE)));
+    block.push_str(&format!("  runtime_path = {}\n", quote(launcher)));
+    block.push_str(&format!("  pod_annotations = [{}]\n", quote(ANNOTATION_PATTERN)));
+    block.push_str(&format!("  container_annotations = [{}]\n", quote(ANNOTATION_PATTERN)));
+    if version == ConfigVersion::V3 {
+        block.push_str(&format!("  sandboxer = {}\n", quote(DEFAULT_SANDBOXER)));
+    }
+    block.push_str(&format!("[plugins.\"{key}\".containerd.runtimes.{RUNTIME_NAME}.options]\n"));
+    block.push_str(&format!("  BinaryName = {}\n", quote(wrapper)));
+    if let Some(value) = systemd_cgroup {
+        block.push_str(&format!("  SystemdCgroup = {value}\n"));
+    }
+    block.push_str(TEMPLATE_BLOCK_END);
+    block.push('\n');
+    // Exactly one newline separates the original text from the block (a blank line when the
+    // template ends with a newline), so removal strips exactly one and gets the bytes back.
+    let mut out = base;
+    if !out.is_empty() {
+        out.push('\n');
+    }
+    out.push_str(&block);
+    Ok(out)
+}
+
+/// Removes the block [`add_flox_runtime_template`] added (and the newline it put before it).
+pub fn remove_flox_runtime_template(template_text: &str) -> String {
+    let Some(begin) = template_text.find(TEMPLATE_BLOCK_BEGIN) else {
+        return template_text.to_owned();
+    };
+    let end = template_text[begin..]
+        .find(TEMPLATE_BLOCK_END)
+        .map(|i| begin + i + TEMPLATE_BLOCK_END.len())
+        .unwrap_or(template_text.len());
+    let end = if template_text[end..].starts_with('\n') { end + 1 } else { end };
+    let start = if template_text[..begin].ends_with('\n') { begin - 1 } else { begin };
+    format!("{}{}", &template_text[..start], &template_text[end..])
 }
 
 #[cfg(test)]
