@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# Check a hub built by world/build.sh against its world.json:
+#   - every generation's manifest.lock on the hub's git branch equals the one in
+#     world.json (same JSON), and metadata.json's live generation is the last one;
+#   - every lock validates against Flox's schemas (when python's jsonschema and the
+#     schema files are available: FLOX_SCHEMAS, default /work/shared/fixtures/flox-schemas);
+#   - every store path of world.json realizes from the hub's signed cache into an
+#     empty Nix store, and the packages contain what they should.
+#
+#   world/check.sh HUB_ROOT
+set -euo pipefail
+
+[[ $# -eq 1 ]] || { echo "usage: $0 HUB_ROOT" >&2; exit 2; }
+hub_root=$(realpath "$1")
+world_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+die() { echo "world check: $*" >&2; exit 1; }
+[[ -f $hub_root/world.json ]] || die "$hub_root/world.json is missing (run world/build.sh first)"
+[[ -f $hub_root/cache-key.pub ]] || die "$hub_root/cache-key.pub is missing"
+
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/world-check.XXXXXX")
+trap 'rm -rf "$tmp"' EXIT
+
+# --- hub git branches and lock schemas ---------------------------------------
+FLOX_SCHEMAS=${FLOX_SCHEMAS:-/work/shared/fixtures/flox-schemas} \
+python3 - "$hub_root" <<'EOF'
+import json, os, pathlib, subprocess, sys
+
+hub = pathlib.Path(sys.argv[1])
+world = json.loads((hub / "world.json").read_text())
+failures = []
+
+def git_show(owner, branch, path):
+    repo = hub / "git" / owner / "floxmeta"
+    r = subprocess.run(["git", "--git-dir", str(repo), "show", f"refs/heads/{branch}:{path}"],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        failures.append(f"{owner}/{branch}: git show {path}: {r.stderr.strip()}")
+        return None
+    return r.stdout
+
+validators = None
+schemas = pathlib.Path(os.environ["FLOX_SCHEMAS"])
+try:
+    import jsonschema
+    lock_schema = json.loads((schemas / "lockfile-v1.schema.json").read_text())
+    manifest_schema = json.loads((schemas / "manifest-v1.schema.json").read_text())
+    # The lockfile schema embeds the manifest schema with $refs that point into the
+    # wrong $defs: check the manifest against its own schema instead.
+    lock_schema["$defs"]["Manifest"] = {}
+    validators = (jsonschema.Draft202012Validator(lock_schema),
+                  jsonschema.Draft202012Validator(manifest_schema))
+except (ImportError, OSError) as e:
+    print(f"world check: skipping schema validation ({e})", file=sys.stderr)
+
+for ref, env in sorted(world["environments"].items()):
+    meta = git_show(env["owner"], env["name"], "metadata.json")
+    if meta is not None:
+        history = json.loads(meta).get("history", [])
+        live = history[-1]["current_generation"] if history else None
+        if live != str(env["live_generation"]):
+            failures.append(f"{ref}: live generation on the hub is {live}, world.json says {env['live_generation']}")
+    for gen, g in sorted(env["generations"].items()):
+        expected = json.loads((hub / g["manifest_lock"]).read_text())
+        got = git_show(env["owner"], env["name"], f"{gen}/env/manifest.lock")
+        if got is not None and json.loads(got) != expected:
+            failures.append(f"{ref}: generation {gen}: manifest.lock on the hub differs from {g['manifest_lock']}")
+        lock_paths = {p for pkg in expected["packages"] for p in pkg["outputs"].values()}
+        listed = {p for pkg in g["packages"] for p in pkg["store_paths"].values()}
+        if lock_paths != listed:
+            failures.append(f"{ref}: generation {gen}: world.json store paths differ from the lock's")
+        if not lock_paths <= set(g["closure"]):
+            failures.append(f"{ref}: generation {gen}: closure misses some of the lock's paths")
+        if validators:
+            errors = [e.message for e in validators[0].iter_errors(expected)]
+            errors += [e.message[:300] for e in validators[1].iter_errors(expected["manifest"])]
+            if errors:
+                failures.append(f"{ref}: generation {gen}: lock does not match Flox's schema: {errors[:3]}")
+
+if failures:
+    sys.exit("world check: " + "\n  ".join(["hub does not match world.json:"] + failures))
+EOF
+
+# --- the signed cache ---------------------------------------------------------
+mapfile -t paths < <(python3 -c 'import json,sys; [print(p) for p in json.load(open(sys.argv[1]))["all_store_paths"]]' "$hub_root/world.json")
+[[ ${#paths[@]} -gt 0 ]] || die "world.json lists no store paths"
+# A private narinfo cache: Nix must not answer from an earlier lookup.
+XDG_CACHE_HOME=$tmp/xdg nix-store --store "$tmp/store" --realise "${paths[@]}" \
+    --option substituters "file://$hub_root/cache" \
+    --option trusted-public-keys "$(<"$hub_root/cache-key.pub")" \
+    --option require-sigs true \
+    >/dev/null 2>"$tmp/realise.log" \
+    || { cat "$tmp/realise.log" >&2; die "the hub's cache cannot provide every store path of world.json"; }
+
+# Spot checks on the realized packages (in the temp store, read as files).
+pkg_path() {  # ATTR [OUTPUT]
+    python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["packages"][sys.argv[2]]["store_paths"][sys.argv[3]])' \
+        "$hub_root/world.json" "$1" "${2:-out}"
+}
+in_store() { echo "$tmp/store$1"; }
+grep -q 'hello 2.10' "$(in_store "$(pkg_path hello_2_10)")/bin/hello" || die "hello 2.10 prints the wrong text"
+grep -q 'hello 2.12' "$(in_store "$(pkg_path hello_2_12)")/bin/hello" || die "hello 2.12 prints the wrong text"
+[[ -f $(in_store "$(pkg_path greet man)")/share/man/man1/greet.1 ]] || die "greet's man output lacks greet.1"
+grep -q "$(pkg_path libgreeting)" "$(in_store "$(pkg_path greeter)")/bin/greeter" || die "greeter does not reference libgreeting"
+grep -qx "$(pkg_path devlib)" "$(in_store "$(pkg_path devtool)")/nix-support/propagated-build-inputs" \
+    || die "devtool does not propagate devlib"
+[[ -f $(in_store "$(pkg_path devlib)")/include/devlib.h && -f $(in_store "$(pkg_path devlib)")/lib/pkgconfig/devlib.pc ]] \
+    || die "devlib lacks its header or pkg-config file"
+cmp -s "$(in_store "$(pkg_path bash)")/bin/bash" "${WORLD_BASH:-/bin/bash-static}" || echo "world check: note: bin/bash differs from ${WORLD_BASH:-/bin/bash-static}" >&2
+blue=$(in_store "$(pkg_path whoami_blue)")/bin/whoami-pkg
+green=$(in_store "$(pkg_path whoami_green)")/bin/whoami-pkg
+cmp -s "$blue" "$green" && die "the two whoami-pkg files must differ"
+
+echo "world check: ok (${#paths[@]} store paths realized from $hub_root/cache)"
