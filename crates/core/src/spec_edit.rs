@@ -1,1 +1,247 @@
-//! TODO
+//! Editing an OCI runtime spec (config.json) or exec process for a flox container.
+//!
+//! The spec is edited as `serde_json::Value`, not through typed structs, so that every field
+//! containerd wrote — including ones newer than our types — survives byte-for-byte apart from
+//! what we change. An edit is a value ([`FloxEdit`]) that is applied without any I/O.
+use std::collections::BTreeMap;
+
+use serde_json::{json, Map, Value};
+
+use crate::container_paths;
+use crate::store_path::StorePath;
+
+pub const CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
+pub const CONTAINER_NAME: &str = "io.kubernetes.cri.container-name";
+pub const SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContainerKind {
+    /// The pod sandbox (pause) container: never modified.
+    Sandbox,
+    /// An app or init container of a pod.
+    Container,
+    /// Not created through CRI (e.g. `ctr run --runtime ...`): no pod annotations to act on.
+    Unknown,
+}
+
+/// What the wrapper reads from a spec to decide.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerInfo {
+    pub kind: ContainerKind,
+    pub name: Option<String>,
+    pub sandbox_id: Option<String>,
+    pub annotations: BTreeMap<String, String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    #[error("flox: config.json is not an OCI runtime spec: {0}")]
+    NotASpec(&'static str),
+}
+
+pub fn container_info(spec: &Value) -> ContainerInfo {
+    let annotations: BTreeMap<String, String> = spec
+        .get("annotations")
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_string())))
+                .collect()
+        })
+        .unwrap_or_default();
+    let kind = match annotations.get(CONTAINER_TYPE).map(String::as_str) {
+        Some("sandbox") => ContainerKind::Sandbox,
+        Some("container") => ContainerKind::Container,
+        _ => ContainerKind::Unknown,
+    };
+    ContainerInfo {
+        kind,
+        name: annotations.get(CONTAINER_NAME).cloned(),
+        sandbox_id: annotations.get(SANDBOX_ID).cloned(),
+        annotations,
+    }
+}
+
+/// The host directory behind the container's token mount (a Kubernetes secret volume),
+/// where the runtime reads `floxhub-token`. The token itself never enters the spec.
+pub fn token_source(spec: &Value) -> Option<String> {
+    let wanted = [container_paths::TOKEN_MOUNT, "/run/secrets/flox.dev"];
+    spec.get("mounts")?.as_array()?.iter().find_map(|m| {
+        let dest = m.get("destination")?.as_str()?.trim_end_matches('/');
+        if wanted.contains(&dest) {
+            m.get("source")?.as_str().map(String::from)
+        } else {
+            None
+        }
+    })
+}
+
+/// How /nix appears in the container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NixView {
+    /// Only the environment's closure, each store path bound read-only at its own path.
+    Closure(Vec<StorePath>),
+    /// The whole host /nix/store, read-only.
+    WholeStore,
+    /// `flox.dev/nix-mutable`: an overlay over the host /nix, writes land in `upper` only.
+    Overlay { upper: String, work: String },
+}
+
+/// The edit that turns a plain container into a flox one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FloxEdit {
+    /// Host path of the rendered environment tree for the pod's mode.
+    pub env_dir: String,
+    /// Host path of the static activator binary.
+    pub activator: String,
+    pub nix: NixView,
+    /// `owner/name`, exported as FLOX_ENV_DESCRIPTION and used in the activator's messages.
+    pub description: String,
+    pub disable_metrics: bool,
+}
+
+fn bind(source: &str, destination: &str) -> Value {
+    json!({
+        "destination": destination,
+        "type": "bind",
+        "source": source,
+        "options": ["rbind", "ro", "nosuid", "nodev"],
+    })
+}
+
+impl FloxEdit {
+    /// The mounts a flox container gets, in the order runc must make them.
+    pub fn mounts(&self) -> Vec<Value> {
+        let mut mounts = Vec::new();
+        match &self.nix {
+            NixView::Closure(paths) => {
+                mounts.extend(paths.iter().map(|p| bind(p.as_str(), p.as_str())));
+            }
+            NixView::WholeStore => mounts.push(bind("/nix/store", "/nix/store")),
+            NixView::Overlay { upper, work } => mounts.push(json!({
+                "destination": "/nix",
+                "type": "overlay",
+                "source": "overlay",
+                "options": [
+                    "lowerdir=/nix",
+                    format!("upperdir={upper}"),
+                    format!("workdir={work}"),
+                ],
+            })),
+        }
+        mounts.push(bind(&self.env_dir, container_paths::ENV_DIR));
+        mounts.push(json!({
+            "destination": container_paths::ACTIVATOR,
+            "type": "bind",
+            "source": self.activator,
+            // exec is needed: this is the container's entrypoint.
+            "options": ["bind", "ro", "nosuid", "nodev"],
+        }));
+        mounts.push(json!({
+            "destination": container_paths::CACHE_DIR,
+            "type": "tmpfs",
+            "source": "tmpfs",
+            "options": ["nosuid", "nodev", "mode=1777", "size=65536k"],
+        }));
+        mounts
+    }
+
+    /// Edits a full config.json.
+    pub fn apply_to_spec(&self, spec: &mut Value) -> Result<(), SpecError> {
+        let obj = spec.as_object_mut().ok_or(SpecError::NotASpec("not a JSON object"))?;
+        let mounts = obj.entry("mounts").or_insert_with(|| Value::Array(Vec::new()));
+        let mounts = mounts.as_array_mut().ok_or(SpecError::NotASpec("mounts is not an array"))?;
+        mounts.extend(self.mounts());
+        let process = obj.get_mut("process").ok_or(SpecError::NotASpec("no process"))?;
+        self.apply_to_process(process)
+    }
+
+    /// Edits a process (config.json's `process`, or the file given to `runc exec --process`).
+    pub fn apply_to_process(&self, process: &mut Value) -> Result<(), SpecError> {
+        let process = process.as_object_mut().ok_or(SpecError::NotASpec("process is not an object"))?;
+        wrap_args(process)?;
+        let env = process.entry("env").or_insert_with(|| Value::Array(Vec::new()));
+        let env = env.as_array_mut().ok_or(SpecError::NotASpec("process.env is not an array"))?;
+        set_env(env, "FLOX_ENV_DESCRIPTION", &self.description);
+        if self.disable_metrics {
+            set_env(env, "FLOX_DISABLE_METRICS", "1");
+        }
+        Ok(())
+    }
+}
+
+fn wrap_args(process: &mut Map<String, Value>) -> Result<(), SpecError> {
+    let args = process.entry("args").or_insert_with(|| Value::Array(Vec::new()));
+    let args = args.as_array_mut().ok_or(SpecError::NotASpec("process.args is not an array"))?;
+    // Idempotent: a process that is already wrapped (a retried create) is not wrapped twice.
+    if args.first().and_then(Value::as_str) == Some(container_paths::ACTIVATOR) {
+        return Ok(());
+    }
+    let mut wrapped = vec![json!(container_paths::ACTIVATOR), json!("--")];
+    wrapped.append(args);
+    *args = wrapped;
+    Ok(())
+}
+
+fn set_env(env: &mut Vec<Value>, name: &str, value: &str) {
+    let prefix = format!("{name}=");
+    env.retain(|e| !e.as_str().is_some_and(|s| s.starts_with(&prefix)));
+    env.push(Value::String(format!("{name}={value}")));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> Value {
+        json!({
+            "ociVersion": "1.1.0",
+            "process": {"args": ["echoip"], "env": ["PATH=/usr/bin", "FLOX_ENV_DESCRIPTION=x"], "cwd": "/"},
+            "root": {"path": "rootfs"},
+            "mounts": [
+                {"destination": "/proc", "type": "proc", "source": "proc"},
+                {"destination": "/var/run/secrets/flox.dev", "type": "bind", "source": "/var/lib/kubelet/pods/u/volumes/secret", "options": ["rbind", "ro"]}
+            ],
+            "annotations": {
+                "io.kubernetes.cri.container-type": "container",
+                "io.kubernetes.cri.container-name": "empty",
+                "flox.dev/environment": "flox/echoip"
+            },
+            "linux": {"namespaces": [{"type": "pid"}], "someFutureField": {"keep": true}}
+        })
+    }
+
+    #[test]
+    fn info_and_token_source() {
+        let s = spec();
+        let info = container_info(&s);
+        assert_eq!(info.kind, ContainerKind::Container);
+        assert_eq!(info.name.as_deref(), Some("empty"));
+        assert_eq!(info.annotations["flox.dev/environment"], "flox/echoip");
+        assert_eq!(token_source(&s).as_deref(), Some("/var/lib/kubelet/pods/u/volumes/secret"));
+    }
+
+    #[test]
+    fn edit_keeps_fields_wraps_args_and_is_idempotent_on_args() {
+        let mut s = spec();
+        let edit = FloxEdit {
+            env_dir: "/var/lib/imageless/envs/k/env".into(),
+            activator: "/usr/local/bin/flox-activate".into(),
+            nix: NixView::WholeStore,
+            description: "flox/echoip".into(),
+            disable_metrics: true,
+        };
+        edit.apply_to_spec(&mut s).unwrap();
+        assert_eq!(s["process"]["args"], json!(["/run/flox/activate", "--", "echoip"]));
+        assert_eq!(
+            s["process"]["env"],
+            json!(["PATH=/usr/bin", "FLOX_ENV_DESCRIPTION=flox/echoip", "FLOX_DISABLE_METRICS=1"])
+        );
+        assert_eq!(s["linux"]["someFutureField"], json!({"keep": true}));
+        assert_eq!(s["mounts"].as_array().unwrap().len(), 2 + 4);
+        let mut p = s["process"].clone();
+        edit.apply_to_process(&mut p).unwrap();
+        assert_eq!(p["process"], Value::Null);
+        assert_eq!(p["args"], json!(["/run/flox/activate", "--", "echoip"]));
+    }
+}
