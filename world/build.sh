@@ -28,16 +28,11 @@ die() { echo "world: $*" >&2; exit 1; }
 log() { echo "world: $*" >&2; }
 
 # A relative IMAGELESS_BIN (target/debug/imageless) must survive the cd's below.
-if [[ $imageless == */* ]]; then
-    imageless=$(realpath -m "$imageless")
-    [[ -x $imageless ]] || die "IMAGELESS_BIN '$imageless' is not an executable file"
-else
-    command -v "$imageless" >/dev/null || die "IMAGELESS_BIN '$imageless' is not on PATH; pass the path, e.g. target/debug/imageless"
-fi
+[[ $imageless == */* ]] && imageless=$(realpath -m "$imageless")
 for f in "$busybox_bin" "$bash_bin"; do
     [[ -x $f ]] || die "'$f' is missing; install busybox-static and bash-static (scripts/setup-machine.sh)"
 done
-for tool in nix-store nix-instantiate python3 flock sha256sum; do
+for tool in python3 flock sha256sum; do
     command -v "$tool" >/dev/null || die "'$tool' is not on PATH"
 done
 
@@ -61,6 +56,15 @@ if [[ -f $hub_root/world.stamp && $(<"$hub_root/world.stamp") == "$stamp" ]]; th
     echo "world: up to date"
     exit 0
 fi
+
+if [[ $imageless == */* ]]; then
+    [[ -x $imageless ]] || die "IMAGELESS_BIN '$imageless' is not an executable file (cargo build -p imageless)"
+else
+    command -v "$imageless" >/dev/null || die "IMAGELESS_BIN '$imageless' is not on PATH; pass its path, e.g. target/debug/imageless"
+fi
+for tool in nix-store nix-instantiate nix git; do
+    command -v "$tool" >/dev/null || die "'$tool' is not on PATH"
+done
 
 started=$SECONDS
 work=$(mktemp -d "${TMPDIR:-/tmp}/world-build.XXXXXX")
