@@ -152,7 +152,7 @@ rec {
       server=$!
       # As PID 1 in a container a signal without a handler is ignored: trap
       # TERM/INT, stop the server and exit 0.
-      trap 'kill "$server" 2>/dev/null; wait "$server"; echo "echoip: stopped" >&2; exit 0' TERM INT
+      trap 'kill "$server" 2>/dev/null; wait "$server" 2>/dev/null; echo "echoip: stopped" >&2; exit 0' TERM INT
       wait "$server"
     '';
   };
