@@ -71,8 +71,13 @@ for ref, env in sorted(world["environments"].items()):
         if not lock_paths <= set(g["closure"]):
             failures.append(f"{ref}: generation {gen}: closure misses some of the lock's paths")
         if validators:
-            errors = [e.message for e in validators[0].iter_errors(expected)]
-            errors += [e.message[:300] for e in validators[1].iter_errors(expected["manifest"])]
+            def describe(err):
+                where = "/".join(str(p) for p in err.absolute_path) or "(top)"
+                return f"{where}: {err.message[:200]}"
+            errors = [describe(e) for e in validators[0].iter_errors(expected)]
+            best = jsonschema.exceptions.best_match(validators[1].iter_errors(expected["manifest"]))
+            if best is not None:
+                errors.append("manifest/" + describe(best))
             if errors:
                 failures.append(f"{ref}: generation {gen}: lock does not match Flox's schema: {errors[:3]}")
 

@@ -109,9 +109,13 @@ def main(world_dir, built_json, out_dir):
     out = pathlib.Path(out_dir)
     built = json.loads(pathlib.Path(built_json).read_text())
     catalog = tomllib.loads((world / "catalog.toml").read_text())
-    for attr in catalog:
+    for attr, entry in catalog.items():
         if attr not in built:
-            raise WorldError(f"catalog.toml: [{attr}] is not an attribute of packages.nix")
+            raise WorldError(f"catalog.toml: [{attr}] is not an attribute of packages.nix; "
+                             f"known: {', '.join(sorted(built))}")
+        for key in ("pkg-path", "version", "description"):
+            if not isinstance(entry.get(key), str):
+                raise WorldError(f"catalog.toml: [{attr}] {key} = {entry.get(key)!r}: needs a string")
     hub = tomllib.loads((world / "hub.toml").read_text())
     private = set(hub.get("private", []))
 
@@ -211,5 +215,5 @@ if __name__ == "__main__":
             sys.exit("usage: lock.py WORLD_DIR BUILT_JSON OUT_DIR | lock.py --finish OUT_DIR STAMP KEY_FILE")
     except subprocess.CalledProcessError as e:
         sys.exit(f"world: {' '.join(e.cmd[:3])} failed: {e.stderr.strip()}")
-    except (WorldError, tomllib.TOMLDecodeError, OSError, KeyError) as e:
+    except (WorldError, tomllib.TOMLDecodeError, OSError) as e:
         sys.exit(f"world: {e}")
