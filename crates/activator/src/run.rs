@@ -1,0 +1,377 @@
+//! The activation itself: read the data, compute the environment, run the start script when
+//! needed, exec the command. Returns only when something failed.
+use std::ffi::{OsStr, OsString};
+use std::fs;
+use std::io::{self, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use imageless_core::activation::{ActivationData, Mode};
+use imageless_core::container_paths;
+
+use crate::env_vars::{self, Settings};
+use crate::lookup::{find_program, Lookup};
+use crate::start_script::{self, Phase, StartScript};
+use crate::{probe, EnvMap};
+
+/// Exit status when the activator itself fails before the command runs.
+pub const EXIT_ACTIVATION_FAILED: i32 = 1;
+/// Shell conventions: found but cannot run / not found.
+pub const EXIT_CANNOT_EXECUTE: i32 = 126;
+pub const EXIT_NOT_FOUND: i32 = 127;
+
+const ENOENT: i32 = 2;
+const ENOEXEC: i32 = 8;
+
+pub const USAGE: &str = "usage: flox-activate [--env DIR] [--cache DIR] -- COMMAND [ARGS...]";
+
+/// Why the command did not start: the message for stderr and the exit status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub message: String,
+    pub exit_code: i32,
+}
+
+impl Failure {
+    fn activation(message: impl Into<String>) -> Failure {
+        Failure { message: message.into(), exit_code: EXIT_ACTIVATION_FAILED }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invocation {
+    /// `FLOX_ENV`; `--env` overrides the container mount (for tests).
+    pub env_dir: PathBuf,
+    /// `FLOX_ENV_CACHE`; `--cache` overrides the container tmpfs (for tests).
+    pub cache_dir: PathBuf,
+    /// The command and its arguments, verbatim; empty means an interactive shell.
+    pub command: Vec<OsString>,
+}
+
+/// `[--env DIR] [--cache DIR] -- CMD ARGS...`; without `--`, arguments from the first one
+/// that is not an option are the command.
+pub fn parse_args(args: Vec<OsString>) -> Result<Invocation, Failure> {
+    let mut invocation = Invocation {
+        env_dir: PathBuf::from(container_paths::ENV_DIR),
+        cache_dir: PathBuf::from(container_paths::CACHE_DIR),
+        command: Vec::new(),
+    };
+    let usage = |message: String| Failure { message: format!("flox-activate: {message}\n{USAGE}"), exit_code: 2 };
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        let text = arg.to_string_lossy();
+        let mut value_of = |option: &str| -> Result<PathBuf, Failure> {
+            if let Some(value) = text.strip_prefix(&format!("{option}=")) {
+                return Ok(PathBuf::from(value));
+            }
+            args.next().map(PathBuf::from).ok_or_else(|| usage(format!("{option} needs a directory")))
+        };
+        match text.as_ref() {
+            "--" => {
+                invocation.command = args.collect();
+                return Ok(invocation);
+            },
+            "-h" | "--help" => return Err(Failure { message: USAGE.to_string(), exit_code: 0 }),
+            _ if text == "--env" || text.starts_with("--env=") => invocation.env_dir = value_of("--env")?,
+            _ if text == "--cache" || text.starts_with("--cache=") => invocation.cache_dir = value_of("--cache")?,
+            _ if text.starts_with('-') => {
+                return Err(usage(format!("unknown option {text:?}; put the command after `--`")))
+            },
+            _ => {
+                invocation.command = std::iter::once(arg).chain(args).collect();
+                return Ok(invocation);
+            },
+        }
+    }
+    Ok(invocation)
+}
+
+/// Activates and execs; returns only on failure.
+pub fn activate(invocation: Invocation) -> Failure {
+    match prepare(&invocation) {
+        Ok((env, description)) => exec_command(&invocation.command, &env, &description),
+        Err(failure) => failure,
+    }
+}
+
+/// The command's final environment and the environment's description for messages.
+pub fn prepare(invocation: &Invocation) -> Result<(EnvMap, String), Failure> {
+    let data = read_activation_data(&invocation.env_dir)?;
+    let inherited: EnvMap = std::env::vars_os().collect();
+    let description = inherited
+        .get(OsStr::new("FLOX_ENV_DESCRIPTION"))
+        .filter(|value| !value.is_empty())
+        .map(|value| value.to_string_lossy().into_owned())
+        .unwrap_or_else(|| invocation.env_dir.display().to_string());
+    check_var_names(&data, &description)?;
+
+    let settings = Settings {
+        env_dir: invocation.env_dir.to_string_lossy().into_owned(),
+        cache_dir: invocation.cache_dir.to_string_lossy().into_owned(),
+        mode: data.mode,
+        // Not in the activation data yet: flox's default.
+        add_sbin: false,
+    };
+    let facts = probe::env_facts(&invocation.env_dir, data.mode, &inherited);
+    let mut env = env_vars::activation_env(&inherited, &settings, &facts);
+
+    let plugin_scripts = match data.mode {
+        Mode::Dev => probe::plugin_profile_scripts(&invocation.env_dir),
+        Mode::Run => Vec::new(),
+    };
+    let var_needing_bash = data.vars.iter().find(|(_, value)| start_script::value_needs_bash(value));
+    if data.hook_on_activate.is_none() && plugin_scripts.is_empty() && var_needing_bash.is_none() {
+        start_script::apply_literal_vars(&mut env, &data.vars);
+        return Ok((env, description));
+    }
+
+    let why_bash = if data.hook_on_activate.is_some() {
+        format!("hook.on-activate of {description} needs bash")
+    } else if let Some((name, _)) = var_needing_bash {
+        format!("[vars] {name} of {description} needs bash to expand its value ($, `, \\ or \")")
+    } else {
+        format!("the profile.d script {} of {description} needs bash", plugin_scripts[0].display())
+    };
+    let bash = match find_program(OsStr::new("bash"), env.get(OsStr::new("PATH")).map(OsString::as_os_str)) {
+        Lookup::Found(bash) => bash,
+        _ => {
+            return Err(Failure::activation(format!(
+                "flox: {why_bash}, but there is none in {}/bin or on the image's PATH; add bash to the \
+                 environment (`flox install bash`) or use an image that has it",
+                invocation.env_dir.display()
+            )))
+        },
+    };
+    let env = run_start_script(&bash, &data, plugin_scripts, env, &invocation.cache_dir, &description)?;
+    Ok((env, description))
+}
+
+fn read_activation_data(env_dir: &Path) -> Result<ActivationData, Failure> {
+    let path = env_dir.join(container_paths::ACTIVATION_DATA_REL);
+    let bytes = fs::read(&path).map_err(|err| {
+        Failure::activation(format!(
+            "flox: cannot read the activation data {}: {err}; the flox runtime mounts the environment at {}",
+            path.display(),
+            env_dir.display()
+        ))
+    })?;
+    let data: ActivationData = serde_json::from_slice(&bytes)
+        .map_err(|err| Failure::activation(format!("flox: activation data {} is not valid: {err}", path.display())))?;
+    if data.version != ActivationData::VERSION {
+        return Err(Failure::activation(format!(
+            "flox: activation data {} has version {}, this activator reads version {}; the node's \
+             imageless and its flox-activate are out of step",
+            path.display(),
+            data.version,
+            ActivationData::VERSION
+        )));
+    }
+    Ok(data)
+}
+
+fn check_var_names(data: &ActivationData, description: &str) -> Result<(), Failure> {
+    for (name, _) in &data.vars {
+        if !start_script::is_shell_name(name) || name.starts_with("BASH_ENVTRACE_") {
+            return Err(Failure::activation(format!(
+                "flox: [vars] of {description} has the name {name:?}, which cannot be exported; names are \
+                 letters, digits and _, not starting with a digit, and not BASH_ENVTRACE_*"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Runs bash once for `[vars]`, plugin scripts and the hook; returns the environment it left.
+fn run_start_script(
+    bash: &Path,
+    data: &ActivationData,
+    plugin_scripts: Vec<PathBuf>,
+    env: EnvMap,
+    cache_dir: &Path,
+    description: &str,
+) -> Result<EnvMap, Failure> {
+    let hook_file = match &data.hook_on_activate {
+        Some(hook) => Some(HookFile::write(cache_dir, hook)?),
+        None => None,
+    };
+    let script = StartScript {
+        vars: data.vars.clone(),
+        plugin_scripts,
+        hook_file: hook_file.as_ref().map(|file| file.path.clone()),
+    }
+    .render();
+
+    let mut child = Command::new(bash)
+        .arg0("bash")
+        .args(["--noprofile", "--norc", "-c", &script, "flox-activate"])
+        .env_clear()
+        .envs(&env)
+        .stdin(Stdio::inherit())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|err| Failure::activation(format!("flox: cannot start {}: {err}", bash.display())))?;
+    let mut stdout = Vec::new();
+    let read = child.stdout.take().expect("stdout is piped").read_to_end(&mut stdout);
+    let status = child
+        .wait()
+        .map_err(|err| Failure::activation(format!("flox: waiting for {}: {err}", bash.display())))?;
+    drop(hook_file);
+    read.map_err(|err| Failure::activation(format!("flox: reading the variables bash exported: {err}")))?;
+
+    let output = start_script::parse_output(&stdout);
+    if output.phase == Phase::Done && status.success() {
+        return Ok(start_script::apply_exports(&env, output.exported));
+    }
+    let exit = match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit {code}"),
+        (None, Some(signal)) => format!("killed by signal {signal}"),
+        (None, None) => "unknown status".to_string(),
+    };
+    let message = match output.phase {
+        Phase::Started => format!(
+            "flox: [vars] of {description} could not be evaluated by bash ({exit}); a value may have an \
+             unbalanced quote"
+        ),
+        Phase::Vars => format!("flox: a profile.d script of {description} failed ({exit})"),
+        Phase::Plugins if status.code() == Some(0) => format!(
+            "flox: hook.on-activate of {description} failed ({exit}): the hook called `exit`; use `return` to \
+             leave it early"
+        ),
+        Phase::Plugins => format!("flox: hook.on-activate of {description} failed ({exit})"),
+        Phase::Hook | Phase::Done => format!(
+            "flox: listing the variables exported by hook.on-activate of {description} failed ({exit}); \
+             {} may lack the compgen builtin",
+            bash.display()
+        ),
+    };
+    Err(Failure::activation(message))
+}
+
+/// The hook text in a private file under `FLOX_ENV_CACHE`, so bash can `source` it (the
+/// container may have no /dev/fd); removed when dropped.
+struct HookFile {
+    path: PathBuf,
+}
+
+impl HookFile {
+    fn write(cache_dir: &Path, hook: &str) -> Result<HookFile, Failure> {
+        let path = cache_dir.join(format!(".flox-activate-hook-on-activate.{}", std::process::id()));
+        let _ = fs::remove_file(&path); // a leftover of an earlier process with our pid
+        let written = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .and_then(|mut file| file.write_all(hook.as_bytes()));
+        match written {
+            Ok(()) => Ok(HookFile { path }),
+            Err(err) => {
+                let _ = fs::remove_file(&path);
+                Err(Failure::activation(format!(
+                    "flox: cannot write hook.on-activate to {} (FLOX_ENV_CACHE must be writable): {err}",
+                    path.display()
+                )))
+            },
+        }
+    }
+}
+
+impl Drop for HookFile {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+/// execs the command (or an interactive shell) with `env`, looking it up on the new PATH.
+fn exec_command(command: &[OsString], env: &EnvMap, description: &str) -> Failure {
+    let path_var = env.get(OsStr::new("PATH")).map(OsString::as_os_str);
+    let Some((program, args)) = command.split_first() else {
+        // No command: an interactive shell, as containerize starts one.
+        for shell in ["bash", "sh"] {
+            if let Lookup::Found(path) = find_program(OsStr::new(shell), path_var) {
+                return exec(&path, OsStr::new(shell), &[], env, OsStr::new(shell), description);
+            }
+        }
+        return Failure {
+            message: format!(
+                "flox: no command given and neither bash nor sh is in environment {description} or on the \
+                 image's PATH; give the container a command"
+            ),
+            exit_code: EXIT_NOT_FOUND,
+        };
+    };
+    let not_found = || Failure {
+        message: format!("{}: command not found in environment {description}", program.to_string_lossy()),
+        exit_code: EXIT_NOT_FOUND,
+    };
+    match find_program(program, path_var) {
+        // A name with a `/` is not searched; missing is still "not found".
+        Lookup::Found(path) if fs::symlink_metadata(&path).is_err() => not_found(),
+        Lookup::Found(path) => exec(&path, program, args, env, program, description),
+        Lookup::NotExecutable(path) => Failure {
+            message: format!("{}: {} is not executable (permission denied)", program.to_string_lossy(), path.display()),
+            exit_code: EXIT_CANNOT_EXECUTE,
+        },
+        Lookup::NotFound => not_found(),
+    }
+}
+
+fn exec(path: &Path, arg0: &OsStr, args: &[OsString], env: &EnvMap, shown: &OsStr, description: &str) -> Failure {
+    let err = Command::new(path).arg0(arg0).args(args).env_clear().envs(env).exec();
+    let shown = shown.to_string_lossy();
+    match err.raw_os_error() {
+        // execvp's fallback for a script without a #! line: run it with sh.
+        Some(ENOEXEC) => {
+            let path_var = env.get(OsStr::new("PATH")).map(OsString::as_os_str);
+            if let Lookup::Found(sh) = find_program(OsStr::new("sh"), path_var) {
+                let err = Command::new(&sh).arg0("sh").arg(path).args(args).env_clear().envs(env).exec();
+                return cannot_execute(&shown, &sh, &err);
+            }
+            cannot_execute(&shown, path, &err)
+        },
+        // The file is there (lookup found it), so what is missing is its #! interpreter or
+        // its dynamic loader, typically a /nix/store path not mounted into the container.
+        Some(ENOENT) => Failure {
+            message: format!(
+                "{shown}: cannot execute {}: its interpreter or dynamic loader is missing (not in environment \
+                 {description} or the image)",
+                path.display()
+            ),
+            exit_code: EXIT_CANNOT_EXECUTE,
+        },
+        _ => cannot_execute(&shown, path, &err),
+    }
+}
+
+fn cannot_execute(shown: &str, path: &Path, err: &io::Error) -> Failure {
+    Failure { message: format!("{shown}: cannot execute {}: {err}", path.display()), exit_code: EXIT_CANNOT_EXECUTE }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Vec<OsString> {
+        list.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn arguments() {
+        let parsed = parse_args(args(&["--", "echo", "--env", "x"])).unwrap();
+        assert_eq!(parsed.env_dir, PathBuf::from("/run/flox/env"));
+        assert_eq!(parsed.cache_dir, PathBuf::from("/run/flox/cache"));
+        assert_eq!(parsed.command, args(&["echo", "--env", "x"]));
+
+        let parsed = parse_args(args(&["--env", "/e", "--cache=/c", "--", "ls"])).unwrap();
+        assert_eq!((parsed.env_dir, parsed.cache_dir), (PathBuf::from("/e"), PathBuf::from("/c")));
+
+        assert_eq!(parse_args(args(&["ls", "-l"])).unwrap().command, args(&["ls", "-l"]));
+        assert!(parse_args(args(&["--"])).unwrap().command.is_empty());
+        assert!(parse_args(args(&[])).unwrap().command.is_empty());
+        assert_eq!(parse_args(args(&["--bogus"])).unwrap_err().exit_code, 2);
+        assert_eq!(parse_args(args(&["--env"])).unwrap_err().exit_code, 2);
+    }
+}
