@@ -1,10 +1,151 @@
+//! `imageless pull`, `imageless env inspect`, `imageless gc`.
+use std::collections::HashSet;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use imageless_core::activation::Mode;
+use imageless_core::env_ref::EnvRef;
+use imageless_core::lockfile::Lockfile;
+use imageless_core::system::System;
+use imageless_core::token::Token;
+
+use crate::cache::{NodeCache, NodeError};
+use crate::config::{ConfigError, NodeConfig};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Node(#[from] NodeError),
+    #[error("{0}")]
+    Usage(String),
+}
+
 #[derive(clap::Args)]
-pub struct PullArgs {}
+pub struct PullArgs {
+    /// owner/name or owner/name:GENERATION
+    pub environment: String,
+    /// File holding a FloxHub token (as mounted from the floxhub-token secret).
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    #[arg(long, value_parser = ["run", "dev"], default_value = "run")]
+    pub mode: String,
+    /// Node config file (default: $IMAGELESS_CONFIG or /etc/imageless/config.toml).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
+
 #[derive(clap::Subcommand)]
-pub enum EnvCommand { Inspect }
+pub enum EnvCommand {
+    /// Show what a lockfile selects for a system: packages, outputs, priorities, vars, hooks.
+    Inspect {
+        #[arg(long)]
+        lock: PathBuf,
+        /// Nix system (default: this machine's).
+        #[arg(long)]
+        system: Option<String>,
+        /// Print one JSON object (the only format for now; kept for scripts).
+        #[arg(long)]
+        json: bool,
+    },
+}
+
 #[derive(clap::Args)]
-pub struct GcArgs {}
-pub fn pull(_a: PullArgs) -> Result<ExitCode, std::io::Error> { todo!() }
-pub fn env(_a: EnvCommand) -> Result<ExitCode, std::io::Error> { todo!() }
-pub fn gc(_a: GcArgs) -> Result<ExitCode, std::io::Error> { todo!() }
+pub struct GcArgs {
+    /// Only remove environments unused for at least this long (e.g. 7d, 12h).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub older_than: Option<Duration>,
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
+
+fn system(explicit: Option<&str>) -> Result<System, CliError> {
+    match explicit {
+        Some(s) => s.parse().map_err(|e: imageless_core::system::SystemError| CliError::Usage(e.to_string())),
+        None => System::host().map_err(|e| CliError::Usage(e.to_string())),
+    }
+}
+
+pub fn pull(args: PullArgs) -> Result<ExitCode, CliError> {
+    let env = EnvRef::parse(&args.environment)
+        .map_err(|e| CliError::Usage(format!("environment {:?} is not valid: {e}", args.environment)))?;
+    let token = match &args.token_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| CliError::Usage(format!("--token-file {}: {e}", path.display())))?;
+            Some(Token::parse(&text).map_err(|e| CliError::Usage(format!("--token-file {}: {e}", path.display())))?)
+        }
+        None => None,
+    };
+    let mode = if args.mode == "dev" { Mode::Dev } else { Mode::Run };
+    let config = NodeConfig::load(args.config.as_deref())?;
+    let cache = NodeCache::new(config, system(None)?);
+    let spinner = indicatif::ProgressBar::new_spinner();
+    spinner.set_message(format!("pulling {env} ({mode})"));
+    spinner.enable_steady_tick(Duration::from_millis(120));
+    let start = Instant::now();
+    let result = cache.ensure(&env, mode, token.as_ref());
+    spinner.finish_and_clear();
+    let rendered = result?;
+    if let Some(w) = &rendered.warning {
+        eprintln!("warning: {w}");
+    }
+    println!("{}", rendered.env_dir.display());
+    eprintln!(
+        "{env}: generation {}, {} store paths in closure, {} realized, {:.2}s",
+        rendered.generation,
+        rendered.closure.len(),
+        rendered.realized,
+        start.elapsed().as_secs_f64()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn env(cmd: EnvCommand) -> Result<ExitCode, CliError> {
+    match cmd {
+        EnvCommand::Inspect { lock, system: sys, json: _ } => {
+            let bytes = std::fs::read(&lock).map_err(|e| CliError::Usage(format!("--lock {}: {e}", lock.display())))?;
+            let err = |e: String| CliError::Usage(format!("{}: {e}", lock.display()));
+            let lockfile = Lockfile::parse(&bytes).map_err(|e| err(e.to_string()))?;
+            let sys = system(sys.as_deref())?;
+            let selection = lockfile.select(sys).map_err(|e| err(e.to_string()))?;
+            let mut packages: Vec<serde_json::Value> = Vec::new();
+            for o in &selection.outputs {
+                match packages.iter_mut().find(|p| p["install_id"] == o.install_id.as_str()) {
+                    Some(p) => {
+                        p["outputs"][o.output.as_str()] = serde_json::json!({"store_path": o.store_path.as_str(), "priority": o.priority});
+                    }
+                    None => packages.push(serde_json::json!({
+                        "install_id": o.install_id,
+                        "outputs": {o.output.as_str(): {"store_path": o.store_path.as_str(), "priority": o.priority}},
+                    })),
+                }
+            }
+            let vars = lockfile.vars_in_order().map_err(|e| err(e.to_string()))?;
+            let out = serde_json::json!({
+                "system": sys.as_str(),
+                "packages": packages,
+                "vars": vars.into_iter().map(|(k, v)| (k, serde_json::Value::String(v))).collect::<serde_json::Map<_, _>>(),
+                "hook_on_activate": lockfile.hook_on_activate().is_some(),
+                "profile": lockfile.profile() != Default::default(),
+                "activate_mode": lockfile.activate_mode(),
+            });
+            println!("{}", serde_json::to_string_pretty(&out).expect("serializable"));
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+pub fn gc(args: GcArgs) -> Result<ExitCode, CliError> {
+    let config = NodeConfig::load(args.config.as_deref())?;
+    let in_use: HashSet<String> = crate::containers::keys_in_use(&config.state_root);
+    let cache = NodeCache::new(config, system(None)?);
+    let removed = cache.gc(&in_use, args.older_than.unwrap_or_default())?;
+    for key in &removed {
+        println!("removed {key}");
+    }
+    eprintln!("{} environments removed, {} in use kept", removed.len(), in_use.len());
+    Ok(ExitCode::SUCCESS)
+}

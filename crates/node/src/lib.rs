@@ -1,2 +1,10 @@
-//! Node I/O: hub client, Nix realization, rendering and the node cache.
+//! Node I/O: hub client, Nix realization, rendering and the node cache, plus the per-container
+//! state the runc wrapper keeps. The decisions live in `imageless-core`; this crate does the
+//! fetching, the linking and the bookkeeping on disk.
+pub mod cache;
 pub mod cli;
+pub mod config;
+pub mod containers;
+pub mod hub;
+pub mod realize;
+pub mod render;

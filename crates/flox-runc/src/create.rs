@@ -1,0 +1,158 @@
+//! `runc create`: the decision for this container, the environment, the spec edit.
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use imageless_core::activation::Mode;
+use imageless_core::env_ref::EnvRef;
+use imageless_core::pod_options::{PodOptions, SkipLists};
+use imageless_core::spec_edit::{self, ContainerKind, FloxEdit, NixView};
+use imageless_core::system::System;
+use imageless_node::cache::{read_token, NodeCache};
+use imageless_node::config::{NodeConfig, StoreView};
+use imageless_node::containers::{self, ContainerState};
+
+use crate::{real_runc, ErrorLog, PREFETCH_ARG};
+
+pub fn create(config: &NodeConfig, runc: &Path, args: &[String], bundle: &str, id: &str, log: &ErrorLog) -> i32 {
+    let config_path = Path::new(bundle).join("config.json");
+    match prepare(config, &config_path, id, log) {
+        Ok(()) => {}
+        Err(msg) => {
+            cleanup(config, id);
+            log.error(&msg);
+            return 1;
+        }
+    }
+    let status = real_runc::spawn_wait(runc, args, log);
+    if status != 0 {
+        // runc failed half-way: nothing of ours may outlive it.
+        cleanup(config, id);
+    }
+    status
+}
+
+/// Decides and, for a flox container, edits config.json in place. Pass-through cases return
+/// without touching the file, so those containers get exactly what plain runc would.
+fn prepare(config: &NodeConfig, config_path: &Path, id: &str, log: &ErrorLog) -> Result<(), String> {
+    let bytes = std::fs::read(config_path).map_err(|e| format!("flox: reading {}: {e}", config_path.display()))?;
+    let mut spec: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|e| format!("flox: {} is not JSON: {e}", config_path.display()))?;
+    let info = spec_edit::container_info(&spec);
+    match info.kind {
+        ContainerKind::Unknown => return Ok(()),
+        ContainerKind::Sandbox => {
+            // Never modified; but start pulling the environment while images and the
+            // sandbox are being set up. Invalid options are reported at container create.
+            if let Ok(opts) = PodOptions::from_annotations(&info.annotations) {
+                spawn_prefetch(&opts.environment, opts.mode);
+            }
+            return Ok(());
+        }
+        ContainerKind::Container => {}
+    }
+    let name = info.name.clone().unwrap_or_default();
+    if SkipLists::from_annotations(&info.annotations).containers.contains(&name) {
+        return Ok(());
+    }
+    let opts = PodOptions::from_annotations(&info.annotations).map_err(|e| e.to_string())?;
+    let token = match spec_edit::token_source(&spec) {
+        Some(dir) => read_token(Path::new(&dir)).map_err(|e| e.to_string())?,
+        None => None,
+    };
+    let system = System::host().map_err(|e| format!("flox: {e}"))?;
+    let cache = NodeCache::new(config.clone(), system);
+    let rendered = cache.ensure(&opts.environment, opts.mode, token.as_ref()).map_err(|e| e.to_string())?;
+    if let Some(w) = &rendered.warning {
+        log.warn(w);
+    }
+    let overlay_dir = if opts.nix_mutable {
+        let dir = containers::overlay_dir(&config.state_root, id).ok_or_else(|| format!("flox: container id {id:?} is not valid"))?;
+        for sub in ["upper", "work"] {
+            std::fs::create_dir_all(dir.join(sub)).map_err(|e| format!("flox: creating {}: {e}", dir.display()))?;
+        }
+        Some(dir)
+    } else {
+        None
+    };
+    let nix = match (&overlay_dir, config.store_view) {
+        (Some(dir), _) => NixView::Overlay {
+            upper: dir.join("upper").display().to_string(),
+            work: dir.join("work").display().to_string(),
+        },
+        (None, StoreView::Store) => NixView::WholeStore,
+        (None, StoreView::Closure) => NixView::Closure(rendered.closure.clone()),
+    };
+    let edit = FloxEdit {
+        env_dir: rendered.env_dir.display().to_string(),
+        activator: config.activator.display().to_string(),
+        nix,
+        description: opts.environment.full_name(),
+        disable_metrics: opts.disable_metrics,
+    };
+    let state = ContainerState {
+        id: id.to_string(),
+        env_key: rendered.key.clone(),
+        env_dir: edit.env_dir.clone(),
+        activator: edit.activator.clone(),
+        description: edit.description.clone(),
+        disable_metrics: edit.disable_metrics,
+        skip_exec: opts.skip.containers_exec.contains(&name),
+        overlay_dir: overlay_dir.map(|d| d.display().to_string()),
+    };
+    state.save(&config.state_root).map_err(|e| format!("flox: saving container state: {e}"))?;
+    edit.apply_to_spec(&mut spec).map_err(|e| e.to_string())?;
+    write_atomic(config_path, &serde_json::to_vec(&spec).expect("serializable"))
+        .map_err(|e| format!("flox: writing {}: {e}", config_path.display()))?;
+    tracing::info!(id, env = %opts.environment, key = rendered.key, "flox container prepared");
+    Ok(())
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp: PathBuf = path.with_extension("json.flox-tmp");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(tmp, path)
+}
+
+/// Drops everything the wrapper created for a container. Safe to call twice.
+pub fn cleanup(config: &NodeConfig, id: &str) {
+    if let Some(dir) = containers::overlay_dir(&config.state_root, id) {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    ContainerState::remove(&config.state_root, id);
+}
+
+/// Starts `flox-runc --flox-prefetch ENV MODE` detached: own session, no stdio (the shim
+/// waits for runc's pipes to close, so the child must not hold them).
+fn spawn_prefetch(env: &EnvRef, mode: Mode) {
+    let Ok(me) = std::env::current_exe() else { return };
+    let mut cmd = Command::new(me);
+    cmd.args([PREFETCH_ARG, &env.to_string(), mode.as_str()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let _ = cmd.spawn();
+}
+
+/// The prefetch process: pull anonymously (the token lives in app containers' mounts, which
+/// the sandbox does not have); a private environment is then fetched at container create.
+pub fn prefetch_main(args: &[String]) -> i32 {
+    let (Some(env), Some(mode)) = (args.first(), args.get(1)) else { return 2 };
+    let Ok(env) = EnvRef::parse(env) else { return 2 };
+    let mode = if mode == "dev" { Mode::Dev } else { Mode::Run };
+    let Ok(config) = NodeConfig::load(None) else { return 1 };
+    let Ok(system) = System::host() else { return 1 };
+    match NodeCache::new(config, system).ensure(&env, mode, None) {
+        Ok(_) => 0,
+        Err(e) => {
+            tracing::info!("prefetch of {env} did not complete: {e}");
+            1
+        }
+    }
+}

@@ -1,0 +1,69 @@
+//! The runc wrapper. For each runc call containerd's shim makes, decide (pure, in
+//! `imageless-core`), do the node work (in `imageless-node`), then run the real runc:
+//! - `create` of a flox container: resolve + render the environment, edit config.json;
+//! - `create` of the pod sandbox: start a background prefetch, change nothing;
+//! - `exec --process F`: wrap F like the container's main process;
+//! - `delete`: real delete, then drop per-container state and overlay;
+//! - anything else: exec the real runc untouched.
+mod create;
+mod error_log;
+mod exec;
+mod real_runc;
+
+use imageless_core::runc_args::{Command, RuncInvocation};
+use imageless_node::config::NodeConfig;
+
+pub use error_log::ErrorLog;
+
+/// Hidden first argument for the detached prefetch started at sandbox create.
+pub const PREFETCH_ARG: &str = "--flox-prefetch";
+
+/// Runs one wrapper invocation and returns the exit status (or never returns when it execs).
+pub fn run(args: Vec<String>) -> i32 {
+    if std::env::var_os("IMAGELESS_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_env("IMAGELESS_LOG"))
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
+    if args.first().map(String::as_str) == Some(PREFETCH_ARG) {
+        return create::prefetch_main(&args[1..]);
+    }
+    let inv = RuncInvocation::parse(&args);
+    let log = ErrorLog::new(inv.log.as_deref());
+    let config = match NodeConfig::load(None) {
+        Ok(c) => c,
+        Err(e) => {
+            // Without a config we cannot even find the real runc: report and fail.
+            log.error(&e.to_string());
+            return 1;
+        }
+    };
+    let runc = match real_runc::find(&config) {
+        Ok(r) => r,
+        Err(e) => {
+            log.error(&e);
+            return 1;
+        }
+    };
+    match &inv.command {
+        Command::Create { bundle, id } | Command::Run { bundle, id } => {
+            create::create(&config, &runc, &args, bundle, id, &log)
+        }
+        Command::Exec { process: Some(process), id } => {
+            if let Err(e) = exec::wrap_exec_process(&config, process, id) {
+                log.error(&e);
+                return 1;
+            }
+            real_runc::exec(&runc, &args, &log)
+        }
+        Command::Delete { id, .. } => {
+            let status = real_runc::spawn_wait(&runc, &args, &log);
+            if status == 0 {
+                create::cleanup(&config, id);
+            }
+            status
+        }
+        _ => real_runc::exec(&runc, &args, &log),
+    }
+}

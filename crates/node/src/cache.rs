@@ -1,0 +1,353 @@
+//! The node cache: from `owner/name[:N]` + token to a rendered environment on disk.
+//!
+//! Layout under the state root:
+//! - `meta/<owner>.git` bare floxmeta cache, `meta/<owner>.lock` serializes fetches per owner;
+//! - `refs/<owner>/<name>.json` what the hub said last (commit, which token fetched it);
+//! - `envs/<key>/` rendered environments keyed by content (lock + system + mode), published
+//!   by renaming a finished temp dir, so a killed pull never leaves a half-visible one;
+//! - `locks/<key>.lock` one realization per key: concurrent pods wait and reuse.
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fs4::fs_std::FileExt;
+use imageless_core::activation::{ActivationData, Mode, Profile};
+use imageless_core::container_paths::ACTIVATION_DATA_REL;
+use imageless_core::env_ref::EnvRef;
+use imageless_core::generations::{GenerationsError, GenerationsMetadata};
+use imageless_core::lockfile::Lockfile;
+use imageless_core::store_path::StorePath;
+use imageless_core::system::System;
+use imageless_core::token::Token;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::config::NodeConfig;
+use crate::hub::{self, HubClient, HubError};
+use crate::realize::{self, Nix, RealizeError};
+use crate::render::{self, LinkSource, RenderError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Hub(#[from] HubError),
+    #[error(transparent)]
+    Realize(#[from] RealizeError),
+    #[error(transparent)]
+    Render(#[from] RenderError),
+    #[error("flox: {env}: {source}")]
+    Generations { env: String, source: GenerationsError },
+    #[error("flox: {env} generation {generation}: manifest.lock is not valid: {message}")]
+    Lockfile { env: String, generation: u32, message: String },
+    #[error("flox: {env} generation {generation} has no {path} on the hub")]
+    MissingFile { env: String, generation: u32, path: String },
+    #[error("flox: FloxHub token (secret floxhub-token) expired at {at}; create a new secret with `flox auth token`")]
+    TokenExpired { at: String },
+    #[error("flox: hub is unreachable and {env} was cached with a different FloxHub token (or with one when none is given now); refusing to serve a private environment")]
+    OfflineTokenMismatch { env: String },
+    #[error("flox: {0} (read from the secret mounted at /var/run/secrets/flox.dev)")]
+    Token(String),
+    #[error("flox: node cache {path}: {source}")]
+    Io { path: String, source: std::io::Error },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> NodeError + '_ {
+    move |source| NodeError::Io { path: path.display().to_string(), source }
+}
+
+/// A rendered environment in the cache.
+#[derive(Debug, Clone)]
+pub struct Rendered {
+    pub key: String,
+    /// `envs/<key>`.
+    pub dir: PathBuf,
+    /// `envs/<key>/env`: what is mounted at /run/flox/env.
+    pub env_dir: PathBuf,
+    pub closure: Vec<StorePath>,
+    pub generation: u32,
+    /// Store paths this call had to realize (0 when the cache or the store had everything).
+    pub realized: usize,
+    /// A warning for the user (e.g. hub unreachable, last known generation used).
+    pub warning: Option<String>,
+}
+
+/// What the hub told us last about one environment.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct RefRecord {
+    commit: String,
+    /// Fingerprint of the token that fetched it; None = fetched anonymously (public).
+    token_fingerprint: Option<String>,
+    fetched_at: u64,
+}
+
+pub struct NodeCache {
+    pub config: NodeConfig,
+    hub: HubClient,
+    system: System,
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+fn format_unix(secs: u64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string()
+}
+
+fn lock_file(path: &Path) -> Result<File, NodeError> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(io(parent))?;
+    }
+    let f = File::options().create(true).truncate(false).write(true).open(path).map_err(io(path))?;
+    f.lock_exclusive().map_err(io(path))?;
+    Ok(f)
+}
+
+impl NodeCache {
+    pub fn new(config: NodeConfig, system: System) -> NodeCache {
+        let git_url = config.git_url.clone().unwrap_or_else(|| hub::git_url_for_hub(&config.hub_url));
+        let hub = HubClient::new(git_url, Duration::from_secs(config.hub_timeout_secs));
+        NodeCache { config, hub, system }
+    }
+
+    fn root(&self) -> &Path {
+        &self.config.state_root
+    }
+
+    pub fn envs_dir(&self) -> PathBuf {
+        self.root().join("envs")
+    }
+
+    /// Fetches (if needed), realizes and renders `env` for `mode`.
+    pub fn ensure(&self, env: &EnvRef, mode: Mode, token: Option<&Token>) -> Result<Rendered, NodeError> {
+        if let Some(token) = token {
+            if let Some(at) = token.expired_at(now()) {
+                return Err(NodeError::TokenExpired { at: format_unix(at) });
+            }
+        }
+        let (commit, warning) = self.resolve_commit(env, token)?;
+        let repo = self.repo(&env.owner);
+        let full = env.full_name();
+        let metadata = hub::read_blob(&repo, &commit, "metadata.json")?
+            .ok_or_else(|| NodeError::MissingFile { env: full.clone(), generation: 0, path: "metadata.json".into() })?;
+        let metadata = GenerationsMetadata::parse(&metadata)
+            .map_err(|source| NodeError::Generations { env: full.clone(), source })?;
+        let generation = metadata
+            .resolve(env.generation, &full)
+            .map_err(|source| NodeError::Generations { env: full.clone(), source })?;
+        let lock_path = format!("{generation}/env/manifest.lock");
+        let lock_bytes = hub::read_blob(&repo, &commit, &lock_path)?
+            .ok_or_else(|| NodeError::MissingFile { env: full.clone(), generation, path: lock_path.clone() })?;
+        let key = self.key(&lock_bytes, mode);
+        let mut rendered = self.ensure_rendered(&full, generation, &lock_bytes, mode, &key)?;
+        rendered.warning = warning;
+        Ok(rendered)
+    }
+
+    fn repo(&self, owner: &str) -> PathBuf {
+        self.root().join("meta").join(format!("{owner}.git"))
+    }
+
+    fn ref_record_path(&self, env: &EnvRef) -> PathBuf {
+        self.root().join("refs").join(&env.owner).join(format!("{}.json", env.name))
+    }
+
+    fn read_record(&self, env: &EnvRef) -> Option<RefRecord> {
+        let bytes = std::fs::read(self.ref_record_path(env)).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    fn write_record(&self, env: &EnvRef, record: &RefRecord) -> Result<(), NodeError> {
+        let path = self.ref_record_path(env);
+        let dir = path.parent().expect("has parent");
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        std::fs::write(&tmp, serde_json::to_vec(record).expect("serializable")).map_err(io(&tmp))?;
+        std::fs::rename(&tmp, &path).map_err(io(&path))
+    }
+
+    /// The floxmeta commit to read. Asks the hub with the caller's token every time a
+    /// token is involved, so a cached private environment is only served to tokens the hub
+    /// accepts now; a pinned public environment already cached needs no hub at all.
+    fn resolve_commit(&self, env: &EnvRef, token: Option<&Token>) -> Result<(String, Option<String>), NodeError> {
+        let repo = self.repo(&env.owner);
+        let record = self.read_record(env);
+        if let Some(r) = &record {
+            if env.generation.is_some() && token.is_none() && r.token_fingerprint.is_none() && hub::has_commit(&repo, &r.commit) {
+                return Ok((r.commit.clone(), None));
+            }
+        }
+        let fingerprint = token.map(Token::fingerprint);
+        match self.hub.remote_head(&env.owner, &env.name, token) {
+            Ok(head) => {
+                if !hub::has_commit(&repo, &head) {
+                    let _guard = lock_file(&self.root().join("meta").join(format!("{}.lock", env.owner)))?;
+                    if !hub::has_commit(&repo, &head) {
+                        self.hub.fetch(&repo, &env.owner, &env.name, token)?;
+                    }
+                }
+                self.write_record(env, &RefRecord { commit: head.clone(), token_fingerprint: fingerprint, fetched_at: now() })?;
+                Ok((head, None))
+            }
+            Err(e) if e.is_unreachable() => {
+                let Some(r) = record.filter(|r| hub::has_commit(&repo, &r.commit)) else {
+                    return Err(e.into());
+                };
+                if r.token_fingerprint.is_some() && r.token_fingerprint != fingerprint {
+                    return Err(NodeError::OfflineTokenMismatch { env: env.full_name() });
+                }
+                let warning = match env.generation {
+                    Some(_) => None,
+                    None => Some(format!(
+                        "{e}; using the last known live generation of {} (fetched {})",
+                        env.full_name(),
+                        format_unix(r.fetched_at)
+                    )),
+                };
+                if let Some(w) = &warning {
+                    tracing::warn!("{w}");
+                }
+                Ok((r.commit, warning))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn key(&self, lock: &[u8], mode: Mode) -> String {
+        let mut h = Sha256::new();
+        h.update(b"imageless-env-v1\0");
+        h.update(lock);
+        h.update(b"\0");
+        h.update(self.system.as_str().as_bytes());
+        h.update(b"\0");
+        h.update(mode.as_str().as_bytes());
+        hex::encode(&h.finalize()[..16])
+    }
+
+    /// Looks up a rendered environment by key.
+    pub fn lookup(&self, key: &str) -> Option<Rendered> {
+        let dir = self.envs_dir().join(key);
+        let closure = std::fs::read_to_string(dir.join("closure")).ok()?;
+        let generation = std::fs::read_to_string(dir.join("generation")).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
+        Some(Rendered {
+            key: key.to_string(),
+            env_dir: dir.join("env"),
+            dir,
+            closure: closure.lines().filter_map(|l| StorePath::parse(l).ok()).collect(),
+            generation,
+            realized: 0,
+            warning: None,
+        })
+    }
+
+    fn ensure_rendered(&self, env: &str, generation: u32, lock_bytes: &[u8], mode: Mode, key: &str) -> Result<Rendered, NodeError> {
+        if let Some(r) = self.lookup(key) {
+            touch(&r.dir);
+            return Ok(r);
+        }
+        let _guard = lock_file(&self.root().join("locks").join(format!("{key}.lock")))?;
+        if let Some(r) = self.lookup(key) {
+            touch(&r.dir);
+            return Ok(r);
+        }
+        let lock_err = |message: String| NodeError::Lockfile { env: env.to_string(), generation, message };
+        let lockfile = Lockfile::parse(lock_bytes).map_err(|e| lock_err(e.to_string()))?;
+        let selection = lockfile.select(self.system).map_err(|e| lock_err(e.to_string()))?;
+        let sources: Vec<LinkSource> = selection
+            .outputs
+            .iter()
+            .map(|o| LinkSource {
+                install_id: o.install_id.clone(),
+                output: o.output.clone(),
+                store_path: o.store_path.clone(),
+                priority: o.priority,
+            })
+            .collect();
+        let mut wanted: Vec<StorePath> = sources.iter().map(|s| s.store_path.clone()).collect();
+        wanted.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        wanted.dedup();
+        let nix = Nix { config: &self.config };
+        let realized = nix.realize(env, &wanted)?;
+
+        let envs = self.envs_dir();
+        std::fs::create_dir_all(&envs).map_err(io(&envs))?;
+        clean_stale_temps(&envs, key);
+        let tmp = envs.join(format!(".tmp-{key}-{}", std::process::id()));
+        let tree = tmp.join("env");
+        let linked = render::render_tree(&sources, mode, &tree)?;
+        let data = ActivationData {
+            version: ActivationData::VERSION,
+            mode,
+            vars: lockfile.vars_in_order().map_err(|e| lock_err(e.to_string()))?,
+            hook_on_activate: lockfile.hook_on_activate(),
+            profile: {
+                let p = lockfile.profile();
+                Profile { common: p.common, bash: p.bash, zsh: p.zsh, fish: p.fish, tcsh: p.tcsh }
+            },
+            cuda_detection: lockfile.cuda_detection(),
+        };
+        render::write_generated(&tree, ACTIVATION_DATA_REL, &serde_json::to_vec_pretty(&data).expect("serializable"))?;
+        render::write_generated(&tree, "manifest.lock", lock_bytes)?;
+        let closure = nix.closure(&linked)?;
+        let closure_text: String = closure.iter().map(|p| format!("{p}\n")).collect();
+        std::fs::write(tmp.join("closure"), closure_text).map_err(io(&tmp))?;
+        std::fs::write(tmp.join("generation"), format!("{generation}\n")).map_err(io(&tmp))?;
+        std::fs::write(tmp.join("source"), format!("{env}:{generation} {mode}\n")).map_err(io(&tmp))?;
+        realize::add_gc_roots(&self.config.gcroots_dir, key, &linked)?;
+        let dir = envs.join(key);
+        std::fs::rename(&tmp, &dir).map_err(io(&dir))?;
+        touch(&dir);
+        tracing::info!(env, generation, %mode, key, realized, "environment rendered");
+        Ok(Rendered { key: key.to_string(), env_dir: dir.join("env"), dir, closure, generation, realized, warning: None })
+    }
+
+    /// Removes cached environments not in `in_use` and unused for `older_than`.
+    pub fn gc(&self, in_use: &std::collections::HashSet<String>, older_than: Duration) -> Result<Vec<String>, NodeError> {
+        let envs = self.envs_dir();
+        let mut removed = Vec::new();
+        let Ok(entries) = std::fs::read_dir(&envs) else { return Ok(removed) };
+        for entry in entries.flatten() {
+            let key = entry.file_name().to_string_lossy().into_owned();
+            if key.starts_with('.') || in_use.contains(&key) {
+                continue;
+            }
+            let last_used = std::fs::metadata(entry.path().join("last-used")).and_then(|m| m.modified()).ok();
+            if last_used.is_some_and(|t| t.elapsed().unwrap_or_default() < older_than) {
+                continue;
+            }
+            let _guard = lock_file(&self.root().join("locks").join(format!("{key}.lock")))?;
+            let trash = envs.join(format!(".gc-{key}-{}", std::process::id()));
+            std::fs::rename(entry.path(), &trash).map_err(io(&trash))?;
+            std::fs::remove_dir_all(&trash).map_err(io(&trash))?;
+            realize::remove_gc_roots(&self.config.gcroots_dir, &key).map_err(io(&self.config.gcroots_dir))?;
+            removed.push(key);
+        }
+        Ok(removed)
+    }
+}
+
+fn touch(dir: &Path) {
+    let _ = std::fs::write(dir.join("last-used"), b"");
+}
+
+/// Leftovers of a pull killed mid-way (we hold the key's lock, so none is in progress).
+fn clean_stale_temps(envs: &Path, key: &str) {
+    let prefix = format!(".tmp-{key}-");
+    if let Ok(entries) = std::fs::read_dir(envs) {
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with(&prefix) {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+}
+
+/// Reads the token from a secret directory (`floxhub-token`); None when absent.
+pub fn read_token(dir: &Path) -> Result<Option<Token>, NodeError> {
+    let path = dir.join(imageless_core::container_paths::TOKEN_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => Token::parse(&text).map(Some).map_err(|e| NodeError::Token(e.to_string())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io(&path)(e)),
+    }
+}

@@ -1,0 +1,113 @@
+//! The node config, /etc/imageless/config.toml (path overridable with `IMAGELESS_CONFIG`).
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+pub const DEFAULT_PATH: &str = "/etc/imageless/config.toml";
+pub const PATH_ENV: &str = "IMAGELESS_CONFIG";
+pub const DEFAULT_HUB_URL: &str = "https://hub.flox.dev";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreView {
+    /// Only the environment's closure is visible under /nix/store in the container.
+    #[default]
+    Closure,
+    /// The whole host /nix/store, read-only.
+    Store,
+}
+
+/// Every key is optional; see the README's "Node config" section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    pub state_root: PathBuf,
+    pub hub_url: String,
+    pub git_url: Option<String>,
+    pub substituters: Vec<String>,
+    pub trusted_public_keys: Vec<String>,
+    pub runc: Option<PathBuf>,
+    pub activator: PathBuf,
+    pub store_view: StoreView,
+    pub gcroots_dir: PathBuf,
+    /// Directory holding `nix-store` (default: PATH).
+    pub nix_bin_dir: Option<PathBuf>,
+    /// Seconds a hub request may take before the hub counts as unreachable.
+    pub hub_timeout_secs: u64,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            state_root: PathBuf::from("/var/lib/imageless"),
+            hub_url: DEFAULT_HUB_URL.to_string(),
+            git_url: None,
+            substituters: vec!["https://cache.flox.dev".into(), "https://cache.nixos.org".into()],
+            trusted_public_keys: vec![
+                "flox-cache-public-1:7F4OyH7ZCnFhcze3fJdfyXYLQw/aV7GEed86nQ7IsOs=".into(),
+                "cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=".into(),
+            ],
+            runc: None,
+            activator: PathBuf::from("/usr/local/bin/flox-activate"),
+            store_view: StoreView::Closure,
+            gcroots_dir: PathBuf::from("/nix/var/nix/gcroots/imageless"),
+            nix_bin_dir: None,
+            hub_timeout_secs: 20,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("flox: node config {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("flox: node config {path} is not valid: {message}")]
+    Parse { path: PathBuf, message: String },
+}
+
+impl NodeConfig {
+    /// Loads from `explicit`, else `$IMAGELESS_CONFIG`, else the default path; a missing
+    /// default file means all defaults, a missing explicit one is an error.
+    pub fn load(explicit: Option<&Path>) -> Result<NodeConfig, ConfigError> {
+        let from_env = std::env::var_os(PATH_ENV).map(PathBuf::from);
+        let (path, must_exist) = match explicit.map(Path::to_path_buf).or(from_env) {
+            Some(p) => (p, true),
+            None => (PathBuf::from(DEFAULT_PATH), false),
+        };
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Self::parse(&text).map_err(|message| ConfigError::Parse { path, message }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !must_exist => Ok(NodeConfig::default()),
+            Err(source) => Err(ConfigError::Read { path, source }),
+        }
+    }
+
+    pub fn parse(text: &str) -> Result<NodeConfig, String> {
+        toml::from_str(text).map_err(|e| e.to_string().trim().replace('\n', " "))
+    }
+
+    /// Where `nix-store` and `nix` are run from.
+    pub fn nix_program(&self, name: &str) -> PathBuf {
+        match &self.nix_bin_dir {
+            Some(dir) => dir.join(name),
+            None => PathBuf::from(name),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_overrides() {
+        let c = NodeConfig::parse("").unwrap();
+        assert_eq!(c.hub_url, DEFAULT_HUB_URL);
+        assert_eq!(c.store_view, StoreView::Closure);
+        let c = NodeConfig::parse("hub_url = \"http://127.0.0.1:1\"\nstore_view = \"store\"\n").unwrap();
+        assert_eq!(c.store_view, StoreView::Store);
+        let e = NodeConfig::parse("hub_ur = \"x\"").unwrap_err();
+        assert!(e.contains("unknown field `hub_ur`"), "{e}");
+        let e = NodeConfig::parse("store_view = \"all\"").unwrap_err();
+        assert!(e.contains("closure") && e.contains("store"), "{e}");
+    }
+}
