@@ -1,0 +1,388 @@
+//! `imageless doctor`: a checklist of what a node needs, each failure with its fix.
+use std::ffi::OsString;
+use std::net::{TcpStream, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::edit;
+use crate::install::{self, HostRoot};
+
+/// The node config keys doctor reads (docs/contracts.md; crates/node owns the canonical struct).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct NodeConfig {
+    pub state_root: PathBuf,
+    pub hub_url: String,
+    pub substituters: Vec<String>,
+    pub trusted_public_keys: Vec<String>,
+    pub runc: Option<PathBuf>,
+    pub activator: PathBuf,
+    pub gcroots_dir: PathBuf,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            state_root: "/var/lib/imageless".into(),
+            hub_url: "https://hub.flox.dev".into(),
+            substituters: vec!["https://cache.flox.dev".into(), "https://cache.nixos.org".into()],
+            trusted_public_keys: vec![],
+            runc: None,
+            activator: "/usr/local/bin/flox-activate".into(),
+            gcroots_dir: "/nix/var/nix/gcroots/imageless".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Ok,
+    Warn,
+    Fail,
+}
+
+#[derive(Debug, Clone)]
+pub struct Check {
+    pub name: &'static str,
+    pub status: Status,
+    pub detail: String,
+    pub fix: Option<String>,
+}
+
+impl std::fmt::Display for Check {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let tag = match self.status {
+            Status::Ok => "ok  ",
+            Status::Warn => "warn",
+            Status::Fail => "FAIL",
+        };
+        write!(f, "[{tag}] {}: {}", self.name, self.detail)?;
+        if let Some(fix) = &self.fix {
+            write!(f, "\n       fix: {fix}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Inputs of the checks; tests build it directly instead of touching the process environment.
+#[derive(Debug, Clone)]
+pub struct DoctorContext {
+    pub containerd_config: PathBuf,
+    pub address: Option<PathBuf>,
+    pub containerd_bin: Option<PathBuf>,
+    pub token_file: Option<PathBuf>,
+    pub node_config_path: PathBuf,
+    /// The PATH binaries are looked up in.
+    pub path_env: OsString,
+    pub network_timeout: Duration,
+}
+
+fn ok(name: &'static str, detail: impl Into<String>) -> Check {
+    Check { name, status: Status::Ok, detail: detail.into(), fix: None }
+}
+fn fail(name: &'static str, detail: impl Into<String>, fix: impl Into<String>) -> Check {
+    Check { name, status: Status::Fail, detail: detail.into(), fix: Some(fix.into()) }
+}
+fn warn(name: &'static str, detail: impl Into<String>, fix: impl Into<String>) -> Check {
+    Check { name, status: Status::Warn, detail: detail.into(), fix: Some(fix.into()) }
+}
+
+pub fn which(name: &str, path_env: &OsString) -> Option<PathBuf> {
+    std::env::split_paths(path_env).map(|d| d.join(name)).find(|p| is_executable(p))
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+pub fn run(ctx: &DoctorContext) -> Vec<Check> {
+    let root = HostRoot("/".into());
+    let mut checks = Vec::new();
+    let node = match std::fs::read_to_string(&ctx.node_config_path) {
+        Ok(text) => match toml::from_str::<NodeConfig>(&text) {
+            Ok(c) => {
+                checks.push(ok("node config", ctx.node_config_path.display().to_string()));
+                c
+            }
+            Err(e) => {
+                checks.push(fail(
+                    "node config",
+                    format!("{} does not parse: {e}", ctx.node_config_path.display()),
+                    "fix the file (keys: state_root, hub_url, substituters, trusted_public_keys, runc, activator, gcroots_dir)",
+                ));
+                NodeConfig::default()
+            }
+        },
+        Err(_) => {
+            checks.push(warn(
+                "node config",
+                format!("{} is absent: using defaults", ctx.node_config_path.display()),
+                "run `imageless install` (writes it) or create it",
+            ));
+            NodeConfig::default()
+        }
+    };
+
+    // containerd running and its version.
+    let socket = ctx.address.clone().unwrap_or_else(|| install::socket_address(&root, &ctx.containerd_config));
+    let containerd_bin = install::find_containerd(&root, ctx.containerd_bin.as_deref());
+    let version = containerd_bin.as_deref().and_then(|b| install::containerd_version(&root, b));
+    let version_text = version.as_ref().map(|v| v.0.clone()).unwrap_or_else(|| "version unknown".into());
+    checks.push(match install::socket_peer_pid(&socket) {
+        Ok(pid) => ok("containerd", format!("running (pid {pid}, {version_text}) on {}", socket.display())),
+        Err(e) => fail(
+            "containerd",
+            format!("containerd is not answering on {}: {e}", socket.display()),
+            "start containerd (`systemctl start containerd`), or pass --address with its socket",
+        ),
+    });
+
+    checks.extend(runtime_checks(&root, ctx, containerd_bin.as_deref()));
+
+    // runc and the runc shim.
+    let runc = node.runc.clone().or_else(|| which("runc", &ctx.path_env));
+    checks.push(match runc {
+        Some(p) if is_executable(&p) => ok("runc", p.display().to_string()),
+        _ => fail("runc", "runc not found (node config `runc` or PATH)", "install runc or set `runc = \"/path/to/runc\"` in the node config"),
+    });
+    checks.push(match which("containerd-shim-runc-v2", &ctx.path_env) {
+        Some(p) => ok("runc shim", p.display().to_string()),
+        None => fail("runc shim", "containerd-shim-runc-v2 is not on PATH", "install containerd's runc shim next to containerd"),
+    });
+    checks.push(if is_executable(&node.activator) {
+        ok("activator", node.activator.display().to_string())
+    } else {
+        fail("activator", format!("{} is missing", node.activator.display()), "run `imageless install` or set `activator` in the node config")
+    });
+
+    // Nix.
+    match which("nix-store", &ctx.path_env) {
+        Some(p) => checks.push(ok("nix", p.display().to_string())),
+        None => checks.push(fail("nix", "Nix is not installed (nix-store not on PATH)", "install Nix (Debian: `apt-get install nix-bin`)")),
+    }
+    checks.push(if writable(Path::new("/nix/store")) {
+        ok("nix store", "/nix/store is writable")
+    } else {
+        fail("nix store", "/nix/store is missing or not writable", "install Nix as root (single-user) so the node can realize environments")
+    });
+    let gcroots_parent = node.gcroots_dir.parent().unwrap_or(Path::new("/"));
+    checks.push(if node.gcroots_dir.is_dir() || writable(gcroots_parent) {
+        ok("gc roots", node.gcroots_dir.display().to_string())
+    } else {
+        fail("gc roots", format!("{} cannot be created", node.gcroots_dir.display()), format!("create {}", node.gcroots_dir.display()))
+    });
+
+    // Substituters and keys.
+    for sub in &node.substituters {
+        checks.push(match reachable(sub, ctx.network_timeout) {
+            Ok(()) => ok("substituter", format!("{sub} reachable")),
+            Err(e) => fail("substituter", format!("{sub} is unreachable: {e}"), "check the node's network/proxy, or fix `substituters` in the node config"),
+        });
+    }
+    if !node.substituters.is_empty() && node.trusted_public_keys.is_empty() {
+        checks.push(fail(
+            "substituter keys",
+            "substituters are set but trusted_public_keys is empty: Nix refuses unsigned paths",
+            "add each cache's public key to `trusted_public_keys` in the node config",
+        ));
+    }
+
+    // Hub and token.
+    checks.push(match reachable(&node.hub_url, ctx.network_timeout) {
+        Ok(()) => ok("hub", format!("{} reachable", node.hub_url)),
+        Err(e) => fail("hub", format!("hub {} is unreachable: {e}", node.hub_url), "check `hub_url` in the node config and the node's network"),
+    });
+    if let Some(token_file) = &ctx.token_file {
+        checks.push(token_check(token_file));
+    }
+
+    // Disk and stale state.
+    checks.push(disk_check(&node.state_root));
+    checks.push(mounts_check(&node.state_root));
+    checks
+}
+
+fn runtime_checks(root: &HostRoot, ctx: &DoctorContext, containerd_bin: Option<&Path>) -> Vec<Check> {
+    let mut checks = Vec::new();
+    let main_text = std::fs::read_to_string(&ctx.containerd_config).ok();
+    let main_facts = main_text.as_deref().and_then(|t| edit::inspect(t).ok());
+    let (effective, source) = match containerd_bin.map(|b| install::config_dump(root, b, &ctx.containerd_config)) {
+        Some(Ok(dump)) => (edit::inspect(&dump).ok(), "effective config (containerd config dump)"),
+        Some(Err(e)) => {
+            checks.push(fail("containerd config", e, "fix the config so containerd can load it"));
+            return checks;
+        }
+        None => (main_facts.clone(), "config file (no containerd binary for config dump)"),
+    };
+    let Some(flox) = effective.and_then(|f| f.flox) else {
+        let shadow = main_facts.as_ref().filter(|f| f.flox.is_some()).and_then(|f| {
+            install::shadowing_import(root, &ctx.containerd_config, f).ok().flatten()
+        });
+        checks.push(match shadow {
+            Some(import) => fail(
+                "runtime flox",
+                format!(
+                    "runtime flox in {} is shadowed by import {}, which redefines the CRI plugin section",
+                    ctx.containerd_config.display(),
+                    import.display()
+                ),
+                format!("re-run `imageless install` (it writes into {}) and restart containerd", import.display()),
+            ),
+            None => fail(
+                "runtime flox",
+                format!("runtime flox is not in containerd's {source}"),
+                "run `imageless install` (or add it to the config) and restart containerd",
+            ),
+        });
+        return checks;
+    };
+    checks.push(ok("runtime flox", format!("present in the {source}")));
+    let pattern = edit::ANNOTATION_PATTERN;
+    if flox.pod_annotations.iter().any(|a| a == pattern) && flox.container_annotations.iter().any(|a| a == pattern) {
+        checks.push(ok("annotations", format!("pod and container annotations {pattern} pass through")));
+    } else {
+        checks.push(fail(
+            "annotations",
+            format!("runtime flox does not pass {pattern} (pod_annotations {:?}, container_annotations {:?})", flox.pod_annotations, flox.container_annotations),
+            format!("set pod_annotations and container_annotations to [\"{pattern}\"] (`imageless install` does)"),
+        ));
+    }
+    match flox.binary_name.as_deref().filter(|b| !b.is_empty()) {
+        None => checks.push(fail(
+            "BinaryName",
+            "runtime flox has no options.BinaryName: containerd 1.6 ignores runtime_path, so pods would run without flox",
+            "set options.BinaryName to the flox-runc wrapper (`imageless install` does)",
+        )),
+        Some(b) if !is_executable(Path::new(b)) => checks.push(fail(
+            "BinaryName",
+            format!("options.BinaryName {b} does not exist or is not executable"),
+            "run `imageless install` to install flox-runc",
+        )),
+        Some(b) if !b.ends_with("flox-runc") => checks.push(warn(
+            "BinaryName",
+            format!("options.BinaryName is {b}, not the flox-runc wrapper"),
+            "point options.BinaryName at flox-runc",
+        )),
+        Some(b) => checks.push(ok("BinaryName", b.to_owned())),
+    }
+    match flox.runtime_path.as_deref().filter(|p| !p.is_empty()) {
+        Some(p) if is_executable(Path::new(p)) => checks.push(ok("shim launcher", p.to_owned())),
+        Some(p) => checks.push(fail("shim launcher", format!("runtime_path {p} is missing"), "run `imageless install`")),
+        None => checks.push(warn("shim launcher", "runtime flox has no runtime_path", "run `imageless install`")),
+    }
+    checks
+}
+
+fn writable(p: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(p.as_os_str().as_bytes()) else { return false };
+    // SAFETY: access(2) on a NUL-terminated path.
+    unsafe { libc::access(c.as_ptr(), libc::W_OK) == 0 }
+}
+
+/// host and port of an http(s) URL.
+pub fn url_host_port(url: &str) -> Result<(String, u16), String> {
+    let (scheme, rest) = url.split_once("://").ok_or_else(|| format!("{url:?} is not a URL (expected http://HOST[:PORT] or https://...)"))?;
+    let default_port = match scheme {
+        "http" => 80,
+        "https" => 443,
+        other => return Err(format!("scheme {other:?} in {url:?}: accepted are http and https")),
+    };
+    let authority = rest.split('/').next().unwrap_or("");
+    let authority = authority.rsplit('@').next().unwrap_or(authority);
+    if let Some(v6) = authority.strip_prefix('[') {
+        let (host, after) = v6.split_once(']').ok_or_else(|| format!("bad IPv6 host in {url:?}"))?;
+        let port = after.strip_prefix(':').map(|p| p.parse().map_err(|_| format!("bad port in {url:?}"))).transpose()?;
+        return Ok((host.to_owned(), port.unwrap_or(default_port)));
+    }
+    match authority.rsplit_once(':') {
+        Some((host, port)) => Ok((host.to_owned(), port.parse().map_err(|_| format!("bad port {port:?} in {url:?}"))?)),
+        None => Ok((authority.to_owned(), default_port)),
+    }
+}
+
+/// A TCP connection to the URL's host and port succeeds (TLS and HTTP are not checked).
+pub fn reachable(url: &str, timeout: Duration) -> Result<(), String> {
+    let (host, port) = url_host_port(url)?;
+    let addrs: Vec<_> = (host.as_str(), port).to_socket_addrs().map_err(|e| format!("resolving {host}: {e}"))?.collect();
+    let mut last = format!("{host} has no addresses");
+    for addr in addrs {
+        match TcpStream::connect_timeout(&addr, timeout) {
+            Ok(_) => return Ok(()),
+            Err(e) => last = format!("connecting to {addr}: {e}"),
+        }
+    }
+    Err(last)
+}
+
+/// Reads a JWT's `exp` (payload only, no signature check: the hub checks signatures).
+pub fn jwt_expiry(token: &str) -> Option<i64> {
+    use base64::Engine;
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
+    let json: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    json.get("exp")?.as_i64()
+}
+
+fn token_check(path: &Path) -> Check {
+    let token = match std::fs::read_to_string(path) {
+        Ok(t) => t.trim().to_owned(),
+        Err(e) => return fail("token", format!("token file {} is unreadable: {e}", path.display()), "pass --token-file with a readable file"),
+    };
+    if token.is_empty() {
+        return fail("token", format!("token file {} is empty", path.display()), "write a FloxHub token into it");
+    }
+    let Some(exp) = jwt_expiry(&token) else {
+        return warn("token", "token is not a JWT: its expiry cannot be read", "none needed if the hub accepts it");
+    };
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let when = time::OffsetDateTime::from_unix_timestamp(exp)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_else(|| exp.to_string());
+    if exp <= now {
+        fail("token", format!("token expired at {when}"), "mint a new token (`flox auth login` / `imageless hub token`) and update the secret")
+    } else {
+        ok("token", format!("valid until {when}"))
+    }
+}
+
+fn disk_check(state_root: &Path) -> Check {
+    use std::os::unix::ffi::OsStrExt;
+    let existing = state_root.ancestors().find(|p| p.exists()).unwrap_or(Path::new("/"));
+    let Ok(c) = std::ffi::CString::new(existing.as_os_str().as_bytes()) else {
+        return warn("disk", "state root path has a NUL byte", "fix state_root");
+    };
+    // SAFETY: statvfs writes into a zeroed struct of the right type.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return warn("disk", format!("statvfs {}: {}", existing.display(), std::io::Error::last_os_error()), "check the state root");
+    }
+    let free = st.f_bavail as u64 * st.f_frsize as u64;
+    let gib = free as f64 / (1u64 << 30) as f64;
+    if free < 1 << 30 {
+        warn("disk", format!("{gib:.1} GiB free under {}", existing.display()), "free space or run `imageless gc`")
+    } else {
+        ok("disk", format!("{gib:.1} GiB free under {}", existing.display()))
+    }
+}
+
+fn mounts_check(state_root: &Path) -> Check {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return warn("mounts", "cannot read /proc/self/mountinfo", "run doctor on the node (hostPID / host mount namespace)");
+    };
+    let prefix = state_root.to_string_lossy().into_owned();
+    let count = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|mp| mp.starts_with(&prefix))
+        .count();
+    if count == 0 {
+        ok("mounts", format!("no mounts under {prefix}"))
+    } else {
+        warn("mounts", format!("{count} mounts under {prefix}"), "if no flox container runs, they are stale: `imageless gc`")
+    }
+}
