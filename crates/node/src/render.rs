@@ -246,3 +246,73 @@ pub fn write_generated(tree: &Path, rel: &str, contents: &[u8]) -> Result<(), Re
     let _ = std::fs::remove_file(&path);
     std::fs::write(&path, contents).map_err(io(&path))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Fake "store paths" must look like store paths to pass validation, but live in a temp
+    /// dir: render only reads them, so a StorePath whose text differs from the real location
+    /// is not possible. Instead these tests render real dirs through `render_dirs`.
+    fn pkg(root: &Path, name: &str, files: &[(&str, &str)]) -> PathBuf {
+        let dir = root.join(name);
+        for (rel, content) in files {
+            let p = dir.join(rel);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, content).unwrap();
+        }
+        dir
+    }
+
+    fn render_dirs(pkgs: &[(&Path, &str, u64)], dest: &Path) -> Result<(), RenderError> {
+        let mut plan = Plan::default();
+        for (dir, id, prio) in pkgs {
+            let origin = Origin { install_id: id.to_string(), output: "out".into(), priority: *prio, propagated: false };
+            plan.add_package(dir, &origin)?;
+        }
+        materialize(&plan.root, dest)
+    }
+
+    #[test]
+    fn merges_shared_dirs_and_keeps_single_dirs_as_links() {
+        let t = tempfile::tempdir().unwrap();
+        let a = pkg(t.path(), "a", &[("bin/a", "a"), ("share/a/x", "x"), ("nix-support/setup-hook", "")]);
+        let b = pkg(t.path(), "b", &[("bin/b", "b"), ("lib/libb.so", "")]);
+        let out = t.path().join("out");
+        render_dirs(&[(&a, "a", 5), (&b, "b", 5)], &out).unwrap();
+        assert!(std::fs::symlink_metadata(out.join("bin")).unwrap().is_dir(), "shared bin/ is a real dir");
+        assert_eq!(std::fs::read_link(out.join("bin/a")).unwrap(), a.join("bin/a"));
+        assert_eq!(std::fs::read_link(out.join("lib")).unwrap(), b.join("lib"), "lib/ from one package stays a link");
+        assert!(!out.join("nix-support").exists());
+    }
+
+    #[test]
+    fn lower_priority_number_wins_and_equal_is_an_error() {
+        let t = tempfile::tempdir().unwrap();
+        let blue = pkg(t.path(), "blue", &[("bin/who", "blue")]);
+        let green = pkg(t.path(), "green", &[("bin/who", "green")]);
+        let out = t.path().join("out1");
+        render_dirs(&[(&blue, "blue", 10), (&green, "green", 5)], &out).unwrap();
+        assert_eq!(std::fs::read_to_string(out.join("bin/who")).unwrap(), "green");
+        let out = t.path().join("out2");
+        render_dirs(&[(&blue, "blue", 5), (&green, "green", 10)], &out).unwrap();
+        assert_eq!(std::fs::read_to_string(out.join("bin/who")).unwrap(), "blue");
+        let err = render_dirs(&[(&blue, "blue", 5), (&green, "green", 5)], &t.path().join("out3")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "flox: 'blue' conflicts with 'green'. Both packages provide the file 'bin/who'. Resolve by uninstalling one of the conflicting packages or setting the priority of the preferred package to a value lower than '5'"
+        );
+    }
+
+    #[test]
+    fn generated_file_in_a_linked_dir_makes_it_real() {
+        let t = tempfile::tempdir().unwrap();
+        let a = pkg(t.path(), "a", &[("activate.d/theirs", "x")]);
+        let out = t.path().join("out");
+        render_dirs(&[(&a, "a", 5)], &out).unwrap();
+        write_generated(&out, "activate.d/imageless.json", b"{}").unwrap();
+        assert_eq!(std::fs::read_to_string(out.join("activate.d/theirs")).unwrap(), "x");
+        assert_eq!(std::fs::read_to_string(out.join("activate.d/imageless.json")).unwrap(), "{}");
+        assert_eq!(std::fs::read_to_string(a.join("activate.d/imageless.json")).ok(), None, "package untouched");
+    }
+}
