@@ -1,1 +1,146 @@
-fn main() {}
+//! `cargo xtask`: the project's entry points for people and CI.
+//!
+//! - `cargo xtask test`  — installs what is needed, builds, builds the package world, runs
+//!   every unit test and the end-to-end suite on containerd 1.6.20, 1.7.24 and 2.1.9.
+//! - `cargo xtask demo`  — the docs' echoip pod on a private containerd and a local hub.
+//! - `cargo xtask bench` — start-time and overhead figures against plain runc and `nix copy`.
+//! - `cargo xtask build` — just the binaries (debug) and the static activator.
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build the binaries and the static activator.
+    Build,
+    /// Build (or reuse) the package world and the local hub root.
+    World,
+    /// Unit tests and end-to-end tests on every supported containerd.
+    Test {
+        /// Skip the machine setup (apt, Nix config, containerd downloads).
+        #[arg(long)]
+        no_setup: bool,
+        /// Extra arguments for the end-to-end `cargo test` (e.g. a test name filter).
+        #[arg(last = true)]
+        e2e_args: Vec<String>,
+    },
+    /// Run the docs' echoip pod end to end and tear everything down.
+    Demo,
+    /// Benchmarks (not part of CI): prints a table and writes target/bench.json.
+    Bench,
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    eprintln!("xtask: {}", describe(cmd));
+    let status = cmd.current_dir(root()).status().with_context(|| format!("running {}", describe(cmd)))?;
+    if !status.success() {
+        bail!("{} failed ({status})", describe(cmd));
+    }
+    Ok(())
+}
+
+fn describe(cmd: &Command) -> String {
+    std::iter::once(cmd.get_program().to_string_lossy().into_owned())
+        .chain(cmd.get_args().map(|a| a.to_string_lossy().into_owned()))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+const ACTIVATOR_TARGET: &str = "x86_64-unknown-linux-gnu";
+
+/// Paths the e2e tests and the demo read from the environment.
+pub struct Layout {
+    pub bin_dir: PathBuf,
+    pub activator: PathBuf,
+    pub hub_root: PathBuf,
+    pub images: PathBuf,
+}
+
+fn layout() -> Layout {
+    let r = root();
+    Layout {
+        bin_dir: r.join("target/debug"),
+        activator: r.join(format!("target/{ACTIVATOR_TARGET}/release/flox-activate")),
+        hub_root: r.join(".work/hub"),
+        images: r.join(".work/images"),
+    }
+}
+
+fn setup() -> Result<()> {
+    run(Command::new("bash").arg("scripts/setup-machine.sh"))?;
+    run(Command::new("bash").arg("scripts/fetch-containerd.sh"))
+}
+
+fn build() -> Result<()> {
+    run(cargo().args(["build", "--workspace", "--bins"]))?;
+    // The activator runs in images without libc: static glibc build. With an explicit
+    // --target, RUSTFLAGS apply to the target only, not to build scripts.
+    run(cargo()
+        .args(["build", "-p", "flox-activate", "--release", "--target", ACTIVATOR_TARGET])
+        .env("RUSTFLAGS", "-C target-feature=+crt-static"))
+}
+
+fn world() -> Result<()> {
+    let l = layout();
+    run(Command::new("bash").arg("world/build.sh").arg(&l.hub_root).arg(l.bin_dir.join("imageless")))?;
+    run(Command::new("bash").arg("scripts/images/build.sh").arg(&l.images))
+}
+
+fn with_layout(cmd: &mut Command) -> &mut Command {
+    let l = layout();
+    cmd.env("IMAGELESS_BIN_DIR", &l.bin_dir)
+        .env("IMAGELESS_ACTIVATOR", &l.activator)
+        .env("IMAGELESS_HUB_ROOT", &l.hub_root)
+        .env("IMAGELESS_IMAGES", &l.images)
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Build => build(),
+        Cmd::World => {
+            build()?;
+            world()
+        }
+        Cmd::Test { no_setup, e2e_args } => {
+            if !no_setup {
+                setup()?;
+            }
+            build()?;
+            world()?;
+            // Unit and integration tests of every crate but the e2e suite, in parallel.
+            run(with_layout(&mut cargo()).args(["test", "--workspace", "--exclude", "imageless-e2e"]))?;
+            // End-to-end: each test starts its own containerd; one at a time on 2 cores.
+            run(with_layout(&mut cargo())
+                .args(["test", "-p", "imageless-e2e", "--", "--test-threads=1"])
+                .args(&e2e_args))
+        }
+        Cmd::Demo => {
+            setup()?;
+            build()?;
+            world()?;
+            run(with_layout(&mut cargo()).args(["run", "--quiet", "-p", "imageless-e2e", "--bin", "demo"]))
+        }
+        Cmd::Bench => {
+            setup()?;
+            build()?;
+            world()?;
+            run(with_layout(&mut cargo()).args(["run", "--release", "--quiet", "-p", "imageless-e2e", "--bin", "bench"]))
+        }
+    }
+}
