@@ -80,6 +80,9 @@ pub fn install(a: InstallArgs) -> Result<ExitCode, InstallError> {
         restart: a.restart,
         dry_run: a.dry_run,
         containerd_bin: a.containerd_bin,
+        node_config: std::env::var_os("IMAGELESS_CONFIG")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| install::NODE_CONFIG.into()),
     };
     let outcome = install::install(&plan)?;
     for line in &outcome.lines {

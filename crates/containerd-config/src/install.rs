@@ -290,6 +290,8 @@ pub struct InstallPlan {
     pub dry_run: bool,
     /// containerd binary for version and `config dump` (node path); default: found on the node.
     pub containerd_bin: Option<PathBuf>,
+    /// The imageless node config to create when absent (node path), normally [`NODE_CONFIG`].
+    pub node_config: PathBuf,
 }
 
 /// What install reports back (printed by the CLI).
@@ -472,22 +474,23 @@ pub fn install(plan: &InstallPlan) -> Result<InstallOutcome, InstallError> {
     }
 
     // 3. Node config, only when absent.
-    let node_config = root.join(Path::new(NODE_CONFIG));
+    let node_config = root.join(&plan.node_config);
+    let shown = plan.node_config.display();
     if !node_config.exists() {
         out.changed = true;
         let text = default_node_config(&plan.prefix, runc_binary.as_deref());
         if plan.dry_run {
-            out.lines.push(format!("would write {NODE_CONFIG}:\n{text}"));
+            out.lines.push(format!("would write {shown}:\n{text}"));
         } else {
             write_atomic(&node_config, text.as_bytes(), 0o644)?;
             record.node_config = Some(FileRecord {
-                path: NODE_CONFIG.into(),
+                path: plan.node_config.clone(),
                 kind: FileKind::Toml,
                 original: None,
                 installed: text,
                 backup: None,
             });
-            out.lines.push(format!("wrote {NODE_CONFIG}"));
+            out.lines.push(format!("wrote {shown}"));
         }
     }
 
@@ -640,12 +643,12 @@ pub fn uninstall(root: &HostRoot, state_dir: &Path, dry_run: bool) -> Result<Vec
                 continue;
             }
             Some(c) if *c == file.installed => file.original.clone(),
+            Some(_) if record.node_config.as_ref().is_some_and(|n| n.path == file.path) => {
+                lines.push(format!("{} changed since install: kept", file.path.display()));
+                continue;
+            }
             Some(c) => {
                 lines.push(format!("{} changed since install: removing only runtime flox", file.path.display()));
-                if file.path == Path::new(NODE_CONFIG) {
-                    lines.push(format!("{NODE_CONFIG} changed since install: kept"));
-                    continue;
-                }
                 Some(match file.kind {
                     FileKind::Toml => edit::remove_flox_runtime(c)
                         .map_err(|source| InstallError::Edit { path: file.path.clone(), source })?,
