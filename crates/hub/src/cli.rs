@@ -1,5 +1,191 @@
-//! TODO(helper): replace these stubs.
+//! `imageless hub ...`: argument parsing only; the work is in the library modules.
+use std::io::Write;
+use std::path::PathBuf;
 use std::process::ExitCode;
-#[derive(clap::Subcommand)]
-pub enum HubCommand { Serve }
-pub fn run(_c: HubCommand) -> Result<ExitCode, std::io::Error> { todo!() }
+use std::time::Duration;
+
+use crate::admin::{self, Lifetime};
+use crate::config::HubPaths;
+use crate::error::HubError;
+use crate::names::parse_env_ref;
+use crate::publish::{self, PublishRequest};
+use crate::server::HubServer;
+
+#[derive(Debug, clap::Subcommand)]
+pub enum HubCommand {
+    /// Create the hub root (git/, cache/, signing key, hub.json); keeps what exists.
+    Init(InitArgs),
+    /// Serve git (floxmeta), the Nix binary cache and the accounts API over HTTP.
+    Serve(ServeArgs),
+    /// Print a new token for a handle (HS256 JWT, or an opaque flox_... token).
+    Token(TokenArgs),
+    /// Let HANDLE read OWNER's private environments.
+    Grant(GrantArgs),
+    /// Publish a lock as the next generation of OWNER/NAME (and its store paths into the cache).
+    Publish(PublishArgs),
+    /// Make generation GEN of OWNER/NAME live again (rollback).
+    Switch(SwitchArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct InitArgs {
+    /// Hub root directory.
+    #[arg(long)]
+    pub root: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    #[arg(long)]
+    pub root: PathBuf,
+    /// IP:PORT to listen on; port 0 picks a free port (printed as `listening on http://ADDR`).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: String,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct TokenArgs {
+    #[arg(long)]
+    pub root: PathBuf,
+    /// The FloxHub handle the token identifies.
+    #[arg(long)]
+    pub handle: String,
+    /// Lifetime, e.g. 30d, 12h, 90m (default: 30d for JWTs, never for --opaque).
+    #[arg(long, value_parser = parse_lifetime, conflicts_with = "expired")]
+    pub expires_in: Option<Duration>,
+    /// Mint a token that has already expired (for tests of the refusal path).
+    #[arg(long)]
+    pub expired: bool,
+    /// A random `flox_...` token recorded (hashed) in hub.json instead of a JWT.
+    #[arg(long)]
+    pub opaque: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct GrantArgs {
+    #[arg(long)]
+    pub root: PathBuf,
+    pub owner: String,
+    pub handle: String,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PublishArgs {
+    #[arg(long)]
+    pub root: PathBuf,
+    /// OWNER/NAME
+    pub env: String,
+    /// The manifest.lock to publish.
+    #[arg(long)]
+    pub lock: PathBuf,
+    /// The manifest.toml to store beside it (default: rendered from the lock's manifest).
+    #[arg(long)]
+    pub manifest: Option<PathBuf>,
+    /// Hide the environment from callers OWNER has not granted access.
+    #[arg(long)]
+    pub private: bool,
+    /// Do not copy the lock's store paths into the cache.
+    #[arg(long)]
+    pub no_paths: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SwitchArgs {
+    #[arg(long)]
+    pub root: PathBuf,
+    /// OWNER/NAME
+    pub env: String,
+    /// The generation to make live.
+    pub generation: u64,
+}
+
+fn parse_lifetime(s: &str) -> Result<Duration, String> {
+    if s.trim_start().starts_with('-') {
+        return Err(format!("{s:?} is negative; accepted: a positive duration like 30d, 12h or 90m (use --expired for an expired token)"));
+    }
+    let d = humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e}; accepted: a duration like 30d, 12h or 90m"))?;
+    if d.is_zero() {
+        return Err(format!("{s:?} is zero; accepted: a positive duration like 30d, 12h or 90m"));
+    }
+    Ok(d)
+}
+
+fn read_file(path: &PathBuf) -> Result<Vec<u8>, HubError> {
+    std::fs::read(path).map_err(HubError::io(path))
+}
+
+fn print_line(line: &str) -> Result<(), HubError> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}").and_then(|_| out.flush()).map_err(HubError::io("<stdout>"))
+}
+
+pub fn run(command: HubCommand) -> Result<ExitCode, HubError> {
+    match command {
+        HubCommand::Init(a) => {
+            let paths = HubPaths::new(a.root);
+            admin::init(&paths)?;
+            eprintln!("hub root ready: {}", paths.root.display());
+        }
+        HubCommand::Serve(a) => serve(a)?,
+        HubCommand::Token(a) => {
+            let lifetime = match (a.expired, a.expires_in, a.opaque) {
+                (true, _, _) => Lifetime::Expired,
+                (false, Some(d), _) => Lifetime::ExpiresIn(d),
+                (false, None, true) => Lifetime::Forever,
+                (false, None, false) => Lifetime::ExpiresIn(Duration::from_secs(30 * 24 * 3600)),
+            };
+            let token = admin::mint_token(&HubPaths::new(a.root), &a.handle, lifetime, a.opaque)?;
+            print_line(&token)?;
+        }
+        HubCommand::Grant(a) => admin::grant(&HubPaths::new(a.root), &a.owner, &a.handle)?,
+        HubCommand::Publish(a) => {
+            let (owner, name) = parse_env_ref(&a.env)?;
+            let manifest_toml = match &a.manifest {
+                Some(p) => Some(String::from_utf8(read_file(p)?).map_err(|_| HubError::InvalidInput {
+                    what: "--manifest",
+                    value: p.display().to_string(),
+                    accepted: "a UTF-8 manifest.toml",
+                })?),
+                None => None,
+            };
+            let request = PublishRequest {
+                owner,
+                name,
+                lock_bytes: read_file(&a.lock)?,
+                lock_path: a.lock,
+                manifest_toml,
+                private: a.private,
+                copy_paths: !a.no_paths,
+            };
+            let generation = publish::publish(&HubPaths::new(a.root), &request)?;
+            print_line(&generation.to_string())?;
+        }
+        HubCommand::Switch(a) => {
+            let (owner, name) = parse_env_ref(&a.env)?;
+            publish::switch(&HubPaths::new(a.root), &owner, &name, a.generation)?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn serve(a: ServeArgs) -> Result<(), HubError> {
+    // Before any thread exists, so that every thread inherits the blocked mask.
+    crate::signals::block_termination_signals().map_err(HubError::io("<signal mask>"))?;
+    let server = HubServer::bind(HubPaths::new(a.root), &a.listen)?;
+    crate::signals::spawn_signal_waiter(server.stop_flag());
+    print_line(&format!("listening on http://{}", server.local_addr()))?;
+    server.run()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lifetimes() {
+        assert_eq!(parse_lifetime("30d").unwrap(), Duration::from_secs(30 * 86400));
+        assert!(parse_lifetime("-1d").unwrap_err().contains("negative"));
+        assert!(parse_lifetime("0s").unwrap_err().contains("zero"));
+        assert!(parse_lifetime("soon").unwrap_err().contains("accepted"));
+    }
+}

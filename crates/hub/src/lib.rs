@@ -1,2 +1,31 @@
 //! A FloxHub-compatible hub for tests, the demo and air-gapped clusters.
+//!
+//! - [`server`]: `imageless hub serve` — floxmeta git repositories over smart HTTP through
+//!   `git http-backend`, a signed Nix binary cache as static files, token auth, `/api/v1/accounts/me`.
+//! - [`publish`]: new generations and rollbacks in Flox's floxmeta layout.
+//! - [`admin`]: `init`, `token`, `grant`; [`config`]: the root layout and `hub.json`.
+//! - [`auth`], [`generations`], [`lock`], [`names`]: pure logic, unit-tested.
+pub mod admin;
+pub mod auth;
+pub mod cache;
 pub mod cli;
+pub mod config;
+pub mod error;
+pub mod generations;
+pub mod git_backend;
+pub mod lock;
+pub mod names;
+mod process;
+pub mod publish;
+pub mod server;
+mod signals;
+
+pub use error::HubError;
+
+/// Unix seconds now.
+pub fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}

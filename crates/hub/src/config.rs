@@ -1,0 +1,226 @@
+//! The hub's root directory and its `hub.json`.
+//!
+//! # hub.json
+//! ```json
+//! {
+//!   "version": 1,
+//!   "jwt_secret": "<64 hex chars: the HS256 key for JWTs this hub mints and accepts>",
+//!   "tokens": {
+//!     "<sha256 hex of an opaque flox_... token>": { "handle": "alice", "expires_at": null }
+//!   },
+//!   "private": ["alice/secret-env"],
+//!   "readers": { "alice": ["bob"] }
+//! }
+//! ```
+//! - `tokens`: opaque tokens minted by `hub token --opaque`, keyed by their SHA-256 so the file
+//!   never holds a usable token; `expires_at` is Unix seconds or null (never expires).
+//! - `private`: environments (`owner/name`) hidden from callers who may not read them.
+//!   Every environment not listed is public.
+//! - `readers`: per owner, the handles allowed to read that owner's private environments
+//!   (`hub grant`). A handle can always read its own owner's environments.
+//!
+//! The server re-reads the file on every request, so `token`, `grant` and `publish --private`
+//! take effect without a restart. Writers hold an exclusive `flock` on `hub.json.lock` and
+//! replace the file by atomic rename.
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::io::Write;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::auth::OpaqueTokenRecord;
+use crate::error::HubError;
+
+/// The parsed hub.json. See the module documentation for the format.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HubConfig {
+    pub version: u32,
+    pub jwt_secret: String,
+    #[serde(default)]
+    pub tokens: BTreeMap<String, OpaqueTokenRecord>,
+    #[serde(default)]
+    pub private: BTreeSet<String>,
+    #[serde(default)]
+    pub readers: BTreeMap<String, BTreeSet<String>>,
+}
+
+impl HubConfig {
+    pub fn new(random_secret: &[u8; 32]) -> Self {
+        HubConfig {
+            version: 1,
+            jwt_secret: hex::encode(random_secret),
+            tokens: BTreeMap::new(),
+            private: BTreeSet::new(),
+            readers: BTreeMap::new(),
+        }
+    }
+
+    pub fn secret_bytes(&self) -> Vec<u8> {
+        // A secret that is not hex (hand-edited) is used as raw bytes rather than refused.
+        hex::decode(&self.jwt_secret).unwrap_or_else(|_| self.jwt_secret.as_bytes().to_vec())
+    }
+
+    /// May `handle` (None = anonymous) read environment `owner/name`?
+    pub fn may_read(&self, owner: &str, name: &str, handle: Option<&str>) -> bool {
+        if !self.private.contains(&format!("{owner}/{name}")) {
+            return true;
+        }
+        match handle {
+            Some(h) => h == owner || self.readers.get(owner).is_some_and(|r| r.contains(h)),
+            None => false,
+        }
+    }
+
+    /// The private environment names of `owner` that `handle` may not read: their branches are
+    /// hidden from this caller.
+    pub fn hidden_branches(&self, owner: &str, handle: Option<&str>) -> Vec<String> {
+        self.private
+            .iter()
+            .filter_map(|env| env.split_once('/'))
+            .filter(|(o, _)| *o == owner)
+            .map(|(_, name)| name)
+            .filter(|name| !self.may_read(owner, name, handle))
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+/// The layout of a hub root directory (see docs/contracts.md).
+#[derive(Debug, Clone)]
+pub struct HubPaths {
+    pub root: PathBuf,
+}
+
+impl HubPaths {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        HubPaths { root: root.into() }
+    }
+    pub fn git_root(&self) -> PathBuf {
+        self.root.join("git")
+    }
+    /// The bare floxmeta repository of an owner (validate `owner` first).
+    pub fn floxmeta(&self, owner: &str) -> PathBuf {
+        self.git_root().join(owner).join("floxmeta")
+    }
+    pub fn cache(&self) -> PathBuf {
+        self.root.join("cache")
+    }
+    pub fn secret_key(&self) -> PathBuf {
+        self.root.join("cache-key.sec")
+    }
+    pub fn public_key(&self) -> PathBuf {
+        self.root.join("cache-key.pub")
+    }
+    pub fn hub_json(&self) -> PathBuf {
+        self.root.join("hub.json")
+    }
+    fn hub_json_lock(&self) -> PathBuf {
+        self.root.join("hub.json.lock")
+    }
+
+    pub fn load(&self) -> Result<HubConfig, HubError> {
+        let path = self.hub_json();
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(HubError::NotInitialized { path, root: self.root.display().to_string() })
+            }
+            Err(e) => return Err(HubError::Io { path, source: e }),
+        };
+        serde_json::from_slice(&bytes).map_err(|source| HubError::ConfigFormat { path, source })
+    }
+
+    /// Read-modify-write of hub.json under an exclusive lock, replaced by atomic rename.
+    pub fn update<T>(&self, change: impl FnOnce(&mut HubConfig) -> Result<T, HubError>) -> Result<T, HubError> {
+        let _lock = FileLock::exclusive(&self.hub_json_lock())?;
+        let mut config = self.load()?;
+        let out = change(&mut config)?;
+        self.write(&config)?;
+        Ok(out)
+    }
+
+    /// Writes hub.json atomically, mode 0600 (it holds the JWT secret).
+    pub fn write(&self, config: &HubConfig) -> Result<(), HubError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = self.hub_json();
+        let tmp = self.root.join(".hub.json.tmp");
+        let mut json = serde_json::to_vec_pretty(config).expect("hub.json serializes");
+        json.push(b'\n');
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(HubError::io(&tmp))?;
+        f.write_all(&json).and_then(|_| f.sync_all()).map_err(HubError::io(&tmp))?;
+        fs::rename(&tmp, &path).map_err(HubError::io(&path))
+    }
+}
+
+/// An exclusive `flock` held until dropped.
+pub(crate) struct FileLock {
+    _file: fs::File,
+}
+
+impl FileLock {
+    pub(crate) fn exclusive(path: &Path) -> Result<FileLock, HubError> {
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .map_err(HubError::io(path))?;
+        // SAFETY: flock on a file descriptor we own; blocks until granted.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(HubError::Io { path: path.to_owned(), source: std::io::Error::last_os_error() });
+        }
+        Ok(FileLock { _file: file })
+    }
+}
+
+/// 32 bytes from the kernel's CSPRNG.
+pub fn random_bytes() -> Result<[u8; 32], HubError> {
+    use std::io::Read;
+    let mut buf = [0u8; 32];
+    fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut buf)).map_err(HubError::io("/dev/urandom"))?;
+    Ok(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> HubConfig {
+        let mut c = HubConfig::new(&[1; 32]);
+        c.private.insert("alice/secret".into());
+        c.private.insert("alice/other".into());
+        c.private.insert("carol/x".into());
+        c.readers.entry("alice".into()).or_default().insert("bob".into());
+        c
+    }
+
+    #[test]
+    fn visibility_rules() {
+        let c = config();
+        assert!(c.may_read("alice", "public", None));
+        assert!(!c.may_read("alice", "secret", None));
+        assert!(c.may_read("alice", "secret", Some("alice")));
+        assert!(c.may_read("alice", "secret", Some("bob")));
+        assert!(!c.may_read("alice", "secret", Some("mallory")));
+        assert_eq!(c.hidden_branches("alice", Some("mallory")), vec!["other".to_string(), "secret".to_string()]);
+        assert!(c.hidden_branches("alice", Some("bob")).is_empty());
+        assert!(c.hidden_branches("dave", None).is_empty());
+    }
+
+    #[test]
+    fn hub_json_round_trip_and_unknown_keys() {
+        let c = config();
+        let json = serde_json::to_string(&c).unwrap();
+        assert_eq!(serde_json::from_str::<HubConfig>(&json).unwrap(), c);
+        assert!(serde_json::from_str::<HubConfig>(r#"{"version":1,"jwt_secret":"00","privat":[]}"#).is_err());
+    }
+}

@@ -1,0 +1,40 @@
+//! The one error type of the hub library. Every variant names what was wrong and, for bad input,
+//! what is accepted. No variant ever carries a token.
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    #[error("{what} {value:?} is invalid: {accepted}")]
+    InvalidInput { what: &'static str, value: String, accepted: &'static str },
+
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+
+    #[error("{path}: not valid hub.json: {source}")]
+    ConfigFormat { path: PathBuf, source: serde_json::Error },
+
+    #[error("{path} is missing: run `imageless hub init --root {root}` first")]
+    NotInitialized { path: PathBuf, root: String },
+
+    #[error("`{command}` failed ({status}): {stderr}")]
+    CommandFailed { command: String, status: String, stderr: String },
+
+    #[error("could not start `{program}`: {source}")]
+    Spawn { program: String, source: std::io::Error },
+
+    #[error("lock file {path}: {message}")]
+    Lockfile { path: PathBuf, message: String },
+
+    #[error("environment {env}: {message}")]
+    Generations { env: String, message: String },
+
+    #[error("listen address {addr:?}: {message}")]
+    Listen { addr: String, message: String },
+}
+
+impl HubError {
+    pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> HubError {
+        let path = path.into();
+        move |source| HubError::Io { path, source }
+    }
+}

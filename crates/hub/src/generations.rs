@@ -1,0 +1,135 @@
+//! The floxmeta `metadata.json` (version 2) as the hub writes it: pure transitions on a JSON
+//! value so that entries and keys written by other tools are kept unchanged.
+use serde_json::{json, Map, Value};
+
+/// Who made a change, and when.
+#[derive(Debug, Clone)]
+pub struct EventAuthor {
+    pub author: String,
+    pub hostname: String,
+    pub timestamp: i64,
+}
+
+/// Metadata of a fresh generations branch: empty history, no generations.
+pub fn initial_metadata() -> Value {
+    json!({"version": 2, "history": [], "total_generations": 0})
+}
+
+/// Reads and checks a metadata.json: version 2 with a history array and total_generations.
+pub fn parse_metadata(bytes: &[u8]) -> Result<Value, String> {
+    let value: Value = serde_json::from_slice(bytes).map_err(|e| format!("metadata.json is not JSON: {e}"))?;
+    match value.get("version").and_then(Value::as_u64) {
+        Some(2) => {}
+        other => {
+            return Err(format!("metadata.json version {other:?} is not supported; the hub writes only version 2"))
+        }
+    }
+    if !value.get("history").is_some_and(Value::is_array) {
+        return Err("metadata.json has no `history` array".into());
+    }
+    total_generations(&value)?;
+    Ok(value)
+}
+
+pub fn total_generations(metadata: &Value) -> Result<u64, String> {
+    metadata
+        .get("total_generations")
+        .and_then(Value::as_u64)
+        .ok_or_else(|| "metadata.json has no unsigned `total_generations`".to_string())
+}
+
+/// The live generation: `current_generation` of the last history entry.
+pub fn current_generation(metadata: &Value) -> Option<u64> {
+    metadata.get("history")?.as_array()?.last()?.get("current_generation")?.as_str()?.parse().ok()
+}
+
+fn entry(kind: &str, who: &EventAuthor, current: u64, previous: Option<u64>) -> Map<String, Value> {
+    let mut e = Map::new();
+    e.insert("kind".into(), kind.into());
+    e.insert("author".into(), who.author.clone().into());
+    e.insert("hostname".into(), who.hostname.clone().into());
+    e.insert("timestamp".into(), who.timestamp.into());
+    // Generation ids are strings in flox's schema; a number would not parse there.
+    e.insert("current_generation".into(), current.to_string().into());
+    if let Some(p) = previous {
+        e.insert("previous_generation".into(), p.to_string().into());
+    }
+    e
+}
+
+/// Appends a new generation (kind `import` for the first, `edit` afterwards). Returns the new
+/// generation number and the commit summary.
+pub fn add_generation(metadata: &mut Value, who: &EventAuthor) -> Result<(u64, String), String> {
+    let total = total_generations(metadata)?;
+    let new = total + 1;
+    let previous = current_generation(metadata);
+    let (kind, summary) = if total == 0 { ("import", "imported environment") } else { ("edit", "manually edited the manifest") };
+    let e = entry(kind, who, new, previous);
+    metadata["history"].as_array_mut().ok_or("metadata.json has no `history` array")?.push(Value::Object(e));
+    metadata["total_generations"] = new.into();
+    Ok((new, summary.to_string()))
+}
+
+/// Appends a `switch_generation` entry making `target` live. Returns the commit message.
+pub fn switch_generation(metadata: &mut Value, target: u64, who: &EventAuthor) -> Result<String, String> {
+    let total = total_generations(metadata)?;
+    if target == 0 || target > total {
+        return Err(format!("generation {target} does not exist; accepted: 1..={total}"));
+    }
+    let previous = current_generation(metadata);
+    if previous == Some(target) {
+        return Err(format!("generation {target} is already live"));
+    }
+    let e = entry("switch_generation", who, target, previous);
+    metadata["history"].as_array_mut().ok_or("metadata.json has no `history` array")?.push(Value::Object(e));
+    Ok(match previous {
+        Some(p) => format!("changed current generation {p} -> {target}"),
+        None => format!("changed current generation to {target}"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn who(t: i64) -> EventAuthor {
+        EventAuthor { author: "ci".into(), hostname: "node".into(), timestamp: t }
+    }
+
+    #[test]
+    fn generations_follow_flox_semantics() {
+        let mut m = initial_metadata();
+        assert_eq!(current_generation(&m), None);
+        assert_eq!(add_generation(&mut m, &who(1)).unwrap().0, 1);
+        assert_eq!(add_generation(&mut m, &who(2)).unwrap().0, 2);
+        assert_eq!(add_generation(&mut m, &who(3)).unwrap().0, 3);
+        assert_eq!(current_generation(&m), Some(3));
+        let h = m["history"].as_array().unwrap();
+        assert_eq!(h[0]["kind"], "import");
+        assert!(h[0].get("previous_generation").is_none());
+        assert_eq!(h[2]["kind"], "edit");
+        assert_eq!(h[2]["current_generation"], "3");
+        assert_eq!(h[2]["previous_generation"], "2");
+        assert_eq!(m["total_generations"], 3);
+
+        assert_eq!(switch_generation(&mut m, 1, &who(4)).unwrap(), "changed current generation 3 -> 1");
+        assert_eq!(current_generation(&m), Some(1));
+        assert_eq!(m["total_generations"], 3);
+        assert!(switch_generation(&mut m, 1, &who(5)).is_err());
+        assert!(switch_generation(&mut m, 4, &who(5)).unwrap_err().contains("1..=3"));
+        // A new generation after a rollback records the rolled-back-to parent.
+        add_generation(&mut m, &who(6)).unwrap();
+        assert_eq!(m["history"][4]["previous_generation"], "1");
+        assert_eq!(m["history"][4]["current_generation"], "4");
+    }
+
+    #[test]
+    fn keeps_foreign_keys_and_rejects_other_versions() {
+        let mut m = parse_metadata(br#"{"version":2,"history":[{"kind":"future","x":1,"current_generation":"1"}],"total_generations":1,"extra":true}"#).unwrap();
+        add_generation(&mut m, &who(1)).unwrap();
+        assert_eq!(m["extra"], true);
+        assert_eq!(m["history"][0]["x"], 1);
+        assert!(parse_metadata(br#"{"version":3,"history":[],"total_generations":0}"#).is_err());
+        assert!(parse_metadata(br#"{"currentGen":"1","generations":{}}"#).is_err());
+    }
+}
