@@ -35,8 +35,8 @@ pub enum NodeError {
     Realize(#[from] RealizeError),
     #[error(transparent)]
     Render(#[from] RenderError),
-    #[error("flox: {env}: {source}")]
-    Generations { env: String, source: GenerationsError },
+    #[error("flox: {error}")]
+    Generations { env: String, error: GenerationsError },
     #[error("flox: {env} generation {generation}: manifest.lock is not valid: {message}")]
     Lockfile { env: String, generation: u32, message: String },
     #[error("flox: {env} generation {generation} has no {path} on the hub")]
@@ -131,10 +131,10 @@ impl NodeCache {
         let metadata = hub::read_blob(&repo, &commit, "metadata.json")?
             .ok_or_else(|| NodeError::MissingFile { env: full.clone(), generation: 0, path: "metadata.json".into() })?;
         let metadata = GenerationsMetadata::parse(&metadata)
-            .map_err(|source| NodeError::Generations { env: full.clone(), source })?;
+            map_err(|error| NodeError::Generations { env: full.clone(), error })?;
         let generation = metadata
             .resolve(env.generation, &full)
-            .map_err(|source| NodeError::Generations { env: full.clone(), source })?;
+            map_err(|error| NodeError::Generations { env: full.clone(), error })?;
         let lock_path = format!("{generation}/env/manifest.lock");
         let lock_bytes = hub::read_blob(&repo, &commit, &lock_path)?
             .ok_or_else(|| NodeError::MissingFile { env: full.clone(), generation, path: lock_path.clone() })?;
