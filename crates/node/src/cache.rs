@@ -131,10 +131,10 @@ impl NodeCache {
         let metadata = hub::read_blob(&repo, &commit, "metadata.json")?
             .ok_or_else(|| NodeError::MissingFile { env: full.clone(), generation: 0, path: "metadata.json".into() })?;
         let metadata = GenerationsMetadata::parse(&metadata)
-            map_err(|error| NodeError::Generations { env: full.clone(), error })?;
+            .map_err(|error| NodeError::Generations { env: full.clone(), error })?;
         let generation = metadata
             .resolve(env.generation, &full)
-            map_err(|error| NodeError::Generations { env: full.clone(), error })?;
+            .map_err(|error| NodeError::Generations { env: full.clone(), error })?;
         let lock_path = format!("{generation}/env/manifest.lock");
         let lock_bytes = hub::read_blob(&repo, &commit, &lock_path)?
             .ok_or_else(|| NodeError::MissingFile { env: full.clone(), generation, path: lock_path.clone() })?;
