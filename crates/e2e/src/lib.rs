@@ -1,1 +1,508 @@
-//! TODO
+//! Harness for end-to-end tests over real containerd: private daemons of each supported
+//! version, local OCI images, and pods run through `imageless_cri_pod`.
+//!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! use imageless_e2e::{Containerd, ContainerdOptions, ContainerdVersion};
+//! let ctrd = Containerd::start(ContainerdVersion::V1_6, ContainerdOptions::default())?;
+//! let client = ctrd.client().await?;
+//! # Ok(()) }
+//! ```
+//! Everything a `Containerd` started (sandboxes, shims, mounts, its temp dir) goes away on drop.
+//! The harness is test support (not shipped), so it reports with `anyhow`.
+use std::collections::BTreeMap;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+pub use imageless_cri_pod::{CriClient, PodError, PodManifest, PodRunner, RunOptions, RunningPod};
+use toml_edit::{DocumentMut, Item, Value};
+
+pub mod config;
+
+/// The repository root (this crate lives in `<root>/crates/e2e`).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("repo root")
+}
+
+/// Cargo's target profile directory holding the workspace binaries (target/debug).
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo_root().join("target")).join("debug")
+}
+
+/// The containerd versions the suite runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ContainerdVersion {
+    /// Debian bookworm's /usr/bin/containerd.
+    V1_6,
+    /// Debian trixie's, unpacked by scripts/fetch-containerd.sh.
+    V1_7,
+    /// Debian sid's (config version 3), unpacked by scripts/fetch-containerd.sh.
+    V2_1,
+}
+
+impl ContainerdVersion {
+    pub const ALL: [ContainerdVersion; 3] = [Self::V1_6, Self::V1_7, Self::V2_1];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::V1_6 => "1.6.20",
+            Self::V1_7 => "1.7.24",
+            Self::V2_1 => "2.1.9",
+        }
+    }
+
+    /// Directory with `containerd`, `ctr` and `containerd-shim-runc-v2` of this version.
+    pub fn bin_dir(self) -> PathBuf {
+        match self {
+            Self::V1_6 => PathBuf::from("/usr/bin"),
+            v => repo_root().join(".work/containerd").join(v.as_str()).join("usr/bin"),
+        }
+    }
+
+    pub fn containerd(self) -> PathBuf {
+        self.bin_dir().join("containerd")
+    }
+
+    pub fn ctr(self) -> PathBuf {
+        self.bin_dir().join("ctr")
+    }
+
+    /// containerd config schema version: 2 for 1.x, 3 for 2.x.
+    pub fn config_version(self) -> u8 {
+        if self == Self::V2_1 {
+            3
+        } else {
+            2
+        }
+    }
+
+    pub fn is_available(self) -> bool {
+        self.containerd().is_file() && self.bin_dir().join("containerd-shim-runc-v2").is_file()
+    }
+
+    /// Makes the binaries present: runs scripts/fetch-containerd.sh for 1.7/2.1 when missing.
+    /// Err says why the version cannot be used (tests skip with that message).
+    pub fn ensure_available(self) -> anyhow::Result<()> {
+        static FETCH: Mutex<()> = Mutex::new(());
+        let _one_at_a_time = FETCH.lock().unwrap_or_else(|e| e.into_inner());
+        if self.is_available() {
+            return Ok(());
+        }
+        if self == Self::V1_6 {
+            bail!("containerd {} is missing at {}: run scripts/setup-machine.sh", self.as_str(), self.bin_dir().display());
+        }
+        let script = repo_root().join("scripts/fetch-containerd.sh");
+        let out = Command::new(&script).arg(self.as_str()).output().with_context(|| format!("running {}", script.display()))?;
+        if !out.status.success() || !self.is_available() {
+            bail!(
+                "containerd {} binaries absent and {} failed ({}): {}",
+                self.as_str(),
+                script.display(),
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Display for ContainerdVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Paths of the two flox binaries the `flox` runtime points at.
+#[derive(Debug, Clone)]
+pub struct FloxBinaries {
+    pub runc_wrapper: PathBuf,
+    pub shim_launcher: PathBuf,
+}
+
+impl Default for FloxBinaries {
+    fn default() -> Self {
+        FloxBinaries {
+            runc_wrapper: target_dir().join("flox-runc"),
+            shim_launcher: target_dir().join("containerd-shim-flox-v2"),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ContainerdOptions {
+    /// Extra environment for the daemon (and so its shims and runc), e.g. `IMAGELESS_CONFIG`.
+    pub env: BTreeMap<String, String>,
+    /// Adds runtime handler `flox`; `None` leaves only the default `runc`.
+    pub flox: Option<FloxBinaries>,
+    /// Import `flox/empty:1.0.0`, `busybox:local` and the pause image after start.
+    pub import_local_images: bool,
+    /// How long to wait for the CRI socket to answer.
+    pub start_timeout: Duration,
+}
+
+impl Default for ContainerdOptions {
+    fn default() -> Self {
+        ContainerdOptions {
+            env: BTreeMap::new(),
+            flox: Some(FloxBinaries::default()),
+            import_local_images: true,
+            start_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The locally built image archives (scripts/images/build.sh).
+#[derive(Debug, Clone)]
+pub struct LocalImages {
+    /// `docker.io/flox/empty:1.0.0`
+    pub flox_empty: PathBuf,
+    /// `docker.io/library/busybox:local`
+    pub busybox: PathBuf,
+    /// `docker.io/library/pause:local`, the sandbox image of every harness containerd.
+    pub pause: PathBuf,
+}
+
+pub const FLOX_EMPTY_IMAGE: &str = "docker.io/flox/empty:1.0.0";
+pub const BUSYBOX_IMAGE: &str = "docker.io/library/busybox:local";
+pub const PAUSE_IMAGE: &str = "docker.io/library/pause:local";
+
+impl LocalImages {
+    pub fn all(&self) -> [&Path; 3] {
+        [&self.pause, &self.busybox, &self.flox_empty]
+    }
+}
+
+/// Builds the image archives into `<repo>/.work/images` once per test process.
+pub fn local_images() -> anyhow::Result<LocalImages> {
+    static BUILT: OnceLock<Result<LocalImages, String>> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let dir = repo_root().join(".work/images");
+            let script = repo_root().join("scripts/images/build.sh");
+            let out = Command::new(&script).arg(&dir).output().map_err(|e| format!("running {}: {e}", script.display()))?;
+            if !out.status.success() {
+                return Err(format!("{} failed: {}", script.display(), String::from_utf8_lossy(&out.stderr).trim()));
+            }
+            Ok(LocalImages {
+                flox_empty: dir.join("flox-empty.tar"),
+                busybox: dir.join("busybox.tar"),
+                pause: dir.join("pause.tar"),
+            })
+        })
+        .clone()
+        .map_err(|e| anyhow!(e))
+}
+
+/// A private containerd: its own root, state, sockets and config under a temp dir.
+pub struct Containerd {
+    version: ContainerdVersion,
+    dir: Option<tempfile::TempDir>,
+    child: Child,
+    socket: PathBuf,
+    config_path: PathBuf,
+    log_path: PathBuf,
+}
+
+impl Containerd {
+    pub fn start(version: ContainerdVersion, opts: ContainerdOptions) -> anyhow::Result<Containerd> {
+        if !version.is_available() {
+            bail!(
+                "containerd {version} not found in {} (run scripts/fetch-containerd.sh {version})",
+                version.bin_dir().display()
+            );
+        }
+        let dir = tempfile::Builder::new().prefix("imageless-ctrd-").tempdir().context("creating temp dir")?;
+        let base = dir.path().to_path_buf();
+        let socket = base.join("containerd.sock");
+        let default_config = Command::new(version.containerd())
+            .args(["config", "default"])
+            .output()
+            .with_context(|| format!("running {} config default", version.containerd().display()))?;
+        if !default_config.status.success() {
+            bail!("{} config default: {}", version.containerd().display(), String::from_utf8_lossy(&default_config.stderr));
+        }
+        let text = String::from_utf8(default_config.stdout).context("containerd config default is not UTF-8")?;
+        let text = config::private_config(&text, version, &base, opts.flox.as_ref())?;
+        let config_path = base.join("config.toml");
+        std::fs::write(&config_path, &text).with_context(|| format!("writing {}", config_path.display()))?;
+
+        let log_path = base.join("containerd.log");
+        let log = std::fs::File::create(&log_path)?;
+        let mut cmd = Command::new(version.containerd());
+        cmd.arg("--config").arg(&config_path).arg("--log-level").arg("debug");
+        cmd.env("PATH", daemon_path(version, opts.flox.as_ref()));
+        cmd.envs(&opts.env);
+        cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
+        // Its own session: a terminal's Ctrl-C must not reach it, and the PID we hold is the
+        // daemon's own (no shell in between), so stopping it really stops it.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::setsid() < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().with_context(|| format!("starting {}", version.containerd().display()))?;
+        let mut ctrd = Containerd { version, dir: Some(dir), child, socket, config_path, log_path };
+        ctrd.wait_ready(opts.start_timeout)?;
+        if opts.import_local_images {
+            let images = local_images()?;
+            for archive in images.all() {
+                ctrd.import_image(archive)?;
+            }
+        }
+        Ok(ctrd)
+    }
+
+    fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        let start = Instant::now();
+        let rt = small_runtime()?;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                bail!("containerd {} exited during start ({status}); log:\n{}", self.version, self.log_tail(40));
+            }
+            if self.socket.exists() && rt.block_on(CriClient::connect(&self.endpoint())).is_ok() {
+                return Ok(());
+            }
+            if start.elapsed() > timeout {
+                bail!("containerd {} did not answer on {} within {timeout:?}; log:\n{}", self.version, self.socket.display(), self.log_tail(40));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn version(&self) -> ContainerdVersion {
+        self.version
+    }
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+    /// `unix:///…/containerd.sock`, for `--cri` and `CriClient::connect`.
+    pub fn endpoint(&self) -> String {
+        format!("unix://{}", self.socket.display())
+    }
+    pub fn dir(&self) -> &Path {
+        self.dir.as_ref().expect("dir present until drop").path()
+    }
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+    pub fn config_text(&self) -> String {
+        std::fs::read_to_string(&self.config_path).unwrap_or_default()
+    }
+    pub fn log_path(&self) -> &Path {
+        &self.log_path
+    }
+    /// The last `lines` lines of the daemon's log (for failure messages).
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.log_path).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+    /// State root for pods run by the harness (logs, emptyDirs, secrets/).
+    pub fn pod_state_root(&self) -> PathBuf {
+        self.dir().join("pods-state")
+    }
+
+    pub async fn client(&self) -> Result<CriClient, PodError> {
+        CriClient::connect(&self.endpoint()).await
+    }
+
+    /// `ctr -n k8s.io images import` with this version's ctr.
+    pub fn import_image(&self, archive: &Path) -> anyhow::Result<()> {
+        imageless_cri_pod::images::import_archive(&self.version.ctr(), &self.socket, archive)
+            .with_context(|| format!("containerd {}", self.version))
+    }
+
+    /// Run options with this daemon's pod state root.
+    pub fn run_options(&self) -> RunOptions {
+        RunOptions::new(self.pod_state_root())
+    }
+
+    /// Mount points below this daemon's temp dir (root, state, pod volumes).
+    pub fn mounts_below(&self) -> Vec<PathBuf> {
+        mounts_below(self.dir())
+    }
+
+    /// Stops and removes every sandbox (and so its containers) on this daemon.
+    pub fn remove_all_pods(&self) -> anyhow::Result<usize> {
+        let endpoint = self.endpoint();
+        // Runs on its own thread: callers (and Drop) may be inside a tokio runtime.
+        std::thread::spawn(move || -> anyhow::Result<usize> {
+            let rt = small_runtime()?;
+            rt.block_on(async {
+                let client = CriClient::connect(&endpoint).await?;
+                let sandboxes = client.list_pod_sandboxes(&[]).await?;
+                for s in &sandboxes {
+                    client.stop_pod_sandbox(&s.id).await?;
+                    client.remove_pod_sandbox(&s.id).await?;
+                }
+                Ok(sandboxes.len())
+            })
+        })
+        .join()
+        .map_err(|_| anyhow!("remove_all_pods thread panicked"))?
+    }
+
+    /// Everything the drop does, with errors reported instead of logged.
+    pub fn stop(mut self) -> anyhow::Result<()> {
+        self.shutdown()
+    }
+
+    fn shutdown(&mut self) -> anyhow::Result<()> {
+        let Some(dir) = self.dir.take() else { return Ok(()) };
+        let mut problems = Vec::new();
+        if self.child.try_wait()?.is_none() {
+            if let Err(e) = self.remove_all_pods() {
+                problems.push(format!("removing pods: {e:#}"));
+            }
+            stop_process(&mut self.child);
+        }
+        // Shims outlive their daemon by design; ours name our socket in their arguments.
+        kill_processes_mentioning(dir.path());
+        for m in mounts_below(dir.path()).into_iter().rev() {
+            let c = std::ffi::CString::new(m.as_os_str().as_encoded_bytes()).expect("no NUL in mount path");
+            if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
+                problems.push(format!("unmounting {}: {}", m.display(), std::io::Error::last_os_error()));
+            }
+        }
+        let path = dir.path().to_path_buf();
+        if let Err(e) = dir.close() {
+            problems.push(format!("removing {}: {e}", path.display()));
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            bail!("containerd {} teardown: {}", self.version, problems.join("; "))
+        }
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        if let Err(e) = self.shutdown() {
+            eprintln!("warning: {e:#}");
+        }
+    }
+}
+
+fn small_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
+}
+
+/// The daemon's PATH: this version's runc shim first, then the real runc, then the flox
+/// launcher's directory (1.6 finds a `runtime_type` shim only by name on PATH).
+fn daemon_path(version: ContainerdVersion, flox: Option<&FloxBinaries>) -> String {
+    let mut dirs = vec![version.bin_dir()];
+    if let Some(runc) = find_on_path("runc") {
+        if let Some(d) = runc.parent() {
+            dirs.push(d.to_path_buf());
+        }
+    }
+    dirs.extend(["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"].map(PathBuf::from));
+    if let Some(d) = flox.and_then(|f| f.shim_launcher.parent()) {
+        dirs.push(d.to_path_buf());
+    }
+    let mut seen = std::collections::HashSet::new();
+    dirs.retain(|d| seen.insert(d.clone()));
+    std::env::join_paths(dirs).expect("PATH entries without ':'").to_string_lossy().into_owned()
+}
+
+fn find_on_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+    std::env::split_paths(&path).map(|d| d.join(name)).find(|p| p.is_file())
+}
+
+fn stop_process(child: &mut Child) {
+    let pid = child.id() as libc::pid_t;
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if matches!(child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+fn kill_processes_mentioning(dir: &Path) {
+    let needle = dir.as_os_str().as_encoded_bytes();
+    let Ok(procs) = std::fs::read_dir("/proc") else { return };
+    for entry in procs.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<libc::pid_t>().ok()) else { continue };
+        if pid as u32 == std::process::id() {
+            continue;
+        }
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        if cmdline.windows(needle.len()).any(|w| w == needle) {
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}
+
+/// Mount points at or below `dir`, in mount order (unmount in reverse).
+pub fn mounts_below(dir: &Path) -> Vec<PathBuf> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    text.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(unescape_mountinfo)
+        .map(PathBuf::from)
+        .filter(|p| p.starts_with(dir))
+        .collect()
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
+fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Value helper for config edits.
+pub(crate) fn str_value(s: &str) -> Item {
+    Item::Value(Value::from(s))
+}
+
+pub(crate) fn parse_doc(text: &str) -> anyhow::Result<DocumentMut> {
+    text.parse::<DocumentMut>().context("containerd config is not valid TOML")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_escapes_are_decoded() {
+        assert_eq!(unescape_mountinfo(r"/tmp/a\040b\134c"), "/tmp/a b\\c");
+        assert_eq!(unescape_mountinfo("/plain"), "/plain");
+    }
+
+    #[test]
+    fn daemon_path_puts_the_versions_shim_first_and_has_runc() {
+        let p = daemon_path(ContainerdVersion::V2_1, Some(&FloxBinaries::default()));
+        let dirs: Vec<_> = std::env::split_paths(&p).collect();
+        assert_eq!(dirs[0], ContainerdVersion::V2_1.bin_dir());
+        assert!(dirs.iter().any(|d| d.join("runc").is_file()), "{p}");
+        assert_eq!(dirs.last().unwrap(), &target_dir());
+    }
+}
