@@ -63,7 +63,10 @@ fn join_ids(ids: &[u32]) -> String {
     if ids.is_empty() {
         return "none".to_string();
     }
-    ids.iter().map(u32::to_string).collect::<Vec<_>>().join(", ")
+    ids.iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// A generation id: JSON string of decimal digits (Flox serialises the number as a string;
@@ -144,19 +147,21 @@ impl GenerationsMetadata {
         }
         match (version, version_number(version)) {
             // (b) current v2.
-            (Some(_), Some(2)) => V2File::deserialize(&value)
-                .map(from_v2)
-                .map_err(|err| GenerationsError::InvalidSchema {
+            (Some(_), Some(2)) => V2File::deserialize(&value).map(from_v2).map_err(|err| {
+                GenerationsError::InvalidSchema {
                     version: 2,
                     detail: err.to_string(),
-                }),
+                }
+            }),
             // (c) anything else with a version.
             (Some(_), Some(1)) => Err(GenerationsError::InvalidSchema {
                 version: 1,
                 detail: v1_error.unwrap_or_default(),
             }),
             (Some(serde_json::Value::String(text)), _) => {
-                Err(GenerationsError::UnsupportedVersion { version: text.clone() })
+                Err(GenerationsError::UnsupportedVersion {
+                    version: text.clone(),
+                })
             }
             (Some(other), _) => Err(GenerationsError::UnsupportedVersion {
                 version: other.to_string(),
@@ -181,7 +186,11 @@ impl GenerationsMetadata {
     }
 
     /// The error for a requested generation that does not exist in `environment` (`owner/name`).
-    pub fn generation_not_found(&self, generation: u32, environment: impl fmt::Display) -> GenerationsError {
+    pub fn generation_not_found(
+        &self,
+        generation: u32,
+        environment: impl fmt::Display,
+    ) -> GenerationsError {
         GenerationsError::GenerationNotFound {
             generation,
             environment: environment.to_string(),
@@ -199,9 +208,11 @@ impl GenerationsMetadata {
         match requested {
             Some(n) if self.contains(n) => Ok(n),
             Some(n) => Err(self.generation_not_found(n, environment)),
-            None => self.live().ok_or_else(|| GenerationsError::NoLiveGeneration {
-                environment: environment.to_string(),
-            }),
+            None => self
+                .live()
+                .ok_or_else(|| GenerationsError::NoLiveGeneration {
+                    environment: environment.to_string(),
+                }),
         }
     }
 }
@@ -256,7 +267,9 @@ fn migrate_v1(v1: V1File) -> Result<GenerationsMetadata, GenerationsError> {
         (Some(id), _) => {
             let n = parse_generation_id(id)
                 .filter(|n| *n >= 1 && *n <= total)
-                .ok_or_else(|| invalid(format!("currentGen '{id}' is not one of the generations")))?;
+                .ok_or_else(|| {
+                    invalid(format!("currentGen '{id}' is not one of the generations"))
+                })?;
             Some(n)
         }
     };
@@ -338,7 +351,8 @@ mod tests {
     #[test]
     fn v2_empty_history_has_no_live_generation() {
         let meta =
-            GenerationsMetadata::parse(br#"{"version":2,"total_generations":0,"history":[]}"#).unwrap();
+            GenerationsMetadata::parse(br#"{"version":2,"total_generations":0,"history":[]}"#)
+                .unwrap();
         assert_eq!(meta.live(), None);
         assert!(meta.generations().is_empty());
         let err = meta.resolve(None, "alice/empty").unwrap_err().to_string();
@@ -356,24 +370,38 @@ mod tests {
                 matches!(err, GenerationsError::InvalidSchema { version: 2, .. }),
                 "{id}: {err}"
             );
-            assert!(err.to_string().starts_with("Environment metadata of version '2' could not be parsed"));
+            assert!(err
+                .to_string()
+                .starts_with("Environment metadata of version '2' could not be parsed"));
         }
     }
 
     #[test]
     fn v2_missing_required_field_is_a_schema_error() {
         let text = r#"{"version":2,"total_generations":1,"history":[{"kind":"edit","hostname":"h","timestamp":1,"current_generation":"1"}]}"#;
-        let err = GenerationsMetadata::parse(text.as_bytes()).unwrap_err().to_string();
+        let err = GenerationsMetadata::parse(text.as_bytes())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("author"), "{err}");
     }
 
     #[test]
     fn newer_versions_are_refused() {
         let err = GenerationsMetadata::parse(br#"{"version":3,"history":[]}"#).unwrap_err();
-        assert_eq!(err, GenerationsError::UnsupportedVersion { version: "3".into() });
+        assert_eq!(
+            err,
+            GenerationsError::UnsupportedVersion {
+                version: "3".into()
+            }
+        );
         assert!(err.to_string().contains("newer version of Flox"));
         let err = GenerationsMetadata::parse(br#"{"version":"two"}"#).unwrap_err();
-        assert_eq!(err, GenerationsError::UnsupportedVersion { version: "two".into() });
+        assert_eq!(
+            err,
+            GenerationsError::UnsupportedVersion {
+                version: "two".into()
+            }
+        );
         assert_eq!(
             GenerationsMetadata::parse(b"{}").unwrap_err(),
             GenerationsError::UnknownLayout
@@ -395,7 +423,15 @@ mod tests {
         assert_eq!(meta.generations(), vec![1, 2, 3]);
         assert_eq!(meta.live(), Some(2));
         let kinds: Vec<_> = meta.history.iter().map(|e| e.kind.as_str()).collect();
-        assert_eq!(kinds, ["migrate_v1", "migrate_v1", "migrate_v1", "switch_generation"]);
+        assert_eq!(
+            kinds,
+            [
+                "migrate_v1",
+                "migrate_v1",
+                "migrate_v1",
+                "switch_generation"
+            ]
+        );
         assert_eq!(meta.history[2].timestamp, 300);
     }
 
@@ -410,13 +446,19 @@ mod tests {
     #[test]
     fn v1_gaps_and_missing_current_are_errors() {
         let gap = r#"{"currentGen":"1","generations":{"1":{"created":1,"lastActive":null,"description":"d"},"3":{"created":1,"lastActive":null,"description":"d"}}}"#;
-        let err = GenerationsMetadata::parse(gap.as_bytes()).unwrap_err().to_string();
+        let err = GenerationsMetadata::parse(gap.as_bytes())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("without gaps"), "{err}");
         let missing = r#"{"currentGen":null,"generations":{"1":{"created":1,"lastActive":null,"description":"d"}}}"#;
-        let err = GenerationsMetadata::parse(missing.as_bytes()).unwrap_err().to_string();
+        let err = GenerationsMetadata::parse(missing.as_bytes())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("currentGen is missing"), "{err}");
         let unknown = r#"{"currentGen":"7","generations":{"1":{"created":1,"lastActive":null,"description":"d"}}}"#;
-        let err = GenerationsMetadata::parse(unknown.as_bytes()).unwrap_err().to_string();
+        let err = GenerationsMetadata::parse(unknown.as_bytes())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("currentGen '7'"), "{err}");
     }
 

@@ -24,7 +24,8 @@ use crate::store_path::{StorePath, StorePathError};
 use crate::system::System;
 
 /// The manifest `schema-version`s this node understands (Flox's `KnownSchemaVersion`).
-pub const KNOWN_SCHEMA_VERSIONS: [&str; 6] = ["1.10.0", "1.11.0", "1.12.0", "1.13.0", "1.14.0", "1.15.0"];
+pub const KNOWN_SCHEMA_VERSIONS: [&str; 6] =
+    ["1.10.0", "1.11.0", "1.12.0", "1.13.0", "1.14.0", "1.15.0"];
 
 /// Priority of a package whose manifest sets none (Flox's `DEFAULT_PRIORITY`).
 pub const DEFAULT_PRIORITY: u64 = 5;
@@ -93,7 +94,10 @@ pub enum LockfileError {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SelectError {
     #[error("This environment is not yet compatible with your system ({system}).\nSupported systems: {}", supported.join(", "))]
-    SystemNotSupported { system: String, supported: Vec<String> },
+    SystemNotSupported {
+        system: String,
+        supported: Vec<String>,
+    },
     #[error("This environment is not locked for your system ({system}).\nLocked systems: {}\nRun 'flox upgrade' to re-lock the environment for your system, or add '{system}' to 'options.systems' with 'flox edit'.", locked.join(", "))]
     NotLockedForSystem { system: String, locked: Vec<String> },
     #[error("manifest does not contain a package with install ID '{0}'")]
@@ -278,8 +282,16 @@ impl LockedPackage {
     /// Every output of the entry (a store-path entry has the one, named [`STORE_PATH_OUTPUT`]).
     pub fn outputs(&self) -> Vec<(&str, &str)> {
         match self {
-            LockedPackage::Catalog(p) => p.outputs.iter().map(|(n, s)| (n.as_str(), s.as_str())).collect(),
-            LockedPackage::Flake(p) => p.outputs.iter().map(|(n, s)| (n.as_str(), s.as_str())).collect(),
+            LockedPackage::Catalog(p) => p
+                .outputs
+                .iter()
+                .map(|(n, s)| (n.as_str(), s.as_str()))
+                .collect(),
+            LockedPackage::Flake(p) => p
+                .outputs
+                .iter()
+                .map(|(n, s)| (n.as_str(), s.as_str()))
+                .collect(),
             LockedPackage::StorePath(p) => vec![(STORE_PATH_OUTPUT, p.store_path.as_str())],
         }
     }
@@ -316,15 +328,20 @@ impl Selection {
 impl Lockfile {
     /// Parse the bytes of a `manifest.lock`.
     pub fn parse(bytes: &[u8]) -> Result<Lockfile, LockfileError> {
-        let value: Value =
-            serde_json::from_slice(bytes).map_err(|err| LockfileError::InvalidJson(err.to_string()))?;
+        let value: Value = serde_json::from_slice(bytes)
+            .map_err(|err| LockfileError::InvalidJson(err.to_string()))?;
         let top = value.as_object().ok_or(LockfileError::NotAnObject)?;
         match top.get("lockfile-version") {
             None => return Err(LockfileError::MissingLockfileVersion),
             Some(version) if version.as_u64() == Some(1) => {}
-            Some(other) => return Err(LockfileError::UnsupportedLockfileVersion(other.to_string())),
+            Some(other) => {
+                return Err(LockfileError::UnsupportedLockfileVersion(other.to_string()))
+            }
         }
-        let manifest = parse_manifest(top.get("manifest").ok_or(LockfileError::MissingKey("manifest"))?)?;
+        let manifest = parse_manifest(
+            top.get("manifest")
+                .ok_or(LockfileError::MissingKey("manifest"))?,
+        )?;
         let packages = top
             .get("packages")
             .ok_or(LockfileError::MissingKey("packages"))?
@@ -367,11 +384,12 @@ impl Lockfile {
         for package in self.packages.iter().filter(|p| p.system() == system_name) {
             let install_id = package.install_id();
             let mut push = |output: &str, path: &str, priority: u64| -> Result<(), SelectError> {
-                let store_path = StorePath::parse(path).map_err(|source| SelectError::InvalidStorePath {
-                    install_id: install_id.to_string(),
-                    output: output.to_string(),
-                    source,
-                })?;
+                let store_path =
+                    StorePath::parse(path).map_err(|source| SelectError::InvalidStorePath {
+                        install_id: install_id.to_string(),
+                        output: output.to_string(),
+                        source,
+                    })?;
                 selected.push(SelectedOutput {
                     install_id: install_id.to_string(),
                     output: output.to_string(),
@@ -392,12 +410,23 @@ impl Lockfile {
                 .get(install_id)
                 .ok_or_else(|| SelectError::MissingInstallId(install_id.to_string()))?;
             let (outputs, outputs_to_install, attr_path) = match package {
-                LockedPackage::Catalog(p) => (&p.outputs, &p.outputs_to_install, p.attr_path.as_str()),
-                LockedPackage::Flake(p) => (&p.outputs, &p.outputs_to_install, p.locked_flake_attr_path.as_str()),
+                LockedPackage::Catalog(p) => {
+                    (&p.outputs, &p.outputs_to_install, p.attr_path.as_str())
+                }
+                LockedPackage::Flake(p) => (
+                    &p.outputs,
+                    &p.outputs_to_install,
+                    p.locked_flake_attr_path.as_str(),
+                ),
                 LockedPackage::StorePath(_) => unreachable!("handled above"),
             };
             let priority = package.priority();
-            let path_of = |name: &str| outputs.iter().find(|(n, _)| n == name).map(|(_, p)| p.as_str());
+            let path_of = |name: &str| {
+                outputs
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .map(|(_, p)| p.as_str())
+            };
 
             match &self.manifest.version {
                 ManifestVersion::V1 => {
@@ -405,7 +434,9 @@ impl Lockfile {
                     // the package's default outputs at its priority, the others behind every
                     // real package at 1000 × priority + counter.
                     let wanted = |name: &str| {
-                        outputs_to_install.as_ref().is_some_and(|list| list.iter().any(|o| o == name))
+                        outputs_to_install
+                            .as_ref()
+                            .is_some_and(|list| list.iter().any(|o| o == name))
                     };
                     let usable = || outputs.iter().filter(|(name, _)| name != "stubs");
                     for (name, path) in usable().filter(|(name, _)| wanted(name)) {
@@ -425,11 +456,19 @@ impl Lockfile {
                 }
                 ManifestVersion::Schema(_) => {
                     let names: Vec<&str> = match &descriptor.outputs {
-                        Some(DescriptorOutputs::All) => outputs.iter().map(|(n, _)| n.as_str()).collect(),
-                        Some(DescriptorOutputs::List(list)) => list.iter().map(String::as_str).collect(),
+                        Some(DescriptorOutputs::All) => {
+                            outputs.iter().map(|(n, _)| n.as_str()).collect()
+                        }
+                        Some(DescriptorOutputs::List(list)) => {
+                            list.iter().map(String::as_str).collect()
+                        }
                         // No descriptor `outputs` and no `outputs_to_install` links nothing,
                         // as builder.pl does (reference §3.7, ambiguous case).
-                        None => outputs_to_install.iter().flatten().map(String::as_str).collect(),
+                        None => outputs_to_install
+                            .iter()
+                            .flatten()
+                            .map(String::as_str)
+                            .collect(),
                     };
                     let mut linked = BTreeSet::new();
                     for name in names {
@@ -458,7 +497,9 @@ impl Lockfile {
             .manifest
             .install
             .iter()
-            .filter(|(_, d)| matches!(d.source, DescriptorSource::Catalog { .. }) && d.systems.is_none())
+            .filter(|(_, d)| {
+                matches!(d.source, DescriptorSource::Catalog { .. }) && d.systems.is_none()
+            })
             .map(|(id, _)| id.as_str())
             .collect();
         let systems: BTreeSet<String> = self
@@ -476,7 +517,8 @@ impl Lockfile {
         if let Some(reserved) = vars.keys().find(|name| name.starts_with("BASH_ENVTRACE_")) {
             return Err(LockfileError::ReservedVar(reserved.clone()));
         }
-        let order = vars_order::vars_order(vars).map_err(|cycle| LockfileError::VarsCycle(cycle.to_string()))?;
+        let order = vars_order::vars_order(vars)
+            .map_err(|cycle| LockfileError::VarsCycle(cycle.to_string()))?;
         Ok(order
             .into_iter()
             .map(|name| {
@@ -493,7 +535,11 @@ impl Lockfile {
 
     /// `hook.on-deactivate` (1.15.0+), outdented.
     pub fn hook_on_deactivate(&self) -> Option<String> {
-        self.manifest.hook.on_deactivate.as_deref().map(outdent_text)
+        self.manifest
+            .hook
+            .on_deactivate
+            .as_deref()
+            .map(outdent_text)
     }
 
     /// `[profile]` scripts, outdented as Flox writes `activate.d/profile-<shell>`.
@@ -549,7 +595,10 @@ fn section<'a>(
     match manifest.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Object(map)) => Ok(Some(map)),
-        Some(other) => Err(invalid(format!("manifest.{key}"), format!("expected a table, got {}", describe(other)))),
+        Some(other) => Err(invalid(
+            format!("manifest.{key}"),
+            format!("expected a table, got {}", describe(other)),
+        )),
     }
 }
 
@@ -561,45 +610,68 @@ fn optional_string(
     match map.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(other) => Err(invalid(format!("{field}.{key}"), format!("expected a string, got {}", describe(other)))),
+        Some(other) => Err(invalid(
+            format!("{field}.{key}"),
+            format!("expected a string, got {}", describe(other)),
+        )),
     }
 }
 
-fn optional_strings(value: Option<&Value>, field: &str) -> Result<Option<Vec<String>>, LockfileError> {
+fn optional_strings(
+    value: Option<&Value>,
+    field: &str,
+) -> Result<Option<Vec<String>>, LockfileError> {
     match value {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Array(items)) => items
             .iter()
             .map(|item| {
-                item.as_str()
-                    .map(str::to_string)
-                    .ok_or_else(|| invalid(field, format!("expected a list of strings, found {}", describe(item))))
+                item.as_str().map(str::to_string).ok_or_else(|| {
+                    invalid(
+                        field,
+                        format!("expected a list of strings, found {}", describe(item)),
+                    )
+                })
             })
             .collect::<Result<Vec<_>, _>>()
             .map(Some),
-        Some(other) => Err(invalid(field, format!("expected a list of strings, got {}", describe(other)))),
+        Some(other) => Err(invalid(
+            field,
+            format!("expected a list of strings, got {}", describe(other)),
+        )),
     }
 }
 
 fn parse_manifest(value: &Value) -> Result<Manifest, LockfileError> {
-    let map = value
-        .as_object()
-        .ok_or_else(|| invalid("manifest", format!("expected an object, got {}", describe(value))))?;
+    let map = value.as_object().ok_or_else(|| {
+        invalid(
+            "manifest",
+            format!("expected an object, got {}", describe(value)),
+        )
+    })?;
 
     let version = match (map.get("version"), map.get("schema-version")) {
         (Some(_), Some(_)) => {
-            return Err(invalid("manifest", "it has both 'version' and 'schema-version'; accepted: exactly one"))
+            return Err(invalid(
+                "manifest",
+                "it has both 'version' and 'schema-version'; accepted: exactly one",
+            ))
         }
         (Some(v), None) if v.as_u64() == Some(1) => ManifestVersion::V1,
         (Some(v), None) => return Err(LockfileError::UnsupportedManifestVersion(v.to_string())),
         (None, Some(Value::String(s))) if KNOWN_SCHEMA_VERSIONS.contains(&s.as_str()) => {
             ManifestVersion::Schema(s.clone())
         }
-        (None, Some(Value::String(s))) => return Err(LockfileError::UnsupportedSchemaVersion(s.clone())),
+        (None, Some(Value::String(s))) => {
+            return Err(LockfileError::UnsupportedSchemaVersion(s.clone()))
+        }
         (None, Some(v)) => return Err(LockfileError::UnsupportedSchemaVersion(v.to_string())),
         (None, None) => return Err(LockfileError::MissingManifestVersion),
     };
-    if let Some(key) = map.keys().find(|k| !KNOWN_MANIFEST_KEYS.contains(&k.as_str())) {
+    if let Some(key) = map
+        .keys()
+        .find(|k| !KNOWN_MANIFEST_KEYS.contains(&k.as_str()))
+    {
         return Err(LockfileError::UnknownManifestKey { key: key.clone() });
     }
 
@@ -614,7 +686,10 @@ fn parse_manifest(value: &Value) -> Result<Manifest, LockfileError> {
     if let Some(entries) = section(map, "vars")? {
         for (name, value) in entries {
             let value = value.as_str().ok_or_else(|| {
-                invalid(format!("manifest.vars.{name}"), format!("expected a string, got {}", describe(value)))
+                invalid(
+                    format!("manifest.vars.{name}"),
+                    format!("expected a string, got {}", describe(value)),
+                )
             })?;
             vars.insert(name.clone(), value.to_string());
         }
@@ -706,7 +781,10 @@ fn parse_descriptor(id: &str, value: &Value) -> Result<InstallDescriptor, Lockfi
     } else if let Some(store_path) = text("store-path")? {
         DescriptorSource::StorePath { store_path }
     } else {
-        return Err(invalid(&field, "it has none of 'pkg-path', 'flake' or 'store-path'"));
+        return Err(invalid(
+            &field,
+            "it has none of 'pkg-path', 'flake' or 'store-path'",
+        ));
     };
     let systems = optional_strings(map.get("systems"), &format!("{field}.systems"))?;
     let outputs = match map.get("outputs") {
@@ -725,7 +803,10 @@ fn parse_descriptor(id: &str, value: &Value) -> Result<InstallDescriptor, Lockfi
     let priority = match map.get("priority") {
         None | Some(Value::Null) => None,
         Some(v) => Some(v.as_u64().ok_or_else(|| {
-            invalid(format!("{field}.priority"), format!("got {v}; expected an unsigned integer"))
+            invalid(
+                format!("{field}.priority"),
+                format!("got {v}; expected an unsigned integer"),
+            )
         })?),
     };
     Ok(InstallDescriptor {
@@ -737,13 +818,21 @@ fn parse_descriptor(id: &str, value: &Value) -> Result<InstallDescriptor, Lockfi
 }
 
 /// The shape of an `outputs` object; deserialised in file order (serde_json keeps it).
-fn outputs_in_order(value: &serde_json::Map<String, Value>, field: &str) -> Result<Vec<(String, String)>, String> {
+fn outputs_in_order(
+    value: &serde_json::Map<String, Value>,
+    field: &str,
+) -> Result<Vec<(String, String)>, String> {
     value
         .iter()
         .map(|(name, path)| {
             path.as_str()
                 .map(|p| (name.clone(), p.to_string()))
-                .ok_or_else(|| format!("{field}.{name} is {}, expected a store path string", describe(path)))
+                .ok_or_else(|| {
+                    format!(
+                        "{field}.{name} is {}, expected a store path string",
+                        describe(path)
+                    )
+                })
         })
         .collect()
 }
@@ -803,8 +892,13 @@ struct RawStorePath {
 }
 
 fn parse_package(index: usize, entry: &Value) -> Result<LockedPackage, LockfileError> {
-    let map = entry.as_object().ok_or(LockfileError::UnknownPackageKind { index })?;
-    let install_id = map.get("install_id").and_then(Value::as_str).map(str::to_string);
+    let map = entry
+        .as_object()
+        .ok_or(LockfileError::UnknownPackageKind { index })?;
+    let install_id = map
+        .get("install_id")
+        .and_then(Value::as_str)
+        .map(str::to_string);
     let fail = |kind: &'static str, reason: String| LockfileError::InvalidPackage {
         index,
         kind,
@@ -845,7 +939,8 @@ fn parse_package(index: usize, entry: &Value) -> Result<LockedPackage, LockfileE
             name: raw.name,
         }))
     } else if map.contains_key("store_path") {
-        let raw = RawStorePath::deserialize(entry).map_err(|e| fail("store-path", e.to_string()))?;
+        let raw =
+            RawStorePath::deserialize(entry).map_err(|e| fail("store-path", e.to_string()))?;
         Ok(LockedPackage::StorePath(StorePathPackage {
             install_id: raw.install_id,
             store_path: raw.store_path,
@@ -854,5 +949,331 @@ fn parse_package(index: usize, entry: &Value) -> Result<LockedPackage, LockfileE
         }))
     } else {
         Err(LockfileError::UnknownPackageKind { index })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const H1: &str = "/nix/store/11111111111111111111111111111111-pkg-1.0";
+    const H2: &str = "/nix/store/22222222222222222222222222222222-pkg-1.0-man";
+    const H3: &str = "/nix/store/33333333333333333333333333333333-pkg-1.0-stubs";
+
+    fn catalog(id: &str, system: &str, outputs: Value, oti: Value, priority: u64) -> Value {
+        json!({
+            "attr_path": id, "derivation": "/nix/store/00000000000000000000000000000000-x.drv",
+            "install_id": id, "locked_url": "https://github.com/flox/nixpkgs?rev=abc",
+            "name": "pkg-1.0", "pname": "pkg", "rev": "abc", "rev_count": 1,
+            "rev_date": "2025-01-01T00:00:00Z", "scrape_date": "2025-01-01T00:00:00Z",
+            "version": "1.0", "outputs": outputs, "outputs_to_install": oti,
+            "system": system, "group": "toplevel", "priority": priority,
+            "some_future_key": {"tolerated": true}
+        })
+    }
+
+    fn lockfile(manifest: Value, packages: Value) -> Result<Lockfile, LockfileError> {
+        let doc = json!({"lockfile-version": 1, "manifest": manifest, "packages": packages});
+        Lockfile::parse(doc.to_string().as_bytes())
+    }
+
+    fn schema_manifest(install: Value) -> Value {
+        json!({"schema-version": "1.15.0", "install": install, "options": {}})
+    }
+
+    #[test]
+    fn lockfile_version_must_be_one() {
+        let no_version = json!({"manifest": {}, "packages": []}).to_string();
+        assert_eq!(
+            Lockfile::parse(no_version.as_bytes())
+                .unwrap_err()
+                .to_string(),
+            "lockfile-version is missing; this node reads lockfile-version 1"
+        );
+        for (version, shown) in [(json!(2), "2"), (json!("1"), "\"1\""), (json!(0), "0")] {
+            let doc =
+                json!({"lockfile-version": version, "manifest": {}, "packages": []}).to_string();
+            assert_eq!(
+                Lockfile::parse(doc.as_bytes()).unwrap_err().to_string(),
+                format!(
+                    "lockfile-version {shown} is not supported; this node reads lockfile-version 1"
+                )
+            );
+        }
+        assert!(matches!(
+            Lockfile::parse(b"[]").unwrap_err(),
+            LockfileError::NotAnObject
+        ));
+        assert!(matches!(
+            Lockfile::parse(b"{").unwrap_err(),
+            LockfileError::InvalidJson(_)
+        ));
+    }
+
+    #[test]
+    fn manifest_versions_are_checked() {
+        for v in KNOWN_SCHEMA_VERSIONS {
+            let l = lockfile(json!({"schema-version": v}), json!([])).unwrap();
+            assert_eq!(l.manifest.version, ManifestVersion::Schema(v.to_string()));
+        }
+        let err = lockfile(json!({"schema-version": "1.16.0"}), json!([])).unwrap_err();
+        assert_eq!(
+            err,
+            LockfileError::UnsupportedSchemaVersion("1.16.0".into())
+        );
+        assert!(err
+            .to_string()
+            .contains("accepted: version 1 or schema-version 1.10.0, 1.11.0"));
+        assert_eq!(
+            lockfile(json!({}), json!([])).unwrap_err(),
+            LockfileError::MissingManifestVersion
+        );
+        let err = lockfile(json!({"version": 1, "teleport": {}}), json!([])).unwrap_err();
+        assert_eq!(
+            err,
+            LockfileError::UnknownManifestKey {
+                key: "teleport".into()
+            }
+        );
+        assert!(lockfile(json!({"version": 1, "schema-version": "1.10.0"}), json!([])).is_err());
+    }
+
+    #[test]
+    fn package_kinds_and_their_errors() {
+        let manifest = json!({"version": 1});
+        let err = lockfile(
+            manifest.clone(),
+            json!([{"install_id": "x", "system": "x86_64-linux"}]),
+        )
+        .unwrap_err();
+        assert_eq!(err, LockfileError::UnknownPackageKind { index: 0 });
+        let mut entry = catalog(
+            "hello",
+            "x86_64-linux",
+            json!({"out": H1}),
+            json!(["out"]),
+            5,
+        );
+        entry.as_object_mut().unwrap().remove("rev");
+        let err = lockfile(manifest.clone(), json!([entry]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("packages[0] (catalog entry 'hello') in manifest.lock is invalid: missing field `rev`"), "{err}");
+        let flake = json!({"install_id": "f", "locked-url": "github:a/b", "locked-flake-attr-path": "p",
+            "derivation": "d", "outputs": {"out": H1}, "output-names": ["out"], "package-system": "x86_64-linux",
+            "system": "x86_64-linux", "name": "f", "priority": null});
+        let l = lockfile(
+            json!({"version": 1, "install": {"f": {"flake": "github:a/b"}}}),
+            json!([flake]),
+        )
+        .unwrap();
+        assert_eq!(l.packages[0].priority(), DEFAULT_PRIORITY);
+        let sp = json!({"install_id": "s", "store_path": H1, "system": "x86_64-linux"});
+        let err = lockfile(manifest, json!([sp])).unwrap_err().to_string();
+        assert!(
+            err.contains("store-path entry 's'") && err.contains("priority"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn legacy_manifest_skips_stubs_and_ranks_other_outputs() {
+        let l = lockfile(
+            json!({"version": 1, "install": {"a": {"pkg-path": "a"}, "b": {"pkg-path": "b"}}}),
+            json!([
+                catalog(
+                    "a",
+                    "x86_64-linux",
+                    json!({"man": H2, "stubs": H3, "out": H1}),
+                    json!(["out"]),
+                    2
+                ),
+                catalog(
+                    "b",
+                    "x86_64-linux",
+                    json!({"out": H1, "man": H2}),
+                    Value::Null,
+                    3
+                ),
+                catalog("a", "aarch64-linux", json!({"out": H1}), json!(["out"]), 2),
+            ]),
+        )
+        .unwrap();
+        let got: Vec<_> = l
+            .select(System::X86_64Linux)
+            .unwrap()
+            .outputs
+            .into_iter()
+            .map(|o| (o.install_id, o.output, o.priority))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("a".to_string(), "out".to_string(), 2),
+                ("a".to_string(), "man".to_string(), 2000),
+                // Without outputs_to_install nothing is "to install": all ranked behind.
+                ("b".to_string(), "out".to_string(), 3001),
+                ("b".to_string(), "man".to_string(), 3002),
+            ]
+        );
+    }
+
+    #[test]
+    fn schema_manifest_output_selection_and_errors() {
+        let outputs = json!({"out": H1, "man": H2, "stubs": H3});
+        let select = |descriptor: Value, oti: Value| {
+            lockfile(
+                schema_manifest(json!({"p": descriptor})),
+                json!([catalog("p", "x86_64-linux", outputs.clone(), oti, 5)]),
+            )
+            .unwrap()
+            .select(System::X86_64Linux)
+            .map(|s| s.outputs.into_iter().map(|o| o.output).collect::<Vec<_>>())
+        };
+        // "all" keeps even `stubs` (only legacy manifests drop it), in lock order.
+        assert_eq!(
+            select(json!({"pkg-path": "p", "outputs": "all"}), json!(["out"])).unwrap(),
+            ["out", "man", "stubs"]
+        );
+        assert_eq!(
+            select(
+                json!({"pkg-path": "p", "outputs": ["man", "out"]}),
+                Value::Null
+            )
+            .unwrap(),
+            ["man", "out"]
+        );
+        // Default: outputs_to_install, duplicates linked once.
+        assert_eq!(
+            select(json!({"pkg-path": "p"}), json!(["out", "man", "out"])).unwrap(),
+            ["out", "man"]
+        );
+        // Neither: nothing, as builder.pl.
+        assert!(select(json!({"pkg-path": "p"}), Value::Null)
+            .unwrap()
+            .is_empty());
+        let err = select(
+            json!({"pkg-path": "p", "outputs": ["out", "lib"]}),
+            Value::Null,
+        )
+        .unwrap_err();
+        assert_eq!(err.to_string(), "p has no output named 'lib'");
+        let err = lockfile(
+            schema_manifest(json!({"p": {"pkg-path": "p", "outputs": "some"}})),
+            json!([]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("manifest.install.p.outputs") && err.contains("'all' or a list"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn missing_install_id_and_bad_store_paths_fail_selection() {
+        let l = lockfile(
+            schema_manifest(json!({})),
+            json!([catalog(
+                "ghost",
+                "x86_64-linux",
+                json!({"out": H1}),
+                json!(["out"]),
+                5
+            )]),
+        )
+        .unwrap();
+        assert_eq!(
+            l.select(System::X86_64Linux).unwrap_err().to_string(),
+            "manifest does not contain a package with install ID 'ghost'"
+        );
+        // Store-path entries need no [install] entry (buildenv links them as they are), but
+        // their path must be a valid store path.
+        let sp = |path: &str| {
+            lockfile(
+                schema_manifest(json!({})),
+                json!([{"install_id": "s", "store_path": path, "system": "x86_64-linux", "priority": 4}]),
+            )
+            .unwrap()
+            .select(System::X86_64Linux)
+        };
+        let ok = sp(H1).unwrap();
+        assert_eq!(ok.outputs[0].output, STORE_PATH_OUTPUT);
+        assert_eq!(ok.outputs[0].priority, 4);
+        let err = sp("/nix/store/short/../../etc").unwrap_err().to_string();
+        assert!(
+            err.starts_with(
+                "package 's' output 'out': invalid store path '/nix/store/short/../../etc'"
+            ),
+            "{err}"
+        );
+        // Store paths of other systems' entries are not validated for this one.
+        let l = lockfile(
+            json!({"version": 1, "install": {"p": {"pkg-path": "p"}}}),
+            json!([
+                catalog(
+                    "p",
+                    "aarch64-darwin",
+                    json!({"out": "bogus"}),
+                    json!(["out"]),
+                    5
+                ),
+                catalog("p", "x86_64-linux", json!({"out": H1}), json!(["out"]), 5),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(l.select(System::X86_64Linux).unwrap().outputs.len(), 1);
+        assert!(l.select(System::Aarch64Darwin).is_err());
+    }
+
+    #[test]
+    fn options_mode_cuda_and_reserved_vars() {
+        let l = lockfile(
+            json!({"schema-version": "1.14.0", "options": {"activate": {"mode": "run"}, "cuda-detection": false},
+                   "vars": {"A": "1"}}),
+            json!([]),
+        )
+        .unwrap();
+        assert_eq!(l.activate_mode(), Some("run"));
+        assert!(!l.cuda_detection());
+        let err = lockfile(
+            json!({"version": 1, "options": {"activate": {"mode": "prod"}}}),
+            json!([]),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("manifest.options.activate.mode")
+                && err.to_string().contains("\"run\" or \"dev\"")
+        );
+        let l = lockfile(
+            json!({"version": 1, "vars": {"BASH_ENVTRACE_X": "1"}}),
+            json!([]),
+        )
+        .unwrap();
+        assert_eq!(
+            l.vars_in_order().unwrap_err(),
+            LockfileError::ReservedVar("BASH_ENVTRACE_X".into())
+        );
+        let err = lockfile(json!({"version": 1, "vars": {"N": 3}}), json!([])).unwrap_err();
+        assert!(err.to_string().contains("manifest.vars.N"));
+    }
+
+    #[test]
+    fn hooks_are_outdented_on_the_way_out() {
+        let l = lockfile(
+            json!({"schema-version": "1.15.0", "hook": {"on-activate": "  a\n    b\n", "on-deactivate": "\tx"},
+                   "profile": {"bash": "  echo hi\n"}}),
+            json!([]),
+        )
+        .unwrap();
+        assert_eq!(l.hook_on_activate().as_deref(), Some("a\n  b\n"));
+        assert_eq!(l.hook_on_deactivate().as_deref(), Some("\tx"));
+        assert_eq!(l.profile().bash.as_deref(), Some("echo hi\n"));
+        assert_eq!(
+            l.manifest.hook.on_activate.as_deref(),
+            Some("  a\n    b\n"),
+            "raw text kept"
+        );
     }
 }

@@ -175,7 +175,10 @@ mod tests {
         let path = StorePath::parse(HELLO).unwrap();
         assert_eq!(path.hash_part(), "0c2kp0ppyd7cmv4pmz9y8xjpwgz0b0fs");
         assert_eq!(path.name(), "hello-2.12.1");
-        assert_eq!(path.base_name(), "0c2kp0ppyd7cmv4pmz9y8xjpwgz0b0fs-hello-2.12.1");
+        assert_eq!(
+            path.base_name(),
+            "0c2kp0ppyd7cmv4pmz9y8xjpwgz0b0fs-hello-2.12.1"
+        );
         assert_eq!(path.as_str(), HELLO);
         assert_eq!(path.to_string(), HELLO);
     }
@@ -222,7 +225,10 @@ mod tests {
     #[test]
     fn serde_round_trip_validates() {
         let path: StorePath = serde_json::from_str(&format!("\"{HELLO}\"")).unwrap();
-        assert_eq!(serde_json::to_string(&path).unwrap(), format!("\"{HELLO}\""));
+        assert_eq!(
+            serde_json::to_string(&path).unwrap(),
+            format!("\"{HELLO}\"")
+        );
         let bad = serde_json::from_str::<StorePath>("\"/nix/store/x\"").unwrap_err();
         assert!(bad.to_string().contains("invalid store path"));
     }

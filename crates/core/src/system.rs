@@ -22,7 +22,9 @@ pub enum System {
 pub enum SystemError {
     #[error("system '{0}' is not supported; accepted: x86_64-linux, aarch64-linux, x86_64-darwin, aarch64-darwin")]
     Unknown(String),
-    #[error("node architecture '{arch}' on '{os}' is not supported; accepted: amd64 or arm64 on linux")]
+    #[error(
+        "node architecture '{arch}' on '{os}' is not supported; accepted: amd64 or arm64 on linux"
+    )]
     UnsupportedNode { arch: String, os: String },
 }
 
@@ -129,13 +131,19 @@ mod tests {
             assert_eq!(system.as_str().parse::<System>().unwrap(), system);
             assert_eq!(system.to_string(), system.as_str());
         }
-        assert_eq!("aarch64-darwin".parse::<System>().unwrap(), System::Aarch64Darwin);
+        assert_eq!(
+            "aarch64-darwin".parse::<System>().unwrap(),
+            System::Aarch64Darwin
+        );
     }
 
     #[test]
     fn unknown_names_are_refused_with_the_accepted_list() {
         let err = "riscv64-linux".parse::<System>().unwrap_err().to_string();
-        assert!(err.contains("'riscv64-linux'") && err.contains("x86_64-linux"), "{err}");
+        assert!(
+            err.contains("'riscv64-linux'") && err.contains("x86_64-linux"),
+            "{err}"
+        );
         assert!("X86_64-linux".parse::<System>().is_err());
         assert!("".parse::<System>().is_err());
     }
@@ -143,7 +151,10 @@ mod tests {
     #[test]
     fn kubernetes_arch_mapping() {
         assert_eq!(System::from_k8s_arch("amd64").unwrap(), System::X86_64Linux);
-        assert_eq!(System::from_k8s_arch("arm64").unwrap(), System::Aarch64Linux);
+        assert_eq!(
+            System::from_k8s_arch("arm64").unwrap(),
+            System::Aarch64Linux
+        );
         let err = System::from_k8s_arch("s390x").unwrap_err().to_string();
         assert!(err.contains("'s390x'") && err.contains("amd64"), "{err}");
         assert!(System::from_k8s_node("amd64", "windows").is_err());
@@ -155,7 +166,10 @@ mod tests {
     fn host_matches_the_compiled_target() {
         let expected = format!("{}-{}", std::env::consts::ARCH, std::env::consts::OS);
         assert_eq!(System::host().unwrap().as_str(), expected);
-        assert_eq!(System::from_arch_os("aarch64", "macos").unwrap(), System::Aarch64Darwin);
+        assert_eq!(
+            System::from_arch_os("aarch64", "macos").unwrap(),
+            System::Aarch64Darwin
+        );
     }
 
     #[test]

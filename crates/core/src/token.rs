@@ -212,7 +212,10 @@ mod tests {
         let token = Token::parse(&format!("  {raw}\n")).unwrap();
         assert_eq!(
             token.kind(),
-            &TokenKind::Jwt { handle: "alice".into(), exp: 1_750_000_000 }
+            &TokenKind::Jwt {
+                handle: "alice".into(),
+                exp: 1_750_000_000
+            }
         );
         assert_eq!(token.handle(), Some("alice"));
         assert_eq!(token.expose(), raw, "whitespace and newline are trimmed");
@@ -254,7 +257,10 @@ mod tests {
             let err = Token::parse(&raw).unwrap_err();
             let message = err.to_string();
             assert!(message.starts_with("floxhub-token "), "{message}");
-            assert!(!message.contains(&raw) && !message.contains(secret_like), "{message}");
+            assert!(
+                !message.contains(&raw) && !message.contains(secret_like),
+                "{message}"
+            );
         }
         assert!(Token::parse(secret_like)
             .unwrap_err()
@@ -266,7 +272,10 @@ mod tests {
     #[test]
     fn debug_and_display_redact_the_secret() {
         let raw = jwt(r#"{"https://flox.dev/handle":"alice","exp":1}"#);
-        for token in [Token::parse(&raw).unwrap(), Token::parse("flox_pat_SECRET").unwrap()] {
+        for token in [
+            Token::parse(&raw).unwrap(),
+            Token::parse("flox_pat_SECRET").unwrap(),
+        ] {
             let shown = format!("{token} {token:?} {:?}", Some(&token));
             assert!(!shown.contains(token.expose()), "{shown}");
             assert!(!shown.contains("SECRET"), "{shown}");
@@ -278,7 +287,10 @@ mod tests {
     fn fingerprint_is_stable_distinct_and_domain_separated() {
         let a = Token::parse("flox_pat_a").unwrap();
         let b = Token::parse("flox_pat_b").unwrap();
-        assert_eq!(a.fingerprint(), Token::parse("flox_pat_a\n").unwrap().fingerprint());
+        assert_eq!(
+            a.fingerprint(),
+            Token::parse("flox_pat_a\n").unwrap().fingerprint()
+        );
         assert_ne!(a.fingerprint(), b.fingerprint());
         assert_eq!(a.fingerprint().len(), 64);
         let plain = hex::encode(Sha256::digest(b"flox_pat_a"));
