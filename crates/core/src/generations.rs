@@ -147,12 +147,15 @@ impl GenerationsMetadata {
         }
         match (version, version_number(version)) {
             // (b) current v2.
-            (Some(_), Some(2)) => V2File::deserialize(&value).map(from_v2).map_err(|err| {
-                GenerationsError::InvalidSchema {
-                    version: 2,
-                    detail: err.to_string(),
-                }
-            }),
+            (Some(_), Some(2)) => {
+                let v2 =
+                    V2File::deserialize(&value).map_err(|err| GenerationsError::InvalidSchema {
+                        version: 2,
+                        detail: err.to_string(),
+                    })?;
+                check_v2_ids(&v2)?;
+                Ok(from_v2(v2))
+            }
             // (c) anything else with a version.
             (Some(_), Some(1)) => Err(GenerationsError::InvalidSchema {
                 version: 1,
@@ -219,6 +222,30 @@ impl GenerationsMetadata {
 
 fn version_number(version: Option<&serde_json::Value>) -> Option<u64> {
     version.and_then(serde_json::Value::as_u64)
+}
+
+/// Generations are numbered densely `1..=total_generations`; an event naming another
+/// number would make the node look for files that cannot exist, so the file is refused.
+fn check_v2_ids(v2: &V2File) -> Result<(), GenerationsError> {
+    for (index, entry) in v2.history.iter().enumerate() {
+        let ids = std::iter::once(("current_generation", entry.current_generation)).chain(
+            entry
+                .previous_generation
+                .map(|id| ("previous_generation", id)),
+        );
+        for (field, id) in ids {
+            if id.0 == 0 || id.0 > v2.total_generations {
+                return Err(GenerationsError::InvalidSchema {
+                    version: 2,
+                    detail: format!(
+                        "history[{index}].{field} is {}, outside 1..={} (total_generations)",
+                        id.0, v2.total_generations
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 fn from_v2(v2: V2File) -> GenerationsMetadata {
@@ -373,6 +400,19 @@ mod tests {
             assert!(err
                 .to_string()
                 .starts_with("Environment metadata of version '2' could not be parsed"));
+        }
+    }
+
+    #[test]
+    fn v2_events_must_name_existing_generations() {
+        for (current, previous) in [("3", "null"), ("0", "null"), ("1", "\"9\"")] {
+            let text = format!(
+                r#"{{"version":2,"total_generations":2,"history":[{{"kind":"edit","author":"a","hostname":"h","timestamp":1,"current_generation":"{current}","previous_generation":{previous}}}]}}"#
+            );
+            let err = GenerationsMetadata::parse(text.as_bytes())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("outside 1..=2 (total_generations)"), "{err}");
         }
     }
 

@@ -933,7 +933,14 @@ fn parse_package(index: usize, entry: &Value) -> Result<LockedPackage, LockfileE
             locked_flake_attr_path: raw.locked_flake_attr_path,
             system: raw.system,
             outputs,
-            outputs_to_install: raw.outputs_to_install,
+            // buildenv prefers a snake-case `outputs_to_install` if a flake entry has one.
+            outputs_to_install: match map.get("outputs_to_install") {
+                Some(Value::Array(_)) => {
+                    optional_strings(map.get("outputs_to_install"), "outputs_to_install")
+                        .map_err(|e| fail("flake", e.to_string()))?
+                }
+                _ => raw.outputs_to_install,
+            },
             priority: raw.priority.unwrap_or(DEFAULT_PRIORITY),
             derivation: raw.derivation,
             name: raw.name,
