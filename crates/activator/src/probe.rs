@@ -90,7 +90,11 @@ fn version_from_link_chain(start: &Path) -> Option<String> {
             Some(parent) if target.is_relative() => parent.join(target),
             _ => target,
         };
-        if let Some(version) = current.file_name().and_then(OsStr::to_str).and_then(|name| version_of(name, "python")) {
+        if let Some(version) = current
+            .file_name()
+            .and_then(OsStr::to_str)
+            .and_then(|name| version_of(name, "python"))
+        {
             return Some(version);
         }
     }
@@ -101,7 +105,12 @@ fn single_lib_python_dir(env_dir: &Path) -> Option<String> {
     let mut versions = fs::read_dir(env_dir.join("lib"))
         .ok()?
         .filter_map(Result::ok)
-        .filter_map(|entry| entry.file_name().to_str().and_then(|name| version_of(name, "python")));
+        .filter_map(|entry| {
+            entry
+                .file_name()
+                .to_str()
+                .and_then(|name| version_of(name, "python"))
+        });
     let first = versions.next()?;
     versions.next().is_none().then_some(first)
 }
@@ -126,13 +135,17 @@ fn version_of(name: &str, prefix: &str) -> Option<String> {
 }
 
 pub fn is_file(path: &Path) -> bool {
-    fs::metadata(path).map(|meta| meta.is_file()).unwrap_or(false)
+    fs::metadata(path)
+        .map(|meta| meta.is_file())
+        .unwrap_or(false)
 }
 
 /// A regular file with an execute bit (following symlinks), like the shell's `-x` for the
 /// users containers run as.
 pub fn is_executable(path: &Path) -> bool {
-    fs::metadata(path).map(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0).unwrap_or(false)
+    fs::metadata(path)
+        .map(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use imageless_core::activation::{ActivationData, Mode};
+use imageless_core::activation::{ActivationData, Mode, Profile};
 use imageless_core::container_paths;
 
 use crate::env_vars::{self, Settings};
@@ -36,7 +36,10 @@ pub struct Failure {
 
 impl Failure {
     fn activation(message: impl Into<String>) -> Failure {
-        Failure { message: message.into(), exit_code: EXIT_ACTIVATION_FAILED }
+        Failure {
+            message: message.into(),
+            exit_code: EXIT_ACTIVATION_FAILED,
+        }
     }
 }
 
@@ -58,7 +61,10 @@ pub fn parse_args(args: Vec<OsString>) -> Result<Invocation, Failure> {
         cache_dir: PathBuf::from(container_paths::CACHE_DIR),
         command: Vec::new(),
     };
-    let usage = |message: String| Failure { message: format!("flox-activate: {message}\n{USAGE}"), exit_code: 2 };
+    let usage = |message: String| Failure {
+        message: format!("flox-activate: {message}\n{USAGE}"),
+        exit_code: 2,
+    };
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         let text = arg.to_string_lossy();
@@ -66,23 +72,36 @@ pub fn parse_args(args: Vec<OsString>) -> Result<Invocation, Failure> {
             if let Some(value) = text.strip_prefix(&format!("{option}=")) {
                 return Ok(PathBuf::from(value));
             }
-            args.next().map(PathBuf::from).ok_or_else(|| usage(format!("{option} needs a directory")))
+            args.next()
+                .map(PathBuf::from)
+                .ok_or_else(|| usage(format!("{option} needs a directory")))
         };
         match text.as_ref() {
             "--" => {
                 invocation.command = args.collect();
                 return Ok(invocation);
-            },
-            "-h" | "--help" => return Err(Failure { message: USAGE.to_string(), exit_code: 0 }),
-            _ if text == "--env" || text.starts_with("--env=") => invocation.env_dir = value_of("--env")?,
-            _ if text == "--cache" || text.starts_with("--cache=") => invocation.cache_dir = value_of("--cache")?,
+            }
+            "-h" | "--help" => {
+                return Err(Failure {
+                    message: USAGE.to_string(),
+                    exit_code: 0,
+                })
+            }
+            _ if text == "--env" || text.starts_with("--env=") => {
+                invocation.env_dir = value_of("--env")?
+            }
+            _ if text == "--cache" || text.starts_with("--cache=") => {
+                invocation.cache_dir = value_of("--cache")?
+            }
             _ if text.starts_with('-') => {
-                return Err(usage(format!("unknown option {text:?}; put the command after `--`")))
-            },
+                return Err(usage(format!(
+                    "unknown option {text:?}; put the command after `--`"
+                )))
+            }
             _ => {
                 invocation.command = std::iter::once(arg).chain(args).collect();
                 return Ok(invocation);
-            },
+            }
         }
     }
     Ok(invocation)
@@ -90,14 +109,29 @@ pub fn parse_args(args: Vec<OsString>) -> Result<Invocation, Failure> {
 
 /// Activates and execs; returns only on failure.
 pub fn activate(invocation: Invocation) -> Failure {
-    match prepare(&invocation) {
-        Ok((env, description)) => exec_command(&invocation.command, &env, &description),
-        Err(failure) => failure,
+    let prepared = match prepare(&invocation) {
+        Ok(prepared) => prepared,
+        Err(failure) => return failure,
+    };
+    if invocation.command.is_empty() {
+        return exec_shell(&prepared, &invocation.cache_dir);
     }
+    exec_command(&invocation.command, &prepared.env, &prepared.description)
 }
 
-/// The command's final environment and the environment's description for messages.
-pub fn prepare(invocation: &Invocation) -> Result<(EnvMap, String), Failure> {
+/// The activated environment, ready for the command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prepared {
+    /// The command's complete environment.
+    pub env: EnvMap,
+    /// `owner/name` (or the env dir) for messages.
+    pub description: String,
+    /// `[profile]`, only for an interactive shell.
+    pub profile: Profile,
+}
+
+/// Reads the data, computes the environment and runs the start script when needed.
+pub fn prepare(invocation: &Invocation) -> Result<Prepared, Failure> {
     let data = read_activation_data(&invocation.env_dir)?;
     let inherited: EnvMap = std::env::vars_os().collect();
     let description = inherited
@@ -121,10 +155,17 @@ pub fn prepare(invocation: &Invocation) -> Result<(EnvMap, String), Failure> {
         Mode::Dev => probe::plugin_profile_scripts(&invocation.env_dir),
         Mode::Run => Vec::new(),
     };
-    let var_needing_bash = data.vars.iter().find(|(_, value)| start_script::value_needs_bash(value));
+    let var_needing_bash = data
+        .vars
+        .iter()
+        .find(|(_, value)| start_script::value_needs_bash(value));
     if data.hook_on_activate.is_none() && plugin_scripts.is_empty() && var_needing_bash.is_none() {
         start_script::apply_literal_vars(&mut env, &data.vars);
-        return Ok((env, description));
+        return Ok(Prepared {
+            env,
+            description,
+            profile: data.profile,
+        });
     }
 
     let why_bash = if data.hook_on_activate.is_some() {
@@ -132,7 +173,10 @@ pub fn prepare(invocation: &Invocation) -> Result<(EnvMap, String), Failure> {
     } else if let Some((name, _)) = var_needing_bash {
         format!("[vars] {name} of {description} needs bash to expand its value ($, `, \\ or \")")
     } else {
-        format!("the profile.d script {} of {description} needs bash", plugin_scripts[0].display())
+        format!(
+            "the profile.d script {} of {description} needs bash",
+            plugin_scripts[0].display()
+        )
     };
     let bash = match find_program(OsStr::new("bash"), env.get(OsStr::new("PATH")).map(OsString::as_os_str)) {
         Lookup::Found(bash) => bash,
@@ -144,8 +188,19 @@ pub fn prepare(invocation: &Invocation) -> Result<(EnvMap, String), Failure> {
             )))
         },
     };
-    let env = run_start_script(&bash, &data, plugin_scripts, env, &invocation.cache_dir, &description)?;
-    Ok((env, description))
+    let env = run_start_script(
+        &bash,
+        &data,
+        plugin_scripts,
+        env,
+        &invocation.cache_dir,
+        &description,
+    )?;
+    Ok(Prepared {
+        env,
+        description,
+        profile: data.profile,
+    })
 }
 
 fn read_activation_data(env_dir: &Path) -> Result<ActivationData, Failure> {
@@ -157,8 +212,12 @@ fn read_activation_data(env_dir: &Path) -> Result<ActivationData, Failure> {
             env_dir.display()
         ))
     })?;
-    let data: ActivationData = serde_json::from_slice(&bytes)
-        .map_err(|err| Failure::activation(format!("flox: activation data {} is not valid: {err}", path.display())))?;
+    let data: ActivationData = serde_json::from_slice(&bytes).map_err(|err| {
+        Failure::activation(format!(
+            "flox: activation data {} is not valid: {err}",
+            path.display()
+        ))
+    })?;
     if data.version != ActivationData::VERSION {
         return Err(Failure::activation(format!(
             "flox: activation data {} has version {}, this activator reads version {}; the node's \
@@ -212,14 +271,22 @@ fn run_start_script(
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
-        .map_err(|err| Failure::activation(format!("flox: cannot start {}: {err}", bash.display())))?;
+        .map_err(|err| {
+            Failure::activation(format!("flox: cannot start {}: {err}", bash.display()))
+        })?;
     let mut stdout = Vec::new();
-    let read = child.stdout.take().expect("stdout is piped").read_to_end(&mut stdout);
-    let status = child
-        .wait()
-        .map_err(|err| Failure::activation(format!("flox: waiting for {}: {err}", bash.display())))?;
+    let read = child
+        .stdout
+        .take()
+        .expect("stdout is piped")
+        .read_to_end(&mut stdout);
+    let status = child.wait().map_err(|err| {
+        Failure::activation(format!("flox: waiting for {}: {err}", bash.display()))
+    })?;
     drop(hook_file);
-    read.map_err(|err| Failure::activation(format!("flox: reading the variables bash exported: {err}")))?;
+    read.map_err(|err| {
+        Failure::activation(format!("flox: reading the variables bash exported: {err}"))
+    })?;
 
     let output = start_script::parse_output(&stdout);
     if output.phase == Phase::Done && status.success() {
@@ -258,7 +325,10 @@ struct HookFile {
 
 impl HookFile {
     fn write(cache_dir: &Path, hook: &str) -> Result<HookFile, Failure> {
-        let path = cache_dir.join(format!(".flox-activate-hook-on-activate.{}", std::process::id()));
+        let path = cache_dir.join(format!(
+            ".flox-activate-hook-on-activate.{}",
+            std::process::id()
+        ));
         let _ = fs::remove_file(&path); // a leftover of an earlier process with our pid
         let written = fs::OpenOptions::new()
             .write(true)
@@ -274,7 +344,7 @@ impl HookFile {
                     "flox: cannot write hook.on-activate to {} (FLOX_ENV_CACHE must be writable): {err}",
                     path.display()
                 )))
-            },
+            }
         }
     }
 }
@@ -286,25 +356,71 @@ impl Drop for HookFile {
 }
 
 /// execs the command (or an interactive shell) with `env`, looking it up on the new PATH.
+/// No command: a shell, as containerize starts one. bash also gets `[profile]` (common, then
+/// bash) through an rc file, as flox's interactive activation does; bash reads it only when
+/// interactive.
+fn exec_shell(prepared: &Prepared, cache_dir: &Path) -> Failure {
+    let Prepared {
+        env,
+        description,
+        profile,
+    } = prepared;
+    let path_var = env.get(OsStr::new("PATH")).map(OsString::as_os_str);
+    if let Lookup::Found(bash) = find_program(OsStr::new("bash"), path_var) {
+        let mut args = Vec::new();
+        if let Some(rc) = start_script::interactive_bash_rc(profile) {
+            // Left in place: the shell reads it after the exec; FLOX_ENV_CACHE is per container.
+            let rc_path = cache_dir.join(format!(".flox-activate-bashrc.{}", std::process::id()));
+            if let Err(err) = fs::write(&rc_path, rc) {
+                return Failure::activation(format!(
+                    "flox: cannot write the [profile] rc file {} (FLOX_ENV_CACHE must be writable): {err}",
+                    rc_path.display()
+                ));
+            }
+            args = vec![
+                OsString::from("--noprofile"),
+                OsString::from("--rcfile"),
+                rc_path.into_os_string(),
+            ];
+        }
+        return exec(
+            &bash,
+            OsStr::new("bash"),
+            &args,
+            env,
+            OsStr::new("bash"),
+            description,
+        );
+    }
+    if let Lookup::Found(sh) = find_program(OsStr::new("sh"), path_var) {
+        return exec(
+            &sh,
+            OsStr::new("sh"),
+            &[],
+            env,
+            OsStr::new("sh"),
+            description,
+        );
+    }
+    Failure {
+        message: format!(
+            "flox: no command given and neither bash nor sh is in environment {description} or on the \
+             image's PATH; give the container a command"
+        ),
+        exit_code: EXIT_NOT_FOUND,
+    }
+}
+
 fn exec_command(command: &[OsString], env: &EnvMap, description: &str) -> Failure {
     let path_var = env.get(OsStr::new("PATH")).map(OsString::as_os_str);
     let Some((program, args)) = command.split_first() else {
-        // No command: an interactive shell, as containerize starts one.
-        for shell in ["bash", "sh"] {
-            if let Lookup::Found(path) = find_program(OsStr::new(shell), path_var) {
-                return exec(&path, OsStr::new(shell), &[], env, OsStr::new(shell), description);
-            }
-        }
-        return Failure {
-            message: format!(
-                "flox: no command given and neither bash nor sh is in environment {description} or on the \
-                 image's PATH; give the container a command"
-            ),
-            exit_code: EXIT_NOT_FOUND,
-        };
+        return Failure::activation("flox: no command to run");
     };
     let not_found = || Failure {
-        message: format!("{}: command not found in environment {description}", program.to_string_lossy()),
+        message: format!(
+            "{}: command not found in environment {description}",
+            program.to_string_lossy()
+        ),
         exit_code: EXIT_NOT_FOUND,
     };
     match find_program(program, path_var) {
@@ -312,15 +428,31 @@ fn exec_command(command: &[OsString], env: &EnvMap, description: &str) -> Failur
         Lookup::Found(path) if fs::symlink_metadata(&path).is_err() => not_found(),
         Lookup::Found(path) => exec(&path, program, args, env, program, description),
         Lookup::NotExecutable(path) => Failure {
-            message: format!("{}: {} is not executable (permission denied)", program.to_string_lossy(), path.display()),
+            message: format!(
+                "{}: {} is not executable (permission denied)",
+                program.to_string_lossy(),
+                path.display()
+            ),
             exit_code: EXIT_CANNOT_EXECUTE,
         },
         Lookup::NotFound => not_found(),
     }
 }
 
-fn exec(path: &Path, arg0: &OsStr, args: &[OsString], env: &EnvMap, shown: &OsStr, description: &str) -> Failure {
-    let err = Command::new(path).arg0(arg0).args(args).env_clear().envs(env).exec();
+fn exec(
+    path: &Path,
+    arg0: &OsStr,
+    args: &[OsString],
+    env: &EnvMap,
+    shown: &OsStr,
+    description: &str,
+) -> Failure {
+    let err = Command::new(path)
+        .arg0(arg0)
+        .args(args)
+        .env_clear()
+        .envs(env)
+        .exec();
     let shown = shown.to_string_lossy();
     match err.raw_os_error() {
         // execvp's fallback for a script without a #! line: run it with sh.
@@ -347,7 +479,10 @@ fn exec(path: &Path, arg0: &OsStr, args: &[OsString], env: &EnvMap, shown: &OsSt
 }
 
 fn cannot_execute(shown: &str, path: &Path, err: &io::Error) -> Failure {
-    Failure { message: format!("{shown}: cannot execute {}: {err}", path.display()), exit_code: EXIT_CANNOT_EXECUTE }
+    Failure {
+        message: format!("{shown}: cannot execute {}: {err}", path.display()),
+        exit_code: EXIT_CANNOT_EXECUTE,
+    }
 }
 
 #[cfg(test)]
@@ -366,9 +501,15 @@ mod tests {
         assert_eq!(parsed.command, args(&["echo", "--env", "x"]));
 
         let parsed = parse_args(args(&["--env", "/e", "--cache=/c", "--", "ls"])).unwrap();
-        assert_eq!((parsed.env_dir, parsed.cache_dir), (PathBuf::from("/e"), PathBuf::from("/c")));
+        assert_eq!(
+            (parsed.env_dir, parsed.cache_dir),
+            (PathBuf::from("/e"), PathBuf::from("/c"))
+        );
 
-        assert_eq!(parse_args(args(&["ls", "-l"])).unwrap().command, args(&["ls", "-l"]));
+        assert_eq!(
+            parse_args(args(&["ls", "-l"])).unwrap().command,
+            args(&["ls", "-l"])
+        );
         assert!(parse_args(args(&["--"])).unwrap().command.is_empty());
         assert!(parse_args(args(&[])).unwrap().command.is_empty());
         assert_eq!(parse_args(args(&["--bogus"])).unwrap_err().exit_code, 2);

@@ -9,6 +9,8 @@ use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
+use imageless_core::activation::Profile;
+
 use crate::EnvMap;
 
 /// Characters that make a `[vars]` value mean something else to bash than its text.
@@ -83,7 +85,10 @@ impl StartScript {
         script.push_str("builtin printf '%s\\0' :plugins\n");
         if let Some(hook_file) = &self.hook_file {
             script.push_str("builtin set +euo pipefail\n");
-            script.push_str(&format!("builtin source {} 1>&2\n", single_quoted(hook_file)));
+            script.push_str(&format!(
+                "builtin source {} 1>&2\n",
+                single_quoted(hook_file)
+            ));
         }
         script.push_str("builtin printf '%s\\0' :hook\n");
         // The dump: a hook may have left `set -u` or changed IFS; splitting compgen's output
@@ -114,7 +119,10 @@ pub struct StartOutput {
 }
 
 pub fn parse_output(stdout: &[u8]) -> StartOutput {
-    let mut output = StartOutput { exported: Vec::new(), phase: Phase::Started };
+    let mut output = StartOutput {
+        exported: Vec::new(),
+        phase: Phase::Started,
+    };
     let mut records: Vec<&[u8]> = stdout.split(|byte| *byte == 0).collect();
     records.pop(); // after the last NUL: empty, or a record cut short
     for record in records {
@@ -133,7 +141,9 @@ pub fn parse_output(stdout: &[u8]) -> StartOutput {
 fn is_shell_own(name: &OsStr) -> bool {
     let name = name.as_bytes();
     SHELL_OWN.iter().any(|own| own.as_bytes() == name)
-        || SHELL_OWN_PREFIXES.iter().any(|prefix| name.starts_with(prefix.as_bytes()))
+        || SHELL_OWN_PREFIXES
+            .iter()
+            .any(|prefix| name.starts_with(prefix.as_bytes()))
 }
 
 /// The command's environment after the start script: what bash exported wins (so `[vars]`
@@ -141,7 +151,8 @@ fn is_shell_own(name: &OsStr) -> bool {
 /// shell's own variables. Entries bash cannot hold (names that are not identifiers) pass
 /// through from `before` unchanged.
 pub fn apply_exports(before: &EnvMap, exported: Vec<(OsString, OsString)>) -> EnvMap {
-    let exported_names: BTreeSet<OsString> = exported.iter().map(|(name, _)| name.clone()).collect();
+    let exported_names: BTreeSet<OsString> =
+        exported.iter().map(|(name, _)| name.clone()).collect();
     let mut env: EnvMap = before
         .iter()
         .filter(|(name, _)| {
@@ -166,6 +177,22 @@ pub fn apply_literal_vars(env: &mut EnvMap, vars: &[(String, String)]) {
     }
 }
 
+/// The rc file for an interactive bash: the user's `~/.bashrc` if any (containerize sources
+/// it too), then `[profile]` common and bash. None when the environment has no profile for bash.
+pub fn interactive_bash_rc(profile: &Profile) -> Option<String> {
+    if profile.common.is_none() && profile.bash.is_none() {
+        return None;
+    }
+    let mut rc = String::from("if [ -f \"$HOME/.bashrc\" ]; then source \"$HOME/.bashrc\"; fi\n");
+    for script in [&profile.common, &profile.bash].into_iter().flatten() {
+        rc.push_str(script);
+        if !script.ends_with('\n') {
+            rc.push('\n');
+        }
+    }
+    Some(rc)
+}
+
 fn single_quoted(path: &Path) -> String {
     format!("'{}'", path.to_string_lossy().replace('\'', r"'\''"))
 }
@@ -174,6 +201,24 @@ fn single_quoted(path: &Path) -> String {
 mod tests {
     use super::*;
     use crate::env_map;
+
+    #[test]
+    fn interactive_rc_has_profile_common_then_bash() {
+        assert_eq!(interactive_bash_rc(&Profile::default()), None);
+        let zsh_only = Profile {
+            zsh: Some("x".into()),
+            ..Profile::default()
+        };
+        assert_eq!(interactive_bash_rc(&zsh_only), None);
+        let profile = Profile {
+            common: Some("echo common".into()),
+            bash: Some("echo bash\n".into()),
+            ..Profile::default()
+        };
+        let rc = interactive_bash_rc(&profile).unwrap();
+        assert!(rc.starts_with("if [ -f \"$HOME/.bashrc\" ]"));
+        assert!(rc.ends_with("echo common\necho bash\n"), "{rc}");
+    }
 
     #[test]
     fn which_values_need_bash() {
@@ -203,7 +248,9 @@ mod tests {
         .render();
         let a = script.find("export A=\"1\"").unwrap();
         let b = script.find("export B=\"${A}!\"").unwrap();
-        let plugin = script.find(r"builtin source '/e/etc/profile.d/x'\''s.sh' 1>&2").unwrap();
+        let plugin = script
+            .find(r"builtin source '/e/etc/profile.d/x'\''s.sh' 1>&2")
+            .unwrap();
         let hook = script.find("builtin source '/c/hook' 1>&2").unwrap();
         assert!(a < b && b < plugin && plugin < hook);
         assert!(script.ends_with("builtin printf '%s\\0' :end\n"));
