@@ -122,13 +122,13 @@ pub fn verify_jwt(secret: &[u8], token: &str, now: i64) -> Result<Identity, Toke
     else {
         return Err(TokenError::Malformed);
     };
-    let header: serde_json::Value = decode_json_part(header)?;
-    if header.get("alg").and_then(|a| a.as_str()) != Some("HS256") {
+    let header_json: serde_json::Value = decode_json_part(header)?;
+    if header_json.get("alg").and_then(|a| a.as_str()) != Some("HS256") {
         return Err(TokenError::Malformed);
     }
     let signature = URL_SAFE_NO_PAD.decode(signature).map_err(|_| TokenError::Malformed)?;
     let mut mac = HmacSha256::new_from_slice(secret).expect("HMAC takes any key length");
-    mac.update(format!("{}.{}", token.split('.').next().unwrap_or(""), claims).as_bytes());
+    mac.update(format!("{header}.{claims}").as_bytes());
     mac.verify_slice(&signature).map_err(|_| TokenError::BadSignature)?;
     let claims: serde_json::Value = decode_json_part(claims)?;
     let handle = claims.get(HANDLE_CLAIM).and_then(|h| h.as_str()).ok_or(TokenError::MissingClaim(HANDLE_CLAIM))?;

@@ -51,7 +51,7 @@ pub struct TokenArgs {
     #[arg(long)]
     pub handle: String,
     /// Lifetime, e.g. 30d, 12h, 90m (default: 30d for JWTs, never for --opaque).
-    #[arg(long, value_parser = parse_lifetime, conflicts_with = "expired")]
+    #[arg(long, value_parser = parse_lifetime, conflicts_with = "expired", allow_hyphen_values = true)]
     pub expires_in: Option<Duration>,
     /// Mint a token that has already expired (for tests of the refusal path).
     #[arg(long)]
