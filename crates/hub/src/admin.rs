@@ -41,7 +41,12 @@ pub enum Lifetime {
 }
 
 /// Mints a token for `handle`: an HS256 JWT, or an opaque `flox_...` token recorded in hub.json.
-pub fn mint_token(paths: &HubPaths, handle: &str, lifetime: Lifetime, opaque: bool) -> Result<String, HubError> {
+pub fn mint_token(
+    paths: &HubPaths,
+    handle: &str,
+    lifetime: Lifetime,
+    opaque: bool,
+) -> Result<String, HubError> {
     validate_owner(handle).map_err(|_| HubError::InvalidInput {
         what: "--handle",
         value: handle.to_owned(),
@@ -49,13 +54,18 @@ pub fn mint_token(paths: &HubPaths, handle: &str, lifetime: Lifetime, opaque: bo
     })?;
     let now = crate::now_unix();
     let exp = match lifetime {
-        Lifetime::ExpiresIn(d) => Some(now.saturating_add(i64::try_from(d.as_secs()).unwrap_or(i64::MAX))),
+        Lifetime::ExpiresIn(d) => {
+            Some(now.saturating_add(i64::try_from(d.as_secs()).unwrap_or(i64::MAX)))
+        }
         Lifetime::Expired => Some(now - 3600),
         Lifetime::Forever => None,
     };
     if opaque {
         let token = auth::new_opaque_token(&random_bytes()?);
-        let record = auth::OpaqueTokenRecord { handle: handle.to_owned(), expires_at: exp };
+        let record = auth::OpaqueTokenRecord {
+            handle: handle.to_owned(),
+            expires_at: exp,
+        };
         paths.update(|c| {
             c.tokens.insert(auth::opaque_token_key(&token), record);
             Ok(())
@@ -71,10 +81,16 @@ pub fn mint_token(paths: &HubPaths, handle: &str, lifetime: Lifetime, opaque: bo
 /// Lets `handle` read `owner`'s private environments.
 pub fn grant(paths: &HubPaths, owner: &str, handle: &str) -> Result<(), HubError> {
     validate_owner(owner)?;
-    validate_owner(handle)
-        .map_err(|_| HubError::InvalidInput { what: "handle", value: handle.to_owned(), accepted: "a FloxHub handle" })?;
+    validate_owner(handle).map_err(|_| HubError::InvalidInput {
+        what: "handle",
+        value: handle.to_owned(),
+        accepted: "a FloxHub handle",
+    })?;
     paths.update(|c| {
-        c.readers.entry(owner.to_owned()).or_default().insert(handle.to_owned());
+        c.readers
+            .entry(owner.to_owned())
+            .or_default()
+            .insert(handle.to_owned());
         Ok(())
     })
 }

@@ -5,22 +5,39 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum HubError {
     #[error("{what} {value:?} is invalid: {accepted}")]
-    InvalidInput { what: &'static str, value: String, accepted: &'static str },
+    InvalidInput {
+        what: &'static str,
+        value: String,
+        accepted: &'static str,
+    },
 
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 
     #[error("{path}: not valid hub.json: {source}")]
-    ConfigFormat { path: PathBuf, source: serde_json::Error },
+    ConfigFormat {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
 
     #[error("{path} is missing: run `imageless hub init --root {root}` first")]
     NotInitialized { path: PathBuf, root: String },
 
     #[error("`{command}` failed ({status}): {stderr}")]
-    CommandFailed { command: String, status: String, stderr: String },
+    CommandFailed {
+        command: String,
+        status: String,
+        stderr: String,
+    },
 
     #[error("could not start `{program}`: {source}")]
-    Spawn { program: String, source: std::io::Error },
+    Spawn {
+        program: String,
+        source: std::io::Error,
+    },
 
     #[error("lock file {path}: {message}")]
     Lockfile { path: PathBuf, message: String },

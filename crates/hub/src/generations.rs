@@ -17,11 +17,14 @@ pub fn initial_metadata() -> Value {
 
 /// Reads and checks a metadata.json: version 2 with a history array and total_generations.
 pub fn parse_metadata(bytes: &[u8]) -> Result<Value, String> {
-    let value: Value = serde_json::from_slice(bytes).map_err(|e| format!("metadata.json is not JSON: {e}"))?;
+    let value: Value =
+        serde_json::from_slice(bytes).map_err(|e| format!("metadata.json is not JSON: {e}"))?;
     match value.get("version").and_then(Value::as_u64) {
         Some(2) => {}
         other => {
-            return Err(format!("metadata.json version {other:?} is not supported; the hub writes only version 2"))
+            return Err(format!(
+                "metadata.json version {other:?} is not supported; the hub writes only version 2"
+            ))
         }
     }
     if !value.get("history").is_some_and(Value::is_array) {
@@ -40,7 +43,14 @@ pub fn total_generations(metadata: &Value) -> Result<u64, String> {
 
 /// The live generation: `current_generation` of the last history entry.
 pub fn current_generation(metadata: &Value) -> Option<u64> {
-    metadata.get("history")?.as_array()?.last()?.get("current_generation")?.as_str()?.parse().ok()
+    metadata
+        .get("history")?
+        .as_array()?
+        .last()?
+        .get("current_generation")?
+        .as_str()?
+        .parse()
+        .ok()
 }
 
 fn entry(kind: &str, who: &EventAuthor, current: u64, previous: Option<u64>) -> Map<String, Value> {
@@ -63,25 +73,41 @@ pub fn add_generation(metadata: &mut Value, who: &EventAuthor) -> Result<(u64, S
     let total = total_generations(metadata)?;
     let new = total + 1;
     let previous = current_generation(metadata);
-    let (kind, summary) = if total == 0 { ("import", "imported environment") } else { ("edit", "manually edited the manifest") };
+    let (kind, summary) = if total == 0 {
+        ("import", "imported environment")
+    } else {
+        ("edit", "manually edited the manifest")
+    };
     let e = entry(kind, who, new, previous);
-    metadata["history"].as_array_mut().ok_or("metadata.json has no `history` array")?.push(Value::Object(e));
+    metadata["history"]
+        .as_array_mut()
+        .ok_or("metadata.json has no `history` array")?
+        .push(Value::Object(e));
     metadata["total_generations"] = new.into();
     Ok((new, summary.to_string()))
 }
 
 /// Appends a `switch_generation` entry making `target` live. Returns the commit message.
-pub fn switch_generation(metadata: &mut Value, target: u64, who: &EventAuthor) -> Result<String, String> {
+pub fn switch_generation(
+    metadata: &mut Value,
+    target: u64,
+    who: &EventAuthor,
+) -> Result<String, String> {
     let total = total_generations(metadata)?;
     if target == 0 || target > total {
-        return Err(format!("generation {target} does not exist; accepted: 1..={total}"));
+        return Err(format!(
+            "generation {target} does not exist; accepted: 1..={total}"
+        ));
     }
     let previous = current_generation(metadata);
     if previous == Some(target) {
         return Err(format!("generation {target} is already live"));
     }
     let e = entry("switch_generation", who, target, previous);
-    metadata["history"].as_array_mut().ok_or("metadata.json has no `history` array")?.push(Value::Object(e));
+    metadata["history"]
+        .as_array_mut()
+        .ok_or("metadata.json has no `history` array")?
+        .push(Value::Object(e));
     Ok(match previous {
         Some(p) => format!("changed current generation {p} -> {target}"),
         None => format!("changed current generation to {target}"),
@@ -93,7 +119,11 @@ mod tests {
     use super::*;
 
     fn who(t: i64) -> EventAuthor {
-        EventAuthor { author: "ci".into(), hostname: "node".into(), timestamp: t }
+        EventAuthor {
+            author: "ci".into(),
+            hostname: "node".into(),
+            timestamp: t,
+        }
     }
 
     #[test]
@@ -112,11 +142,16 @@ mod tests {
         assert_eq!(h[2]["previous_generation"], "2");
         assert_eq!(m["total_generations"], 3);
 
-        assert_eq!(switch_generation(&mut m, 1, &who(4)).unwrap(), "changed current generation 3 -> 1");
+        assert_eq!(
+            switch_generation(&mut m, 1, &who(4)).unwrap(),
+            "changed current generation 3 -> 1"
+        );
         assert_eq!(current_generation(&m), Some(1));
         assert_eq!(m["total_generations"], 3);
         assert!(switch_generation(&mut m, 1, &who(5)).is_err());
-        assert!(switch_generation(&mut m, 4, &who(5)).unwrap_err().contains("1..=3"));
+        assert!(switch_generation(&mut m, 4, &who(5))
+            .unwrap_err()
+            .contains("1..=3"));
         // A new generation after a rollback records the rolled-back-to parent.
         add_generation(&mut m, &who(6)).unwrap();
         assert_eq!(m["history"][4]["previous_generation"], "1");

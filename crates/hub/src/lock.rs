@@ -9,19 +9,27 @@ pub fn host_system() -> Result<&'static str, String> {
     match std::env::consts::ARCH {
         "x86_64" => Ok("x86_64-linux"),
         "aarch64" => Ok("aarch64-linux"),
-        other => Err(format!("this machine's architecture {other:?} is not supported; accepted: x86_64, aarch64")),
+        other => Err(format!(
+            "this machine's architecture {other:?} is not supported; accepted: x86_64, aarch64"
+        )),
     }
 }
 
 /// A store path as a lock may carry it: `/nix/store/<32 base32 chars>-<name>`.
 pub fn is_store_path(p: &str) -> bool {
-    let Some(rest) = p.strip_prefix("/nix/store/") else { return false };
+    let Some(rest) = p.strip_prefix("/nix/store/") else {
+        return false;
+    };
     let (hash, name) = rest.split_at(rest.len().min(32));
     hash.len() == 32
-        && hash.bytes().all(|b| b.is_ascii_digit() || (b.is_ascii_lowercase() && !b"eotu".contains(&b)))
+        && hash
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b.is_ascii_lowercase() && !b"eotu".contains(&b)))
         && name.len() > 1
         && name.starts_with('-')
-        && name[1..].bytes().all(|b| b.is_ascii_alphanumeric() || b"+-._?=".contains(&b))
+        && name[1..]
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+-._?=".contains(&b))
 }
 
 /// Store paths of every package entry locked for `system`: catalog and flake entries'
@@ -29,9 +37,16 @@ pub fn is_store_path(p: &str) -> bool {
 pub fn store_paths_for_system(lock: &Value, system: &str) -> Result<BTreeSet<String>, String> {
     match lock.get("lockfile-version").and_then(Value::as_u64) {
         Some(1) => {}
-        other => return Err(format!("lockfile-version {other:?} is not supported; accepted: 1")),
+        other => {
+            return Err(format!(
+                "lockfile-version {other:?} is not supported; accepted: 1"
+            ))
+        }
     }
-    let packages = lock.get("packages").and_then(Value::as_array).ok_or("`packages` is missing or not an array")?;
+    let packages = lock
+        .get("packages")
+        .and_then(Value::as_array)
+        .ok_or("`packages` is missing or not an array")?;
     let mut paths = BTreeSet::new();
     for (i, pkg) in packages.iter().enumerate() {
         if pkg.get("system").and_then(Value::as_str) != Some(system) {
@@ -45,7 +60,9 @@ pub fn store_paths_for_system(lock: &Value, system: &str) -> Result<BTreeSet<Str
             found.push(sp);
         }
         if found.is_empty() {
-            return Err(format!("packages[{i}] has neither `outputs` nor `store_path`"));
+            return Err(format!(
+                "packages[{i}] has neither `outputs` nor `store_path`"
+            ));
         }
         for p in found {
             if !is_store_path(p) {
@@ -69,8 +86,18 @@ pub fn render_manifest_toml(lock: &Value) -> Option<String> {
 
 fn strip_nulls(v: Value) -> Value {
     match v {
-        Value::Object(m) => Value::Object(m.into_iter().filter(|(_, v)| !v.is_null()).map(|(k, v)| (k, strip_nulls(v))).collect()),
-        Value::Array(a) => Value::Array(a.into_iter().filter(|v| !v.is_null()).map(strip_nulls).collect()),
+        Value::Object(m) => Value::Object(
+            m.into_iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| (k, strip_nulls(v)))
+                .collect(),
+        ),
+        Value::Array(a) => Value::Array(
+            a.into_iter()
+                .filter(|v| !v.is_null())
+                .map(strip_nulls)
+                .collect(),
+        ),
         other => other,
     }
 }
@@ -95,16 +122,31 @@ mod tests {
             ]
         });
         let paths = store_paths_for_system(&lock, "x86_64-linux").unwrap();
-        assert_eq!(paths.into_iter().collect::<Vec<_>>(), vec![A.to_string(), B.to_string()]);
-        assert!(store_paths_for_system(&lock, "aarch64-linux").unwrap_err().contains("/nix/store/bad"));
+        assert_eq!(
+            paths.into_iter().collect::<Vec<_>>(),
+            vec![A.to_string(), B.to_string()]
+        );
+        assert!(store_paths_for_system(&lock, "aarch64-linux")
+            .unwrap_err()
+            .contains("/nix/store/bad"));
     }
 
     #[test]
     fn refuses_other_lock_versions_and_bad_paths() {
-        assert!(store_paths_for_system(&serde_json::json!({"lockfile-version": 0, "packages": []}), "x").is_err());
-        assert!(!is_store_path("/nix/store/../../etc/passwd-xxxxxxxxxxxxxxxxxxxxxxxxxx"));
-        assert!(!is_store_path("/nix/store/0123456789abcdfghijklmnpqrsvwxyz"));
-        assert!(!is_store_path("/nix/store/0123456789abcdfghijklmnpqrsvwxyz-a/b"));
+        assert!(store_paths_for_system(
+            &serde_json::json!({"lockfile-version": 0, "packages": []}),
+            "x"
+        )
+        .is_err());
+        assert!(!is_store_path(
+            "/nix/store/../../etc/passwd-xxxxxxxxxxxxxxxxxxxxxxxxxx"
+        ));
+        assert!(!is_store_path(
+            "/nix/store/0123456789abcdfghijklmnpqrsvwxyz"
+        ));
+        assert!(!is_store_path(
+            "/nix/store/0123456789abcdfghijklmnpqrsvwxyz-a/b"
+        ));
         assert!(is_store_path(A));
     }
 
@@ -118,8 +160,15 @@ mod tests {
         let toml = render_manifest_toml(&lock).unwrap();
         let back: toml::Table = toml.parse().unwrap();
         assert_eq!(back["schema-version"].as_str(), Some("1.14.0"));
-        assert_eq!(back["install"]["bash"]["pkg-path"].as_str(), Some("bashNonInteractive"));
-        let with_null = serde_json::json!({"manifest": {"version": 1, "hook": null, "vars": {"A": "b"}}});
-        assert_eq!(render_manifest_toml(&with_null).unwrap(), "version = 1\n\n[vars]\nA = \"b\"\n");
+        assert_eq!(
+            back["install"]["bash"]["pkg-path"].as_str(),
+            Some("bashNonInteractive")
+        );
+        let with_null =
+            serde_json::json!({"manifest": {"version": 1, "hook": null, "vars": {"A": "b"}}});
+        assert_eq!(
+            render_manifest_toml(&with_null).unwrap(),
+            "version = 1\n\n[vars]\nA = \"b\"\n"
+        );
     }
 }

@@ -9,7 +9,8 @@ fn is_valid_name(s: &str) -> bool {
         && !s.starts_with('.')
         && !s.starts_with('-')
         && !s.ends_with(".lock")
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
 }
 
 /// A FloxHub owner (user or organisation handle).
@@ -17,7 +18,11 @@ pub fn validate_owner(owner: &str) -> Result<(), HubError> {
     if is_valid_name(owner) {
         Ok(())
     } else {
-        Err(HubError::InvalidInput { what: "owner", value: owner.to_owned(), accepted: ACCEPTED })
+        Err(HubError::InvalidInput {
+            what: "owner",
+            value: owner.to_owned(),
+            accepted: ACCEPTED,
+        })
     }
 }
 
@@ -26,7 +31,11 @@ pub fn validate_env_name(name: &str) -> Result<(), HubError> {
     if is_valid_name(name) {
         Ok(())
     } else {
-        Err(HubError::InvalidInput { what: "environment name", value: name.to_owned(), accepted: ACCEPTED })
+        Err(HubError::InvalidInput {
+            what: "environment name",
+            value: name.to_owned(),
+            accepted: ACCEPTED,
+        })
     }
 }
 
@@ -50,12 +59,17 @@ mod tests {
 
     #[test]
     fn accepts_flox_like_names() {
-        assert_eq!(parse_env_ref("alice/hello-1.x_y").unwrap(), ("alice".into(), "hello-1.x_y".into()));
+        assert_eq!(
+            parse_env_ref("alice/hello-1.x_y").unwrap(),
+            ("alice".into(), "hello-1.x_y".into())
+        );
     }
 
     #[test]
     fn rejects_paths_and_ref_tricks() {
-        for bad in ["", "..", ".hidden", "-x", "a/b", "a b", "x.lock", "a\0", "ä"] {
+        for bad in [
+            "", "..", ".hidden", "-x", "a/b", "a b", "x.lock", "a\0", "ä",
+        ] {
             assert!(validate_owner(bad).is_err(), "{bad:?}");
             assert!(validate_env_name(bad).is_err(), "{bad:?}");
         }

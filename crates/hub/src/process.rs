@@ -16,9 +16,13 @@ pub(crate) fn describe(cmd: &Command) -> String {
 
 /// Runs `cmd`, feeding `stdin` when given; returns stdout, or an error with stderr.
 pub(crate) fn run(cmd: &mut Command, stdin: Option<&[u8]>) -> Result<Vec<u8>, HubError> {
-    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
     let mut child = cmd.spawn().map_err(|source| HubError::Spawn {
         program: cmd.get_program().to_string_lossy().into_owned(),
         source,
@@ -66,4 +70,3 @@ pub(crate) fn isolate_git(cmd: &mut Command) {
 pub(crate) fn stdout_string(bytes: Vec<u8>) -> String {
     String::from_utf8_lossy(&bytes).trim().to_owned()
 }
-

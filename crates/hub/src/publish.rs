@@ -38,19 +38,30 @@ pub struct PublishRequest {
 pub fn publish(paths: &HubPaths, req: &PublishRequest) -> Result<u64, HubError> {
     validate_owner(&req.owner)?;
     validate_env_name(&req.name)?;
-    let lock_err = |message: String| HubError::Lockfile { path: req.lock_path.clone(), message };
-    let lock: Value = serde_json::from_slice(&req.lock_bytes).map_err(|e| lock_err(format!("not JSON: {e}")))?;
+    let lock_err = |message: String| HubError::Lockfile {
+        path: req.lock_path.clone(),
+        message,
+    };
+    let lock: Value =
+        serde_json::from_slice(&req.lock_bytes).map_err(|e| lock_err(format!("not JSON: {e}")))?;
     let system = lock::host_system().map_err(lock_err)?;
     let store_paths = lock::store_paths_for_system(&lock, system).map_err(lock_err)?;
     paths.load()?; // fail early, with the init hint, on an uninitialised root
 
     if req.copy_paths {
         let store_paths: Vec<String> = store_paths.into_iter().collect();
-        tracing::info!(count = store_paths.len(), system, "copying store paths into the hub cache");
+        tracing::info!(
+            count = store_paths.len(),
+            system,
+            "copying store paths into the hub cache"
+        );
         cache::copy_and_sign(&paths.cache(), &paths.secret_key(), &store_paths)?;
     }
 
-    let manifest = req.manifest_toml.clone().or_else(|| lock::render_manifest_toml(&lock));
+    let manifest = req
+        .manifest_toml
+        .clone()
+        .or_else(|| lock::render_manifest_toml(&lock));
     let repo = ensure_repo(paths, &req.owner)?;
     let _guard = FileLock::exclusive(&repo_lock_path(paths, &req.owner))?;
     let env = format!("{}/{}", req.owner, req.name);
@@ -60,8 +71,14 @@ pub fn publish(paths: &HubPaths, req: &PublishRequest) -> Result<u64, HubError> 
     };
     let mut metadata = read_metadata(&repo, &head, &env)?;
     let (generation, summary) = generations::add_generation(&mut metadata, &event_author())
-        .map_err(|message| HubError::Generations { env: env.clone(), message })?;
-    let mut files = vec![(format!("{generation}/env/manifest.lock"), req.lock_bytes.clone())];
+        .map_err(|message| HubError::Generations {
+            env: env.clone(),
+            message,
+        })?;
+    let mut files = vec![(
+        format!("{generation}/env/manifest.lock"),
+        req.lock_bytes.clone(),
+    )];
     if let Some(m) = manifest {
         files.push((format!("{generation}/env/manifest.toml"), m.into_bytes()));
     }
@@ -87,15 +104,29 @@ pub fn switch(paths: &HubPaths, owner: &str, name: &str, target: u64) -> Result<
     let env = format!("{owner}/{name}");
     let repo = paths.floxmeta(owner);
     if !repo.exists() {
-        return Err(HubError::Generations { env, message: format!("owner {owner:?} has no floxmeta repository") });
+        return Err(HubError::Generations {
+            env,
+            message: format!("owner {owner:?} has no floxmeta repository"),
+        });
     }
     let _guard = FileLock::exclusive(&repo_lock_path(paths, owner))?;
-    let head = branch_head(&repo, name)?
-        .ok_or_else(|| HubError::Generations { env: env.clone(), message: "environment does not exist".into() })?;
+    let head = branch_head(&repo, name)?.ok_or_else(|| HubError::Generations {
+        env: env.clone(),
+        message: "environment does not exist".into(),
+    })?;
     let mut metadata = read_metadata(&repo, &head, &env)?;
-    let message = generations::switch_generation(&mut metadata, target, &event_author())
-        .map_err(|message| HubError::Generations { env: env.clone(), message })?;
-    let commit = commit_files(&repo, Some(&head), &[("metadata.json".into(), metadata_bytes(&metadata))], &message)?;
+    let message = generations::switch_generation(&mut metadata, target, &event_author()).map_err(
+        |message| HubError::Generations {
+            env: env.clone(),
+            message,
+        },
+    )?;
+    let commit = commit_files(
+        &repo,
+        Some(&head),
+        &[("metadata.json".into(), metadata_bytes(&metadata))],
+        &message,
+    )?;
     move_branch(&repo, name, &commit, Some(&head))?;
     tracing::info!(env, generation = target, "switched generation");
     Ok(())
@@ -122,22 +153,43 @@ fn ensure_repo(paths: &HubPaths, owner: &str) -> Result<PathBuf, HubError> {
 }
 
 fn branch_head(repo: &Path, name: &str) -> Result<Option<String>, HubError> {
-    let out = run(git(repo).args(["for-each-ref", "--format=%(objectname)"]).arg(format!("refs/heads/{name}")), None)?;
+    let out = run(
+        git(repo)
+            .args(["for-each-ref", "--format=%(objectname)"])
+            .arg(format!("refs/heads/{name}")),
+        None,
+    )?;
     let head = stdout_string(out);
     Ok((!head.is_empty()).then_some(head))
 }
 
 /// The branch's first commit: only an empty-history metadata.json, as `flox` creates it.
 fn init_branch(repo: &Path, name: &str) -> Result<String, HubError> {
-    let files = [("metadata.json".to_string(), metadata_bytes(&generations::initial_metadata()))];
-    let commit = commit_files(repo, None, &files, &format!("Initialize generations branch for environment '{name}'"))?;
+    let files = [(
+        "metadata.json".to_string(),
+        metadata_bytes(&generations::initial_metadata()),
+    )];
+    let commit = commit_files(
+        repo,
+        None,
+        &files,
+        &format!("Initialize generations branch for environment '{name}'"),
+    )?;
     move_branch(repo, name, &commit, None)?;
     Ok(commit)
 }
 
 fn read_metadata(repo: &Path, commit: &str, env: &str) -> Result<Value, HubError> {
-    let bytes = run(git(repo).args(["cat-file", "blob"]).arg(format!("{commit}:metadata.json")), None)?;
-    generations::parse_metadata(&bytes).map_err(|message| HubError::Generations { env: env.to_owned(), message })
+    let bytes = run(
+        git(repo)
+            .args(["cat-file", "blob"])
+            .arg(format!("{commit}:metadata.json")),
+        None,
+    )?;
+    generations::parse_metadata(&bytes).map_err(|message| HubError::Generations {
+        env: env.to_owned(),
+        message,
+    })
 }
 
 fn metadata_bytes(metadata: &Value) -> Vec<u8> {
@@ -154,7 +206,12 @@ impl Drop for TempIndex {
 }
 
 /// Writes `files` over the tree of `parent` (or an empty tree) and commits it.
-fn commit_files(repo: &Path, parent: Option<&str>, files: &[(String, Vec<u8>)], message: &str) -> Result<String, HubError> {
+fn commit_files(
+    repo: &Path,
+    parent: Option<&str>,
+    files: &[(String, Vec<u8>)],
+    message: &str,
+) -> Result<String, HubError> {
     let nonce = hex::encode(&crate::config::random_bytes()?[..8]);
     let index = TempIndex(repo.join(format!("imageless-index-{}-{nonce}", std::process::id())));
     let with_index = |cmd: &mut std::process::Command| {
@@ -167,10 +224,17 @@ fn commit_files(repo: &Path, parent: Option<&str>, files: &[(String, Vec<u8>)], 
         None => run(read_tree.args(["read-tree", "--empty"]), None)?,
     };
     for (path, bytes) in files {
-        let blob = stdout_string(run(git(repo).args(["hash-object", "-w", "--stdin"]), Some(bytes))?);
+        let blob = stdout_string(run(
+            git(repo).args(["hash-object", "-w", "--stdin"]),
+            Some(bytes),
+        )?);
         let mut add = git(repo);
         with_index(&mut add);
-        run(add.args(["update-index", "--add", "--cacheinfo"]).arg(format!("100644,{blob},{path}")), None)?;
+        run(
+            add.args(["update-index", "--add", "--cacheinfo"])
+                .arg(format!("100644,{blob},{path}")),
+            None,
+        )?;
     }
     let mut write_tree = git(repo);
     with_index(&mut write_tree);
@@ -192,13 +256,27 @@ fn commit_files(repo: &Path, parent: Option<&str>, files: &[(String, Vec<u8>)], 
 /// Compare-and-swap of `refs/heads/<name>`: fails if someone else moved it meanwhile.
 fn move_branch(repo: &Path, name: &str, new: &str, old: Option<&str>) -> Result<(), HubError> {
     // An empty old value means "must not exist yet".
-    run(git(repo).args(["update-ref", &format!("refs/heads/{name}"), new, old.unwrap_or("")]), None)?;
+    run(
+        git(repo).args([
+            "update-ref",
+            &format!("refs/heads/{name}"),
+            new,
+            old.unwrap_or(""),
+        ]),
+        None,
+    )?;
     Ok(())
 }
 
 fn event_author() -> EventAuthor {
-    let author = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "unknown".into());
-    EventAuthor { author, hostname: hostname(), timestamp: crate::now_unix() }
+    let author = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".into());
+    EventAuthor {
+        author,
+        hostname: hostname(),
+        timestamp: crate::now_unix(),
+    }
 }
 
 fn hostname() -> String {
