@@ -38,7 +38,7 @@ run() {
     "$unshare" -m "$chroot" "$root" /run/flox/activate -- "$@"
 }
 
-out="$(run env 2>"$root/stderr")"
+out="$(run env 2>"$root/stderr")" || { echo "FAIL: activation: $(cat "$root/stderr")" >&2; exit 1; }
 grep -qx 'MESSAGE=hello!' <<<"$out" || { echo "FAIL: MESSAGE: $out" >&2; exit 1; }
 grep -qx 'FROM_HOOK=hello! from hook' <<<"$out" || { echo "FAIL: FROM_HOOK: $out" >&2; exit 1; }
 grep -qx 'PATH=/run/flox/env/bin:/bin' <<<"$out" || { echo "FAIL: PATH: $out" >&2; exit 1; }
@@ -59,7 +59,7 @@ rm "$root/run/flox/env/bin/bash"
 echo '{"version":1,"mode":"dev","vars":[["A","plain"]],"hook_on_activate":null,
  "profile":{"common":null,"bash":null,"zsh":null,"fish":null,"tcsh":null},"cuda_detection":true}' \
   >"$root/run/flox/env/activate.d/imageless.json"
-out="$(run sh -c 'echo "$A $CPATH"')"
+out="$(run sh -c 'echo "$A $CPATH"' 2>"$root/stderr")" || { echo "FAIL: no-bash run: $(cat "$root/stderr")" >&2; exit 1; }
 [ "$out" = "plain /run/flox/env/include" ] || { echo "FAIL: no-bash run: $out" >&2; exit 1; }
 
 # Start-to-exec time without a hook (the activator's own work; `true` is a busybox applet).
