@@ -2,7 +2,8 @@
 //! needed, exec the command. Returns only when something failed.
 use std::ffi::{OsStr, OsString};
 use std::fs;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
+use std::os::fd::AsFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
@@ -251,44 +252,53 @@ fn run_start_script(
     cache_dir: &Path,
     description: &str,
 ) -> Result<EnvMap, Failure> {
+    // The exported variables come back through a file, not a pipe: a hook that starts a
+    // background subshell would keep a pipe open and activation would wait for it.
+    let dump_file = PrivateFile::create(cache_dir, "exports", b"")?;
     let hook_file = match &data.hook_on_activate {
-        Some(hook) => Some(HookFile::write(cache_dir, hook)?),
+        Some(hook) => Some(PrivateFile::create(
+            cache_dir,
+            "hook-on-activate",
+            hook.as_bytes(),
+        )?),
         None => None,
     };
     let script = StartScript {
         vars: data.vars.clone(),
         plugin_scripts,
         hook_file: hook_file.as_ref().map(|file| file.path.clone()),
+        output_file: dump_file.path.clone(),
     }
     .render();
+    // bash's own stdout is our stderr: like the hook's, nothing of it may reach the command's
+    // stdout before the command runs.
+    let stdout_to_stderr = io::stderr()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|err| Failure::activation(format!("flox: cannot duplicate stderr: {err}")))?;
 
-    let mut child = Command::new(bash)
+    let status = Command::new(bash)
         .arg0("bash")
         .args(["--noprofile", "--norc", "-c", &script, "flox-activate"])
         .env_clear()
         .envs(&env)
         .stdin(Stdio::inherit())
-        .stdout(Stdio::piped())
+        .stdout(Stdio::from(stdout_to_stderr))
         .stderr(Stdio::inherit())
-        .spawn()
+        .status()
         .map_err(|err| {
-            Failure::activation(format!("flox: cannot start {}: {err}", bash.display()))
+            Failure::activation(format!("flox: cannot run {}: {err}", bash.display()))
         })?;
-    let mut stdout = Vec::new();
-    let read = child
-        .stdout
-        .take()
-        .expect("stdout is piped")
-        .read_to_end(&mut stdout);
-    let status = child.wait().map_err(|err| {
-        Failure::activation(format!("flox: waiting for {}: {err}", bash.display()))
-    })?;
     drop(hook_file);
-    read.map_err(|err| {
-        Failure::activation(format!("flox: reading the variables bash exported: {err}"))
+    let dump = fs::read(&dump_file.path).map_err(|err| {
+        Failure::activation(format!(
+            "flox: reading the variables bash exported from {}: {err}",
+            dump_file.path.display()
+        ))
     })?;
+    drop(dump_file);
 
-    let output = start_script::parse_output(&stdout);
+    let output = start_script::parse_output(&dump);
     if output.phase == Phase::Done && status.success() {
         return Ok(start_script::apply_exports(&env, output.exported));
     }
@@ -317,31 +327,29 @@ fn run_start_script(
     Err(Failure::activation(message))
 }
 
-/// The hook text in a private file under `FLOX_ENV_CACHE`, so bash can `source` it (the
-/// container may have no /dev/fd); removed when dropped.
-struct HookFile {
+/// A file only this process uses, under `FLOX_ENV_CACHE` (the container may have no /tmp
+/// and no /dev/fd); removed when dropped. Created exclusively with mode 0600, so nothing
+/// else in the shared directory can swap it.
+struct PrivateFile {
     path: PathBuf,
 }
 
-impl HookFile {
-    fn write(cache_dir: &Path, hook: &str) -> Result<HookFile, Failure> {
-        let path = cache_dir.join(format!(
-            ".flox-activate-hook-on-activate.{}",
-            std::process::id()
-        ));
+impl PrivateFile {
+    fn create(cache_dir: &Path, what: &str, contents: &[u8]) -> Result<PrivateFile, Failure> {
+        let path = cache_dir.join(format!(".flox-activate.{}.{what}", std::process::id()));
         let _ = fs::remove_file(&path); // a leftover of an earlier process with our pid
         let written = fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
             .open(&path)
-            .and_then(|mut file| file.write_all(hook.as_bytes()));
+            .and_then(|mut file| file.write_all(contents));
         match written {
-            Ok(()) => Ok(HookFile { path }),
+            Ok(()) => Ok(PrivateFile { path }),
             Err(err) => {
                 let _ = fs::remove_file(&path);
                 Err(Failure::activation(format!(
-                    "flox: cannot write hook.on-activate to {} (FLOX_ENV_CACHE must be writable): {err}",
+                    "flox: cannot write {} (FLOX_ENV_CACHE must be writable): {err}",
                     path.display()
                 )))
             }
@@ -349,7 +357,7 @@ impl HookFile {
     }
 }
 
-impl Drop for HookFile {
+impl Drop for PrivateFile {
     fn drop(&mut self) {
         let _ = fs::remove_file(&self.path);
     }

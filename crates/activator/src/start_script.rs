@@ -1,9 +1,9 @@
 //! The part of activation only bash can do: `[vars]` (values are pasted into
 //! `export NAME="VALUE"` as flox's envrc does, so `$NAME`, `${NAME:-x}` and `$(cmd)` expand),
 //! dev-mode plugin profile.d scripts and `hook.on-activate`. bash runs once with the computed
-//! environment; the script then prints every exported variable NUL-separated on stdout
+//! environment; the script then writes every exported variable NUL-separated to a file
 //! (bash builtins only: the image may have no `env`), which the activator reads back. The
-//! hook's own stdout goes to stderr, as flox does, so stdout carries only that dump.
+//! hook's stdout goes to stderr, as flox does, so the command's stdout starts clean.
 use std::collections::BTreeSet;
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -40,6 +40,8 @@ pub struct StartScript {
     pub plugin_scripts: Vec<PathBuf>,
     /// A file holding the hook text; sourced so `return` works as in flox.
     pub hook_file: Option<PathBuf>,
+    /// Where the phase markers and the exported variables are appended.
+    pub output_file: PathBuf,
 }
 
 /// How far the script got; markers are printed after each phase.
@@ -69,6 +71,8 @@ impl Phase {
 impl StartScript {
     /// The bash program; runs as `bash --noprofile --norc -c <script>`.
     pub fn render(&self) -> String {
+        let output = single_quoted(&self.output_file);
+        let marker = |name: &str| format!("builtin printf '%s\\0' :{name} >> {output}\n");
         let mut script = String::new();
         if !self.vars.is_empty() {
             script.push_str("{\n");
@@ -78,11 +82,11 @@ impl StartScript {
             }
             script.push_str("} 1>&2\n");
         }
-        script.push_str("builtin printf '%s\\0' :vars\n");
+        script.push_str(&marker("vars"));
         for plugin in &self.plugin_scripts {
             script.push_str(&format!("builtin source {} 1>&2\n", single_quoted(plugin)));
         }
-        script.push_str("builtin printf '%s\\0' :plugins\n");
+        script.push_str(&marker("plugins"));
         if let Some(hook_file) = &self.hook_file {
             script.push_str("builtin set +euo pipefail\n");
             script.push_str(&format!(
@@ -90,7 +94,7 @@ impl StartScript {
                 single_quoted(hook_file)
             ));
         }
-        script.push_str("builtin printf '%s\\0' :hook\n");
+        script.push_str(&marker("hook"));
         // The dump: a hook may have left `set -u` or changed IFS; splitting compgen's output
         // needs the default IFS, and an exported IFS is reported with its own value.
         script.push_str(concat!(
@@ -103,9 +107,9 @@ impl StartScript {
             "  elif [[ -v $__flox_activate_name ]]; then\n",
             "    builtin printf '%s=%s\\0' \"$__flox_activate_name\" \"${!__flox_activate_name}\"\n",
             "  fi\n",
-            "done\n",
-            "builtin printf '%s\\0' :end\n",
         ));
+        script.push_str(&format!("done >> {output}\n"));
+        script.push_str(&marker("end"));
         script
     }
 }
@@ -244,6 +248,7 @@ mod tests {
             vars: vec![("A".into(), "1".into()), ("B".into(), "${A}!".into())],
             plugin_scripts: vec![PathBuf::from("/e/etc/profile.d/x's.sh")],
             hook_file: Some(PathBuf::from("/c/hook")),
+            output_file: PathBuf::from("/c/out"),
         }
         .render();
         let a = script.find("export A=\"1\"").unwrap();
@@ -253,7 +258,8 @@ mod tests {
             .unwrap();
         let hook = script.find("builtin source '/c/hook' 1>&2").unwrap();
         assert!(a < b && b < plugin && plugin < hook);
-        assert!(script.ends_with("builtin printf '%s\\0' :end\n"));
+        assert!(script.contains("done >> '/c/out'\n"));
+        assert!(script.ends_with("builtin printf '%s\\0' :end >> '/c/out'\n"));
     }
 
     #[test]

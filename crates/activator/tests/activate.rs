@@ -572,3 +572,25 @@ fn interactive_shell_gets_profile_scripts() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(stdout.contains("mark=common+bash="), "{stdout}");
 }
+
+#[test]
+fn background_processes_started_by_the_hook_do_not_hold_activation() {
+    let hook = "( sleep 5; true ) &\nexport STARTED=1\n";
+    let test = TestEnv::new(Mode::Run, &[], Some(hook)).with_bash();
+    // The subshell keeps stderr open (as a daemon would keep the container log); stderr goes
+    // to a file so only the activator and the command are waited for.
+    let stderr_file = tempfile::tempfile().unwrap();
+    let started = std::time::Instant::now();
+    let output = test
+        .command(&["/usr/bin/env", "-0"])
+        .stderr(stderr_file)
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(parse_env0(&output.stdout)["STARTED"], "1");
+}
