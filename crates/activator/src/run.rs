@@ -109,7 +109,13 @@ pub fn parse_args(args: Vec<OsString>) -> Result<Invocation, Failure> {
 }
 
 /// Activates and execs; returns only on failure.
-pub fn activate(invocation: Invocation) -> Failure {
+pub fn activate(mut invocation: Invocation) -> Failure {
+    // FLOX_ENV and FLOX_ENV_CACHE must stay valid after the command changes directory.
+    for dir in [&mut invocation.env_dir, &mut invocation.cache_dir] {
+        if let Ok(absolute) = std::path::absolute(&*dir) {
+            *dir = absolute;
+        }
+    }
     let prepared = match prepare(&invocation) {
         Ok(prepared) => prepared,
         Err(failure) => return failure,
