@@ -68,6 +68,17 @@ impl CriClient {
         call!(self.runtime.version(cri::VersionRequest { version: "v1".into() }), "Version")
     }
 
+    /// The runtime's `NetworkReady` condition: `Ok(None)` when ready, else `(reason, message)`.
+    pub async fn network_not_ready(&self) -> Result<Option<(String, String)>, PodError> {
+        let status = call!(self.runtime.status(cri::StatusRequest { verbose: false }), "Status")?;
+        Ok(status
+            .status
+            .into_iter()
+            .flat_map(|s| s.conditions)
+            .find(|c| c.r#type == "NetworkReady" && !c.status)
+            .map(|c| (c.reason, c.message)))
+    }
+
     pub async fn run_pod_sandbox(&self, config: cri::PodSandboxConfig, handler: &str) -> Result<String, PodError> {
         let req = cri::RunPodSandboxRequest { config: Some(config), runtime_handler: handler.into() };
         Ok(call!(self.runtime.run_pod_sandbox(req), "RunPodSandbox")?.pod_sandbox_id)

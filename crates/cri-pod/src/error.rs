@@ -22,6 +22,10 @@ pub enum PodError {
     ImageImport { file: PathBuf, message: String },
     #[error("init container {container} exited with code {exit_code}{}", reason_suffix(reason, message))]
     InitContainerFailed { container: String, exit_code: i32, reason: String, message: String },
+    /// Like kubelet, pods on the pod network are not started while the runtime's network
+    /// (CNI) is not ready.
+    #[error("network is not ready: container runtime network not ready: NetworkReady=false reason:{reason} message:{message} (no CNI here? run with --host-network or set hostNetwork: true)")]
+    NetworkNotReady { reason: String, message: String },
     #[error("no pod {namespace}/{name} found on this runtime")]
     PodNotFound { namespace: String, name: String },
     #[error("pod {pod} has no container {container:?} (containers: {known})")]
@@ -63,6 +67,10 @@ impl PodError {
             PodError::Cri { op: "CreateContainer" | "StartContainer", message, .. } => {
                 Some(KubeEvent::warning("Failed", format!("Error: {message}")))
             }
+            PodError::NetworkNotReady { reason, message } => Some(KubeEvent::warning(
+                "NetworkNotReady",
+                format!("network is not ready: container runtime network not ready: NetworkReady=false reason:{reason} message:{message}"),
+            )),
             PodError::ImageMissing { image, message } => {
                 Some(KubeEvent::warning("Failed", format!("Failed to pull image {image:?}: {message}")))
             }
@@ -90,7 +98,8 @@ impl KubeEvent {
 
 impl fmt::Display for KubeEvent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:<8} {:<10} {:<8} {}", self.kind, self.reason, "imageless", self.message)
+        // kubectl's Type, Reason and Message columns (Age and From mean nothing here).
+        write!(f, "{:<7}  {:<8}  {}", self.kind, self.reason, self.message)
     }
 }
 

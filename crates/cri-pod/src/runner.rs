@@ -121,6 +121,11 @@ impl PodRunner {
         let mut plan = plan::plan(pod, &plan_opts, &read_secret)?;
         plan.sandbox.labels.insert(POD_DIR_LABEL.into(), pod_dir.to_string_lossy().into_owned());
 
+        if !plan.host_network {
+            if let Some((reason, message)) = self.client.network_not_ready().await? {
+                return Err(PodError::NetworkNotReady { reason, message });
+            }
+        }
         for image in plan.init_containers.iter().chain(&plan.containers).map(|c| c.image.clone()) {
             self.ensure_image(&image).await?;
         }
@@ -132,6 +137,11 @@ impl PodRunner {
         let sandbox_id = match self.client.run_pod_sandbox(plan.sandbox.clone(), &plan.runtime_handler).await {
             Ok(id) => id,
             Err(e) => {
+                // containerd may keep a NotReady sandbox after a failed start (e.g. network
+                // setup); kubelet would retry, this runner gives up, so remove it.
+                if let Err(cleanup) = remove_by_uid(&self.client, &uid).await {
+                    tracing::warn!("cleaning up after a failed sandbox start: {cleanup}");
+                }
                 let _ = std::fs::remove_dir_all(&pod_dir);
                 return Err(e);
             }
@@ -373,9 +383,15 @@ impl RunningPod {
     }
 }
 
-async fn remove_sandbox(client: &CriClient, sandbox_id: &str, pod_dir: Option<&Path>) -> Result<(), PodError> {
-    client.stop_pod_sandbox(sandbox_id).await?;
-    client.remove_pod_sandbox(sandbox_id).await?;
+/// Stops and removes one sandbox, then deletes `pod_dir` if given.
+pub async fn remove_sandbox(client: &CriClient, sandbox_id: &str, pod_dir: Option<&Path>) -> Result<(), PodError> {
+    // containerd 1.6 cannot stop a sandbox whose network setup failed ("failed to destroy
+    // network ... cni plugin not initialized") but can remove it; so try removal regardless
+    // and report the stop error only if removal fails too.
+    let stopped = client.stop_pod_sandbox(sandbox_id).await;
+    if let Err(remove_err) = client.remove_pod_sandbox(sandbox_id).await {
+        return Err(stopped.err().unwrap_or(remove_err));
+    }
     if let Some(dir) = pod_dir {
         match std::fs::remove_dir_all(dir) {
             Ok(()) => {}

@@ -342,8 +342,7 @@ impl Containerd {
                 let client = CriClient::connect(&endpoint).await?;
                 let sandboxes = client.list_pod_sandboxes(&[]).await?;
                 for s in &sandboxes {
-                    client.stop_pod_sandbox(&s.id).await?;
-                    client.remove_pod_sandbox(&s.id).await?;
+                    imageless_cri_pod::runner::remove_sandbox(&client, &s.id, None).await?;
                 }
                 Ok(sandboxes.len())
             })
