@@ -113,6 +113,16 @@ impl FloxEdit {
     /// The mounts a flox container gets, in the order runc must make them.
     pub fn mounts(&self) -> Vec<Value> {
         let mut mounts = Vec::new();
+        if !matches!(self.nix, NixView::Overlay { .. }) {
+            // An empty /nix of our own, made read-only after all mounts (linux.readonlyPaths),
+            // so nothing can be written anywhere under /nix — not even into the image's rootfs.
+            mounts.push(json!({
+                "destination": "/nix",
+                "type": "tmpfs",
+                "source": "tmpfs",
+                "options": ["nosuid", "nodev", "mode=755", "size=1024k"],
+            }));
+        }
         match &self.nix {
             NixView::Closure(paths) => {
                 mounts.extend(paths.iter().map(|p| bind(p.as_str(), p.as_str())));
@@ -152,6 +162,16 @@ impl FloxEdit {
         let mounts = obj.entry("mounts").or_insert_with(|| Value::Array(Vec::new()));
         let mounts = mounts.as_array_mut().ok_or(SpecError::NotASpec("mounts is not an array"))?;
         mounts.extend(self.mounts());
+        if !matches!(self.nix, NixView::Overlay { .. }) {
+            let linux = obj.entry("linux").or_insert_with(|| json!({}));
+            let linux = linux.as_object_mut().ok_or(SpecError::NotASpec("linux is not an object"))?;
+            let ro = linux.entry("readonlyPaths").or_insert_with(|| json!([]));
+            let ro = ro.as_array_mut().ok_or(SpecError::NotASpec("linux.readonlyPaths is not an array"))?;
+            if !ro.iter().any(|p| p == "/nix") {
+                ro.push(json!("/nix"));
+            }
+        }
+        let obj = spec.as_object_mut().ok_or(SpecError::NotASpec("not a JSON object"))?;
         let process = obj.get_mut("process").ok_or(SpecError::NotASpec("no process"))?;
         self.apply_to_process(process)
     }
@@ -238,7 +258,8 @@ mod tests {
             json!(["PATH=/usr/bin", "FLOX_ENV_DESCRIPTION=flox/echoip", "FLOX_DISABLE_METRICS=1"])
         );
         assert_eq!(s["linux"]["someFutureField"], json!({"keep": true}));
-        assert_eq!(s["mounts"].as_array().unwrap().len(), 2 + 4);
+        assert_eq!(s["mounts"].as_array().unwrap().len(), 2 + 5);
+        assert_eq!(s["linux"]["readonlyPaths"], json!(["/nix"]));
         let mut p = s["process"].clone();
         edit.apply_to_process(&mut p).unwrap();
         assert_eq!(p["process"], Value::Null);

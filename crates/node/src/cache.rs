@@ -180,13 +180,18 @@ impl NodeCache {
         let fingerprint = token.map(Token::fingerprint);
         match self.hub.remote_head(&env.owner, &env.name, token) {
             Ok(head) => {
-                if !hub::has_commit(&repo, &head) {
+                // The record is written only after a fetch completed, so a matching record
+                // means the commit's files are all there; an object alone may be mid-fetch.
+                let fetched = |r: Option<&RefRecord>| r.is_some_and(|r| r.commit == head) && hub::has_commit(&repo, &head);
+                if !fetched(record.as_ref()) {
                     let _guard = lock_file(&self.root().join("meta").join(format!("{}.lock", env.owner)))?;
-                    if !hub::has_commit(&repo, &head) {
+                    if !fetched(self.read_record(env).as_ref()) {
                         self.hub.fetch(&repo, &env.owner, &env.name, token)?;
                     }
+                    self.write_record(env, &RefRecord { commit: head.clone(), token_fingerprint: fingerprint, fetched_at: now() })?;
+                } else if record.as_ref().is_some_and(|r| r.token_fingerprint != fingerprint) {
+                    self.write_record(env, &RefRecord { commit: head.clone(), token_fingerprint: fingerprint, fetched_at: now() })?;
                 }
-                self.write_record(env, &RefRecord { commit: head.clone(), token_fingerprint: fingerprint, fetched_at: now() })?;
                 Ok((head, None))
             }
             Err(e) if e.is_unreachable() => {

@@ -183,10 +183,11 @@ impl HubClient {
             ("http.lowSpeedTime".to_string(), low_speed),
             ("credential.helper".to_string(), String::new()),
         ];
-        if let Some(token) = token {
-            let basic = base64::engine::general_purpose::STANDARD.encode(format!("oauth:{}", token.expose()));
-            config.push(("http.extraHeader".to_string(), format!("Authorization: Basic {basic}")));
-        }
+        // Like the Flox CLI: user `oauth`, the token as password — an empty one when logged
+        // out, which still reads public environments of owners that also have private ones.
+        let secret = token.map(Token::expose).unwrap_or_default();
+        let basic = base64::engine::general_purpose::STANDARD.encode(format!("oauth:{secret}"));
+        config.push(("http.extraHeader".to_string(), format!("Authorization: Basic {basic}")));
         cmd.env("GIT_CONFIG_COUNT", config.len().to_string());
         for (i, (k, v)) in config.iter().enumerate() {
             cmd.env(format!("GIT_CONFIG_KEY_{i}"), k).env(format!("GIT_CONFIG_VALUE_{i}"), v);
