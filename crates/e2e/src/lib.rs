@@ -22,6 +22,7 @@ pub use imageless_cri_pod::{CriClient, PodError, PodManifest, PodRunner, RunOpti
 use toml_edit::{DocumentMut, Item, Value};
 
 pub mod config;
+pub mod flox_node;
 
 /// The repository root (this crate lives in `<root>/crates/e2e`).
 pub fn repo_root() -> PathBuf {

@@ -2,13 +2,13 @@
 //! 2.1.9, with the real runc wrapper, runc, Nix, git and the local hub. Each version runs the
 //! same scenarios in one containerd (starting one costs seconds); a failing scenario names
 //! itself in the panic.
-mod support;
+
 
 use std::path::Path;
 use std::time::Duration;
 
 use imageless_e2e::ContainerdVersion;
-use support::{flox_pod, free_port, http_get, FloxNode};
+use imageless_e2e::flox_node::{self as support, flox_pod, free_port, http_get, FloxNode};
 
 const EMPTY: &str = "flox/empty:1.0.0";
 const BUSYBOX: &str = "busybox:local";

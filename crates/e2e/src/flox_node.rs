@@ -1,7 +1,6 @@
 //! A flox node for end-to-end tests: the local hub (a private copy of the package world),
 //! a node config pointing at it, and a private containerd whose `flox` runtime uses the
 //! real flox-runc, runc, Nix and git.
-#![allow(dead_code)]
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
@@ -9,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use imageless_e2e::{repo_root, Containerd, ContainerdOptions, ContainerdVersion, PodError, PodManifest, PodRunner, RunningPod};
+use crate::{repo_root, Containerd, ContainerdOptions, ContainerdVersion, PodError, PodManifest, PodRunner, RunningPod};
 
 fn env_path(var: &str, default: &str) -> PathBuf {
     std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| repo_root().join(default))
