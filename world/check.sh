@@ -3,7 +3,7 @@
 #   - every generation's manifest.lock on the hub's git branch equals the one in
 #     world.json (same JSON), and metadata.json's live generation is the last one;
 #   - every lock validates against Flox's schemas (when python's jsonschema and the
-#     schema files are available: FLOX_SCHEMAS, default /work/shared/fixtures/flox-schemas);
+#     schema files are available: FLOX_SCHEMAS, default ../shared/fixtures/flox-schemas beside the repository);
 #   - every store path of world.json realizes from the hub's signed cache into an
 #     empty Nix store, and the packages contain what they should.
 #
@@ -21,7 +21,7 @@ tmp=$(mktemp -d "${TMPDIR:-/tmp}/world-check.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
 
 # --- hub git branches and lock schemas ---------------------------------------
-FLOX_SCHEMAS=${FLOX_SCHEMAS:-/work/shared/fixtures/flox-schemas} \
+FLOX_SCHEMAS=${FLOX_SCHEMAS:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/../shared/fixtures/flox-schemas} \
 python3 - "$hub_root" <<'EOF'
 import json, os, pathlib, subprocess, sys
 

@@ -1,4 +1,4 @@
-//! Real lockfiles and floxmeta data from /work/shared/fixtures (copied verbatim from flox/flox
+//! Real lockfiles and floxmeta data from ../shared/fixtures (beside the repository) (copied verbatim from flox/flox
 //! and one real-world repository; see the READMEs there) through the parsers, with the
 //! expected selections written out by hand from reading the JSON.
 
@@ -13,7 +13,7 @@ use imageless_core::system::System;
 fn fixtures() -> PathBuf {
     std::env::var_os("IMAGELESS_FIXTURES")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/work/shared/fixtures"))
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/fixtures")))
 }
 
 fn lock_bytes(name: &str) -> Vec<u8> {
