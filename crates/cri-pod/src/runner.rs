@@ -16,6 +16,7 @@ use crate::plan::{self, PlanOptions, PlannedContainer, CONTAINER_NAME_LABEL, INI
 /// started by another process can delete it.
 pub const POD_DIR_LABEL: &str = "imageless.dev/pod-dir";
 const POLL: Duration = Duration::from_millis(100);
+const IMAGE_VISIBLE_POLLS: usize = 20;
 /// Grace period for stopping containers on removal (kubelet uses the pod's, default 30 s;
 /// this runner is for tests and demos, where waiting long helps nobody).
 const STOP_GRACE_SECS: i64 = 2;
@@ -169,8 +170,13 @@ impl PodRunner {
     }
 
     async fn ensure_image(&self, image: &str) -> Result<(), PodError> {
-        if self.client.image_present(image).await? {
-            return Ok(());
+        // containerd's CRI learns about images imported with `ctr` from events, asynchronously
+        // (seen on 2.1): an archive imported a moment ago may not be visible yet.
+        for _ in 0..IMAGE_VISIBLE_POLLS {
+            if self.client.image_present(image).await? {
+                return Ok(());
+            }
+            tokio::time::sleep(POLL).await;
         }
         match self.client.pull_image(image).await {
             Ok(_) => Ok(()),

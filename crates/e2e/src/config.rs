@@ -85,7 +85,7 @@ mod tests {
     use super::*;
 
     fn fixture(v: ContainerdVersion) -> String {
-        let p = format!("/work/shared/fixtures/containerd-configs/containerd-{}-default.toml", v.as_str());
+        let p = format!("{}/../../../shared/fixtures/containerd-configs/containerd-{}-default.toml", env!("CARGO_MANIFEST_DIR"), v.as_str());
         std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{p}: {e}"))
     }
 

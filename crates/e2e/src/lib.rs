@@ -236,6 +236,11 @@ impl Containerd {
         let mut cmd = Command::new(version.containerd());
         cmd.arg("--config").arg(&config_path).arg("--log-level").arg("debug");
         cmd.env("PATH", daemon_path(version, opts.flox.as_ref()));
+        if opts.flox.is_some() {
+            // The shim launcher's `runc` link dir defaults to `<its dir>/flox-runc.d`, which in
+            // target/debug is cargo's dep-info file; give each daemon its own (callers may override).
+            cmd.env("FLOX_RUNC_DIR", base.join("flox-runc.d"));
+        }
         cmd.envs(&opts.env);
         cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
         // Its own session: a terminal's Ctrl-C must not reach it, and the PID we hold is the
@@ -256,6 +261,7 @@ impl Containerd {
             for archive in images.all() {
                 ctrd.import_image(archive)?;
             }
+            ctrd.wait_images_visible(&[PAUSE_IMAGE, BUSYBOX_IMAGE, FLOX_EMPTY_IMAGE], Duration::from_secs(20))?;
         }
         Ok(ctrd)
     }
@@ -275,6 +281,30 @@ impl Containerd {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Waits until CRI reports every image (it learns of `ctr` imports asynchronously).
+    pub fn wait_images_visible(&self, images: &[&str], timeout: Duration) -> anyhow::Result<()> {
+        let endpoint = self.endpoint();
+        let images: Vec<String> = images.iter().map(|s| s.to_string()).collect();
+        let version = self.version;
+        std::thread::spawn(move || -> anyhow::Result<()> {
+            small_runtime()?.block_on(async {
+                let client = CriClient::connect(&endpoint).await?;
+                let start = Instant::now();
+                for image in &images {
+                    while !client.image_present(image).await? {
+                        if start.elapsed() > timeout {
+                            bail!("containerd {version}: CRI does not see imported image {image} after {timeout:?}");
+                        }
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+                Ok(())
+            })
+        })
+        .join()
+        .map_err(|_| anyhow!("wait_images_visible thread panicked"))?
     }
 
     pub fn version(&self) -> ContainerdVersion {
