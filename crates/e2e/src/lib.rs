@@ -143,6 +143,19 @@ pub struct ContainerdOptions {
     pub import_local_images: bool,
     /// How long to wait for the CRI socket to answer.
     pub start_timeout: Duration,
+    /// Runs on the written config before the daemon starts (e.g. `imageless install
+    /// --containerd-config`, as the demo does): `(config path, daemon dir)`.
+    pub before_start: Option<ConfigHook>,
+}
+
+/// A step that edits a daemon's config file before it starts.
+#[derive(Clone)]
+pub struct ConfigHook(pub std::sync::Arc<dyn Fn(&Path, &Path) -> anyhow::Result<()> + Send + Sync>);
+
+impl std::fmt::Debug for ConfigHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ConfigHook")
+    }
 }
 
 impl Default for ContainerdOptions {
@@ -152,6 +165,7 @@ impl Default for ContainerdOptions {
             flox: Some(FloxBinaries::default()),
             import_local_images: true,
             start_timeout: Duration::from_secs(60),
+            before_start: None,
         }
     }
 }
@@ -230,6 +244,9 @@ impl Containerd {
         let text = config::private_config(&text, version, &base, opts.flox.as_ref())?;
         let config_path = base.join("config.toml");
         std::fs::write(&config_path, &text).with_context(|| format!("writing {}", config_path.display()))?;
+        if let Some(hook) = &opts.before_start {
+            (hook.0)(&config_path, &base)?;
+        }
 
         let log_path = base.join("containerd.log");
         let log = std::fs::File::create(&log_path)?;

@@ -13,9 +13,10 @@ const SHIM: &str = "containerd-shim-runc-v2";
 fn main() {
     let me = std::env::current_exe().unwrap_or_default();
     let bin_dir = me.parent().map(Path::to_path_buf).unwrap_or_default();
-    // flox-runc sits next to the launcher; a `runc` symlink to it is made at install time in
-    // <bin_dir>/flox-runc.d/ so that directory can go first on PATH.
-    let runc_dir = std::env::var_os("FLOX_RUNC_DIR").map(PathBuf::from).unwrap_or_else(|| bin_dir.join("flox-runc.d"));
+    // flox-runc sits next to the launcher; a `runc` symlink to it is made on first use in
+    // <bin_dir>/flox-runc-path/ so that directory can go first on PATH. (Not `flox-runc.d`: in a
+    // cargo target dir that name is the wrapper's dep-info file.)
+    let runc_dir = std::env::var_os("FLOX_RUNC_DIR").map(PathBuf::from).unwrap_or_else(|| bin_dir.join("flox-runc-path"));
     if let Err(e) = ensure_runc_link(&runc_dir, &bin_dir.join("flox-runc")) {
         eprintln!("containerd-shim-flox-v2: preparing {}: {e}", runc_dir.display());
     }
