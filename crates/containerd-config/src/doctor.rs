@@ -4,37 +4,11 @@ use std::net::{TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use imageless_core::token::{Token, TokenError, TokenKind};
+use imageless_node::config::NodeConfig;
 
 use crate::edit;
 use crate::install::{self, HostRoot};
-
-/// The node config keys doctor reads (docs/contracts.md; crates/node owns the canonical struct).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default)]
-pub struct NodeConfig {
-    pub state_root: PathBuf,
-    pub hub_url: String,
-    pub substituters: Vec<String>,
-    pub trusted_public_keys: Vec<String>,
-    pub runc: Option<PathBuf>,
-    pub activator: PathBuf,
-    pub gcroots_dir: PathBuf,
-}
-
-impl Default for NodeConfig {
-    fn default() -> Self {
-        NodeConfig {
-            state_root: "/var/lib/imageless".into(),
-            hub_url: "https://hub.flox.dev".into(),
-            substituters: vec!["https://cache.flox.dev".into(), "https://cache.nixos.org".into()],
-            trusted_public_keys: vec![],
-            runc: None,
-            activator: "/usr/local/bin/flox-activate".into(),
-            gcroots_dir: "/nix/var/nix/gcroots/imageless".into(),
-        }
-    }
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
@@ -102,7 +76,7 @@ pub fn run(ctx: &DoctorContext) -> Vec<Check> {
     let root = HostRoot("/".into());
     let mut checks = Vec::new();
     let node = match std::fs::read_to_string(&ctx.node_config_path) {
-        Ok(text) => match toml::from_str::<NodeConfig>(&text) {
+        Ok(text) => match NodeConfig::parse(&text) {
             Ok(c) => {
                 checks.push(ok("node config", ctx.node_config_path.display().to_string()));
                 c
@@ -111,7 +85,7 @@ pub fn run(ctx: &DoctorContext) -> Vec<Check> {
                 checks.push(fail(
                     "node config",
                     format!("{} does not parse: {e}", ctx.node_config_path.display()),
-                    "fix the file (keys: state_root, hub_url, substituters, trusted_public_keys, runc, activator, gcroots_dir)",
+                    "fix the file (its keys: docs/contracts.md, \"Node config\")",
                 ));
                 NodeConfig::default()
             }
@@ -318,32 +292,37 @@ pub fn reachable(url: &str, timeout: Duration) -> Result<(), String> {
     Err(last)
 }
 
-/// Reads a JWT's `exp` (payload only, no signature check: the hub checks signatures).
-pub fn jwt_expiry(token: &str) -> Option<i64> {
-    use base64::Engine;
-    let payload = token.split('.').nth(1)?;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
-    let json: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
-    json.get("exp")?.as_i64()
-}
-
 fn token_check(path: &Path) -> Check {
-    let token = match std::fs::read_to_string(path) {
-        Ok(t) => t.trim().to_owned(),
+    let raw = match std::fs::read_to_string(path) {
+        Ok(t) => t,
         Err(e) => return fail("token", format!("token file {} is unreadable: {e}", path.display()), "pass --token-file with a readable file"),
     };
-    if token.is_empty() {
-        return fail("token", format!("token file {} is empty", path.display()), "write a FloxHub token into it");
-    }
-    let Some(exp) = jwt_expiry(&token) else {
-        return warn("token", "token is not a JWT: its expiry cannot be read", "none needed if the hub accepts it");
+    // The node reads the token with the same parser, so what doctor accepts the node accepts.
+    let token = match Token::parse(&raw) {
+        Ok(token) => token,
+        Err(TokenError::Empty) => {
+            return fail("token", format!("token file {} is empty", path.display()), "write a FloxHub token into it")
+        }
+        Err(e) => {
+            return fail(
+                "token",
+                format!("token file {}: {e}", path.display()),
+                "write a FloxHub access token (flox_...) or a FloxHub JWT into it",
+            )
+        }
+    };
+    let exp = match token.kind() {
+        TokenKind::Jwt { exp, .. } => *exp,
+        TokenKind::Opaque => {
+            return warn("token", "token is not a JWT: its expiry cannot be read", "none needed if the hub accepts it")
+        }
     };
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let when = time::OffsetDateTime::from_unix_timestamp(exp)
         .ok()
         .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
         .unwrap_or_else(|| exp.to_string());
-    if exp <= now {
+    if token.expired_at(u64::try_from(now).unwrap_or(0)).is_some() {
         fail("token", format!("token expired at {when}"), "mint a new token (`flox auth login` / `imageless hub token`) and update the secret")
     } else {
         ok("token", format!("valid until {when}"))

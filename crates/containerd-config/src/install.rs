@@ -689,6 +689,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn node_config_install_writes_is_accepted_by_the_node() {
+        // NodeConfig denies unknown keys: a key install writes that the node does not know
+        // would make every flox container fail to start.
+        let text = default_node_config(Path::new("/opt/imageless"), Some("/usr/local/sbin/runc \"x\""));
+        let parsed = imageless_node::config::NodeConfig::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert_eq!(parsed.activator, Path::new("/opt/imageless/bin/flox-activate"));
+        assert_eq!(parsed.runc.as_deref(), Some(Path::new("/usr/local/sbin/runc \"x\"")));
+        let parsed = imageless_node::config::NodeConfig::parse(&default_node_config(Path::new("/usr/local"), None)).unwrap();
+        assert_eq!(parsed.runc, None);
+    }
+
+    #[test]
     fn wildcard() {
         assert!(wildcard_match(b"*.toml", b"99-nvidia.toml"));
         assert!(!wildcard_match(b"*.toml", b"99-nvidia.toml.bak"));

@@ -57,7 +57,9 @@ fn install_is_idempotent_and_uninstall_restores_bytes() {
     let out = install::install(&p).unwrap();
     assert!(out.lines.iter().any(|l| l.starts_with("verified")), "{:?}", out.lines);
     assert!(p.prefix.join("bin/flox-runc").exists());
-    assert!(std::fs::read_to_string(&p.node_config).unwrap().contains("activator = "));
+    let node_config = std::fs::read_to_string(&p.node_config).unwrap();
+    let parsed = imageless_node::config::NodeConfig::parse(&node_config).unwrap();
+    assert_eq!(parsed.activator, p.prefix.join("bin/flox-activate"), "{node_config}");
     let edited = std::fs::read_to_string(&config).unwrap();
     assert!(edited.contains(&format!("BinaryName = \"{}\"", p.prefix.join("bin/flox-runc").display())));
     let backups: Vec<_> = std::fs::read_dir(config.parent().unwrap())
@@ -215,7 +217,7 @@ fn doctor_reports_token_expired() {
     use base64::Engine;
     let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
     let dir = tempfile::tempdir().unwrap();
-    let token = format!("{}.{}.sig", b64("{\"alg\":\"HS256\"}"), b64("{\"sub\":\"alice\",\"exp\":1000000000}"));
+    let token = format!("{}.{}.sig", b64("{\"alg\":\"HS256\"}"), b64("{\"https://flox.dev/handle\":\"alice\",\"exp\":1000000000}"));
     let file = dir.path().join("token");
     std::fs::write(&file, &token).unwrap();
     let mut c = ctx(dir.path(), FLOX_V2);
@@ -224,7 +226,17 @@ fn doctor_reports_token_expired() {
     let t = failure(&checks, "token");
     assert!(t.detail.contains("token expired at 2001-09-09"), "{t}");
     assert!(!t.to_string().contains(&token), "token leaked");
-    let fresh = format!("{}.{}.sig", b64("{}"), b64("{\"exp\":4102444800}"));
+    let fresh = format!("{}.{}.sig", b64("{}"), b64("{\"https://flox.dev/handle\":\"alice\",\"exp\":4102444800}"));
     std::fs::write(&file, fresh).unwrap();
     assert!(doctor::run(&c).iter().any(|c| c.name == "token" && c.status == Status::Ok));
+    // A JWT without FloxHub's handle claim is refused, as the node refuses it.
+    let no_handle = format!("{}.{}.sig", b64("{}"), b64("{\"sub\":\"alice\",\"exp\":4102444800}"));
+    std::fs::write(&file, &no_handle).unwrap();
+    let checks = doctor::run(&c);
+    let t = failure(&checks, "token");
+    assert!(t.detail.contains("claim 'https://flox.dev/handle' is missing"), "{t}");
+    assert!(!t.to_string().contains(&no_handle), "token leaked");
+    // An opaque access token's expiry is unknown here.
+    std::fs::write(&file, "flox_pat_0123\n").unwrap();
+    assert!(doctor::run(&c).iter().any(|c| c.name == "token" && c.status == Status::Warn));
 }
