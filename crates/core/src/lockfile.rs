@@ -487,6 +487,30 @@ impl Lockfile {
         Ok(Selection { outputs: selected })
     }
 
+    /// Every store path locked for `system`: all outputs of each entry of that system, not
+    /// only the ones [`Lockfile::select`] links, and without select's system checks. This is
+    /// what a binary cache must hold for the lock (the hub copies it when publishing); an
+    /// empty set when nothing is locked for `system`.
+    pub fn locked_store_paths(&self, system: System) -> Result<BTreeSet<StorePath>, SelectError> {
+        let mut paths = BTreeSet::new();
+        for package in self
+            .packages
+            .iter()
+            .filter(|p| p.system() == system.as_str())
+        {
+            for (output, path) in package.outputs() {
+                let store_path =
+                    StorePath::parse(path).map_err(|source| SelectError::InvalidStorePath {
+                        install_id: package.install_id().to_string(),
+                        output: output.to_string(),
+                        source,
+                    })?;
+                paths.insert(store_path);
+            }
+        }
+        Ok(paths)
+    }
+
     /// Systems implied by the lock when `options.systems` is unset: those of the entries of
     /// catalog packages without per-package `systems`. `None` when there is no such signal.
     pub fn implicit_locked_systems(&self) -> Option<BTreeSet<String>> {
@@ -1232,6 +1256,41 @@ mod tests {
         .unwrap();
         assert_eq!(l.select(System::X86_64Linux).unwrap().outputs.len(), 1);
         assert!(l.select(System::Aarch64Darwin).is_err());
+    }
+
+    #[test]
+    fn locked_store_paths_are_every_output_of_the_system() {
+        // options.systems excludes x86_64-linux (select refuses it) and `man` is not selected:
+        // the cache still needs every locked output.
+        let l = lockfile(
+            json!({"schema-version": "1.15.0", "install": {"p": {"pkg-path": "p"}, "s": {"store-path": H3}},
+                   "options": {"systems": ["aarch64-darwin"]}}),
+            json!([
+                catalog("p", "x86_64-linux", json!({"out": H1, "man": H2}), json!(["out"]), 5),
+                {"install_id": "s", "store_path": H3, "system": "x86_64-linux", "priority": 5},
+                {"install_id": "s", "store_path": H1, "system": "x86_64-linux", "priority": 6},
+                catalog("p", "aarch64-darwin", json!({"out": "bogus"}), json!(["out"]), 5),
+            ]),
+        )
+        .unwrap();
+        assert!(l.select(System::X86_64Linux).is_err());
+        let paths = l.locked_store_paths(System::X86_64Linux).unwrap();
+        assert_eq!(
+            paths.iter().map(StorePath::as_str).collect::<Vec<_>>(),
+            vec![H1, H2, H3]
+        );
+        assert!(l
+            .locked_store_paths(System::Aarch64Linux)
+            .unwrap()
+            .is_empty());
+        let err = l
+            .locked_store_paths(System::Aarch64Darwin)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("package 'p' output 'out': invalid store path 'bogus'"),
+            "{err}"
+        );
     }
 
     #[test]
