@@ -135,12 +135,18 @@ impl GenerationsMetadata {
     pub fn parse(bytes: &[u8]) -> Result<GenerationsMetadata, GenerationsError> {
         let value: serde_json::Value = serde_json::from_slice(bytes)
             .map_err(|err| GenerationsError::InvalidJson(err.to_string()))?;
+        GenerationsMetadata::from_json(&value)
+    }
+
+    /// [`GenerationsMetadata::parse`] of an already-decoded document (for writers that edit
+    /// the JSON value itself, so that keys unknown here are kept).
+    pub fn from_json(value: &serde_json::Value) -> Result<GenerationsMetadata, GenerationsError> {
         let version = value.get("version");
 
         // (a) legacy v1: `version` absent or 1.
         let mut v1_error = None;
         if version.is_none() || version_number(version) == Some(1) {
-            match V1File::deserialize(&value) {
+            match V1File::deserialize(value) {
                 Ok(v1) => return migrate_v1(v1),
                 Err(err) => v1_error = Some(err.to_string()),
             }
@@ -149,7 +155,7 @@ impl GenerationsMetadata {
             // (b) current v2.
             (Some(_), Some(2)) => {
                 let v2 =
-                    V2File::deserialize(&value).map_err(|err| GenerationsError::InvalidSchema {
+                    V2File::deserialize(value).map_err(|err| GenerationsError::InvalidSchema {
                         version: 2,
                         detail: err.to_string(),
                     })?;
