@@ -285,3 +285,38 @@ fn flox_pods_on_containerd_1_7_24() {
 fn flox_pods_on_containerd_2_1_9() {
     all_scenarios(ContainerdVersion::V2_1);
 }
+
+/// 50 create/delete cycles of flox pods (plain, nix-mutable, failing) leave no mounts, no
+/// per-container state, no overlay directories and no processes behind.
+#[test]
+fn fifty_cycles_leave_nothing_behind() {
+    let Some(node) = FloxNode::start(ContainerdVersion::V1_6) else { return };
+    let mounts_before = std::fs::read_to_string("/proc/self/mountinfo").unwrap().lines().count();
+    support::block_on(async {
+        for i in 0..50 {
+            let yaml = match i % 5 {
+                0 => flox_pod("cycle", &[("flox.dev/environment", "flox/hooks"), ("flox.dev/nix-mutable", "true")], EMPTY, &["hello"]),
+                1 => flox_pod("cycle", &[("flox.dev/environment", "flox/nope")], EMPTY, &["hello"]),
+                _ => flox_pod("cycle", &[("flox.dev/environment", "flox/echoip")], EMPTY, &["hello"]),
+            };
+            match node.run_to_end(&yaml, &[]).await {
+                Ok((code, out, err)) => assert_eq!((code, out.trim()), (0, "Hello, world! (hello 2.12)"), "cycle {i}: {err}"),
+                Err(e) => assert!(i % 5 == 1, "cycle {i}: {e}"),
+            }
+        }
+    });
+    let mounts_after = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts_after.contains("/run/flox"), "no flox mount left on the host");
+    assert!(mounts_after.lines().count() <= mounts_before, "host mounts grew: {mounts_before} -> {}", mounts_after.lines().count());
+    let count = |sub: &str| std::fs::read_dir(node.state_root.join(sub)).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(count("containers"), 0, "per-container state left");
+    assert_eq!(count("overlays"), 0, "overlay dirs left");
+    assert!(node.containerd.mounts_below().is_empty(), "mounts under containerd's dir: {:?}", node.containerd.mounts_below());
+    std::thread::sleep(Duration::from_millis(500));
+    let ps = std::process::Command::new("ps").args(["-eo", "args"]).output().unwrap();
+    let ps = String::from_utf8_lossy(&ps.stdout);
+    let prefetch = ps.lines().filter(|l| l.contains("--flox-prefetch")).count();
+    assert_eq!(prefetch, 0, "prefetch processes left: {ps}");
+    let shims = ps.lines().filter(|l| l.contains("containerd-shim") && l.contains(&node.containerd.dir().display().to_string())).count();
+    assert_eq!(shims, 0, "shims of removed pods left");
+}
