@@ -3,6 +3,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use imageless_core::store_path::StorePath;
+
 use crate::error::HubError;
 use crate::process::run;
 
@@ -62,15 +64,15 @@ fn cache_url(cache: &Path) -> String {
 
 /// Copies the closure of `paths` into the cache (uncompressed, so NARs are served as they are)
 /// and signs every path of that closure in the cache with the hub's key.
-pub fn copy_and_sign(cache: &Path, secret_key: &Path, paths: &[String]) -> Result<(), HubError> {
+pub fn copy_and_sign(cache: &Path, secret_key: &Path, paths: &[StorePath]) -> Result<(), HubError> {
     if paths.is_empty() {
         return Ok(());
     }
     for p in paths {
-        if !Path::new(p).exists() {
+        if !Path::new(p.as_str()).exists() {
             return Err(HubError::InvalidInput {
                 what: "store path",
-                value: p.clone(),
+                value: p.to_string(),
                 accepted: "paths present in this machine's /nix/store (build or realise them first, or pass --no-paths)",
             });
         }
@@ -84,7 +86,7 @@ pub fn copy_and_sign(cache: &Path, secret_key: &Path, paths: &[String]) -> Resul
                 "--to",
             ])
             .arg(format!("{}?compression=none", cache_url(cache)))
-            .args(paths),
+            .args(paths.iter().map(StorePath::as_str)),
         None,
     )?;
     run(
@@ -100,7 +102,7 @@ pub fn copy_and_sign(cache: &Path, secret_key: &Path, paths: &[String]) -> Resul
             .arg("--key-file")
             .arg(secret_key)
             .arg("--recursive")
-            .args(paths),
+            .args(paths.iter().map(StorePath::as_str)),
         None,
     )?;
     Ok(())

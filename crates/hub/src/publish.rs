@@ -6,6 +6,9 @@
 //! ever sees complete commits.
 use std::path::{Path, PathBuf};
 
+use imageless_core::lockfile::Lockfile;
+use imageless_core::store_path::StorePath;
+use imageless_core::system::System;
 use serde_json::Value;
 
 use crate::cache;
@@ -42,17 +45,19 @@ pub fn publish(paths: &HubPaths, req: &PublishRequest) -> Result<u64, HubError> 
         path: req.lock_path.clone(),
         message,
     };
-    let lock: Value =
-        serde_json::from_slice(&req.lock_bytes).map_err(|e| lock_err(format!("not JSON: {e}")))?;
-    let system = lock::host_system().map_err(lock_err)?;
-    let store_paths = lock::store_paths_for_system(&lock, system).map_err(lock_err)?;
+    // The node's parser: a lock it would refuse is not published.
+    let lock = Lockfile::parse(&req.lock_bytes).map_err(|e| lock_err(e.to_string()))?;
+    let system = System::host().map_err(|e| lock_err(e.to_string()))?;
+    let store_paths = lock
+        .locked_store_paths(system)
+        .map_err(|e| lock_err(e.to_string()))?;
     paths.load()?; // fail early, with the init hint, on an uninitialised root
 
     if req.copy_paths {
-        let store_paths: Vec<String> = store_paths.into_iter().collect();
+        let store_paths: Vec<StorePath> = store_paths.into_iter().collect();
         tracing::info!(
             count = store_paths.len(),
-            system,
+            %system,
             "copying store paths into the hub cache"
         );
         cache::copy_and_sign(&paths.cache(), &paths.secret_key(), &store_paths)?;
@@ -61,7 +66,7 @@ pub fn publish(paths: &HubPaths, req: &PublishRequest) -> Result<u64, HubError> 
     let manifest = req
         .manifest_toml
         .clone()
-        .or_else(|| lock::render_manifest_toml(&lock));
+        .or_else(|| lock::render_manifest_toml(&lock.manifest.raw));
     let repo = ensure_repo(paths, &req.owner)?;
     let _guard = FileLock::exclusive(&repo_lock_path(paths, &req.owner))?;
     let env = format!("{}/{}", req.owner, req.name);

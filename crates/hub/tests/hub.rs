@@ -238,7 +238,7 @@ fn show(repo: &Path, spec: &str) -> String {
 }
 
 fn system() -> &'static str {
-    imageless_hub::lock::host_system().unwrap()
+    imageless_core::system::System::host().unwrap().as_str()
 }
 
 /// A lock with no store paths (for git-only tests); `tag` makes locks differ.
