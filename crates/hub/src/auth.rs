@@ -12,10 +12,10 @@ use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-/// The claim FloxHub uses for the user's handle.
-pub const HANDLE_CLAIM: &str = "https://flox.dev/handle";
-/// Prefix of opaque access tokens, as the Flox CLI recognises them.
-pub const OPAQUE_PREFIX: &str = "flox_";
+use imageless_core::token::{Token, TokenError as ClaimsError};
+/// The claim FloxHub uses for the user's handle, and the prefix of opaque access tokens: the
+/// node's definitions, so that the hub mints what the node reads.
+pub use imageless_core::token::{ACCESS_TOKEN_PREFIX as OPAQUE_PREFIX, HANDLE_CLAIM};
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -42,7 +42,8 @@ pub enum TokenError {
     Malformed,
     #[error("token signature does not verify")]
     BadSignature,
-    #[error("token lacks the claim {0}")]
+    /// The signature verifies but the FloxHub claims are missing or malformed (core's reason).
+    #[error("token's FloxHub claims are invalid: {0}")]
     MissingClaim(&'static str),
     #[error("token expired at {0}")]
     Expired(i64),
@@ -153,17 +154,16 @@ pub fn verify_jwt(secret: &[u8], token: &str, now: i64) -> Result<Identity, Toke
     mac.update(format!("{header}.{claims}").as_bytes());
     mac.verify_slice(&signature)
         .map_err(|_| TokenError::BadSignature)?;
-    let claims: serde_json::Value = decode_json_part(claims)?;
-    let handle = claims
-        .get(HANDLE_CLAIM)
-        .and_then(|h| h.as_str())
-        .ok_or(TokenError::MissingClaim(HANDLE_CLAIM))?;
-    let exp = claims
-        .get("exp")
-        .and_then(|e| e.as_i64())
-        .ok_or(TokenError::MissingClaim("exp"))?;
-    // Same rule as the Flox CLI: expired iff exp < now.
-    if exp < now {
+    // The claims are read as the node reads them (core's Token), once the signature holds.
+    let parsed = Token::parse(token).map_err(|e| match e {
+        ClaimsError::MissingClaims { reason } => TokenError::MissingClaim(reason),
+        ClaimsError::Empty | ClaimsError::Unrecognised { .. } => TokenError::Malformed,
+    })?;
+    let (Some(handle), Some(exp)) = (parsed.handle(), parsed.exp()) else {
+        return Err(TokenError::Malformed);
+    };
+    // Core's rule, the Flox CLI's: expired iff exp < now.
+    if parsed.expired_at(u64::try_from(now).unwrap_or(0)).is_some() {
         return Err(TokenError::Expired(exp));
     }
     Ok(Identity {
@@ -224,6 +224,9 @@ mod tests {
         let claims: serde_json::Value = decode_json_part(t.split('.').nth(1).unwrap()).unwrap();
         assert_eq!(claims[HANDLE_CLAIM], "alice");
         assert_eq!(claims["exp"], 2_000);
+        // And the node's token parser reads the same handle and expiry.
+        let node = Token::parse(&t).unwrap();
+        assert_eq!((node.handle(), node.exp()), (Some("alice"), Some(2_000)));
     }
 
     #[test]
@@ -260,9 +263,10 @@ mod tests {
         let claims = URL_SAFE_NO_PAD.encode(br#"{"exp":5}"#);
         let input = format!("{header}.{claims}");
         let sig = URL_SAFE_NO_PAD.encode(hmac_sha256(SECRET, input.as_bytes()));
-        assert_eq!(
-            verify_jwt(SECRET, &format!("{input}.{sig}"), 0),
-            Err(TokenError::MissingClaim(HANDLE_CLAIM))
+        let err = verify_jwt(SECRET, &format!("{input}.{sig}"), 0);
+        assert!(
+            matches!(err, Err(TokenError::MissingClaim(reason)) if reason.contains(HANDLE_CLAIM)),
+            "{err:?}"
         );
     }
 
