@@ -46,14 +46,8 @@ pub struct ActivationData {
     pub cuda_detection: bool,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Profile {
-    pub common: Option<String>,
-    pub bash: Option<String>,
-    pub zsh: Option<String>,
-    pub fish: Option<String>,
-    pub tcsh: Option<String>,
-}
+/// `[profile]` scripts, outdented ([`crate::lockfile::Lockfile::profile`]).
+pub use crate::lockfile::Profile;
 
 impl ActivationData {
     pub const VERSION: u32 = 1;

@@ -14,7 +14,7 @@ mod vars_order;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub use outdent::outdent_text;
@@ -183,8 +183,9 @@ pub struct Hook {
     pub on_deactivate: Option<String>,
 }
 
-/// `[profile]` scripts (sourced by interactive shells only; not for exec'd commands).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// `[profile]` scripts (sourced by interactive shells only; not for exec'd commands). Also
+/// the `profile` of `activation::ActivationData`, serialized with these field names.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Profile {
     pub common: Option<String>,
     pub bash: Option<String>,

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fs4::fs_std::FileExt;
-use imageless_core::activation::{ActivationData, Mode, Profile};
+use imageless_core::activation::{ActivationData, Mode};
 use imageless_core::container_paths::ACTIVATION_DATA_REL;
 use imageless_core::env_ref::EnvRef;
 use imageless_core::generations::{GenerationsError, GenerationsMetadata};
@@ -285,10 +285,7 @@ impl NodeCache {
             mode,
             vars: lockfile.vars_in_order().map_err(|e| lock_err(e.to_string()))?,
             hook_on_activate: lockfile.hook_on_activate(),
-            profile: {
-                let p = lockfile.profile();
-                Profile { common: p.common, bash: p.bash, zsh: p.zsh, fish: p.fish, tcsh: p.tcsh }
-            },
+            profile: lockfile.profile(),
             cuda_detection: lockfile.cuda_detection(),
         };
         render::write_generated(&tree, ACTIVATION_DATA_REL, &serde_json::to_vec_pretty(&data).expect("serializable"))?;
