@@ -80,9 +80,7 @@ pub fn install(a: InstallArgs) -> Result<ExitCode, InstallError> {
         restart: a.restart,
         dry_run: a.dry_run,
         containerd_bin: a.containerd_bin,
-        node_config: std::env::var_os("IMAGELESS_CONFIG")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| install::NODE_CONFIG.into()),
+        node_config: imageless_node::config::locate(None).0,
     };
     let outcome = install::install(&plan)?;
     for line in &outcome.lines {
@@ -113,9 +111,7 @@ pub fn doctor(a: DoctorArgs) -> Result<ExitCode, InstallError> {
         address: a.address,
         containerd_bin: a.containerd_bin,
         token_file: a.token_file,
-        node_config_path: std::env::var_os("IMAGELESS_CONFIG")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| install::NODE_CONFIG.into()),
+        node_config_path: imageless_node::config::locate(None).0,
         path_env: std::env::var_os("PATH").unwrap_or_default(),
         network_timeout: Duration::from_secs(3),
     };

@@ -9,9 +9,9 @@ use crate::edit::{self, ConfigVersion, EditError, FloxRuntime};
 
 pub const DEFAULT_CONTAINERD_CONFIG: &str = "/etc/containerd/config.toml";
 pub const DEFAULT_PREFIX: &str = "/usr/local";
-pub const DEFAULT_STATE_DIR: &str = "/var/lib/imageless";
+pub const DEFAULT_STATE_DIR: &str = imageless_node::config::DEFAULT_STATE_ROOT;
 pub const DEFAULT_SOCKET: &str = "/run/containerd/containerd.sock";
-pub const NODE_CONFIG: &str = "/etc/imageless/config.toml";
+pub const NODE_CONFIG: &str = imageless_node::config::DEFAULT_PATH;
 /// Binaries install copies from the bin dir into `<prefix>/bin`.
 pub const BINARIES: [&str; 4] = ["flox-runc", "containerd-shim-flox-v2", "flox-activate", "imageless"];
 /// k3s and RKE2 keep containerd's config here and regenerate it from a template on start.

@@ -6,6 +6,8 @@ use serde::Deserialize;
 pub const DEFAULT_PATH: &str = "/etc/imageless/config.toml";
 pub const PATH_ENV: &str = "IMAGELESS_CONFIG";
 pub const DEFAULT_HUB_URL: &str = "https://hub.flox.dev";
+/// The default `state_root` (node cache, per-container state).
+pub const DEFAULT_STATE_ROOT: &str = "/var/lib/imageless";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -39,7 +41,7 @@ pub struct NodeConfig {
 impl Default for NodeConfig {
     fn default() -> Self {
         NodeConfig {
-            state_root: PathBuf::from("/var/lib/imageless"),
+            state_root: PathBuf::from(DEFAULT_STATE_ROOT),
             hub_url: DEFAULT_HUB_URL.to_string(),
             git_url: None,
             substituters: vec!["https://cache.flox.dev".into(), "https://cache.nixos.org".into()],
@@ -65,15 +67,21 @@ pub enum ConfigError {
     Parse { path: PathBuf, message: String },
 }
 
+/// Where the node config is: `explicit`, else `$IMAGELESS_CONFIG`, else [`DEFAULT_PATH`];
+/// the flag says whether the file was named (and so must exist).
+pub fn locate(explicit: Option<&Path>) -> (PathBuf, bool) {
+    let from_env = std::env::var_os(PATH_ENV).map(PathBuf::from);
+    match explicit.map(Path::to_path_buf).or(from_env) {
+        Some(p) => (p, true),
+        None => (PathBuf::from(DEFAULT_PATH), false),
+    }
+}
+
 impl NodeConfig {
     /// Loads from `explicit`, else `$IMAGELESS_CONFIG`, else the default path; a missing
     /// default file means all defaults, a missing explicit one is an error.
     pub fn load(explicit: Option<&Path>) -> Result<NodeConfig, ConfigError> {
-        let from_env = std::env::var_os(PATH_ENV).map(PathBuf::from);
-        let (path, must_exist) = match explicit.map(Path::to_path_buf).or(from_env) {
-            Some(p) => (p, true),
-            None => (PathBuf::from(DEFAULT_PATH), false),
-        };
+        let (path, must_exist) = locate(explicit);
         match std::fs::read_to_string(&path) {
             Ok(text) => Self::parse(&text).map_err(|message| ConfigError::Parse { path, message }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && !must_exist => Ok(NodeConfig::default()),
