@@ -19,7 +19,7 @@ pub struct EnvRef {
 
 /// Why a reference is not valid; rendered into a message that says what is accepted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{reason}; expected owner/name or owner/name:N, where owner and name are 1-{MAX_PART_LEN} letters, digits, '.', '_' or '-' (not starting with '.' or '-') and N is a generation number >= 1")]
+#[error("{reason}; expected owner/name or owner/name:N, where owner and name are 1-{MAX_PART_LEN} letters, digits, '.', '_' or '-' (not starting with '.' or '-', not ending in '.lock') and N is a generation number >= 1")]
 pub struct EnvRefError {
     pub reason: String,
 }
@@ -55,6 +55,17 @@ impl EnvRef {
     }
 }
 
+/// Checks an owner handle alone, by the rules [`EnvRef::parse`] applies (for tools that take
+/// owner and name apart, such as the hub).
+pub fn validate_owner(owner: &str) -> Result<(), EnvRefError> {
+    validate_part("owner", owner)
+}
+
+/// Checks an environment name alone, by the rules [`EnvRef::parse`] applies.
+pub fn validate_name(name: &str) -> Result<(), EnvRefError> {
+    validate_part("environment name", name)
+}
+
 fn parse_generation(gen: &str) -> Result<u32, EnvRefError> {
     if gen.is_empty() {
         return Err(err("the generation after ':' is empty"));
@@ -81,6 +92,10 @@ fn validate_part(what: &str, part: &str) -> Result<(), EnvRefError> {
     }
     if part.starts_with('.') || part.starts_with('-') {
         return Err(err(format!("the {what} {part:?} starts with {:?}", &part[..1])));
+    }
+    // The name is a git branch of floxmeta, and git refuses ref components ending in .lock.
+    if part.ends_with(".lock") {
+        return Err(err(format!("the {what} {part:?} ends in '.lock'")));
     }
     if let Some(bad) = part.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))) {
         let shown = match bad {
@@ -128,6 +143,7 @@ mod tests {
             ("owner/name:", "the generation after ':' is empty"),
             ("owner/name:-1", "generation \"-1\" is not a number"),
             ("owner/..", "the environment name \"..\" contains '..'"),
+            ("owner/x.lock", "the environment name \"x.lock\" ends in '.lock'"),
             ("own\ner/x", "the owner \"own\\ner\" contains the control character '\\n'"),
             ("echoip", "it has 1 '/'-separated parts, not 2"),
             ("", "the value is empty"),
@@ -139,5 +155,14 @@ mod tests {
         }
         let long = format!("o/{}", "n".repeat(65));
         assert_eq!(EnvRef::parse(&long).unwrap_err().reason, "the environment name is 65 characters long");
+    }
+
+    #[test]
+    fn owner_and_name_alone_follow_the_same_rules() {
+        assert_eq!(validate_owner("alice"), Ok(()));
+        assert_eq!(validate_name("hello-1.x_y"), Ok(()));
+        assert_eq!(validate_owner("-x").unwrap_err().reason, "the owner \"-x\" starts with \"-\"");
+        assert_eq!(validate_name("a:1").unwrap_err().reason, "the environment name \"a:1\" contains ':'");
+        assert_eq!(validate_name("x.lock").unwrap_err().reason, "the environment name \"x.lock\" ends in '.lock'");
     }
 }
