@@ -47,11 +47,7 @@ pub fn mint_token(
     lifetime: Lifetime,
     opaque: bool,
 ) -> Result<String, HubError> {
-    validate_owner(handle).map_err(|_| HubError::InvalidInput {
-        what: "--handle",
-        value: handle.to_owned(),
-        accepted: "a FloxHub handle: 1 to 100 characters from A-Z a-z 0-9 . _ -",
-    })?;
+    validate_handle(handle)?;
     let now = crate::now_unix();
     let exp = match lifetime {
         Lifetime::ExpiresIn(d) => {
@@ -78,14 +74,18 @@ pub fn mint_token(
     }
 }
 
+/// A handle is an owner name (FloxHub users own environments under their handle).
+fn validate_handle(handle: &str) -> Result<(), HubError> {
+    imageless_core::env_ref::validate_owner(handle).map_err(|source| HubError::Handle {
+        value: handle.to_owned(),
+        source,
+    })
+}
+
 /// Lets `handle` read `owner`'s private environments.
 pub fn grant(paths: &HubPaths, owner: &str, handle: &str) -> Result<(), HubError> {
     validate_owner(owner)?;
-    validate_owner(handle).map_err(|_| HubError::InvalidInput {
-        what: "handle",
-        value: handle.to_owned(),
-        accepted: "a FloxHub handle",
-    })?;
+    validate_handle(handle)?;
     paths.update(|c| {
         c.readers
             .entry(owner.to_owned())

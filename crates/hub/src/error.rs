@@ -11,6 +11,19 @@ pub enum HubError {
         accepted: &'static str,
     },
 
+    /// An owner or environment name outside `imageless_core::env_ref`'s rules (the message
+    /// names the part, the value and what is accepted).
+    #[error(transparent)]
+    Name(#[from] imageless_core::env_ref::EnvRefError),
+
+    #[error(
+        "handle {value:?} is not a FloxHub handle (handles follow the rules for owners): {source}"
+    )]
+    Handle {
+        value: String,
+        source: imageless_core::env_ref::EnvRefError,
+    },
+
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,

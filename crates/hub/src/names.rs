@@ -1,42 +1,18 @@
-//! Owner handles and environment names, validated before they touch a path, a git ref or a URL.
+//! Owner handles and environment names, validated before they touch a path, a git ref or a URL,
+//! by the rules the node applies to `flox.dev/environment` (`imageless_core::env_ref`), so the
+//! hub never serves an environment a pod could not name.
+use imageless_core::env_ref;
+
 use crate::error::HubError;
-
-const ACCEPTED: &str = "1 to 100 characters from A-Z a-z 0-9 . _ -, not starting with '.' or '-'";
-
-fn is_valid_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 100
-        && !s.starts_with('.')
-        && !s.starts_with('-')
-        && !s.ends_with(".lock")
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
-}
 
 /// A FloxHub owner (user or organisation handle).
 pub fn validate_owner(owner: &str) -> Result<(), HubError> {
-    if is_valid_name(owner) {
-        Ok(())
-    } else {
-        Err(HubError::InvalidInput {
-            what: "owner",
-            value: owner.to_owned(),
-            accepted: ACCEPTED,
-        })
-    }
+    Ok(env_ref::validate_owner(owner)?)
 }
 
 /// An environment name, which is also the floxmeta branch name.
 pub fn validate_env_name(name: &str) -> Result<(), HubError> {
-    if is_valid_name(name) {
-        Ok(())
-    } else {
-        Err(HubError::InvalidInput {
-            what: "environment name",
-            value: name.to_owned(),
-            accepted: ACCEPTED,
-        })
-    }
+    Ok(env_ref::validate_name(name)?)
 }
 
 /// Splits and validates `owner/name`.
@@ -67,8 +43,9 @@ mod tests {
 
     #[test]
     fn rejects_paths_and_ref_tricks() {
+        let too_long = "n".repeat(env_ref::MAX_PART_LEN + 1);
         for bad in [
-            "", "..", ".hidden", "-x", "a/b", "a b", "x.lock", "a\0", "ä",
+            "", "..", ".hidden", "-x", "a/b", "a b", "x.lock", "a\0", "ä", &too_long,
         ] {
             assert!(validate_owner(bad).is_err(), "{bad:?}");
             assert!(validate_env_name(bad).is_err(), "{bad:?}");
