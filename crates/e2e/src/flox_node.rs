@@ -137,6 +137,11 @@ impl FloxNode {
 
     /// `extra_config`: more node config lines (e.g. `store_view = "store"`).
     pub fn start_with(version: ContainerdVersion, extra_config: &str) -> Option<FloxNode> {
+        Self::start_with_hook(version, extra_config, None)
+    }
+
+    /// Like `start_with`, and `hook` edits the containerd config before the daemon starts.
+    pub fn start_with_hook(version: ContainerdVersion, extra_config: &str, hook: Option<crate::ConfigHook>) -> Option<FloxNode> {
         if let Err(why) = version.ensure_available() {
             eprintln!("SKIPPED: containerd {version} not available: {why:#}");
             return None;
@@ -158,7 +163,7 @@ impl FloxNode {
         std::fs::write(&config_path, config).expect("node config");
         let mut env = BTreeMap::new();
         env.insert("IMAGELESS_CONFIG".to_string(), config_path.display().to_string());
-        let containerd = Containerd::start(version, ContainerdOptions { env, ..ContainerdOptions::default() })
+        let containerd = Containerd::start(version, ContainerdOptions { env, before_start: hook, ..ContainerdOptions::default() })
             .unwrap_or_else(|e| panic!("{e:#}"));
         Some(FloxNode { containerd, hub, dir, state_root, gcroots, config_path })
     }

@@ -320,3 +320,51 @@ fn fifty_cycles_leave_nothing_behind() {
     let shims = ps.lines().filter(|l| l.contains("containerd-shim") && l.contains(&node.containerd.dir().display().to_string())).count();
     assert_eq!(shims, 0, "shims of removed pods left");
 }
+
+/// Flox's documented containerd configs, without our `BinaryName`: on 1.6 `runtime_type =
+/// "io.containerd.flox.v2"` (the launcher found on containerd's PATH), on 2.1 `runtime_path`.
+/// Only the shim launcher puts flox-runc in place, so this checks its PATH mechanism.
+fn launcher_only(version: ContainerdVersion) {
+    let hook = imageless_e2e::ConfigHook(std::sync::Arc::new(move |config: &Path, _: &Path| {
+        let text = std::fs::read_to_string(config)?;
+        let mut doc: toml_edit::DocumentMut = text.parse()?;
+        let plugin = if version == ContainerdVersion::V2_1 { "io.containerd.cri.v1.runtime" } else { "io.containerd.grpc.v1.cri" };
+        let flox = doc["plugins"][plugin]["containerd"]["runtimes"]["flox"].as_table_mut().expect("flox runtime");
+        flox["options"].as_table_mut().expect("options").remove("BinaryName");
+        if version == ContainerdVersion::V1_6 {
+            // containerd 1.6 hands a non-runc runtime_type's options over as generic
+            // runtimeoptions, which the runc shim cannot decode: Flox's config has none.
+            flox.remove("runtime_path");
+            flox.remove("options");
+            flox["runtime_type"] = toml_edit::value("io.containerd.flox.v2");
+        }
+        std::fs::write(config, doc.to_string())?;
+        Ok(())
+    }));
+    let Some(node) = FloxNode::start_with_hook(version, "", Some(hook)) else { return };
+    assert!(!node.containerd.config_text().contains("BinaryName = \"") || !node.containerd.config_text().contains("flox-runc\""));
+    support::block_on(async {
+        let (code, out, err) = node
+            .run_to_end(&flox_pod("launcher", &[("flox.dev/environment", "flox/echoip:1")], EMPTY, &["hello"]), &[])
+            .await
+            .unwrap();
+        assert_eq!((code, out.trim()), (0, "Hello, world! (hello 2.10)"), "{err}");
+        let pod = node
+            .run(&flox_pod("launcher-exec", &[("flox.dev/environment", "flox/echoip")], BUSYBOX, &["sleep", "300"]), &[])
+            .await
+            .unwrap();
+        let exec = pod.exec_sync(None, vec!["hello".into()], Some(Duration::from_secs(20))).await.unwrap();
+        assert_eq!(String::from_utf8_lossy(&exec.stdout).trim(), "Hello, world! (hello 2.12)");
+        pod.remove().await.unwrap();
+    });
+}
+
+#[test]
+fn flox_docs_config_via_shim_launcher_1_6_20() {
+    launcher_only(ContainerdVersion::V1_6);
+}
+
+#[test]
+fn flox_docs_config_via_shim_launcher_2_1_9() {
+    launcher_only(ContainerdVersion::V2_1);
+}
