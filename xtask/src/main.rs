@@ -124,10 +124,10 @@ fn main() -> Result<()> {
             build()?;
             world()?;
             // Unit and integration tests of every crate but the e2e suite, in parallel.
-            run(with_layout(&mut cargo()).args(["test", "--workspace", "--exclude", "imageless-e2e"]))?;
+            run(with_layout(&mut cargo()).args(["test", "--no-fail-fast", "--workspace", "--exclude", "imageless-e2e"]))?;
             // End-to-end: each test starts its own containerd; one at a time on 2 cores.
             run(with_layout(&mut cargo())
-                .args(["test", "-p", "imageless-e2e", "--", "--test-threads=1"])
+                .args(["test", "--no-fail-fast", "-p", "imageless-e2e", "--", "--test-threads=1"])
                 .args(&e2e_args))
         }
         Cmd::Demo => {
