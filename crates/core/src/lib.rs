@@ -6,6 +6,7 @@
 //! spec is edited by [`spec_edit`] as JSON so that no field containerd wrote is dropped.
 pub mod activation;
 pub mod container_paths;
+pub mod decide;
 pub mod env_ref;
 pub mod generations;
 pub mod lockfile;

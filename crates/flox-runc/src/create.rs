@@ -5,8 +5,8 @@ use std::process::{Command, Stdio};
 
 use imageless_core::activation::Mode;
 use imageless_core::env_ref::EnvRef;
-use imageless_core::pod_options::{PodOptions, SkipLists};
-use imageless_core::spec_edit::{self, ContainerKind, FloxEdit, NixView};
+use imageless_core::decide::{decide, Decision};
+use imageless_core::spec_edit::{self, FloxEdit, NixView};
 use imageless_core::system::System;
 use imageless_node::cache::{read_token, NodeCache};
 use imageless_node::config::{NodeConfig, StoreView};
@@ -39,23 +39,16 @@ fn prepare(config: &NodeConfig, config_path: &Path, id: &str, log: &ErrorLog) ->
     let mut spec: serde_json::Value =
         serde_json::from_slice(&bytes).map_err(|e| format!("flox: {} is not JSON: {e}", config_path.display()))?;
     let info = spec_edit::container_info(&spec);
-    match info.kind {
-        ContainerKind::Unknown => return Ok(()),
-        ContainerKind::Sandbox => {
-            // Never modified; but start pulling the environment while images and the
-            // sandbox are being set up. Invalid options are reported at container create.
-            if let Ok(opts) = PodOptions::from_annotations(&info.annotations) {
-                spawn_prefetch(&opts.environment, opts.mode);
-            }
+    let name = info.name.clone().unwrap_or_default();
+    let opts = match decide(&info).map_err(|e| e.to_string())? {
+        Decision::PassThrough => return Ok(()),
+        Decision::Prefetch { environment, mode } => {
+            // Start pulling while images and the sandbox are being set up.
+            spawn_prefetch(&environment, mode);
             return Ok(());
         }
-        ContainerKind::Container => {}
-    }
-    let name = info.name.clone().unwrap_or_default();
-    if SkipLists::from_annotations(&info.annotations).containers.contains(&name) {
-        return Ok(());
-    }
-    let opts = PodOptions::from_annotations(&info.annotations).map_err(|e| e.to_string())?;
+        Decision::Wrap(opts) => opts,
+    };
     let token = match spec_edit::token_source(&spec) {
         Some(dir) => read_token(Path::new(&dir)).map_err(|e| e.to_string())?,
         None => None,
