@@ -41,7 +41,7 @@ fn docs_pods_run_unchanged() {
     let Some(node) = FloxNode::start(ContainerdVersion::V1_7) else { return };
     let root = node.hub.root.display().to_string();
     let lock = node.hub.root.join("world/envs/flox/echoip/2/manifest.lock");
-    node.hub.imageless(&["hub", "publish", "--root", &root, "limeytexan/echoip", "--lock", lock.to_str().unwrap()]);
+    node.hub.imageless(&["hub", "publish", "--root", &root, "limeytexan/echoip", "--lock", lock.to_str().unwrap(), "--no-paths"]);
     let token = node.hub.token("limeytexan", &[]);
     let secret = node.token_secret("floxhub-token", &token);
 
