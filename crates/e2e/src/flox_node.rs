@@ -247,6 +247,22 @@ pub fn http_get(addr: &str) -> std::io::Result<String> {
     Ok(resp.split("\r\n\r\n").nth(1).unwrap_or("").to_string())
 }
 
+/// Polls `addr` until a GET returns a non-empty body (a server that is still starting), for
+/// at most `timeout`; returns the trimmed body, or "" when it never answered. Blocking: the
+/// server runs in another process, so nothing async needs to make progress meanwhile.
+pub fn wait_for_answer(addr: &str, timeout: Duration) -> String {
+    let deadline = std::time::Instant::now() + timeout;
+    while std::time::Instant::now() < deadline {
+        if let Ok(body) = http_get(addr) {
+            if !body.trim().is_empty() {
+                return body.trim().to_string();
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    String::new()
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use imageless_e2e::flox_node::{http_get, imageless, FloxNode};
+use imageless_e2e::flox_node::{imageless, wait_for_answer, FloxNode};
 use imageless_e2e::ContainerdVersion;
 
 fn seeds() -> PathBuf {
@@ -51,17 +51,8 @@ fn docs_pods_run_unchanged() {
         let secret_arg = format!("floxhub-token={}", secret.display());
         let out = pod_cli(&node, &["run", file.to_str().unwrap(), "--detach", "--host-network", "--secret", &secret_arg]);
         assert!(out.status.success(), "docs pod {i}: {}", String::from_utf8_lossy(&out.stderr));
-        let mut answer = String::new();
-        for _ in 0..100 {
-            if let Ok(a) = http_get("127.0.0.1:8080") {
-                if !a.trim().is_empty() {
-                    answer = a;
-                    break;
-                }
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        assert_eq!(answer.trim(), "127.0.0.1", "docs pod {i} serves echoip");
+        let answer = wait_for_answer("127.0.0.1:8080", Duration::from_secs(5));
+        assert_eq!(answer, "127.0.0.1", "docs pod {i} serves echoip");
         let logs = pod_cli(&node, &["logs", "flox-containerd-demo"]);
         assert!(String::from_utf8_lossy(&logs.stdout).contains("listening") || String::from_utf8_lossy(&logs.stderr).contains("listening"));
         let rm = pod_cli(&node, &["rm", "flox-containerd-demo"]);

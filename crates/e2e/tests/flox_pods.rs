@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use imageless_e2e::ContainerdVersion;
-use imageless_e2e::flox_node::{self as support, flox_pod, free_port, http_get, FloxNode};
+use imageless_e2e::flox_node::{self as support, flox_pod, free_port, wait_for_answer, FloxNode};
 
 const EMPTY: &str = "flox/empty:1.0.0";
 const BUSYBOX: &str = "busybox:local";
@@ -39,15 +39,7 @@ spec:
 "#
     );
     let pod = node.run(&yaml, &[]).await.expect("echoip pod starts");
-    let mut answer = Err(std::io::Error::other("not tried"));
-    for _ in 0..50 {
-        answer = http_get(&format!("127.0.0.1:{port}"));
-        if answer.as_ref().is_ok_and(|a| !a.is_empty()) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(answer.expect("echoip answers").trim(), "127.0.0.1");
+    assert_eq!(wait_for_answer(&format!("127.0.0.1:{port}"), Duration::from_secs(5)), "127.0.0.1");
     pod.remove().await.unwrap();
 }
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use imageless_e2e::flox_node::{activator, bin_dir, block_on, http_get, imageless, Hub};
+use imageless_e2e::flox_node::{activator, bin_dir, block_on, imageless, wait_for_answer, Hub};
 use imageless_e2e::{ConfigHook, Containerd, ContainerdOptions, ContainerdVersion, PodManifest, PodRunner};
 
 /// The pod from the product docs (../shared/seeds), word for word.
@@ -117,16 +117,7 @@ fn main() -> Result<()> {
         let runner = PodRunner::new(containerd.client().await?);
         let t = Instant::now();
         let running = runner.run(&pod, &opts).await?;
-        let mut answer = String::new();
-        for _ in 0..100 {
-            if let Ok(a) = http_get("127.0.0.1:8080") {
-                if !a.trim().is_empty() {
-                    answer = a;
-                    break;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let answer = wait_for_answer("127.0.0.1:8080", Duration::from_secs(5));
         let elapsed = t.elapsed();
         let logs = running.logs(None)?;
         running.remove().await?;
