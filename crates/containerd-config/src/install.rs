@@ -624,7 +624,7 @@ pub fn restart(root: &HostRoot, mode: RestartMode, main: &Path) -> Result<String
             }
             Ok(format!("sent SIGTERM to containerd (pid {pid}); its supervisor must start it again"))
         }
-        RestartMode::None | RestartMode::Auto => Ok("containerd not restarted: restart it to load runtime flox".into()),
+        RestartMode::None | RestartMode::Auto => Ok("containerd not restarted: restart it so it reads the changed config".into()),
     }
 }
 
