@@ -23,7 +23,7 @@ pub fn write_script(dir: &Path, log: &Path, real: &Path) -> std::io::Result<std:
     use std::os::unix::fs::PermissionsExt;
     // A private copy: a concurrent cargo build may replace the one in target/ at any moment.
     let me = dir.join("bench-rss-probe");
-    std::fs::copy(std::env::current_exe()?, &me)?;
+    std::fs::copy("/proc/self/exe", &me)?;
     let script = dir.join("flox-runc-rss-probe");
     let text = format!("#!/bin/sh\nexec '{}' {PROBE_ARG} '{}' '{}' \"$@\"\n", me.display(), log.display(), real.display());
     std::fs::write(&script, text)?;

@@ -119,6 +119,9 @@ fn run() -> anyhow::Result<()> {
     rt.block_on(p1_warm_start(&progress, &node, &mut results))?;
     p4_activation(&progress, &node, &bins, &mut results)?;
     rt.block_on(p5_wrapper(&progress, &node, &bins, &mut results))?;
+    if let Some(dir) = std::env::var_os("IMAGELESS_BENCH_STRACE") {
+        rt.block_on(strace_warm_starts(&progress, &node, &bins, Path::new(&dir)))?;
+    }
     let elapsed = progress.0.elapsed();
     progress.say("done; tearing down");
     drop(rt);
@@ -167,14 +170,49 @@ fn largest_environment(world: &serde_json::Value) -> anyhow::Result<(String, Vec
     best.context("world.json: no public environment")
 }
 
+/// A run longer than this is a stall, not a measurement (see `timed_with_deadline`).
+const STALL: Duration = Duration::from_secs(10);
+
+/// Runs `cmd` to completion; its wall time and trimmed stdout.
 fn timed(cmd: &mut Command) -> anyhow::Result<(Duration, String)> {
-    let t0 = Instant::now();
-    let out = cmd.stdin(Stdio::null()).output().with_context(|| format!("running {:?}", cmd.get_program()))?;
-    let took = t0.elapsed();
-    if !out.status.success() {
-        bail!("{:?} {:?} failed ({}): {}", cmd.get_program(), cmd.get_args().collect::<Vec<_>>(), out.status, String::from_utf8_lossy(&out.stderr).trim());
+    match timed_with_deadline(cmd, Duration::from_secs(600))? {
+        Some(r) => Ok(r),
+        None => bail!("{:?} did not finish within 600 s", cmd.get_program()),
     }
-    Ok((took, String::from_utf8_lossy(&out.stdout).trim().to_string()))
+}
+
+/// Like `timed`, but kills the command after `deadline` and returns None (a stall). The local
+/// hub sometimes leaves one of several concurrent HEAD requests unanswered until the client
+/// gives up (Nix waits `stalled-download-timeout`, 300 s): such a run measures the stall, not
+/// the copy, so callers retry it and report how often it happened.
+fn timed_with_deadline(cmd: &mut Command, deadline: Duration) -> anyhow::Result<Option<(Duration, String)>> {
+    let out_file = tempfile::tempfile()?;
+    let err_file = tempfile::tempfile()?;
+    cmd.stdin(Stdio::null()).stdout(out_file.try_clone()?).stderr(err_file.try_clone()?);
+    let t0 = Instant::now();
+    let mut child = cmd.spawn().with_context(|| format!("running {:?}", cmd.get_program()))?;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if t0.elapsed() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Ok(None);
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    };
+    let took = t0.elapsed();
+    let read = |mut f: std::fs::File| -> String {
+        use std::io::{Read, Seek};
+        let mut s = String::new();
+        let _ = f.rewind().and_then(|_| f.read_to_string(&mut s));
+        s.trim().to_string()
+    };
+    if !status.success() {
+        bail!("{:?} {:?} failed ({status}): {}", cmd.get_program(), cmd.get_args().collect::<Vec<_>>(), read(err_file));
+    }
+    Ok(Some((took, read(out_file))))
 }
 
 fn p2_cold_realization(
@@ -188,47 +226,101 @@ fn p2_cold_realization(
     progress.say(&format!("P2: cold realization of {env}, {P2_REPS} times each: imageless pull vs nix copy"));
     let gcroots = PathBuf::from("/nix/var/nix/gcroots/imageless-bench-p2");
     let key = node.hub.public_key()?;
-    let (mut ours, mut nix) = (Vec::new(), Vec::new());
+    let cache_url = format!("{}/cache", node.hub.url);
+    // The three ways to fill the store, measured in turns.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Side {
+        /// `imageless pull`: NodeCache::ensure (hub git, realization, closure, render).
+        Ours,
+        /// The realization step alone, with the command line crates/node/src/realize.rs uses.
+        Realise,
+        /// The baseline.
+        NixCopy,
+    }
+    let sides = [Side::Ours, Side::NixCopy, Side::Realise];
+    let mut samples: [Vec<f64>; 3] = Default::default();
+    let mut stalls = [0usize; 3];
     for rep in 0..P2_REPS {
-        // Alternate who goes first, so drift and cache warmth favour neither.
-        for ours_turn in if rep % 2 == 0 { [true, false] } else { [false, true] } {
-            nixns::delete_closure(closure, &[&gcroots, &node.gcroots])?;
-            if ours_turn {
+        // Rotate who goes first, so drift and cache warmth favour nobody.
+        for k in 0..sides.len() {
+            let idx = (k + rep) % sides.len();
+            let mut attempts = 0;
+            let took = loop {
+                nixns::delete_closure(closure, &[&gcroots, &node.gcroots])?;
                 let state = node.dir.join(format!("p2-state-{rep}"));
-                let config = node.dir.join(format!("p2-node-{rep}.toml"));
-                std::fs::write(&config, node::node_config(&node.hub, &bins.activator, &state, &gcroots)?)?;
-                let (took, env_dir) = timed(Command::new(bins.imageless()).args(["pull", env, "--config"]).arg(&config))?;
-                if !Path::new(&env_dir).join("bin").is_dir() {
-                    bail!("imageless pull printed {env_dir:?}, which has no bin/");
-                }
-                ours.push(ms(took));
+                let mut cmd = match sides[idx] {
+                    Side::Ours => {
+                        let config = node.dir.join(format!("p2-node-{rep}.toml"));
+                        std::fs::write(&config, node::node_config(&node.hub, &bins.activator, &state, &gcroots)?)?;
+                        let mut c = Command::new(bins.imageless());
+                        c.args(["pull", env, "--config"]).arg(&config);
+                        c
+                    }
+                    Side::Realise => {
+                        let mut c = Command::new("nix-store");
+                        c.arg("--realise").args(closure);
+                        c.args(["--option", "substituters", &cache_url]).args(["--option", "trusted-public-keys", &key]);
+                        c.args(["--option", "narinfo-cache-negative-ttl", "0", "--option", "max-jobs", "0"]);
+                        c
+                    }
+                    Side::NixCopy => {
+                        let mut c = Command::new("nix");
+                        c.args(["copy", "--from", &cache_url]).args(["--option", "trusted-public-keys", &key]).args(closure);
+                        c
+                    }
+                };
+                let result = timed_with_deadline(&mut cmd, STALL)?;
+                let rendered = result.as_ref().is_some_and(|(_, stdout)| Path::new(stdout).join("bin").is_dir());
                 let _ = std::fs::remove_dir_all(&state);
-            } else {
-                let (took, _) = timed(
-                    Command::new("nix")
-                        .args(["copy", "--from", &format!("{}/cache", node.hub.url)])
-                        .args(["--option", "trusted-public-keys", &key])
-                        .args(closure),
-                )?;
-                nix.push(ms(took));
-            }
+                match result {
+                    Some((took, stdout)) => {
+                        if sides[idx] == Side::Ours && !rendered {
+                            bail!("imageless pull printed {stdout:?}, which has no bin/");
+                        }
+                        break took;
+                    }
+                    None => {
+                        stalls[idx] += 1;
+                        attempts += 1;
+                        progress.say(&format!("P2: a run stalled for {STALL:?} and was killed; retrying"));
+                        if attempts == 3 {
+                            bail!("P2: 3 runs in a row stalled");
+                        }
+                    }
+                }
+            };
+            samples[idx].push(ms(took));
             let missing = closure.len() - nixns::valid_paths(closure)?.len();
             if missing > 0 {
                 bail!("after a cold realization {missing} paths of {env} are still missing");
             }
         }
     }
-    results.samples("P2.ours", &ours);
-    results.samples("P2.nix_copy", &nix);
-    let (o, n) = (summarize(&ours).expect("samples"), summarize(&nix).expect("samples"));
+    // Leave nothing rooted for the next figures' cold starts.
+    nixns::delete_closure(closure, &[&gcroots])?;
+    results.samples("P2.ours", &samples[0]);
+    results.samples("P2.nix_copy", &samples[1]);
+    results.samples("P2.realise_step", &samples[2]);
+    results.samples("P2.stalled_runs_ours_nixcopy_realise", &stalls.map(|n| n as f64));
+    let med = |i: usize| summarize(&samples[i]).expect("samples").median / 1000.0;
+    let stall_note = |i: usize| if stalls[i] > 0 { format!(", {} stalled run(s) retried", stalls[i]) } else { String::new() };
     results.add(figure(
         "P2.cold_realization.median",
-        &format!("P2 cold realization of {env} ({} paths), median of {P2_REPS}", closure.len()),
+        &format!("P2 cold realization of {env} ({} paths), median of {P2_REPS}{}", closure.len(), stall_note(0)),
         "s",
-        o.median / 1000.0,
-        Some(n.median / 1000.0),
-        "nix copy --from hub",
+        med(0),
+        Some(med(1)),
+        &format!("nix copy --from hub{}", stall_note(1)),
         Target::RatioAtMost(1.0),
+    ));
+    results.add(figure(
+        "P2.context.realise_step",
+        "P2 context: its nix-store --realise step alone vs nix copy",
+        "s",
+        med(2),
+        Some(med(1)),
+        "nix copy --from hub",
+        Target::None,
     ));
     Ok(())
 }
@@ -298,6 +390,15 @@ async fn p3_concurrency(progress: &Progress, node: &BenchNode, env: &str, closur
         runc_wall.as_secs_f64(),
         Some(runc_single.as_secs_f64()),
         "1 runc pod",
+        Target::None,
+    ));
+    results.add(figure(
+        "P3.context.flox_vs_runc",
+        &format!("P3 context: {P3_PODS} cold flox pods at once vs {P3_PODS} runc pods at once"),
+        "s",
+        flox_wall.as_secs_f64(),
+        Some(runc_wall.as_secs_f64()),
+        &format!("{P3_PODS} runc pods"),
         Target::None,
     ));
     Ok(())
@@ -502,6 +603,42 @@ async fn p5_wrapper(progress: &Progress, node: &BenchNode, bins: &Binaries, resu
     let peak_mb = *peaks.iter().max().expect("non-empty") as f64 / 1024.0;
     results.add(figure("P5.create_rss", "P5 peak RSS of flox-runc during create (VmHWM, max of sandbox + container)", "MB", peak_mb, None, "", Target::AtMost(10.0)));
     Ok(())
+}
+
+/// Profiling aid (IMAGELESS_BENCH_STRACE=DIR): one warm start each of the unpinned and the
+/// pinned environment with flox-runc under `strace -f -b execve -tt`, one trace file per
+/// flox-runc call in DIR: each child's execve and the wait4 that reaps it show which child
+/// processes a create waits for and how long. (`-b execve` stops following a process once it
+/// execs, so strace does not wait for the container's init that runc leaves behind.)
+async fn strace_warm_starts(progress: &Progress, node: &BenchNode, bins: &Binaries, dir: &Path) -> anyhow::Result<()> {
+    progress.say(&format!("strace of warm flox pod starts into {}", dir.display()));
+    std::fs::create_dir_all(dir)?;
+    let script = node.dir.join("flox-runc-strace");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nexec strace -f -b execve -tt -e trace=execve,clone,clone3,vfork,wait4,exit_group -o '{}/flox-runc.'$$ '{}' \"$@\"\n",
+            dir.display(),
+            bins.flox_runc().display()
+        ),
+    )?;
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    let runner = node.runner().await?;
+    let mut opts = node.containerd.run_options();
+    opts.force_host_network = true;
+    node.set_wrapper(&script)?;
+    let mut outcome = Ok(());
+    for env in [WARM_ENV, WARM_ENV_PINNED] {
+        match start_timed(&runner, &pod_yaml("strace", Some("flox"), Some(env), FLOX_EMPTY_IMAGE, &["hello"]), &opts, Instant::now()).await {
+            Ok(t) => {
+                progress.say(&format!("{env}: running after {:.1} ms under strace", ms(t.running)));
+                t.pod.remove().await?;
+            }
+            Err(e) => outcome = Err(e),
+        }
+    }
+    node.set_wrapper(&bins.flox_runc())?;
+    outcome
 }
 
 fn command_line(program: &str, args: &[&str]) -> Option<String> {
