@@ -9,7 +9,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use imageless_e2e::{Containerd, ContainerdOptions, ContainerdVersion, FloxBinaries, PodManifest, PodRunner, RunningPod};
+use imageless_e2e::{
+    Containerd, ContainerdOptions, ContainerdVersion, FloxBinaries, PodManifest, PodRunner,
+    RunningPod,
+};
 
 pub struct Binaries {
     /// Release `flox-runc`, `containerd-shim-flox-v2` and `imageless`.
@@ -26,13 +29,24 @@ impl Binaries {
         self.release_dir.join("imageless")
     }
     pub fn check(&self) -> anyhow::Result<()> {
-        for p in [self.flox_runc(), self.release_dir.join("containerd-shim-flox-v2"), self.imageless(), self.activator.clone()] {
+        for p in [
+            self.flox_runc(),
+            self.release_dir.join("containerd-shim-flox-v2"),
+            self.imageless(),
+            self.activator.clone(),
+        ] {
             if !p.is_file() {
-                bail!("{} is missing: run `cargo xtask bench` (it builds the release binaries first)", p.display());
+                bail!(
+                    "{} is missing: run `cargo xtask bench` (it builds the release binaries first)",
+                    p.display()
+                );
             }
         }
         if !self.world_root.join("world.json").is_file() {
-            bail!("no world hub at {}: run `cargo xtask world`", self.world_root.display());
+            bail!(
+                "no world hub at {}: run `cargo xtask world`",
+                self.world_root.display()
+            );
         }
         Ok(())
     }
@@ -48,7 +62,11 @@ pub struct Hub {
 impl Hub {
     fn start(bins: &Binaries, dir: &Path) -> anyhow::Result<Hub> {
         let root = dir.join("hub");
-        let status = Command::new("cp").arg("-a").arg(&bins.world_root).arg(&root).status()?;
+        let status = Command::new("cp")
+            .arg("-a")
+            .arg(&bins.world_root)
+            .arg(&root)
+            .status()?;
         if !status.success() {
             bail!("copying {} failed", bins.world_root.display());
         }
@@ -65,9 +83,17 @@ impl Hub {
         BufReader::new(child.stdout.take().expect("piped")).read_line(&mut line)?;
         let Some(url) = line.trim().strip_prefix("listening on ") else {
             let _ = child.kill();
-            bail!("the hub said {line:?}; log:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+            bail!(
+                "the hub said {line:?}; log:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
         };
-        Ok(Hub { url: url.to_string(), child, root, log })
+        Ok(Hub {
+            url: url.to_string(),
+            child,
+            root,
+            log,
+        })
     }
 
     /// Length of the access log now, to count requests made after this mark.
@@ -79,17 +105,27 @@ impl Hub {
     pub fn cache_gets_since(&self, mark: usize) -> (usize, usize) {
         let bytes = std::fs::read(&self.log).unwrap_or_default();
         let text = String::from_utf8_lossy(&bytes[mark.min(bytes.len())..]).into_owned();
-        let narinfo = text.lines().filter(|l| l.contains("GET /cache/") && l.contains(".narinfo ")).count();
-        let nar = text.lines().filter(|l| l.contains("GET /cache/nar/")).count();
+        let narinfo = text
+            .lines()
+            .filter(|l| l.contains("GET /cache/") && l.contains(".narinfo "))
+            .count();
+        let nar = text
+            .lines()
+            .filter(|l| l.contains("GET /cache/nar/"))
+            .count();
         (narinfo, nar)
     }
 
     pub fn public_key(&self) -> anyhow::Result<String> {
-        Ok(std::fs::read_to_string(self.root.join("cache-key.pub"))?.trim().to_string())
+        Ok(std::fs::read_to_string(self.root.join("cache-key.pub"))?
+            .trim()
+            .to_string())
     }
 
     pub fn world(&self) -> anyhow::Result<serde_json::Value> {
-        Ok(serde_json::from_slice(&std::fs::read(self.root.join("world.json"))?)?)
+        Ok(serde_json::from_slice(&std::fs::read(
+            self.root.join("world.json"),
+        )?)?)
     }
 }
 
@@ -101,7 +137,12 @@ impl Drop for Hub {
 }
 
 /// Node config text for `state_root` and `gcroots_dir`.
-pub fn node_config(hub: &Hub, activator: &Path, state_root: &Path, gcroots: &Path) -> anyhow::Result<String> {
+pub fn node_config(
+    hub: &Hub,
+    activator: &Path,
+    state_root: &Path,
+    gcroots: &Path,
+) -> anyhow::Result<String> {
     Ok(format!(
         "state_root = {state:?}\nhub_url = {url:?}\nsubstituters = [\"{url}/cache\"]\ntrusted_public_keys = [{key:?}]\nactivator = {act:?}\nrunc = \"/usr/bin/runc\"\ngcroots_dir = {gc:?}\nhub_timeout_secs = 10\n",
         state = state_root.display().to_string(),
@@ -133,19 +174,40 @@ impl BenchNode {
         // In the private /nix (see nixns), so no root outlives the benchmark.
         let gcroots = PathBuf::from("/nix/var/nix/gcroots/imageless-bench");
         let config_path = dir.join("node.toml");
-        std::fs::write(&config_path, node_config(&hub, &bins.activator, &state_root, &gcroots)?)?;
+        std::fs::write(
+            &config_path,
+            node_config(&hub, &bins.activator, &state_root, &gcroots)?,
+        )?;
         let wrapper_dir = dir.join("bin");
         std::fs::create_dir_all(&wrapper_dir)?;
         let wrapper_link = wrapper_dir.join("flox-runc");
         std::os::unix::fs::symlink(bins.flox_runc(), &wrapper_link)?;
         let mut env = BTreeMap::new();
-        env.insert("IMAGELESS_CONFIG".to_string(), config_path.display().to_string());
+        env.insert(
+            "IMAGELESS_CONFIG".to_string(),
+            config_path.display().to_string(),
+        );
         let flox = FloxBinaries {
             runc_wrapper: wrapper_link.clone(),
             shim_launcher: bins.release_dir.join("containerd-shim-flox-v2"),
         };
-        let containerd = Containerd::start(VERSION, ContainerdOptions { env, flox: Some(flox), ..ContainerdOptions::default() })?;
-        Ok(BenchNode { containerd, hub, state_root, gcroots, config_path, wrapper_link, dir: dir.to_path_buf() })
+        let containerd = Containerd::start(
+            VERSION,
+            ContainerdOptions {
+                env,
+                flox: Some(flox),
+                ..ContainerdOptions::default()
+            },
+        )?;
+        Ok(BenchNode {
+            containerd,
+            hub,
+            state_root,
+            gcroots,
+            config_path,
+            wrapper_link,
+            dir: dir.to_path_buf(),
+        })
     }
 
     /// Points the runtime's `BinaryName` at `target` (atomically: a new link renamed over).
@@ -165,16 +227,27 @@ impl BenchNode {
     /// running) and deletes `closure` from the store: the next pod of it starts cold.
     pub fn make_cold(&self, closure: &[String]) -> anyhow::Result<()> {
         if self.state_root.exists() {
-            std::fs::remove_dir_all(&self.state_root).with_context(|| format!("removing {}", self.state_root.display()))?;
+            std::fs::remove_dir_all(&self.state_root)
+                .with_context(|| format!("removing {}", self.state_root.display()))?;
         }
         super::nixns::delete_closure(closure, &[&self.gcroots])
     }
 }
 
 /// A one-container pod manifest; `runtime` None = the default runc handler.
-pub fn pod_yaml(name: &str, runtime: Option<&str>, env: Option<&str>, image: &str, command: &[&str]) -> String {
-    let ann = env.map(|e| format!("  annotations:\n    flox.dev/environment: {e:?}\n")).unwrap_or_default();
-    let rc = runtime.map(|r| format!("  runtimeClassName: {r}\n")).unwrap_or_default();
+pub fn pod_yaml(
+    name: &str,
+    runtime: Option<&str>,
+    env: Option<&str>,
+    image: &str,
+    command: &[&str],
+) -> String {
+    let ann = env
+        .map(|e| format!("  annotations:\n    flox.dev/environment: {e:?}\n"))
+        .unwrap_or_default();
+    let rc = runtime
+        .map(|r| format!("  runtimeClassName: {r}\n"))
+        .unwrap_or_default();
     let cmd = serde_json::to_string(command).expect("strings");
     format!("apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n{ann}spec:\n{rc}  containers:\n  - name: main\n    image: {image}\n    command: {cmd}\n")
 }
@@ -192,9 +265,18 @@ pub struct TimedStart {
 const LOG_POLL: Duration = Duration::from_millis(1);
 
 /// Runs `yaml` and waits for its first output; times measured from `t0`.
-pub async fn start_timed(runner: &PodRunner, yaml: &str, opts: &imageless_e2e::RunOptions, t0: Instant) -> anyhow::Result<TimedStart> {
-    let manifest = PodManifest::from_yaml(yaml).map_err(|e| anyhow::anyhow!("bad manifest: {e}\n{yaml}"))?;
-    let pod = runner.run(&manifest, opts).await.map_err(|e| anyhow::anyhow!("pod {} failed to start: {e}", manifest.name))?;
+pub async fn start_timed(
+    runner: &PodRunner,
+    yaml: &str,
+    opts: &imageless_e2e::RunOptions,
+    t0: Instant,
+) -> anyhow::Result<TimedStart> {
+    let manifest =
+        PodManifest::from_yaml(yaml).map_err(|e| anyhow::anyhow!("bad manifest: {e}\n{yaml}"))?;
+    let pod = runner
+        .run(&manifest, opts)
+        .await
+        .map_err(|e| anyhow::anyhow!("pod {} failed to start: {e}", manifest.name))?;
     let running = t0.elapsed();
     let log = pod.container(None)?.log_path.clone();
     let deadline = Duration::from_secs(120);
@@ -208,5 +290,9 @@ pub async fn start_timed(runner: &PodRunner, yaml: &str, opts: &imageless_e2e::R
         }
         tokio::time::sleep(LOG_POLL).await;
     }
-    Ok(TimedStart { first_output: t0.elapsed(), running, pod })
+    Ok(TimedStart {
+        first_output: t0.elapsed(),
+        running,
+        pod,
+    })
 }
