@@ -29,7 +29,7 @@ impl Node {
         std::fs::write(
             &config,
             format!(
-                "state_root = {:?}\nhub_url = {:?}\nsubstituters = [\"{}/cache\"]\ntrusted_public_keys = [{:?}]\ngcroots_dir = {:?}\nhub_timeout_secs = 5\n",
+                "state_root = {:?}\nhub_url = {:?}\nsubstituters = [\"{}/cache\"]\ntrusted_public_keys = [{:?}]\ngcroots_dir = {:?}\nhub_timeout_secs = 5\nhub_answer_ttl_secs = 0\n",
                 dir.path().join("state").display().to_string(),
                 hub_url.unwrap_or(&hub.url),
                 hub.url,

@@ -78,7 +78,29 @@ struct RefRecord {
     /// Fingerprint of the token that fetched it; None = fetched anonymously (public).
     token_fingerprint: Option<String>,
     fetched_at: u64,
+    /// Live generation at `commit` (filled once metadata.json was read).
+    #[serde(default)]
+    live_generation: Option<u32>,
+    /// `"<generation>:<mode>"` → rendered key at `commit`: a warm start needs no git read.
+    #[serde(default)]
+    keys: std::collections::BTreeMap<String, String>,
 }
+
+impl RefRecord {
+    /// A record for `commit`, keeping what `previous` knew when it is the same commit.
+    fn at(commit: &str, token_fingerprint: Option<String>, previous: Option<&RefRecord>) -> RefRecord {
+        let same = previous.filter(|p| p.commit == commit);
+        RefRecord {
+            commit: commit.to_string(),
+            token_fingerprint,
+            fetched_at: now(),
+            live_generation: same.and_then(|p| p.live_generation),
+            keys: same.map(|p| p.keys.clone()).unwrap_or_default(),
+        }
+    }
+}
+
+
 
 pub struct NodeCache {
     pub config: NodeConfig,
@@ -128,6 +150,17 @@ impl NodeCache {
         let (commit, warning) = self.resolve_commit(env, token)?;
         let repo = self.repo(&env.owner);
         let full = env.full_name();
+        let record = self.read_record(env).filter(|r| r.commit == commit);
+        if let Some(r) = &record {
+            // Warm path: this commit was read before; no git process at all.
+            if let Some(generation) = env.generation.or(r.live_generation) {
+                if let Some(mut rendered) = r.keys.get(&format!("{generation}:{mode}")).and_then(|k| self.lookup(k)) {
+                    touch(&rendered.dir);
+                    rendered.warning = warning;
+                    return Ok(rendered);
+                }
+            }
+        }
         let metadata = hub::read_blob(&repo, &commit, "metadata.json")?
             .ok_or_else(|| NodeError::MissingFile { env: full.clone(), generation: 0, path: "metadata.json".into() })?;
         let metadata = GenerationsMetadata::parse(&metadata)
@@ -141,6 +174,12 @@ impl NodeCache {
         let key = self.key(&lock_bytes, mode);
         let mut rendered = self.ensure_rendered(&full, generation, &lock_bytes, mode, &key)?;
         rendered.warning = warning;
+        if let Some(mut r) = record {
+            r.live_generation = metadata.live();
+            r.keys.insert(format!("{generation}:{mode}"), key);
+            // Only a cache: a lost race between two writers costs one git read later.
+            let _ = self.write_record(env, &r);
+        }
         Ok(rendered)
     }
 
@@ -178,6 +217,11 @@ impl NodeCache {
             }
         }
         let fingerprint = token.map(Token::fingerprint);
+        if let Some(r) = &record {
+            if r.token_fingerprint == fingerprint && now().saturating_sub(r.fetched_at) < self.config.hub_answer_ttl_secs {
+                return Ok((r.commit.clone(), None));
+            }
+        }
         match self.hub.remote_head(&env.owner, &env.name, token) {
             Ok(head) => {
                 // The record is written only after a fetch completed, so a matching record
@@ -188,9 +232,11 @@ impl NodeCache {
                     if !fetched(self.read_record(env).as_ref()) {
                         self.hub.fetch(&repo, &env.owner, &env.name, token)?;
                     }
-                    self.write_record(env, &RefRecord { commit: head.clone(), token_fingerprint: fingerprint, fetched_at: now() })?;
-                } else if record.as_ref().is_some_and(|r| r.token_fingerprint != fingerprint) {
-                    self.write_record(env, &RefRecord { commit: head.clone(), token_fingerprint: fingerprint, fetched_at: now() })?;
+                    let latest = self.read_record(env);
+                    self.write_record(env, &RefRecord::at(&head, fingerprint, latest.as_ref()))?;
+                } else {
+                    // Refresh the answer's time (and which token it was given to).
+                    self.write_record(env, &RefRecord::at(&head, fingerprint, record.as_ref()))?;
                 }
                 Ok((head, None))
             }

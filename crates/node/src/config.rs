@@ -36,6 +36,9 @@ pub struct NodeConfig {
     pub nix_bin_dir: Option<PathBuf>,
     /// Seconds a hub request may take before the hub counts as unreachable.
     pub hub_timeout_secs: u64,
+    /// Seconds a hub answer (the branch head, the token accepted) is reused without asking
+    /// again; lets a container create reuse its sandbox prefetch's check. 0 = always ask.
+    pub hub_answer_ttl_secs: u64,
 }
 
 impl Default for NodeConfig {
@@ -55,6 +58,7 @@ impl Default for NodeConfig {
             gcroots_dir: PathBuf::from("/nix/var/nix/gcroots/imageless"),
             nix_bin_dir: None,
             hub_timeout_secs: 20,
+            hub_answer_ttl_secs: 10,
         }
     }
 }
