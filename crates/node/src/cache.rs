@@ -212,7 +212,8 @@ impl NodeCache {
         let repo = self.repo(&env.owner);
         let record = self.read_record(env);
         if let Some(r) = &record {
-            if env.generation.is_some() && token.is_none() && r.token_fingerprint.is_none() && hub::has_commit(&repo, &r.commit) {
+            // The record is written after a completed fetch: its commit is in the repo.
+            if env.generation.is_some() && token.is_none() && r.token_fingerprint.is_none() {
                 return Ok((r.commit.clone(), None));
             }
         }
