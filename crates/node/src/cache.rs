@@ -147,18 +147,16 @@ impl NodeCache {
                 return Err(NodeError::TokenExpired { at: format_unix(at) });
             }
         }
-        let (commit, warning) = self.resolve_commit(env, token)?;
+        let (mut record, warning) = self.resolve_commit(env, token)?;
+        let commit = record.commit.clone();
         let repo = self.repo(&env.owner);
         let full = env.full_name();
-        let record = self.read_record(env).filter(|r| r.commit == commit);
-        if let Some(r) = &record {
-            // Warm path: this commit was read before; no git process at all.
-            if let Some(generation) = env.generation.or(r.live_generation) {
-                if let Some(mut rendered) = r.keys.get(&format!("{generation}:{mode}")).and_then(|k| self.lookup(k)) {
-                    touch(&rendered.dir);
-                    rendered.warning = warning;
-                    return Ok(rendered);
-                }
+        // Warm path: this commit was read before; no git process at all.
+        if let Some(generation) = env.generation.or(record.live_generation) {
+            if let Some(mut rendered) = record.keys.get(&format!("{generation}:{mode}")).and_then(|k| self.lookup(k)) {
+                touch(&rendered.dir);
+                rendered.warning = warning;
+                return Ok(rendered);
             }
         }
         let metadata = hub::read_blob(&repo, &commit, "metadata.json")?
@@ -174,12 +172,10 @@ impl NodeCache {
         let key = self.key(&lock_bytes, mode);
         let mut rendered = self.ensure_rendered(&full, generation, &lock_bytes, mode, &key)?;
         rendered.warning = warning;
-        if let Some(mut r) = record {
-            r.live_generation = metadata.live();
-            r.keys.insert(format!("{generation}:{mode}"), key);
-            // Only a cache: a lost race between two writers costs one git read later.
-            let _ = self.write_record(env, &r);
-        }
+        record.live_generation = metadata.live();
+        record.keys.insert(format!("{generation}:{mode}"), key);
+        // Only a cache: a lost race between two writers costs one git read later.
+        let _ = self.write_record(env, &record);
         Ok(rendered)
     }
 
@@ -208,19 +204,21 @@ impl NodeCache {
     /// The floxmeta commit to read. Asks the hub with the caller's token every time a
     /// token is involved, so a cached private environment is only served to tokens the hub
     /// accepts now; a pinned public environment already cached needs no hub at all.
-    fn resolve_commit(&self, env: &EnvRef, token: Option<&Token>) -> Result<(String, Option<String>), NodeError> {
+    /// Returns the record as it now stands on disk (its commit is the one to read) and a
+    /// warning for the user, if any.
+    fn resolve_commit(&self, env: &EnvRef, token: Option<&Token>) -> Result<(RefRecord, Option<String>), NodeError> {
         let repo = self.repo(&env.owner);
         let record = self.read_record(env);
         if let Some(r) = &record {
             // The record is written after a completed fetch: its commit is in the repo.
             if env.generation.is_some() && token.is_none() && r.token_fingerprint.is_none() {
-                return Ok((r.commit.clone(), None));
+                return Ok((r.clone(), None));
             }
         }
         let fingerprint = token.map(Token::fingerprint);
         if let Some(r) = &record {
             if r.token_fingerprint == fingerprint && now().saturating_sub(r.fetched_at) < self.config.hub_answer_ttl_secs {
-                return Ok((r.commit.clone(), None));
+                return Ok((r.clone(), None));
             }
         }
         match self.hub.remote_head(&env.owner, &env.name, token) {
@@ -228,18 +226,20 @@ impl NodeCache {
                 // The record is written only after a fetch completed, so a matching record
                 // means the commit's files are all there; an object alone may be mid-fetch.
                 let fetched = |r: Option<&RefRecord>| r.is_some_and(|r| r.commit == head) && hub::has_commit(&repo, &head);
-                if !fetched(record.as_ref()) {
+                let updated = if !fetched(record.as_ref()) {
                     let _guard = lock_file(&self.root().join("meta").join(format!("{}.lock", env.owner)))?;
-                    if !fetched(self.read_record(env).as_ref()) {
+                    // Another process may have fetched while we waited for the lock.
+                    let latest = self.read_record(env);
+                    if !fetched(latest.as_ref()) {
                         self.hub.fetch(&repo, &env.owner, &env.name, token)?;
                     }
-                    let latest = self.read_record(env);
-                    self.write_record(env, &RefRecord::at(&head, fingerprint, latest.as_ref()))?;
+                    RefRecord::at(&head, fingerprint, latest.as_ref())
                 } else {
                     // Refresh the answer's time (and which token it was given to).
-                    self.write_record(env, &RefRecord::at(&head, fingerprint, record.as_ref()))?;
-                }
-                Ok((head, None))
+                    RefRecord::at(&head, fingerprint, record.as_ref())
+                };
+                self.write_record(env, &updated)?;
+                Ok((updated, None))
             }
             Err(e) if e.is_unreachable() => {
                 let Some(r) = record.filter(|r| hub::has_commit(&repo, &r.commit)) else {
@@ -259,7 +259,7 @@ impl NodeCache {
                 if let Some(w) = &warning {
                     tracing::warn!("{w}");
                 }
-                Ok((r.commit, warning))
+                Ok((r, warning))
             }
             Err(e) => Err(e.into()),
         }
