@@ -124,7 +124,13 @@ fn main() -> Result<()> {
             build()?;
             world()?;
             // Unit and integration tests of every crate but the e2e suite, in parallel.
-            run(with_layout(&mut cargo()).args(["test", "--no-fail-fast", "--workspace", "--exclude", "imageless-e2e"]))?;
+            run(with_layout(&mut cargo()).args([
+                "test",
+                "--no-fail-fast",
+                "--workspace",
+                "--exclude",
+                "imageless-e2e",
+            ]))?;
             // End-to-end: each test starts its own containerd; one at a time on 2 cores.
             run(with_layout(&mut cargo())
                 .args(["test", "--no-fail-fast", "-p", "imageless-e2e", "--", "--test-threads=1"])
@@ -142,7 +148,16 @@ fn main() -> Result<()> {
             world()?;
             // The measured binaries as users run them: optimized. The harness (CRI client, timers)
             // stays a debug build; it adds the same small cost to both sides of each ratio.
-            run(cargo().args(["build", "--release", "-p", "flox-runc", "-p", "containerd-shim-flox-v2", "-p", "imageless"]))?;
+            run(cargo().args([
+                "build",
+                "--release",
+                "-p",
+                "flox-runc",
+                "-p",
+                "containerd-shim-flox-v2",
+                "-p",
+                "imageless",
+            ]))?;
             run(with_layout(&mut cargo())
                 .args(["run", "--quiet", "-p", "imageless-e2e", "--bin", "bench"])
                 .env("IMAGELESS_BENCH_BIN_DIR", root().join("target/release")))

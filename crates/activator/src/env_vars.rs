@@ -72,32 +72,16 @@ pub fn activation_env(inherited: &EnvMap, settings: &Settings, facts: &EnvFacts)
     set(&mut env, "FLOX_ENV_CACHE", &settings.cache_dir);
     let env_dirs = with_env_dir(flox_env, &split_dir_list(&get(inherited, "FLOX_ENV_DIRS")));
     let inherited_sbin_dirs = split_dir_list(&get(inherited, "_FLOX_ENV_DIRS_ADD_SBIN"));
-    let sbin_dirs = if settings.add_sbin {
-        with_env_dir(flox_env, &inherited_sbin_dirs)
-    } else {
-        inherited_sbin_dirs
-    };
+    let sbin_dirs = if settings.add_sbin { with_env_dir(flox_env, &inherited_sbin_dirs) } else { inherited_sbin_dirs };
     set(&mut env, "FLOX_ENV_DIRS", &env_dirs.join(":"));
     set(
         &mut env,
         "_FLOX_ENV_DIRS_ADD_SBIN",
-        &if sbin_dirs.is_empty() {
-            "empty".to_string()
-        } else {
-            sbin_dirs.join(":")
-        },
+        &if sbin_dirs.is_empty() { "empty".to_string() } else { sbin_dirs.join(":") },
     );
     let old_path = lookup_str(inherited, "PATH").unwrap_or_else(|| DEFAULT_PATH.to_string());
-    set(
-        &mut env,
-        "PATH",
-        &fix_path(&env_dirs, &sbin_dirs, &old_path),
-    );
-    set(
-        &mut env,
-        "MANPATH",
-        &fix_manpath(&env_dirs, &get(inherited, "MANPATH")),
-    );
+    set(&mut env, "PATH", &fix_path(&env_dirs, &sbin_dirs, &old_path));
+    set(&mut env, "MANPATH", &fix_manpath(&env_dirs, &get(inherited, "MANPATH")));
     set(&mut env, "FLOX_ACTIVATE_START_SERVICES", "false");
     if lookup_str(inherited, "_FLOX_ACTIVE_ENVIRONMENTS").is_none() {
         set(&mut env, "_FLOX_ACTIVE_ENVIRONMENTS", "[]");
@@ -106,21 +90,14 @@ pub fn activation_env(inherited: &EnvMap, settings: &Settings, facts: &EnvFacts)
     set_if_unset(&mut env, "FLOX_PROMPT_COLOR_1", PROMPT_COLOR_1);
     set_if_unset(&mut env, "FLOX_PROMPT_COLOR_2", PROMPT_COLOR_2);
     // SSL_CERT_FILE keeps an existing value; NIX_SSL_CERT_FILE follows the effective one.
-    let ssl_cert_file = non_empty(inherited, "SSL_CERT_FILE").or_else(|| {
-        facts
-            .has_ca_bundle
-            .then(|| format!("{flox_env}/etc/ssl/certs/ca-bundle.crt"))
-    });
+    let ssl_cert_file = non_empty(inherited, "SSL_CERT_FILE")
+        .or_else(|| facts.has_ca_bundle.then(|| format!("{flox_env}/etc/ssl/certs/ca-bundle.crt")));
     if let Some(ssl_cert_file) = ssl_cert_file {
         set(&mut env, "SSL_CERT_FILE", &ssl_cert_file);
         set(&mut env, "NIX_SSL_CERT_FILE", &ssl_cert_file);
     }
     if facts.has_locale_archive {
-        set(
-            &mut env,
-            "LOCALE_ARCHIVE",
-            &format!("{flox_env}/lib/locale/locale-archive"),
-        );
+        set(&mut env, "LOCALE_ARCHIVE", &format!("{flox_env}/lib/locale/locale-archive"));
     }
 
     // 0100_common-run-mode-paths.sh (both modes).
@@ -130,14 +107,7 @@ pub fn activation_env(inherited: &EnvMap, settings: &Settings, facts: &EnvFacts)
         old => format!("{flox_env}/share/info:{old}:"),
     };
     set(&mut env, "INFOPATH", &infopath);
-    set(
-        &mut env,
-        "XDG_DATA_DIRS",
-        &prepend(
-            &format!("{flox_env}/share"),
-            &get(inherited, "XDG_DATA_DIRS"),
-        ),
-    );
+    set(&mut env, "XDG_DATA_DIRS", &prepend(&format!("{flox_env}/share"), &get(inherited, "XDG_DATA_DIRS")));
 
     if settings.mode == Mode::Dev {
         dev_mode_vars(&mut env, inherited, flox_env, &env_dirs, facts);
@@ -147,38 +117,13 @@ pub fn activation_env(inherited: &EnvMap, settings: &Settings, facts: &EnvFacts)
 
 /// 0101_common-dev-mode-additional-paths.sh, the language scripts, `setup_python` and
 /// `setup_cmake`.
-fn dev_mode_vars(
-    env: &mut EnvMap,
-    inherited: &EnvMap,
-    flox_env: &str,
-    env_dirs: &[String],
-    facts: &EnvFacts,
-) {
+fn dev_mode_vars(env: &mut EnvMap, inherited: &EnvMap, flox_env: &str, env_dirs: &[String], facts: &EnvFacts) {
     let old = |name: &str| get(inherited, name);
-    set(
-        env,
-        "CPATH",
-        &prepend(&format!("{flox_env}/include"), &old("CPATH")),
-    );
-    set(
-        env,
-        "LIBRARY_PATH",
-        &prepend(&format!("{flox_env}/lib"), &old("LIBRARY_PATH")),
-    );
-    let pkg_config = prepend(
-        &format!("{flox_env}/share/pkgconfig"),
-        &old("PKG_CONFIG_PATH"),
-    );
-    set(
-        env,
-        "PKG_CONFIG_PATH",
-        &format!("{flox_env}/lib/pkgconfig:{pkg_config}"),
-    );
-    set(
-        env,
-        "ACLOCAL_PATH",
-        &prepend(&format!("{flox_env}/share/aclocal"), &old("ACLOCAL_PATH")),
-    );
+    set(env, "CPATH", &prepend(&format!("{flox_env}/include"), &old("CPATH")));
+    set(env, "LIBRARY_PATH", &prepend(&format!("{flox_env}/lib"), &old("LIBRARY_PATH")));
+    let pkg_config = prepend(&format!("{flox_env}/share/pkgconfig"), &old("PKG_CONFIG_PATH"));
+    set(env, "PKG_CONFIG_PATH", &format!("{flox_env}/lib/pkgconfig:{pkg_config}"));
+    set(env, "ACLOCAL_PATH", &prepend(&format!("{flox_env}/share/aclocal"), &old("ACLOCAL_PATH")));
     if let Some(ld_floxlib) = &facts.ld_floxlib {
         if old("FLOX_NOSET_LD_AUDIT").is_empty() {
             set(env, "LD_AUDIT", ld_floxlib);
@@ -189,11 +134,7 @@ fn dev_mode_vars(
         set(env, "RUST_SRC_PATH", flox_env);
     }
     if facts.has_jupyter {
-        set(
-            env,
-            "JUPYTER_PATH",
-            &prepend(&format!("{flox_env}/share/jupyter"), &old("JUPYTER_PATH")),
-        );
+        set(env, "JUPYTER_PATH", &prepend(&format!("{flox_env}/share/jupyter"), &old("JUPYTER_PATH")));
     }
     if facts.has_java {
         set(env, "JAVA_HOME", flox_env);
@@ -285,8 +226,7 @@ pub fn fix_path(env_dirs: &[String], sbin_dirs: &[String], old_path: &str) -> St
 /// man's default search path unless the old value already placed it (leading, trailing or
 /// double colon).
 pub fn fix_manpath(env_dirs: &[String], old_manpath: &str) -> String {
-    let places_default =
-        old_manpath.starts_with(':') || old_manpath.ends_with(':') || old_manpath.contains("::");
+    let places_default = old_manpath.starts_with(':') || old_manpath.ends_with(':') || old_manpath.contains("::");
     let dirs = prepend_dirs(env_dirs, &["share/man"], &split_dir_list(old_manpath));
     let mut joined = dirs.join(":");
     if !places_default {
@@ -309,15 +249,13 @@ fn set(env: &mut EnvMap, name: &str, value: &str) {
 }
 
 fn set_if_unset(env: &mut EnvMap, name: &str, value: &str) {
-    env.entry(OsString::from(name))
-        .or_insert_with(|| OsString::from(value));
+    env.entry(OsString::from(name)).or_insert_with(|| OsString::from(value));
 }
 
 /// A variable's value; non-UTF-8 bytes are replaced, which only matters for the few
 /// variables the activator rewrites.
 fn lookup_str(env: &EnvMap, name: &str) -> Option<String> {
-    env.get(OsStr::new(name))
-        .map(|value| value.to_string_lossy().into_owned())
+    env.get(OsStr::new(name)).map(|value| value.to_string_lossy().into_owned())
 }
 
 /// A variable's value, empty when unset (shell `${NAME:-}`).
@@ -335,17 +273,11 @@ mod tests {
     use crate::env_map;
 
     fn settings(mode: Mode) -> Settings {
-        Settings {
-            env_dir: "/run/flox/env".into(),
-            cache_dir: "/run/flox/cache".into(),
-            mode,
-            add_sbin: false,
-        }
+        Settings { env_dir: "/run/flox/env".into(), cache_dir: "/run/flox/cache".into(), mode, add_sbin: false }
     }
 
     fn value<'a>(env: &'a EnvMap, name: &str) -> Option<&'a str> {
-        env.get(OsStr::new(name))
-            .map(|value| value.to_str().unwrap())
+        env.get(OsStr::new(name)).map(|value| value.to_str().unwrap())
     }
 
     #[test]
@@ -373,46 +305,23 @@ mod tests {
         assert_eq!(value(&env, "HOME"), Some("/root"));
         assert_eq!(value(&env, "FLOX_ENV_PROJECT"), None);
         assert_eq!(value(&env, "FLOX_SHELL"), None);
-        for dev_only in [
-            "CPATH",
-            "LIBRARY_PATH",
-            "PKG_CONFIG_PATH",
-            "ACLOCAL_PATH",
-            "SSL_CERT_FILE",
-        ] {
+        for dev_only in ["CPATH", "LIBRARY_PATH", "PKG_CONFIG_PATH", "ACLOCAL_PATH", "SSL_CERT_FILE"] {
             assert_eq!(value(&env, dev_only), None, "{dev_only}");
         }
     }
 
     #[test]
     fn dev_mode_adds_development_paths() {
-        let inherited = env_map([
-            ("PATH", "/bin"),
-            ("CPATH", "/usr/include"),
-            ("PKG_CONFIG_PATH", "/p"),
-        ]);
+        let inherited = env_map([("PATH", "/bin"), ("CPATH", "/usr/include"), ("PKG_CONFIG_PATH", "/p")]);
         let env = activation_env(&inherited, &settings(Mode::Dev), &EnvFacts::default());
-        assert_eq!(
-            value(&env, "CPATH"),
-            Some("/run/flox/env/include:/usr/include")
-        );
+        assert_eq!(value(&env, "CPATH"), Some("/run/flox/env/include:/usr/include"));
         assert_eq!(value(&env, "LIBRARY_PATH"), Some("/run/flox/env/lib"));
         assert_eq!(
             value(&env, "PKG_CONFIG_PATH"),
             Some("/run/flox/env/lib/pkgconfig:/run/flox/env/share/pkgconfig:/p")
         );
-        assert_eq!(
-            value(&env, "ACLOCAL_PATH"),
-            Some("/run/flox/env/share/aclocal")
-        );
-        for absent in [
-            "PYTHONPATH",
-            "CMAKE_PREFIX_PATH",
-            "JAVA_HOME",
-            "RUST_SRC_PATH",
-            "JUPYTER_PATH",
-            "LD_AUDIT",
-        ] {
+        assert_eq!(value(&env, "ACLOCAL_PATH"), Some("/run/flox/env/share/aclocal"));
+        for absent in ["PYTHONPATH", "CMAKE_PREFIX_PATH", "JAVA_HOME", "RUST_SRC_PATH", "JUPYTER_PATH", "LD_AUDIT"] {
             assert_eq!(value(&env, absent), None, "{absent}");
         }
     }
@@ -428,50 +337,25 @@ mod tests {
             ld_floxlib: Some("/run/flox/env/lib/ld-floxlib.so".into()),
             ..EnvFacts::default()
         };
-        let inherited = env_map([(
-            "PYTHONPATH",
-            "/a:/run/flox/env/lib/python3.12/site-packages",
-        )]);
+        let inherited = env_map([("PYTHONPATH", "/a:/run/flox/env/lib/python3.12/site-packages")]);
         let env = activation_env(&inherited, &settings(Mode::Dev), &facts);
-        assert_eq!(
-            value(&env, "PYTHONPATH"),
-            Some("/run/flox/env/lib/python3.12/site-packages:/a")
-        );
+        assert_eq!(value(&env, "PYTHONPATH"), Some("/run/flox/env/lib/python3.12/site-packages:/a"));
         assert_eq!(value(&env, "CMAKE_PREFIX_PATH"), Some("/run/flox/env"));
         assert_eq!(value(&env, "JAVA_HOME"), Some("/run/flox/env"));
         assert_eq!(value(&env, "RUST_SRC_PATH"), Some("/run/flox/env"));
-        assert_eq!(
-            value(&env, "JUPYTER_PATH"),
-            Some("/run/flox/env/share/jupyter")
-        );
-        assert_eq!(
-            value(&env, "LD_AUDIT"),
-            Some("/run/flox/env/lib/ld-floxlib.so")
-        );
-        assert_eq!(
-            value(&env, "GLIBC_TUNABLES"),
-            Some(GLIBC_TUNABLES_WITH_LD_AUDIT)
-        );
+        assert_eq!(value(&env, "JUPYTER_PATH"), Some("/run/flox/env/share/jupyter"));
+        assert_eq!(value(&env, "LD_AUDIT"), Some("/run/flox/env/lib/ld-floxlib.so"));
+        assert_eq!(value(&env, "GLIBC_TUNABLES"), Some(GLIBC_TUNABLES_WITH_LD_AUDIT));
         // The same facts change nothing in run mode.
         let run = activation_env(&inherited, &settings(Mode::Run), &facts);
-        assert_eq!(
-            value(&run, "PYTHONPATH"),
-            Some("/a:/run/flox/env/lib/python3.12/site-packages")
-        );
+        assert_eq!(value(&run, "PYTHONPATH"), Some("/a:/run/flox/env/lib/python3.12/site-packages"));
         assert_eq!(value(&run, "JAVA_HOME"), None);
     }
 
     #[test]
     fn ld_audit_is_skipped_when_asked() {
-        let facts = EnvFacts {
-            ld_floxlib: Some("/x/ld-floxlib.so".into()),
-            ..EnvFacts::default()
-        };
-        let env = activation_env(
-            &env_map([("FLOX_NOSET_LD_AUDIT", "1")]),
-            &settings(Mode::Dev),
-            &facts,
-        );
+        let facts = EnvFacts { ld_floxlib: Some("/x/ld-floxlib.so".into()), ..EnvFacts::default() };
+        let env = activation_env(&env_map([("FLOX_NOSET_LD_AUDIT", "1")]), &settings(Mode::Dev), &facts);
         assert_eq!(value(&env, "LD_AUDIT"), None);
         assert_eq!(value(&env, "GLIBC_TUNABLES"), None);
     }
@@ -479,10 +363,7 @@ mod tests {
     #[test]
     fn path_defaults_when_the_image_sets_none() {
         let env = activation_env(&EnvMap::new(), &settings(Mode::Run), &EnvFacts::default());
-        assert_eq!(
-            value(&env, "PATH").unwrap(),
-            format!("/run/flox/env/bin:{DEFAULT_PATH}")
-        );
+        assert_eq!(value(&env, "PATH").unwrap(), format!("/run/flox/env/bin:{DEFAULT_PATH}"));
     }
 
     #[test]
@@ -496,19 +377,9 @@ mod tests {
     fn add_sbin_puts_sbin_after_bin() {
         let mut settings = settings(Mode::Run);
         settings.add_sbin = true;
-        let env = activation_env(
-            &env_map([("PATH", "/bin")]),
-            &settings,
-            &EnvFacts::default(),
-        );
-        assert_eq!(
-            value(&env, "PATH"),
-            Some("/run/flox/env/bin:/run/flox/env/sbin:/bin")
-        );
-        assert_eq!(
-            value(&env, "_FLOX_ENV_DIRS_ADD_SBIN"),
-            Some("/run/flox/env")
-        );
+        let env = activation_env(&env_map([("PATH", "/bin")]), &settings, &EnvFacts::default());
+        assert_eq!(value(&env, "PATH"), Some("/run/flox/env/bin:/run/flox/env/sbin:/bin"));
+        assert_eq!(value(&env, "_FLOX_ENV_DIRS_ADD_SBIN"), Some("/run/flox/env"));
     }
 
     #[test]
@@ -522,14 +393,8 @@ mod tests {
         let env = activation_env(&inherited, &settings(Mode::Run), &EnvFacts::default());
         assert_eq!(value(&env, "FLOX_ENV_DIRS"), Some("/run/flox/env:/outer"));
         assert_eq!(value(&env, "_FLOX_ENV_DIRS_ADD_SBIN"), Some("/outer"));
-        assert_eq!(
-            value(&env, "PATH"),
-            Some("/run/flox/env/bin:/outer/bin:/outer/sbin:/bin")
-        );
-        assert_eq!(
-            value(&env, "MANPATH"),
-            Some("/run/flox/env/share/man:/outer/share/man:")
-        );
+        assert_eq!(value(&env, "PATH"), Some("/run/flox/env/bin:/outer/bin:/outer/sbin:/bin"));
+        assert_eq!(value(&env, "MANPATH"), Some("/run/flox/env/share/man:/outer/share/man:"));
     }
 
     #[test]
@@ -553,9 +418,7 @@ mod tests {
     #[test]
     fn infopath_keeps_one_trailing_colon() {
         let run = |old: Option<&str>| {
-            let inherited = old
-                .map(|old| env_map([("INFOPATH", old)]))
-                .unwrap_or_default();
+            let inherited = old.map(|old| env_map([("INFOPATH", old)])).unwrap_or_default();
             let env = activation_env(&inherited, &settings(Mode::Run), &EnvFacts::default());
             value(&env, "INFOPATH").unwrap().to_string()
         };
@@ -566,32 +429,20 @@ mod tests {
 
     #[test]
     fn xdg_data_dirs_prepends() {
-        let env = activation_env(
-            &env_map([("XDG_DATA_DIRS", "/usr/share")]),
-            &settings(Mode::Run),
-            &EnvFacts::default(),
-        );
-        assert_eq!(
-            value(&env, "XDG_DATA_DIRS"),
-            Some("/run/flox/env/share:/usr/share")
-        );
+        let env =
+            activation_env(&env_map([("XDG_DATA_DIRS", "/usr/share")]), &settings(Mode::Run), &EnvFacts::default());
+        assert_eq!(value(&env, "XDG_DATA_DIRS"), Some("/run/flox/env/share:/usr/share"));
     }
 
     #[test]
     fn ssl_cert_file_keeps_an_existing_value_and_nix_follows_it() {
-        let facts = EnvFacts {
-            has_ca_bundle: true,
-            ..EnvFacts::default()
-        };
+        let facts = EnvFacts { has_ca_bundle: true, ..EnvFacts::default() };
         let env = activation_env(&EnvMap::new(), &settings(Mode::Run), &facts);
         let bundle = "/run/flox/env/etc/ssl/certs/ca-bundle.crt";
         assert_eq!(value(&env, "SSL_CERT_FILE"), Some(bundle));
         assert_eq!(value(&env, "NIX_SSL_CERT_FILE"), Some(bundle));
 
-        let inherited = env_map([
-            ("SSL_CERT_FILE", "/etc/ca.pem"),
-            ("NIX_SSL_CERT_FILE", "/other"),
-        ]);
+        let inherited = env_map([("SSL_CERT_FILE", "/etc/ca.pem"), ("NIX_SSL_CERT_FILE", "/other")]);
         let env = activation_env(&inherited, &settings(Mode::Run), &facts);
         assert_eq!(value(&env, "SSL_CERT_FILE"), Some("/etc/ca.pem"));
         assert_eq!(value(&env, "NIX_SSL_CERT_FILE"), Some("/etc/ca.pem"));
@@ -603,10 +454,7 @@ mod tests {
 
     #[test]
     fn existing_prompt_colors_and_active_environments_are_kept() {
-        let inherited = env_map([
-            ("FLOX_PROMPT_COLOR_1", "1"),
-            ("_FLOX_ACTIVE_ENVIRONMENTS", "[{}]"),
-        ]);
+        let inherited = env_map([("FLOX_PROMPT_COLOR_1", "1"), ("_FLOX_ACTIVE_ENVIRONMENTS", "[{}]")]);
         let env = activation_env(&inherited, &settings(Mode::Run), &EnvFacts::default());
         assert_eq!(value(&env, "FLOX_PROMPT_COLOR_1"), Some("1"));
         assert_eq!(value(&env, "_FLOX_ACTIVE_ENVIRONMENTS"), Some("[{}]"));
@@ -616,10 +464,7 @@ mod tests {
     fn prepend_dirs_matches_flox_ordering() {
         let dirs: Vec<String> = vec!["/e1".into(), "/e2".into()];
         let existing: Vec<String> = vec!["/p".into(), "".into(), "/e1/s".into(), "/p".into()];
-        assert_eq!(
-            prepend_dirs(&dirs, &["s"], &existing),
-            vec!["/e1/s", "/e2/s", "/p", ""]
-        );
+        assert_eq!(prepend_dirs(&dirs, &["s"], &existing), vec!["/e1/s", "/e2/s", "/p", ""]);
         assert_eq!(prepend_dirs(&dirs, &[], &[]), vec!["/e1", "/e2"]);
     }
 }

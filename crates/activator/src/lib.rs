@@ -26,8 +26,5 @@ pub type EnvMap = BTreeMap<OsString, OsString>;
 
 /// Builds an [`EnvMap`] from string pairs; handy in tests and for literal values.
 pub fn env_map<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> EnvMap {
-    pairs
-        .into_iter()
-        .map(|(name, value)| (OsString::from(name), OsString::from(value)))
-        .collect()
+    pairs.into_iter().map(|(name, value)| (OsString::from(name), OsString::from(value))).collect()
 }

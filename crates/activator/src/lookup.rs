@@ -31,11 +31,7 @@ pub fn find_program(program: &OsStr, path_var: Option<&OsStr>) -> Lookup {
     let path_var = path_var.unwrap_or(OsStr::new(EXECVP_DEFAULT_PATH));
     let mut not_executable = None;
     for dir in path_var.as_bytes().split(|byte| *byte == b':') {
-        let dir = if dir.is_empty() {
-            Path::new(".")
-        } else {
-            Path::new(OsStr::from_bytes(dir))
-        };
+        let dir = if dir.is_empty() { Path::new(".") } else { Path::new(OsStr::from_bytes(dir)) };
         let candidate = dir.join(program);
         if is_executable(&candidate) {
             return Lookup::Found(candidate);
@@ -65,23 +61,14 @@ mod tests {
         fs::set_permissions(second.join("tool"), fs::Permissions::from_mode(0o755)).unwrap();
         let path = format!("{}:{}", first.display(), second.display());
 
-        assert_eq!(
-            find_program(OsStr::new("tool"), Some(OsStr::new(&path))),
-            Lookup::Found(second.join("tool"))
-        );
+        assert_eq!(find_program(OsStr::new("tool"), Some(OsStr::new(&path))), Lookup::Found(second.join("tool")));
         fs::remove_file(second.join("tool")).unwrap();
         assert_eq!(
             find_program(OsStr::new("tool"), Some(OsStr::new(&path))),
             Lookup::NotExecutable(first.join("tool"))
         );
-        assert_eq!(
-            find_program(OsStr::new("missing"), Some(OsStr::new(&path))),
-            Lookup::NotFound
-        );
-        assert_eq!(
-            find_program(OsStr::new("./x"), None),
-            Lookup::Found(PathBuf::from("./x"))
-        );
+        assert_eq!(find_program(OsStr::new("missing"), Some(OsStr::new(&path))), Lookup::NotFound);
+        assert_eq!(find_program(OsStr::new("./x"), None), Lookup::Found(PathBuf::from("./x")));
         assert_eq!(find_program(OsStr::new(""), None), Lookup::NotFound);
         fs::remove_dir_all(&dir).unwrap();
     }

@@ -77,9 +77,7 @@ pub fn plugin_profile_scripts(env_dir: &Path) -> Vec<PathBuf> {
 /// python costs tens of milliseconds, so the store layout is read first: nixpkgs' `python3`
 /// links to `python3.Y`, and an environment holds one `lib/python3.Y`.
 fn python_version(env_dir: &Path, python3: &Path) -> Option<String> {
-    version_from_link_chain(python3)
-        .or_else(|| single_lib_python_dir(env_dir))
-        .or_else(|| ask_python(python3))
+    version_from_link_chain(python3).or_else(|| single_lib_python_dir(env_dir)).or_else(|| ask_python(python3))
 }
 
 fn version_from_link_chain(start: &Path) -> Option<String> {
@@ -90,11 +88,7 @@ fn version_from_link_chain(start: &Path) -> Option<String> {
             Some(parent) if target.is_relative() => parent.join(target),
             _ => target,
         };
-        if let Some(version) = current
-            .file_name()
-            .and_then(OsStr::to_str)
-            .and_then(|name| version_of(name, "python"))
-        {
+        if let Some(version) = current.file_name().and_then(OsStr::to_str).and_then(|name| version_of(name, "python")) {
             return Some(version);
         }
     }
@@ -105,12 +99,7 @@ fn single_lib_python_dir(env_dir: &Path) -> Option<String> {
     let mut versions = fs::read_dir(env_dir.join("lib"))
         .ok()?
         .filter_map(Result::ok)
-        .filter_map(|entry| {
-            entry
-                .file_name()
-                .to_str()
-                .and_then(|name| version_of(name, "python"))
-        });
+        .filter_map(|entry| entry.file_name().to_str().and_then(|name| version_of(name, "python")));
     let first = versions.next()?;
     versions.next().is_none().then_some(first)
 }
@@ -135,17 +124,13 @@ fn version_of(name: &str, prefix: &str) -> Option<String> {
 }
 
 pub fn is_file(path: &Path) -> bool {
-    fs::metadata(path)
-        .map(|meta| meta.is_file())
-        .unwrap_or(false)
+    fs::metadata(path).map(|meta| meta.is_file()).unwrap_or(false)
 }
 
 /// A regular file with an execute bit (following symlinks), like the shell's `-x` for the
 /// users containers run as.
 pub fn is_executable(path: &Path) -> bool {
-    fs::metadata(path)
-        .map(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
-        .unwrap_or(false)
+    fs::metadata(path).map(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0).unwrap_or(false)
 }
 
 #[cfg(test)]

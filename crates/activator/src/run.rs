@@ -37,10 +37,7 @@ pub struct Failure {
 
 impl Failure {
     fn activation(message: impl Into<String>) -> Failure {
-        Failure {
-            message: message.into(),
-            exit_code: EXIT_ACTIVATION_FAILED,
-        }
+        Failure { message: message.into(), exit_code: EXIT_ACTIVATION_FAILED }
     }
 }
 
@@ -62,10 +59,7 @@ pub fn parse_args(args: Vec<OsString>) -> Result<Invocation, Failure> {
         cache_dir: PathBuf::from(container_paths::CACHE_DIR),
         command: Vec::new(),
     };
-    let usage = |message: String| Failure {
-        message: format!("flox-activate: {message}\n{USAGE}"),
-        exit_code: 2,
-    };
+    let usage = |message: String| Failure { message: format!("flox-activate: {message}\n{USAGE}"), exit_code: 2 };
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         let text = arg.to_string_lossy();
@@ -73,31 +67,18 @@ pub fn parse_args(args: Vec<OsString>) -> Result<Invocation, Failure> {
             if let Some(value) = text.strip_prefix(&format!("{option}=")) {
                 return Ok(PathBuf::from(value));
             }
-            args.next()
-                .map(PathBuf::from)
-                .ok_or_else(|| usage(format!("{option} needs a directory")))
+            args.next().map(PathBuf::from).ok_or_else(|| usage(format!("{option} needs a directory")))
         };
         match text.as_ref() {
             "--" => {
                 invocation.command = args.collect();
                 return Ok(invocation);
             }
-            "-h" | "--help" => {
-                return Err(Failure {
-                    message: USAGE.to_string(),
-                    exit_code: 0,
-                })
-            }
-            _ if text == "--env" || text.starts_with("--env=") => {
-                invocation.env_dir = value_of("--env")?
-            }
-            _ if text == "--cache" || text.starts_with("--cache=") => {
-                invocation.cache_dir = value_of("--cache")?
-            }
+            "-h" | "--help" => return Err(Failure { message: USAGE.to_string(), exit_code: 0 }),
+            _ if text == "--env" || text.starts_with("--env=") => invocation.env_dir = value_of("--env")?,
+            _ if text == "--cache" || text.starts_with("--cache=") => invocation.cache_dir = value_of("--cache")?,
             _ if text.starts_with('-') => {
-                return Err(usage(format!(
-                    "unknown option {text:?}; put the command after `--`"
-                )))
+                return Err(usage(format!("unknown option {text:?}; put the command after `--`")))
             }
             _ => {
                 invocation.command = std::iter::once(arg).chain(args).collect();
@@ -162,17 +143,10 @@ pub fn prepare(invocation: &Invocation) -> Result<Prepared, Failure> {
         Mode::Dev => probe::plugin_profile_scripts(&invocation.env_dir),
         Mode::Run => Vec::new(),
     };
-    let var_needing_bash = data
-        .vars
-        .iter()
-        .find(|(_, value)| start_script::value_needs_bash(value));
+    let var_needing_bash = data.vars.iter().find(|(_, value)| start_script::value_needs_bash(value));
     if data.hook_on_activate.is_none() && plugin_scripts.is_empty() && var_needing_bash.is_none() {
         start_script::apply_literal_vars(&mut env, &data.vars);
-        return Ok(Prepared {
-            env,
-            description,
-            profile: data.profile,
-        });
+        return Ok(Prepared { env, description, profile: data.profile });
     }
 
     let why_bash = if data.hook_on_activate.is_some() {
@@ -180,10 +154,7 @@ pub fn prepare(invocation: &Invocation) -> Result<Prepared, Failure> {
     } else if let Some((name, _)) = var_needing_bash {
         format!("[vars] {name} of {description} needs bash to expand its value ($, `, \\ or \")")
     } else {
-        format!(
-            "the profile.d script {} of {description} needs bash",
-            plugin_scripts[0].display()
-        )
+        format!("the profile.d script {} of {description} needs bash", plugin_scripts[0].display())
     };
     let bash = match find_program(OsStr::new("bash"), env.get(OsStr::new("PATH")).map(OsString::as_os_str)) {
         Lookup::Found(bash) => bash,
@@ -193,21 +164,10 @@ pub fn prepare(invocation: &Invocation) -> Result<Prepared, Failure> {
                  environment (`flox install bash`) or use an image that has it",
                 invocation.env_dir.display()
             )))
-        },
+        }
     };
-    let env = run_start_script(
-        &bash,
-        &data,
-        plugin_scripts,
-        env,
-        &invocation.cache_dir,
-        &description,
-    )?;
-    Ok(Prepared {
-        env,
-        description,
-        profile: data.profile,
-    })
+    let env = run_start_script(&bash, &data, plugin_scripts, env, &invocation.cache_dir, &description)?;
+    Ok(Prepared { env, description, profile: data.profile })
 }
 
 fn read_activation_data(env_dir: &Path) -> Result<ActivationData, Failure> {
@@ -219,12 +179,8 @@ fn read_activation_data(env_dir: &Path) -> Result<ActivationData, Failure> {
             env_dir.display()
         ))
     })?;
-    let data: ActivationData = serde_json::from_slice(&bytes).map_err(|err| {
-        Failure::activation(format!(
-            "flox: activation data {} is not valid: {err}",
-            path.display()
-        ))
-    })?;
+    let data: ActivationData = serde_json::from_slice(&bytes)
+        .map_err(|err| Failure::activation(format!("flox: activation data {} is not valid: {err}", path.display())))?;
     if data.version != ActivationData::VERSION {
         return Err(Failure::activation(format!(
             "flox: activation data {} has version {}, this activator reads version {}; the node's \
@@ -262,11 +218,7 @@ fn run_start_script(
     // background subshell would keep a pipe open and activation would wait for it.
     let dump_file = PrivateFile::create(cache_dir, "exports", b"")?;
     let hook_file = match &data.hook_on_activate {
-        Some(hook) => Some(PrivateFile::create(
-            cache_dir,
-            "hook-on-activate",
-            hook.as_bytes(),
-        )?),
+        Some(hook) => Some(PrivateFile::create(cache_dir, "hook-on-activate", hook.as_bytes())?),
         None => None,
     };
     let script = StartScript {
@@ -292,9 +244,7 @@ fn run_start_script(
         .stdout(Stdio::from(stdout_to_stderr))
         .stderr(Stdio::inherit())
         .status()
-        .map_err(|err| {
-            Failure::activation(format!("flox: cannot run {}: {err}", bash.display()))
-        })?;
+        .map_err(|err| Failure::activation(format!("flox: cannot run {}: {err}", bash.display())))?;
     drop(hook_file);
     let dump = fs::read(&dump_file.path).map_err(|err| {
         Failure::activation(format!(
@@ -374,11 +324,7 @@ impl Drop for PrivateFile {
 /// bash) through an rc file, as flox's interactive activation does; bash reads it only when
 /// interactive.
 fn exec_shell(prepared: &Prepared, cache_dir: &Path) -> Failure {
-    let Prepared {
-        env,
-        description,
-        profile,
-    } = prepared;
+    let Prepared { env, description, profile } = prepared;
     let path_var = env.get(OsStr::new("PATH")).map(OsString::as_os_str);
     if let Lookup::Found(bash) = find_program(OsStr::new("bash"), path_var) {
         let mut args = Vec::new();
@@ -391,30 +337,12 @@ fn exec_shell(prepared: &Prepared, cache_dir: &Path) -> Failure {
                     rc_path.display()
                 ));
             }
-            args = vec![
-                OsString::from("--noprofile"),
-                OsString::from("--rcfile"),
-                rc_path.into_os_string(),
-            ];
+            args = vec![OsString::from("--noprofile"), OsString::from("--rcfile"), rc_path.into_os_string()];
         }
-        return exec(
-            &bash,
-            OsStr::new("bash"),
-            &args,
-            env,
-            OsStr::new("bash"),
-            description,
-        );
+        return exec(&bash, OsStr::new("bash"), &args, env, OsStr::new("bash"), description);
     }
     if let Lookup::Found(sh) = find_program(OsStr::new("sh"), path_var) {
-        return exec(
-            &sh,
-            OsStr::new("sh"),
-            &[],
-            env,
-            OsStr::new("sh"),
-            description,
-        );
+        return exec(&sh, OsStr::new("sh"), &[], env, OsStr::new("sh"), description);
     }
     Failure {
         message: format!(
@@ -431,10 +359,7 @@ fn exec_command(command: &[OsString], env: &EnvMap, description: &str) -> Failur
         return Failure::activation("flox: no command to run");
     };
     let not_found = || Failure {
-        message: format!(
-            "{}: command not found in environment {description}",
-            program.to_string_lossy()
-        ),
+        message: format!("{}: command not found in environment {description}", program.to_string_lossy()),
         exit_code: EXIT_NOT_FOUND,
     };
     match find_program(program, path_var) {
@@ -442,31 +367,15 @@ fn exec_command(command: &[OsString], env: &EnvMap, description: &str) -> Failur
         Lookup::Found(path) if fs::symlink_metadata(&path).is_err() => not_found(),
         Lookup::Found(path) => exec(&path, program, args, env, program, description),
         Lookup::NotExecutable(path) => Failure {
-            message: format!(
-                "{}: {} is not executable (permission denied)",
-                program.to_string_lossy(),
-                path.display()
-            ),
+            message: format!("{}: {} is not executable (permission denied)", program.to_string_lossy(), path.display()),
             exit_code: EXIT_CANNOT_EXECUTE,
         },
         Lookup::NotFound => not_found(),
     }
 }
 
-fn exec(
-    path: &Path,
-    arg0: &OsStr,
-    args: &[OsString],
-    env: &EnvMap,
-    shown: &OsStr,
-    description: &str,
-) -> Failure {
-    let err = Command::new(path)
-        .arg0(arg0)
-        .args(args)
-        .env_clear()
-        .envs(env)
-        .exec();
+fn exec(path: &Path, arg0: &OsStr, args: &[OsString], env: &EnvMap, shown: &OsStr, description: &str) -> Failure {
+    let err = Command::new(path).arg0(arg0).args(args).env_clear().envs(env).exec();
     let shown = shown.to_string_lossy();
     match err.raw_os_error() {
         // execvp's fallback for a script without a #! line: run it with sh.
@@ -477,7 +386,7 @@ fn exec(
                 return cannot_execute(&shown, &sh, &err);
             }
             cannot_execute(&shown, path, &err)
-        },
+        }
         // The file is there (lookup found it), so what is missing is its #! interpreter or
         // its dynamic loader, typically a /nix/store path not mounted into the container.
         Some(ENOENT) => Failure {
@@ -493,10 +402,7 @@ fn exec(
 }
 
 fn cannot_execute(shown: &str, path: &Path, err: &io::Error) -> Failure {
-    Failure {
-        message: format!("{shown}: cannot execute {}: {err}", path.display()),
-        exit_code: EXIT_CANNOT_EXECUTE,
-    }
+    Failure { message: format!("{shown}: cannot execute {}: {err}", path.display()), exit_code: EXIT_CANNOT_EXECUTE }
 }
 
 #[cfg(test)]
@@ -515,15 +421,9 @@ mod tests {
         assert_eq!(parsed.command, args(&["echo", "--env", "x"]));
 
         let parsed = parse_args(args(&["--env", "/e", "--cache=/c", "--", "ls"])).unwrap();
-        assert_eq!(
-            (parsed.env_dir, parsed.cache_dir),
-            (PathBuf::from("/e"), PathBuf::from("/c"))
-        );
+        assert_eq!((parsed.env_dir, parsed.cache_dir), (PathBuf::from("/e"), PathBuf::from("/c")));
 
-        assert_eq!(
-            parse_args(args(&["ls", "-l"])).unwrap().command,
-            args(&["ls", "-l"])
-        );
+        assert_eq!(parse_args(args(&["ls", "-l"])).unwrap().command, args(&["ls", "-l"]));
         assert!(parse_args(args(&["--"])).unwrap().command.is_empty());
         assert!(parse_args(args(&[])).unwrap().command.is_empty());
         assert_eq!(parse_args(args(&["--bogus"])).unwrap_err().exit_code, 2);

@@ -89,10 +89,7 @@ impl StartScript {
         script.push_str(&marker("plugins"));
         if let Some(hook_file) = &self.hook_file {
             script.push_str("builtin set +euo pipefail\n");
-            script.push_str(&format!(
-                "builtin source {} 1>&2\n",
-                single_quoted(hook_file)
-            ));
+            script.push_str(&format!("builtin source {} 1>&2\n", single_quoted(hook_file)));
         }
         script.push_str(&marker("hook"));
         // The dump: a hook may have left `set -u` or changed IFS; splitting compgen's output
@@ -123,20 +120,16 @@ pub struct StartOutput {
 }
 
 pub fn parse_output(stdout: &[u8]) -> StartOutput {
-    let mut output = StartOutput {
-        exported: Vec::new(),
-        phase: Phase::Started,
-    };
+    let mut output = StartOutput { exported: Vec::new(), phase: Phase::Started };
     let mut records: Vec<&[u8]> = stdout.split(|byte| *byte == 0).collect();
     records.pop(); // after the last NUL: empty, or a record cut short
     for record in records {
         if let Some(phase) = Phase::from_marker(record) {
             output.phase = output.phase.max(phase);
         } else if let Some(eq) = record.iter().position(|byte| *byte == b'=') {
-            output.exported.push((
-                OsString::from_vec(record[..eq].to_vec()),
-                OsString::from_vec(record[eq + 1..].to_vec()),
-            ));
+            output
+                .exported
+                .push((OsString::from_vec(record[..eq].to_vec()), OsString::from_vec(record[eq + 1..].to_vec())));
         }
     }
     output
@@ -145,9 +138,7 @@ pub fn parse_output(stdout: &[u8]) -> StartOutput {
 fn is_shell_own(name: &OsStr) -> bool {
     let name = name.as_bytes();
     SHELL_OWN.iter().any(|own| own.as_bytes() == name)
-        || SHELL_OWN_PREFIXES
-            .iter()
-            .any(|prefix| name.starts_with(prefix.as_bytes()))
+        || SHELL_OWN_PREFIXES.iter().any(|prefix| name.starts_with(prefix.as_bytes()))
 }
 
 /// The command's environment after the start script: what bash exported wins (so `[vars]`
@@ -155,14 +146,11 @@ fn is_shell_own(name: &OsStr) -> bool {
 /// shell's own variables. Entries bash cannot hold (names that are not identifiers) pass
 /// through from `before` unchanged.
 pub fn apply_exports(before: &EnvMap, exported: Vec<(OsString, OsString)>) -> EnvMap {
-    let exported_names: BTreeSet<OsString> =
-        exported.iter().map(|(name, _)| name.clone()).collect();
+    let exported_names: BTreeSet<OsString> = exported.iter().map(|(name, _)| name.clone()).collect();
     let mut env: EnvMap = before
         .iter()
         .filter(|(name, _)| {
-            is_shell_own(name)
-                || !name.to_str().is_some_and(is_shell_name)
-                || exported_names.contains(*name)
+            is_shell_own(name) || !name.to_str().is_some_and(is_shell_name) || exported_names.contains(*name)
         })
         .map(|(name, value)| (name.clone(), value.clone()))
         .collect();
@@ -209,16 +197,10 @@ mod tests {
     #[test]
     fn interactive_rc_has_profile_common_then_bash() {
         assert_eq!(interactive_bash_rc(&Profile::default()), None);
-        let zsh_only = Profile {
-            zsh: Some("x".into()),
-            ..Profile::default()
-        };
+        let zsh_only = Profile { zsh: Some("x".into()), ..Profile::default() };
         assert_eq!(interactive_bash_rc(&zsh_only), None);
-        let profile = Profile {
-            common: Some("echo common".into()),
-            bash: Some("echo bash\n".into()),
-            ..Profile::default()
-        };
+        let profile =
+            Profile { common: Some("echo common".into()), bash: Some("echo bash\n".into()), ..Profile::default() };
         let rc = interactive_bash_rc(&profile).unwrap();
         assert!(rc.starts_with("if [ -f \"$HOME/.bashrc\" ]"));
         assert!(rc.ends_with("echo common\necho bash\n"), "{rc}");
@@ -253,9 +235,7 @@ mod tests {
         .render();
         let a = script.find("export A=\"1\"").unwrap();
         let b = script.find("export B=\"${A}!\"").unwrap();
-        let plugin = script
-            .find(r"builtin source '/e/etc/profile.d/x'\''s.sh' 1>&2")
-            .unwrap();
+        let plugin = script.find(r"builtin source '/e/etc/profile.d/x'\''s.sh' 1>&2").unwrap();
         let hook = script.find("builtin source '/c/hook' 1>&2").unwrap();
         assert!(a < b && b < plugin && plugin < hook);
         assert!(script.contains("done >> '/c/out'\n"));
@@ -266,10 +246,7 @@ mod tests {
     fn output_parsing_tracks_phase_and_values() {
         let out = parse_output(b":vars\0:plugins\0A=1\0B=x=y\nz\0:hook\0:end\0");
         assert_eq!(out.phase, Phase::Done);
-        assert_eq!(
-            out.exported,
-            vec![("A".into(), "1".into()), ("B".into(), "x=y\nz".into())]
-        );
+        assert_eq!(out.exported, vec![("A".into(), "1".into()), ("B".into(), "x=y\nz".into())]);
         let cut = parse_output(b":vars\0:plugins\0A=1\0B=tru");
         assert_eq!(cut.phase, Phase::Plugins);
         assert_eq!(cut.exported.len(), 1);

@@ -27,36 +27,19 @@ impl TestEnv {
         let env_dir = root.path().join("env");
         let cache_dir = root.path().join("cache");
         let image_bin = root.path().join("image-bin");
-        for dir in [
-            env_dir.join("activate.d"),
-            env_dir.join("bin"),
-            cache_dir.clone(),
-            image_bin.clone(),
-        ] {
+        for dir in [env_dir.join("activate.d"), env_dir.join("bin"), cache_dir.clone(), image_bin.clone()] {
             fs::create_dir_all(dir).unwrap();
         }
         let data = ActivationData {
             version: ActivationData::VERSION,
             mode,
-            vars: vars
-                .iter()
-                .map(|(name, value)| (name.to_string(), value.to_string()))
-                .collect(),
+            vars: vars.iter().map(|(name, value)| (name.to_string(), value.to_string())).collect(),
             hook_on_activate: hook.map(str::to_string),
             profile: Profile::default(),
             cuda_detection: true,
         };
-        fs::write(
-            env_dir.join("activate.d/imageless.json"),
-            serde_json::to_vec(&data).unwrap(),
-        )
-        .unwrap();
-        TestEnv {
-            _root: root,
-            env_dir,
-            cache_dir,
-            image_bin,
-        }
+        fs::write(env_dir.join("activate.d/imageless.json"), serde_json::to_vec(&data).unwrap()).unwrap();
+        TestEnv { _root: root, env_dir, cache_dir, image_bin }
     }
 
     fn with_bash(self) -> TestEnv {
@@ -80,10 +63,7 @@ impl TestEnv {
             .arg("--")
             .args(args)
             .env_clear()
-            .env(
-                "PATH",
-                format!("{}:/usr/bin:/bin", self.image_bin.display()),
-            )
+            .env("PATH", format!("{}:/usr/bin:/bin", self.image_bin.display()))
             .env("HOME", "/root")
             .env("FLOX_ENV_DESCRIPTION", DESCRIPTION)
             .stdin(Stdio::null());
@@ -97,11 +77,7 @@ impl TestEnv {
     /// Runs `env -0` and returns the environment the command saw.
     fn command_env(&self, command: &mut Command) -> BTreeMap<String, String> {
         let output = command.output().unwrap();
-        assert!(
-            output.status.success(),
-            "activator failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        assert!(output.status.success(), "activator failed: {}", String::from_utf8_lossy(&output.stderr));
         parse_env0(&output.stdout)
     }
 }
@@ -130,11 +106,8 @@ fn stderr(output: &Output) -> String {
 #[test]
 fn run_mode_variables() {
     let test = TestEnv::new(Mode::Run, &[], None);
-    let env = test.command_env(
-        test.command(&["env", "-0"])
-            .env("FLOX_ENV_PROJECT", "/project")
-            .env("FLOX_DISABLE_METRICS", "1"),
-    );
+    let env = test
+        .command_env(test.command(&["env", "-0"]).env("FLOX_ENV_PROJECT", "/project").env("FLOX_DISABLE_METRICS", "1"));
     let flox_env = test.env_str();
     assert_eq!(env["FLOX_ENV"], flox_env);
     assert_eq!(env["FLOX_ENV_CACHE"], test.cache_dir.to_str().unwrap());
@@ -158,22 +131,12 @@ fn run_mode_variables() {
 fn image_path_is_kept_after_the_environment_path() {
     let test = TestEnv::new(Mode::Run, &[], None);
     let env = test.command_env(&mut test.command(&["env", "-0"]));
-    assert_eq!(
-        env["PATH"],
-        format!(
-            "{}/bin:{}:/usr/bin:/bin",
-            test.env_str(),
-            test.image_bin.display()
-        )
-    );
+    assert_eq!(env["PATH"], format!("{}/bin:{}:/usr/bin:/bin", test.env_str(), test.image_bin.display()));
 
     // A program in both: the environment's wins; one only in the image is still found.
     write_executable(&test.env_dir.join("bin/tool"), "#!/bin/sh\necho from-env\n");
     write_executable(&test.image_bin.join("tool"), "#!/bin/sh\necho from-image\n");
-    write_executable(
-        &test.image_bin.join("image-only"),
-        "#!/bin/sh\necho image-only\n",
-    );
+    write_executable(&test.image_bin.join("image-only"), "#!/bin/sh\necho image-only\n");
     assert_eq!(test.run(&["tool"]).stdout, b"from-env\n");
     assert_eq!(test.run(&["image-only"]).stdout, b"image-only\n");
 }
@@ -184,10 +147,7 @@ fn default_path_when_the_image_has_none() {
     let env = test.command_env(test.command(&["/usr/bin/env", "-0"]).env_remove("PATH"));
     assert_eq!(
         env["PATH"],
-        format!(
-            "{}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-            test.env_str()
-        )
+        format!("{}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", test.env_str())
     );
 }
 
@@ -196,26 +156,16 @@ fn dev_mode_variables() {
     let test = TestEnv::new(Mode::Dev, &[], None);
     // A python3 laid out as nixpkgs does (python3 -> python3.11) and a java.
     fs::write(test.env_dir.join("bin/python3.11"), "").unwrap();
-    fs::set_permissions(
-        test.env_dir.join("bin/python3.11"),
-        fs::Permissions::from_mode(0o755),
-    )
-    .unwrap();
+    fs::set_permissions(test.env_dir.join("bin/python3.11"), fs::Permissions::from_mode(0o755)).unwrap();
     symlink("python3.11", test.env_dir.join("bin/python3")).unwrap();
     write_executable(&test.env_dir.join("bin/java"), "");
     let env = test.command_env(test.command(&["env", "-0"]).env("CPATH", "/usr/include"));
     let flox_env = test.env_str();
     assert_eq!(env["CPATH"], format!("{flox_env}/include:/usr/include"));
     assert_eq!(env["LIBRARY_PATH"], format!("{flox_env}/lib"));
-    assert_eq!(
-        env["PKG_CONFIG_PATH"],
-        format!("{flox_env}/lib/pkgconfig:{flox_env}/share/pkgconfig")
-    );
+    assert_eq!(env["PKG_CONFIG_PATH"], format!("{flox_env}/lib/pkgconfig:{flox_env}/share/pkgconfig"));
     assert_eq!(env["ACLOCAL_PATH"], format!("{flox_env}/share/aclocal"));
-    assert_eq!(
-        env["PYTHONPATH"],
-        format!("{flox_env}/lib/python3.11/site-packages")
-    );
+    assert_eq!(env["PYTHONPATH"], format!("{flox_env}/lib/python3.11/site-packages"));
     assert_eq!(env["JAVA_HOME"], flox_env);
     assert!(!env.contains_key("CMAKE_PREFIX_PATH"));
 }
@@ -223,15 +173,8 @@ fn dev_mode_variables() {
 #[test]
 fn literal_vars_are_set_without_bash() {
     // No bash anywhere on PATH: literal values must not need one.
-    let test = TestEnv::new(
-        Mode::Run,
-        &[("GREETING", "hello world"), ("QUOTED", "it's 'fine'")],
-        None,
-    );
-    let env = test.command_env(
-        test.command(&["/usr/bin/env", "-0"])
-            .env("PATH", "/nonexistent"),
-    );
+    let test = TestEnv::new(Mode::Run, &[("GREETING", "hello world"), ("QUOTED", "it's 'fine'")], None);
+    let env = test.command_env(test.command(&["/usr/bin/env", "-0"]).env("PATH", "/nonexistent"));
     assert_eq!(env["GREETING"], "hello world");
     assert_eq!(env["QUOTED"], "it's 'fine'");
 }
@@ -240,12 +183,7 @@ fn literal_vars_are_set_without_bash() {
 fn vars_expand_like_flox_envrc() {
     let test = TestEnv::new(
         Mode::Run,
-        &[
-            ("GREETING", "hello"),
-            ("MESSAGE", "${GREETING}!"),
-            ("WHERE", "$HOME/x"),
-            ("SUB", "$(echo sub)"),
-        ],
+        &[("GREETING", "hello"), ("MESSAGE", "${GREETING}!"), ("WHERE", "$HOME/x"), ("SUB", "$(echo sub)")],
         None,
     )
     .with_bash();
@@ -261,35 +199,19 @@ fn vars_expand_like_flox_envrc() {
 
 #[test]
 fn vars_needing_bash_without_bash_fail_clearly() {
-    let test = TestEnv::new(
-        Mode::Run,
-        &[("PLAIN", "x"), ("MESSAGE", "${GREETING}!")],
-        None,
-    );
-    let output = test
-        .command(&["/usr/bin/true"])
-        .env("PATH", "/nonexistent")
-        .output()
-        .unwrap();
+    let test = TestEnv::new(Mode::Run, &[("PLAIN", "x"), ("MESSAGE", "${GREETING}!")], None);
+    let output = test.command(&["/usr/bin/true"]).env("PATH", "/nonexistent").output().unwrap();
     assert_eq!(output.status.code(), Some(1));
     let message = stderr(&output);
-    assert!(
-        message.contains("[vars] MESSAGE of owner/name needs bash"),
-        "{message}"
-    );
+    assert!(message.contains("[vars] MESSAGE of owner/name needs bash"), "{message}");
     assert!(message.contains("add bash"), "{message}");
 }
 
 #[test]
 fn hook_exports_are_visible_and_its_stdout_goes_to_stderr() {
-    let hook =
-        "echo hook-says-hi\nexport FROM_HOOK=\"$GREETING-from-hook\"\nunset UNSET_ME\nfalse\n";
+    let hook = "echo hook-says-hi\nexport FROM_HOOK=\"$GREETING-from-hook\"\nunset UNSET_ME\nfalse\n";
     let test = TestEnv::new(Mode::Run, &[("GREETING", "hello")], Some(hook)).with_bash();
-    let output = test
-        .command(&["env", "-0"])
-        .env("UNSET_ME", "x")
-        .output()
-        .unwrap();
+    let output = test.command(&["env", "-0"]).env("UNSET_ME", "x").output().unwrap();
     assert!(output.status.success(), "{}", stderr(&output));
     let env = parse_env0(&output.stdout);
     assert_eq!(env["FROM_HOOK"], "hello-from-hook");
@@ -304,18 +226,8 @@ fn hook_exports_are_visible_and_its_stdout_goes_to_stderr() {
 fn hook_can_return_early_and_read_stdin() {
     let hook = "read -r line\nexport LINE=\"$line\"\nreturn 0\nexport NOT_REACHED=1\n";
     let test = TestEnv::new(Mode::Run, &[], Some(hook)).with_bash();
-    let mut child = test
-        .command(&["env", "-0"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"from-stdin\n")
-        .unwrap();
+    let mut child = test.command(&["env", "-0"]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    child.stdin.take().unwrap().write_all(b"from-stdin\n").unwrap();
     let output = child.wait_with_output().unwrap();
     assert!(output.status.success(), "{}", stderr(&output));
     let env = parse_env0(&output.stdout);
@@ -328,60 +240,31 @@ fn hook_exit_fails_activation() {
     let test = TestEnv::new(Mode::Run, &[], Some("echo about to fail\nexit 3\n")).with_bash();
     let output = test.run(&["echo", "command-ran"]);
     assert_eq!(output.status.code(), Some(1));
-    assert!(
-        stderr(&output).contains("flox: hook.on-activate of owner/name failed (exit 3)"),
-        "{}",
-        stderr(&output)
-    );
+    assert!(stderr(&output).contains("flox: hook.on-activate of owner/name failed (exit 3)"), "{}", stderr(&output));
     assert!(output.stdout.is_empty());
 
     let test = TestEnv::new(Mode::Run, &[], Some("exit 0\n")).with_bash();
     let output = test.run(&["echo", "command-ran"]);
     assert_eq!(output.status.code(), Some(1));
-    assert!(
-        stderr(&output).contains("failed (exit 0)"),
-        "{}",
-        stderr(&output)
-    );
+    assert!(stderr(&output).contains("failed (exit 0)"), "{}", stderr(&output));
 }
 
 #[test]
 fn hook_without_bash_fails_clearly() {
     let test = TestEnv::new(Mode::Run, &[], Some("export A=1\n"));
-    let output = test
-        .command(&["/usr/bin/true"])
-        .env("PATH", "/nonexistent")
-        .output()
-        .unwrap();
+    let output = test.command(&["/usr/bin/true"]).env("PATH", "/nonexistent").output().unwrap();
     assert_eq!(output.status.code(), Some(1));
-    assert!(
-        stderr(&output).contains("hook.on-activate of owner/name needs bash"),
-        "{}",
-        stderr(&output)
-    );
+    assert!(stderr(&output).contains("hook.on-activate of owner/name needs bash"), "{}", stderr(&output));
 }
 
 #[test]
 fn dev_plugin_profile_scripts_run_after_vars() {
-    let test = TestEnv::new(
-        Mode::Dev,
-        &[("FROM_VARS", "vars"), ("OVERRIDDEN", "vars")],
-        None,
-    )
-    .with_bash();
+    let test = TestEnv::new(Mode::Dev, &[("FROM_VARS", "vars"), ("OVERRIDDEN", "vars")], None).with_bash();
     fs::create_dir_all(test.env_dir.join("etc/profile.d")).unwrap();
-    fs::write(
-        test.env_dir.join("etc/profile.d/9000_plugin.sh"),
-        "export OVERRIDDEN=\"plugin saw $FROM_VARS\"\n",
-    )
-    .unwrap();
+    fs::write(test.env_dir.join("etc/profile.d/9000_plugin.sh"), "export OVERRIDDEN=\"plugin saw $FROM_VARS\"\n")
+        .unwrap();
     // An interpreter script of the same directory is not sourced (its effects are built in).
-    fs::write(
-        test.env_dir
-            .join("etc/profile.d/0100_common-run-mode-paths.sh"),
-        "export BUILTIN_RAN=1\n",
-    )
-    .unwrap();
+    fs::write(test.env_dir.join("etc/profile.d/0100_common-run-mode-paths.sh"), "export BUILTIN_RAN=1\n").unwrap();
     let env = test.command_env(&mut test.command(&["env", "-0"]));
     assert_eq!(env["OVERRIDDEN"], "plugin saw vars");
     assert!(!env.contains_key("BUILTIN_RAN"));
@@ -392,10 +275,7 @@ fn command_not_found_exits_127() {
     let test = TestEnv::new(Mode::Run, &[], None);
     let output = test.run(&["no-such-command-anywhere", "arg"]);
     assert_eq!(output.status.code(), Some(127));
-    assert_eq!(
-        stderr(&output),
-        "no-such-command-anywhere: command not found in environment owner/name\n"
-    );
+    assert_eq!(stderr(&output), "no-such-command-anywhere: command not found in environment owner/name\n");
 
     let output = test.run(&["./missing/path"]);
     assert_eq!(output.status.code(), Some(127));
@@ -407,31 +287,15 @@ fn non_executable_command_exits_126() {
     fs::write(test.env_dir.join("bin/data"), "").unwrap();
     let output = test.run(&["data"]);
     assert_eq!(output.status.code(), Some(126));
-    assert!(
-        stderr(&output).contains("not executable"),
-        "{}",
-        stderr(&output)
-    );
+    assert!(stderr(&output).contains("not executable"), "{}", stderr(&output));
 }
 
 #[test]
 fn argv_is_passed_verbatim_without_a_shell() {
     let test = TestEnv::new(Mode::Run, &[], None).with_bash();
-    let output = test.run(&[
-        "bash",
-        "-c",
-        "printf '%s|' \"$0\" \"$@\"",
-        "zero",
-        "a b",
-        "$HOME",
-        "*",
-        "",
-    ]);
+    let output = test.run(&["bash", "-c", "printf '%s|' \"$0\" \"$@\"", "zero", "a b", "$HOME", "*", ""]);
     assert!(output.status.success(), "{}", stderr(&output));
-    assert_eq!(
-        String::from_utf8_lossy(&output.stdout),
-        "zero|a b|$HOME|*||"
-    );
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "zero|a b|$HOME|*||");
 }
 
 #[test]
@@ -441,40 +305,20 @@ fn command_exit_status_and_pid_are_the_activators() {
     let output = test.run(&["bash", "-c", "exit 42"]);
     assert_eq!(output.status.code(), Some(42));
 
-    let child = test
-        .command(&["bash", "-c", "echo $$"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = test.command(&["bash", "-c", "echo $$"]).stdout(Stdio::piped()).spawn().unwrap();
     let pid = child.id();
     let output = child.wait_with_output().unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&output.stdout).trim(),
-        pid.to_string()
-    );
+    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), pid.to_string());
 }
 
 #[test]
 fn no_command_starts_a_shell() {
     let test = TestEnv::new(Mode::Run, &[], None).with_bash();
-    let mut child = test
-        .command(&[])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"echo \"shell in $FLOX_ENV\"\n")
-        .unwrap();
+    let mut child = test.command(&[]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    child.stdin.take().unwrap().write_all(b"echo \"shell in $FLOX_ENV\"\n").unwrap();
     let output = child.wait_with_output().unwrap();
     assert!(output.status.success(), "{}", stderr(&output));
-    assert_eq!(
-        String::from_utf8_lossy(&output.stdout),
-        format!("shell in {}\n", test.env_str())
-    );
+    assert_eq!(String::from_utf8_lossy(&output.stdout), format!("shell in {}\n", test.env_str()));
 }
 
 #[test]
@@ -486,20 +330,12 @@ fn bad_activation_data_is_reported() {
     fs::write(&data, value.to_string()).unwrap();
     let output = test.run(&["true"]);
     assert_eq!(output.status.code(), Some(1));
-    assert!(
-        stderr(&output).contains("has version 99, this activator reads version 1"),
-        "{}",
-        stderr(&output)
-    );
+    assert!(stderr(&output).contains("has version 99, this activator reads version 1"), "{}", stderr(&output));
 
     fs::remove_file(&data).unwrap();
     let output = test.run(&["true"]);
     assert_eq!(output.status.code(), Some(1));
-    assert!(
-        stderr(&output).contains("cannot read the activation data"),
-        "{}",
-        stderr(&output)
-    );
+    assert!(stderr(&output).contains("cannot read the activation data"), "{}", stderr(&output));
 }
 
 #[test]
@@ -507,11 +343,7 @@ fn invalid_var_names_are_refused() {
     let test = TestEnv::new(Mode::Run, &[("BAD-NAME", "x")], None);
     let output = test.run(&["true"]);
     assert_eq!(output.status.code(), Some(1));
-    assert!(
-        stderr(&output).contains("\"BAD-NAME\""),
-        "{}",
-        stderr(&output)
-    );
+    assert!(stderr(&output).contains("\"BAD-NAME\""), "{}", stderr(&output));
 }
 
 #[test]
@@ -521,12 +353,7 @@ fn command_starts_with_default_sigpipe() {
     use std::io::Read;
     use std::os::unix::process::ExitStatusExt;
     let test = TestEnv::new(Mode::Run, &[], None);
-    let mut child = test
-        .command(&["yes"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = test.command(&["yes"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let mut stdout = child.stdout.take().unwrap();
     let mut first = [0u8; 2];
     stdout.read_exact(&mut first).unwrap();
@@ -546,11 +373,7 @@ fn interactive_shell_gets_profile_scripts() {
     test.cache_dir = test.cache_dir.canonicalize().unwrap();
 
     // `script` gives bash a terminal, so it is interactive and reads the rc file.
-    let activator = format!(
-        "{ACTIVATOR} --env {} --cache {} --",
-        test.env_dir.display(),
-        test.cache_dir.display()
-    );
+    let activator = format!("{ACTIVATOR} --env {} --cache {} --", test.env_dir.display(), test.cache_dir.display());
     let mut child = Command::new("script")
         .args(["-qec", &activator, "/dev/null"])
         .env_clear()
@@ -562,12 +385,7 @@ fn interactive_shell_gets_profile_scripts() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"echo \"mark=$PROFILE_MARK=\"; exit\n")
-        .unwrap();
+    child.stdin.take().unwrap().write_all(b"echo \"mark=$PROFILE_MARK=\"; exit\n").unwrap();
     let output = child.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(stdout.contains("mark=common+bash="), "{stdout}");
@@ -581,16 +399,8 @@ fn background_processes_started_by_the_hook_do_not_hold_activation() {
     // to a file so only the activator and the command are waited for.
     let stderr_file = tempfile::tempfile().unwrap();
     let started = std::time::Instant::now();
-    let output = test
-        .command(&["/usr/bin/env", "-0"])
-        .stderr(stderr_file)
-        .output()
-        .unwrap();
+    let output = test.command(&["/usr/bin/env", "-0"]).stderr(stderr_file).output().unwrap();
     assert!(output.status.success());
-    assert!(
-        started.elapsed() < std::time::Duration::from_secs(3),
-        "took {:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(3), "took {:?}", started.elapsed());
     assert_eq!(parse_env0(&output.stdout)["STARTED"], "1");
 }

@@ -120,40 +120,68 @@ pub fn run(ctx: &DoctorContext) -> Vec<Check> {
     let runc = node.runc.clone().or_else(|| which("runc", &ctx.path_env));
     checks.push(match runc {
         Some(p) if is_executable(&p) => ok("runc", p.display().to_string()),
-        _ => fail("runc", "runc not found (node config `runc` or PATH)", "install runc or set `runc = \"/path/to/runc\"` in the node config"),
+        _ => fail(
+            "runc",
+            "runc not found (node config `runc` or PATH)",
+            "install runc or set `runc = \"/path/to/runc\"` in the node config",
+        ),
     });
     checks.push(match which("containerd-shim-runc-v2", &ctx.path_env) {
         Some(p) => ok("runc shim", p.display().to_string()),
-        None => fail("runc shim", "containerd-shim-runc-v2 is not on PATH", "install containerd's runc shim next to containerd"),
+        None => fail(
+            "runc shim",
+            "containerd-shim-runc-v2 is not on PATH",
+            "install containerd's runc shim next to containerd",
+        ),
     });
     checks.push(if is_executable(&node.activator) {
         ok("activator", node.activator.display().to_string())
     } else {
-        fail("activator", format!("{} is missing", node.activator.display()), "run `imageless install` or set `activator` in the node config")
+        fail(
+            "activator",
+            format!("{} is missing", node.activator.display()),
+            "run `imageless install` or set `activator` in the node config",
+        )
     });
 
     // Nix.
     match which("nix-store", &ctx.path_env) {
         Some(p) => checks.push(ok("nix", p.display().to_string())),
-        None => checks.push(fail("nix", "Nix is not installed (nix-store not on PATH)", "install Nix (Debian: `apt-get install nix-bin`)")),
+        None => checks.push(fail(
+            "nix",
+            "Nix is not installed (nix-store not on PATH)",
+            "install Nix (Debian: `apt-get install nix-bin`)",
+        )),
     }
     checks.push(if writable(Path::new("/nix/store")) {
         ok("nix store", "/nix/store is writable")
     } else {
-        fail("nix store", "/nix/store is missing or not writable", "install Nix as root (single-user) so the node can realize environments")
+        fail(
+            "nix store",
+            "/nix/store is missing or not writable",
+            "install Nix as root (single-user) so the node can realize environments",
+        )
     });
     let gcroots_parent = node.gcroots_dir.parent().unwrap_or(Path::new("/"));
     checks.push(if node.gcroots_dir.is_dir() || writable(gcroots_parent) {
         ok("gc roots", node.gcroots_dir.display().to_string())
     } else {
-        fail("gc roots", format!("{} cannot be created", node.gcroots_dir.display()), format!("create {}", node.gcroots_dir.display()))
+        fail(
+            "gc roots",
+            format!("{} cannot be created", node.gcroots_dir.display()),
+            format!("create {}", node.gcroots_dir.display()),
+        )
     });
 
     // Substituters and keys.
     for sub in &node.substituters {
         checks.push(match reachable(sub, ctx.network_timeout) {
             Ok(()) => ok("substituter", format!("{sub} reachable")),
-            Err(e) => fail("substituter", format!("{sub} is unreachable: {e}"), "check the node's network/proxy, or fix `substituters` in the node config"),
+            Err(e) => fail(
+                "substituter",
+                format!("{sub} is unreachable: {e}"),
+                "check the node's network/proxy, or fix `substituters` in the node config",
+            ),
         });
     }
     if !node.substituters.is_empty() && node.trusted_public_keys.is_empty() {
@@ -167,7 +195,11 @@ pub fn run(ctx: &DoctorContext) -> Vec<Check> {
     // Hub and token.
     checks.push(match reachable(&node.hub_url, ctx.network_timeout) {
         Ok(()) => ok("hub", format!("{} reachable", node.hub_url)),
-        Err(e) => fail("hub", format!("hub {} is unreachable: {e}", node.hub_url), "check `hub_url` in the node config and the node's network"),
+        Err(e) => fail(
+            "hub",
+            format!("hub {} is unreachable: {e}", node.hub_url),
+            "check `hub_url` in the node config and the node's network",
+        ),
     });
     if let Some(token_file) = &ctx.token_file {
         checks.push(token_check(token_file));
@@ -192,9 +224,10 @@ fn runtime_checks(root: &HostRoot, ctx: &DoctorContext, containerd_bin: Option<&
         None => (main_facts.clone(), "config file (no containerd binary for config dump)"),
     };
     let Some(flox) = effective.and_then(|f| f.flox) else {
-        let shadow = main_facts.as_ref().filter(|f| f.flox.is_some()).and_then(|f| {
-            install::shadowing_import(root, &ctx.containerd_config, f).ok().flatten()
-        });
+        let shadow = main_facts
+            .as_ref()
+            .filter(|f| f.flox.is_some())
+            .and_then(|f| install::shadowing_import(root, &ctx.containerd_config, f).ok().flatten());
         checks.push(match shadow {
             Some(import) => fail(
                 "runtime flox",
@@ -220,7 +253,10 @@ fn runtime_checks(root: &HostRoot, ctx: &DoctorContext, containerd_bin: Option<&
     } else {
         checks.push(fail(
             "annotations",
-            format!("runtime flox does not pass {pattern} (pod_annotations {:?}, container_annotations {:?})", flox.pod_annotations, flox.container_annotations),
+            format!(
+                "runtime flox does not pass {pattern} (pod_annotations {:?}, container_annotations {:?})",
+                flox.pod_annotations, flox.container_annotations
+            ),
             format!("set pod_annotations and container_annotations to [\"{pattern}\"] (`imageless install` does)"),
         ));
     }
@@ -244,7 +280,9 @@ fn runtime_checks(root: &HostRoot, ctx: &DoctorContext, containerd_bin: Option<&
     }
     match flox.runtime_path.as_deref().filter(|p| !p.is_empty()) {
         Some(p) if is_executable(Path::new(p)) => checks.push(ok("shim launcher", p.to_owned())),
-        Some(p) => checks.push(fail("shim launcher", format!("runtime_path {p} is missing"), "run `imageless install`")),
+        Some(p) => {
+            checks.push(fail("shim launcher", format!("runtime_path {p} is missing"), "run `imageless install`"))
+        }
         None => checks.push(warn("shim launcher", "runtime flox has no runtime_path", "run `imageless install`")),
     }
     checks
@@ -259,7 +297,9 @@ fn writable(p: &Path) -> bool {
 
 /// host and port of an http(s) URL.
 pub fn url_host_port(url: &str) -> Result<(String, u16), String> {
-    let (scheme, rest) = url.split_once("://").ok_or_else(|| format!("{url:?} is not a URL (expected http://HOST[:PORT] or https://...)"))?;
+    let (scheme, rest) = url
+        .split_once("://")
+        .ok_or_else(|| format!("{url:?} is not a URL (expected http://HOST[:PORT] or https://...)"))?;
     let default_port = match scheme {
         "http" => 80,
         "https" => 443,
@@ -269,7 +309,8 @@ pub fn url_host_port(url: &str) -> Result<(String, u16), String> {
     let authority = authority.rsplit('@').next().unwrap_or(authority);
     if let Some(v6) = authority.strip_prefix('[') {
         let (host, after) = v6.split_once(']').ok_or_else(|| format!("bad IPv6 host in {url:?}"))?;
-        let port = after.strip_prefix(':').map(|p| p.parse().map_err(|_| format!("bad port in {url:?}"))).transpose()?;
+        let port =
+            after.strip_prefix(':').map(|p| p.parse().map_err(|_| format!("bad port in {url:?}"))).transpose()?;
         return Ok((host.to_owned(), port.unwrap_or(default_port)));
     }
     match authority.rsplit_once(':') {
@@ -281,7 +322,8 @@ pub fn url_host_port(url: &str) -> Result<(String, u16), String> {
 /// A TCP connection to the URL's host and port succeeds (TLS and HTTP are not checked).
 pub fn reachable(url: &str, timeout: Duration) -> Result<(), String> {
     let (host, port) = url_host_port(url)?;
-    let addrs: Vec<_> = (host.as_str(), port).to_socket_addrs().map_err(|e| format!("resolving {host}: {e}"))?.collect();
+    let addrs: Vec<_> =
+        (host.as_str(), port).to_socket_addrs().map_err(|e| format!("resolving {host}: {e}"))?.collect();
     let mut last = format!("{host} has no addresses");
     for addr in addrs {
         match TcpStream::connect_timeout(&addr, timeout) {
@@ -295,7 +337,13 @@ pub fn reachable(url: &str, timeout: Duration) -> Result<(), String> {
 fn token_check(path: &Path) -> Check {
     let raw = match std::fs::read_to_string(path) {
         Ok(t) => t,
-        Err(e) => return fail("token", format!("token file {} is unreadable: {e}", path.display()), "pass --token-file with a readable file"),
+        Err(e) => {
+            return fail(
+                "token",
+                format!("token file {} is unreadable: {e}", path.display()),
+                "pass --token-file with a readable file",
+            )
+        }
     };
     // The node reads the token with the same parser, so what doctor accepts the node accepts.
     let token = match Token::parse(&raw) {
@@ -323,7 +371,11 @@ fn token_check(path: &Path) -> Check {
         .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
         .unwrap_or_else(|| exp.to_string());
     if token.expired_at(u64::try_from(now).unwrap_or(0)).is_some() {
-        fail("token", format!("token expired at {when}"), "mint a new token (`flox auth login` / `imageless hub token`) and update the secret")
+        fail(
+            "token",
+            format!("token expired at {when}"),
+            "mint a new token (`flox auth login` / `imageless hub token`) and update the secret",
+        )
     } else {
         ok("token", format!("valid until {when}"))
     }
@@ -338,7 +390,11 @@ fn disk_check(state_root: &Path) -> Check {
     // SAFETY: statvfs writes into a zeroed struct of the right type.
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
     if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return warn("disk", format!("statvfs {}: {}", existing.display(), std::io::Error::last_os_error()), "check the state root");
+        return warn(
+            "disk",
+            format!("statvfs {}: {}", existing.display(), std::io::Error::last_os_error()),
+            "check the state root",
+        );
     }
     let free = st.f_bavail as u64 * st.f_frsize as u64;
     let gib = free as f64 / (1u64 << 30) as f64;
@@ -351,17 +407,21 @@ fn disk_check(state_root: &Path) -> Check {
 
 fn mounts_check(state_root: &Path) -> Check {
     let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return warn("mounts", "cannot read /proc/self/mountinfo", "run doctor on the node (hostPID / host mount namespace)");
+        return warn(
+            "mounts",
+            "cannot read /proc/self/mountinfo",
+            "run doctor on the node (hostPID / host mount namespace)",
+        );
     };
     let prefix = state_root.to_string_lossy().into_owned();
-    let count = info
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .filter(|mp| mp.starts_with(&prefix))
-        .count();
+    let count = info.lines().filter_map(|l| l.split(' ').nth(4)).filter(|mp| mp.starts_with(&prefix)).count();
     if count == 0 {
         ok("mounts", format!("no mounts under {prefix}"))
     } else {
-        warn("mounts", format!("{count} mounts under {prefix}"), "if no flox container runs, they are stale: `imageless gc`")
+        warn(
+            "mounts",
+            format!("{count} mounts under {prefix}"),
+            "if no flox container runs, they are stale: `imageless gc`",
+        )
     }
 }

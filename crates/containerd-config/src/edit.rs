@@ -35,7 +35,9 @@ pub enum EditError {
     Parse(#[from] toml_edit::TomlError),
     #[error("containerd config field `version` = {value}: accepted values are 1, 2 or 3 (absent means 1)")]
     UnsupportedVersion { value: String },
-    #[error("containerd config field `{path}` is {found}, expected a table; edit it by hand into a [table] and re-run")]
+    #[error(
+        "containerd config field `{path}` is {found}, expected a table; edit it by hand into a [table] and re-run"
+    )]
     NotATable { path: String, found: &'static str },
     #[error("{field} path {path:?} is not valid UTF-8; containerd configs hold UTF-8 strings only")]
     NonUtf8Path { field: &'static str, path: PathBuf },
@@ -113,19 +115,12 @@ pub struct ConfigFacts {
 pub fn inspect(config_text: &str) -> Result<ConfigFacts, EditError> {
     let doc: DocumentMut = config_text.parse()?;
     let version = detect_version(&doc)?;
-    let plugin = doc
-        .get("plugins")
-        .and_then(Item::as_table_like)
-        .and_then(|p| p.get(version.cri_plugin_key()));
+    let plugin = doc.get("plugins").and_then(Item::as_table_like).and_then(|p| p.get(version.cri_plugin_key()));
     let runtimes = lookup(doc.as_item(), &version.runtimes_path());
     let flox = runtimes.and_then(|r| r.get(RUNTIME_NAME)).map(|flox| FloxRuntimeFacts {
         runtime_type: flox.get("runtime_type").and_then(Item::as_str).map(str::to_owned),
         runtime_path: flox.get("runtime_path").and_then(Item::as_str).map(str::to_owned),
-        binary_name: flox
-            .get("options")
-            .and_then(|o| o.get("BinaryName"))
-            .and_then(Item::as_str)
-            .map(str::to_owned),
+        binary_name: flox.get("options").and_then(|o| o.get("BinaryName")).and_then(Item::as_str).map(str::to_owned),
         pod_annotations: string_array(flox.get("pod_annotations")),
         container_annotations: string_array(flox.get("container_annotations")),
     });
@@ -158,17 +153,13 @@ fn source_runtime(doc: &DocumentMut, version: ConfigVersion) -> Option<&Item> {
     let [plugins, cri, containerd, _] = version.runtimes_path();
     let containerd = lookup(doc.as_item(), &[plugins, cri, containerd])?;
     let runtimes = containerd.get("runtimes");
-    let is_runc_shim = |rt: &&Item| {
-        rt.get("runtime_type").and_then(Item::as_str).is_none_or(|t| t == RUNTIME_TYPE)
-    };
+    let is_runc_shim = |rt: &&Item| rt.get("runtime_type").and_then(Item::as_str).is_none_or(|t| t == RUNTIME_TYPE);
     if let Some(runc) = runtimes.and_then(|r| r.get("runc")) {
         return Some(runc);
     }
     let default_name = containerd.get("default_runtime_name").and_then(Item::as_str);
-    if let Some(rt) = default_name
-        .filter(|n| *n != RUNTIME_NAME)
-        .and_then(|n| runtimes.and_then(|r| r.get(n)))
-        .filter(is_runc_shim)
+    if let Some(rt) =
+        default_name.filter(|n| *n != RUNTIME_NAME).and_then(|n| runtimes.and_then(|r| r.get(n))).filter(is_runc_shim)
     {
         return Some(rt);
     }
@@ -345,8 +336,7 @@ fn same_value(a: &Value, b: &Value) -> bool {
             a.len() == b.len() && a.iter().zip(b.iter()).all(|(x, y)| same_value(x, y))
         }
         (Value::InlineTable(a), Value::InlineTable(b)) => {
-            a.len() == b.len()
-                && a.iter().all(|(k, v)| b.get(k).is_some_and(|w| same_value(v, w)))
+            a.len() == b.len() && a.iter().all(|(k, v)| b.get(k).is_some_and(|w| same_value(v, w)))
         }
         _ => false,
     }
@@ -366,28 +356,26 @@ impl Style {
         let table = source.and_then(Item::as_table);
         let options = table.and_then(|t| t.get("options")).and_then(Item::as_table);
         let runtime_header_indent = table.map(header_indent).unwrap_or_default();
-        let key_indent =
-            table.and_then(first_key_indent).unwrap_or_else(|| runtime_header_indent.clone());
-        let options_header_indent =
-            options.map(header_indent).unwrap_or_else(|| key_indent.clone());
+        let key_indent = table.and_then(first_key_indent).unwrap_or_else(|| runtime_header_indent.clone());
+        let options_header_indent = options.map(header_indent).unwrap_or_else(|| key_indent.clone());
         // Without an options table to copy from, indent its keys as the runtime's keys are
         // indented relative to the runtime's header.
         let step = key_indent.strip_prefix(runtime_header_indent.as_str()).unwrap_or("").to_owned();
-        let options_key_indent = options
-            .and_then(first_key_indent)
-            .unwrap_or_else(|| format!("{options_header_indent}{step}"));
+        let options_key_indent =
+            options.and_then(first_key_indent).unwrap_or_else(|| format!("{options_header_indent}{step}"));
         // containerd 2.x writes '...' strings; follow the file when its runtime does.
         let literal_strings = table
             .and_then(|t| t.get("runtime_type"))
             .and_then(Item::as_value)
             .map(|v| v.to_string().trim_start().starts_with('\''))
-            .unwrap_or_else(|| {
-                !config_text.contains('"') && config_text.contains('\'')
-            });
+            .unwrap_or_else(|| !config_text.contains('"') && config_text.contains('\''));
         Style {
             literal_strings,
             header_indent: runtime_header_indent,
-            key_indent, options_header_indent, options_key_indent }
+            key_indent,
+            options_header_indent,
+            options_key_indent,
+        }
     }
 
     fn string(&self, s: &str) -> Value {
@@ -534,8 +522,14 @@ mod tests {
         let flox = facts.flox.unwrap();
         assert_eq!(flox.binary_name.as_deref(), Some("/usr/local/bin/flox-runc"));
         assert_eq!(flox.pod_annotations, vec!["flox.dev/*"]);
-        assert!(out.contains("\n\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.flox]\n  runtime_type"), "{out}");
-        assert!(out.contains("\n  [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.flox.options]\n"), "{out}");
+        assert!(
+            out.contains("\n\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.flox]\n  runtime_type"),
+            "{out}"
+        );
+        assert!(
+            out.contains("\n  [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.flox.options]\n"),
+            "{out}"
+        );
         assert!(out.contains("    SystemdCgroup = true\n    BinaryName"), "{out}");
         assert!(out.find("runtimes.flox]").unwrap() < out.find("# tail").unwrap(), "{out}");
         assert_eq!(add_flox_runtime(&out, &rt()).unwrap(), out);
@@ -559,9 +553,13 @@ mod tests {
 
     #[test]
     fn runtimes_as_value_is_refused_with_path() {
-        let err = add_flox_runtime("version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".containerd]\nruntimes = 1\n", &rt())
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("plugins.io.containerd.grpc.v1.cri.containerd.runtimes") && err.contains("a value"), "{err}");
+        let err =
+            add_flox_runtime("version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".containerd]\nruntimes = 1\n", &rt())
+                .unwrap_err()
+                .to_string();
+        assert!(
+            err.contains("plugins.io.containerd.grpc.v1.cri.containerd.runtimes") && err.contains("a value"),
+            "{err}"
+        );
     }
 }

@@ -15,10 +15,8 @@ pub const NODE_CONFIG: &str = imageless_node::config::DEFAULT_PATH;
 /// Binaries install copies from the bin dir into `<prefix>/bin`.
 pub const BINARIES: [&str; 4] = ["flox-runc", "containerd-shim-flox-v2", "flox-activate", "imageless"];
 /// k3s and RKE2 keep containerd's config here and regenerate it from a template on start.
-const RANCHER_CONFIGS: [&str; 2] = [
-    "/var/lib/rancher/rke2/agent/etc/containerd/config.toml",
-    "/var/lib/rancher/k3s/agent/etc/containerd/config.toml",
-];
+const RANCHER_CONFIGS: [&str; 2] =
+    ["/var/lib/rancher/rke2/agent/etc/containerd/config.toml", "/var/lib/rancher/k3s/agent/etc/containerd/config.toml"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum InstallError {
@@ -169,7 +167,11 @@ pub fn resolve_target(root: &HostRoot, main: &Path, containerd_major: Option<u64
 }
 
 /// The last imported file (in containerd's order) that defines the CRI plugin section.
-pub fn shadowing_import(root: &HostRoot, main: &Path, facts: &edit::ConfigFacts) -> Result<Option<PathBuf>, InstallError> {
+pub fn shadowing_import(
+    root: &HostRoot,
+    main: &Path,
+    facts: &edit::ConfigFacts,
+) -> Result<Option<PathBuf>, InstallError> {
     let mut found = None;
     for import in expand_imports(root, main, &facts.imports) {
         let text = std::fs::read_to_string(root.join(&import)).map_err(io("reading import", &import))?;
@@ -213,7 +215,9 @@ pub fn expand_imports(root: &HostRoot, main: &Path, imports: &[String]) -> Vec<P
 fn wildcard_match(pattern: &[u8], name: &[u8]) -> bool {
     match (pattern.first(), name.first()) {
         (None, None) => true,
-        (Some(b'*'), _) => wildcard_match(&pattern[1..], name) || (!name.is_empty() && wildcard_match(pattern, &name[1..])),
+        (Some(b'*'), _) => {
+            wildcard_match(&pattern[1..], name) || (!name.is_empty() && wildcard_match(pattern, &name[1..]))
+        }
         (Some(b'?'), Some(_)) => wildcard_match(&pattern[1..], &name[1..]),
         (Some(p), Some(n)) if p == n => wildcard_match(&pattern[1..], &name[1..]),
         _ => false,
@@ -269,10 +273,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8], default_mode: u32) -> Result<(), 
         std::fs::create_dir_all(parent).map_err(io("creating", parent))?;
     }
     let mode = std::fs::metadata(path).map(|m| m.permissions().mode() & 0o7777).unwrap_or(default_mode);
-    let tmp = path.with_file_name(format!(
-        ".{}.imageless-tmp",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("file")
-    ));
+    let tmp =
+        path.with_file_name(format!(".{}.imageless-tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("file")));
     std::fs::write(&tmp, bytes).map_err(io("writing", &tmp))?;
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode)).map_err(io("setting mode of", &tmp))?;
     std::fs::rename(&tmp, path).map_err(io("renaming into", path))
@@ -365,10 +367,7 @@ fn now_stamp() -> String {
 
 fn unified_diff(path: &Path, before: &str, after: &str) -> String {
     let name = path.display().to_string();
-    similar::TextDiff::from_lines(before, after)
-        .unified_diff()
-        .header(&name, &name)
-        .to_string()
+    similar::TextDiff::from_lines(before, after).unified_diff().header(&name, &name).to_string()
 }
 
 fn same_file_content(a: &Path, b: &Path) -> bool {
@@ -509,7 +508,8 @@ pub fn install(plan: &InstallPlan) -> Result<InstallOutcome, InstallError> {
         match &containerd_bin {
             Some(bin) => {
                 verify(root, bin, &main, &rt)?;
-                out.lines.push(format!("verified: `containerd --config {} config dump` has runtime flox", main.display()));
+                out.lines
+                    .push(format!("verified: `containerd --config {} config dump` has runtime flox", main.display()));
             }
             None => out.lines.push("not verified: no containerd binary on the node".into()),
         }
@@ -522,7 +522,9 @@ pub fn verify(root: &HostRoot, bin: &Path, main: &Path, rt: &FloxRuntime) -> Res
     let dump = config_dump(root, bin, main).map_err(InstallError::Verify)?;
     let facts = edit::inspect(&dump).map_err(|e| InstallError::Verify(format!("config dump output: {e}")))?;
     let flox = facts.flox.ok_or_else(|| {
-        InstallError::Verify("runtime flox is not in containerd's effective config (an import may replace the CRI section)".into())
+        InstallError::Verify(
+            "runtime flox is not in containerd's effective config (an import may replace the CRI section)".into(),
+        )
     })?;
     let wrapper = rt.runc_wrapper.to_string_lossy();
     if flox.binary_name.as_deref() != Some(&*wrapper) {
@@ -540,9 +542,8 @@ pub fn verify(root: &HostRoot, bin: &Path, main: &Path, rt: &FloxRuntime) -> Res
 }
 
 fn default_node_config(prefix: &Path, runc: Option<&str>) -> String {
-    let mut text = String::from(
-        "# imageless node config (keys: docs/contracts.md). Written once by `imageless install`.\n",
-    );
+    let mut text =
+        String::from("# imageless node config (keys: docs/contracts.md). Written once by `imageless install`.\n");
     text.push_str(&format!("activator = {}\n", toml_string(&prefix.join("bin/flox-activate").to_string_lossy())));
     if let Some(runc) = runc {
         // The node's runc runtime used a specific binary: flox-runc must call the same one.
@@ -604,12 +605,15 @@ pub fn restart(root: &HostRoot, mode: RestartMode, main: &Path) -> Result<String
                 c.arg(&root.0).arg("systemctl");
                 c
             };
-            let status = cmd.args(["restart", "containerd"]).status().map_err(|e| InstallError::Restart {
-                mode: "systemd",
-                reason: format!("running systemctl: {e}"),
-            })?;
+            let status = cmd
+                .args(["restart", "containerd"])
+                .status()
+                .map_err(|e| InstallError::Restart { mode: "systemd", reason: format!("running systemctl: {e}") })?;
             if !status.success() {
-                return Err(InstallError::Restart { mode: "systemd", reason: format!("systemctl restart containerd exited with {status}") });
+                return Err(InstallError::Restart {
+                    mode: "systemd",
+                    reason: format!("systemctl restart containerd exited with {status}"),
+                });
             }
             Ok("restarted containerd (systemctl restart containerd)".into())
         }
@@ -620,11 +624,16 @@ pub fn restart(root: &HostRoot, mode: RestartMode, main: &Path) -> Result<String
             })?;
             // SAFETY: plain kill(2) on a pid we just read from the socket's peer credentials.
             if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
-                return Err(InstallError::Restart { mode: "signal", reason: format!("kill {pid}: {}", std::io::Error::last_os_error()) });
+                return Err(InstallError::Restart {
+                    mode: "signal",
+                    reason: format!("kill {pid}: {}", std::io::Error::last_os_error()),
+                });
             }
             Ok(format!("sent SIGTERM to containerd (pid {pid}); its supervisor must start it again"))
         }
-        RestartMode::None | RestartMode::Auto => Ok("containerd not restarted: restart it so it reads the changed config".into()),
+        RestartMode::None | RestartMode::Auto => {
+            Ok("containerd not restarted: restart it so it reads the changed config".into())
+        }
     }
 }
 
@@ -696,7 +705,8 @@ mod tests {
         let parsed = imageless_node::config::NodeConfig::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
         assert_eq!(parsed.activator, Path::new("/opt/imageless/bin/flox-activate"));
         assert_eq!(parsed.runc.as_deref(), Some(Path::new("/usr/local/sbin/runc \"x\"")));
-        let parsed = imageless_node::config::NodeConfig::parse(&default_node_config(Path::new("/usr/local"), None)).unwrap();
+        let parsed =
+            imageless_node::config::NodeConfig::parse(&default_node_config(Path::new("/usr/local"), None)).unwrap();
         assert_eq!(parsed.runc, None);
     }
 

@@ -21,12 +21,7 @@ fn check(version: &str, binary: PathBuf, fixture: &str) {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("config.toml");
     std::fs::write(&config, edited).unwrap();
-    let out = Command::new(&binary)
-        .arg("--config")
-        .arg(&config)
-        .args(["config", "dump"])
-        .output()
-        .unwrap();
+    let out = Command::new(&binary).arg("--config").arg(&config).args(["config", "dump"]).output().unwrap();
     assert!(out.status.success(), "containerd {version}: {}", String::from_utf8_lossy(&out.stderr));
     let dump = String::from_utf8(out.stdout).unwrap();
     let facts = edit::inspect(&dump).unwrap();
@@ -39,10 +34,7 @@ fn check(version: &str, binary: PathBuf, fixture: &str) {
 }
 
 fn downloaded(version: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../.work/containerd")
-        .join(version)
-        .join("usr/bin/containerd")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.work/containerd").join(version).join("usr/bin/containerd")
 }
 
 #[test]

@@ -32,8 +32,8 @@ fn check_golden(path: &Path, actual: &str) {
         std::fs::write(path, actual).unwrap();
         return;
     }
-    let expected = std::fs::read_to_string(path)
-        .unwrap_or_else(|e| panic!("{}: {e} (run with UPDATE_GOLDEN=1)", path.display()));
+    let expected =
+        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e} (run with UPDATE_GOLDEN=1)", path.display()));
     assert_eq!(actual, expected, "{} differs (UPDATE_GOLDEN=1 rewrites it)", path.display());
 }
 
@@ -49,8 +49,7 @@ fn every_fixture_matches_its_golden_file() {
             let again = edit::add_flox_runtime_template(&edited, &runtime()).unwrap();
             (edited.clone(), again, edit::remove_flox_runtime_template(&edited))
         } else {
-            let edited = edit::add_flox_runtime(&input, &runtime())
-                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            let edited = edit::add_flox_runtime(&input, &runtime()).unwrap_or_else(|e| panic!("{name}: {e}"));
             let again = edit::add_flox_runtime(&edited, &runtime()).unwrap();
             (edited.clone(), again, edit::remove_flox_runtime(&edited).unwrap())
         };
@@ -63,8 +62,8 @@ fn every_fixture_matches_its_golden_file() {
             assert!(edited_lines.any(|l| l == line), "{name}: line {line:?} lost or moved");
         }
         if !is_template {
-            let parsed: toml::Table = toml::from_str(&edited)
-                .unwrap_or_else(|e| panic!("{name}: edited config does not parse: {e}"));
+            let parsed: toml::Table =
+                toml::from_str(&edited).unwrap_or_else(|e| panic!("{name}: edited config does not parse: {e}"));
             drop(parsed);
             let facts = edit::inspect(&edited).unwrap();
             let flox = facts.flox.unwrap_or_else(|| panic!("{name}: no flox runtime"));
@@ -89,10 +88,9 @@ fn every_fixture_matches_its_golden_file() {
 /// The v3 default of containerd 2.1.9 keeps its single-quote style and gets a sandboxer.
 #[test]
 fn v3_default_gets_sandboxer_and_literal_strings() {
-    let input = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/containerd-2.1.9-default.toml"),
-    )
-    .unwrap();
+    let input =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/containerd-2.1.9-default.toml"))
+            .unwrap();
     let edited = edit::add_flox_runtime(&input, &runtime()).unwrap();
     assert!(edited.contains("[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.flox]"));
     assert!(edited.contains("          sandboxer = 'podsandbox'\n"), "{edited}");

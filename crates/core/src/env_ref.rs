@@ -39,10 +39,7 @@ impl EnvRef {
         };
         let parts: Vec<&str> = path.split('/').collect();
         let [owner, name] = parts.as_slice() else {
-            return Err(err(format!(
-                "it has {} '/'-separated parts, not 2",
-                parts.len()
-            )));
+            return Err(err(format!("it has {} '/'-separated parts, not 2", parts.len())));
         };
         validate_part("owner", owner)?;
         validate_part("environment name", name)?;

@@ -49,12 +49,7 @@ pub enum GenerationsError {
     #[error("Environment metadata of version '{version}' could not be parsed into its expected schema: {detail}")]
     InvalidSchema { version: u32, detail: String },
     #[error("generation {generation} of {environment} does not exist; available: {} (live: {})", join_ids(.available), .live.map_or_else(|| "none".to_string(), |live| live.to_string()))]
-    GenerationNotFound {
-        generation: u32,
-        environment: String,
-        available: Vec<u32>,
-        live: Option<u32>,
-    },
+    GenerationNotFound { generation: u32, environment: String, available: Vec<u32>, live: Option<u32> },
     #[error("{environment} has no live generation: its metadata.json history is empty")]
     NoLiveGeneration { environment: String },
 }
@@ -63,10 +58,7 @@ fn join_ids(ids: &[u32]) -> String {
     if ids.is_empty() {
         return "none".to_string();
     }
-    ids.iter()
-        .map(u32::to_string)
-        .collect::<Vec<_>>()
-        .join(", ")
+    ids.iter().map(u32::to_string).collect::<Vec<_>>().join(", ")
 }
 
 /// A generation id: JSON string of decimal digits (Flox serialises the number as a string;
@@ -78,9 +70,7 @@ impl<'de> Deserialize<'de> for GenerationId {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let text = String::deserialize(deserializer)?;
         parse_generation_id(&text).map(GenerationId).ok_or_else(|| {
-            serde::de::Error::custom(format!(
-                "generation id '{text}' is not a string of decimal digits"
-            ))
+            serde::de::Error::custom(format!("generation id '{text}' is not a string of decimal digits"))
         })
     }
 }
@@ -133,8 +123,8 @@ impl GenerationsMetadata {
     /// Parse the bytes of `metadata.json`, trying (like Flox) legacy v1, then v2, then
     /// reporting by the `version` key.
     pub fn parse(bytes: &[u8]) -> Result<GenerationsMetadata, GenerationsError> {
-        let value: serde_json::Value = serde_json::from_slice(bytes)
-            .map_err(|err| GenerationsError::InvalidJson(err.to_string()))?;
+        let value: serde_json::Value =
+            serde_json::from_slice(bytes).map_err(|err| GenerationsError::InvalidJson(err.to_string()))?;
         GenerationsMetadata::from_json(&value)
     }
 
@@ -154,27 +144,19 @@ impl GenerationsMetadata {
         match (version, version_number(version)) {
             // (b) current v2.
             (Some(_), Some(2)) => {
-                let v2 =
-                    V2File::deserialize(value).map_err(|err| GenerationsError::InvalidSchema {
-                        version: 2,
-                        detail: err.to_string(),
-                    })?;
+                let v2 = V2File::deserialize(value)
+                    .map_err(|err| GenerationsError::InvalidSchema { version: 2, detail: err.to_string() })?;
                 check_v2_ids(&v2)?;
                 Ok(from_v2(v2))
             }
             // (c) anything else with a version.
-            (Some(_), Some(1)) => Err(GenerationsError::InvalidSchema {
-                version: 1,
-                detail: v1_error.unwrap_or_default(),
-            }),
-            (Some(serde_json::Value::String(text)), _) => {
-                Err(GenerationsError::UnsupportedVersion {
-                    version: text.clone(),
-                })
+            (Some(_), Some(1)) => {
+                Err(GenerationsError::InvalidSchema { version: 1, detail: v1_error.unwrap_or_default() })
             }
-            (Some(other), _) => Err(GenerationsError::UnsupportedVersion {
-                version: other.to_string(),
-            }),
+            (Some(serde_json::Value::String(text)), _) => {
+                Err(GenerationsError::UnsupportedVersion { version: text.clone() })
+            }
+            (Some(other), _) => Err(GenerationsError::UnsupportedVersion { version: other.to_string() }),
             (None, _) => Err(GenerationsError::UnknownLayout),
         }
     }
@@ -195,11 +177,7 @@ impl GenerationsMetadata {
     }
 
     /// The error for a requested generation that does not exist in `environment` (`owner/name`).
-    pub fn generation_not_found(
-        &self,
-        generation: u32,
-        environment: impl fmt::Display,
-    ) -> GenerationsError {
+    pub fn generation_not_found(&self, generation: u32, environment: impl fmt::Display) -> GenerationsError {
         GenerationsError::GenerationNotFound {
             generation,
             environment: environment.to_string(),
@@ -209,19 +187,13 @@ impl GenerationsMetadata {
     }
 
     /// The generation to use: the requested one if it exists, else the live one.
-    pub fn resolve(
-        &self,
-        requested: Option<u32>,
-        environment: impl fmt::Display,
-    ) -> Result<u32, GenerationsError> {
+    pub fn resolve(&self, requested: Option<u32>, environment: impl fmt::Display) -> Result<u32, GenerationsError> {
         match requested {
             Some(n) if self.contains(n) => Ok(n),
             Some(n) => Err(self.generation_not_found(n, environment)),
-            None => self
-                .live()
-                .ok_or_else(|| GenerationsError::NoLiveGeneration {
-                    environment: environment.to_string(),
-                }),
+            None => {
+                self.live().ok_or_else(|| GenerationsError::NoLiveGeneration { environment: environment.to_string() })
+            }
         }
     }
 }
@@ -234,11 +206,8 @@ fn version_number(version: Option<&serde_json::Value>) -> Option<u64> {
 /// number would make the node look for files that cannot exist, so the file is refused.
 fn check_v2_ids(v2: &V2File) -> Result<(), GenerationsError> {
     for (index, entry) in v2.history.iter().enumerate() {
-        let ids = std::iter::once(("current_generation", entry.current_generation)).chain(
-            entry
-                .previous_generation
-                .map(|id| ("previous_generation", id)),
-        );
+        let ids = std::iter::once(("current_generation", entry.current_generation))
+            .chain(entry.previous_generation.map(|id| ("previous_generation", id)));
         for (field, id) in ids {
             if id.0 == 0 || id.0 > v2.total_generations {
                 return Err(GenerationsError::InvalidSchema {
@@ -280,8 +249,7 @@ fn migrate_v1(v1: V1File) -> Result<GenerationsMetadata, GenerationsError> {
     let invalid = |detail: String| GenerationsError::InvalidSchema { version: 1, detail };
     let mut generations = Vec::with_capacity(v1.generations.len());
     for (id, generation) in v1.generations {
-        let n = parse_generation_id(&id)
-            .ok_or_else(|| invalid(format!("generation id '{id}' is not a number")))?;
+        let n = parse_generation_id(&id).ok_or_else(|| invalid(format!("generation id '{id}' is not a number")))?;
         generations.push((n, generation));
     }
     generations.sort_by_key(|(n, _)| *n);
@@ -300,9 +268,7 @@ fn migrate_v1(v1: V1File) -> Result<GenerationsMetadata, GenerationsError> {
         (Some(id), _) => {
             let n = parse_generation_id(id)
                 .filter(|n| *n >= 1 && *n <= total)
-                .ok_or_else(|| {
-                    invalid(format!("currentGen '{id}' is not one of the generations"))
-                })?;
+                .ok_or_else(|| invalid(format!("currentGen '{id}' is not one of the generations")))?;
             Some(n)
         }
     };
@@ -334,11 +300,7 @@ fn migrate_v1(v1: V1File) -> Result<GenerationsMetadata, GenerationsError> {
             });
         }
     }
-    Ok(GenerationsMetadata {
-        source_version: 1,
-        total_generations: total,
-        history,
-    })
+    Ok(GenerationsMetadata { source_version: 1, total_generations: total, history })
 }
 
 #[cfg(test)]
@@ -383,9 +345,7 @@ mod tests {
 
     #[test]
     fn v2_empty_history_has_no_live_generation() {
-        let meta =
-            GenerationsMetadata::parse(br#"{"version":2,"total_generations":0,"history":[]}"#)
-                .unwrap();
+        let meta = GenerationsMetadata::parse(br#"{"version":2,"total_generations":0,"history":[]}"#).unwrap();
         assert_eq!(meta.live(), None);
         assert!(meta.generations().is_empty());
         let err = meta.resolve(None, "alice/empty").unwrap_err().to_string();
@@ -399,13 +359,8 @@ mod tests {
                 r#"{{"version":2,"total_generations":1,"history":[{{"kind":"edit","author":"a","hostname":"h","timestamp":1,"current_generation":{id}}}]}}"#
             );
             let err = GenerationsMetadata::parse(text.as_bytes()).unwrap_err();
-            assert!(
-                matches!(err, GenerationsError::InvalidSchema { version: 2, .. }),
-                "{id}: {err}"
-            );
-            assert!(err
-                .to_string()
-                .starts_with("Environment metadata of version '2' could not be parsed"));
+            assert!(matches!(err, GenerationsError::InvalidSchema { version: 2, .. }), "{id}: {err}");
+            assert!(err.to_string().starts_with("Environment metadata of version '2' could not be parsed"));
         }
     }
 
@@ -415,9 +370,7 @@ mod tests {
             let text = format!(
                 r#"{{"version":2,"total_generations":2,"history":[{{"kind":"edit","author":"a","hostname":"h","timestamp":1,"current_generation":"{current}","previous_generation":{previous}}}]}}"#
             );
-            let err = GenerationsMetadata::parse(text.as_bytes())
-                .unwrap_err()
-                .to_string();
+            let err = GenerationsMetadata::parse(text.as_bytes()).unwrap_err().to_string();
             assert!(err.contains("outside 1..=2 (total_generations)"), "{err}");
         }
     }
@@ -425,37 +378,19 @@ mod tests {
     #[test]
     fn v2_missing_required_field_is_a_schema_error() {
         let text = r#"{"version":2,"total_generations":1,"history":[{"kind":"edit","hostname":"h","timestamp":1,"current_generation":"1"}]}"#;
-        let err = GenerationsMetadata::parse(text.as_bytes())
-            .unwrap_err()
-            .to_string();
+        let err = GenerationsMetadata::parse(text.as_bytes()).unwrap_err().to_string();
         assert!(err.contains("author"), "{err}");
     }
 
     #[test]
     fn newer_versions_are_refused() {
         let err = GenerationsMetadata::parse(br#"{"version":3,"history":[]}"#).unwrap_err();
-        assert_eq!(
-            err,
-            GenerationsError::UnsupportedVersion {
-                version: "3".into()
-            }
-        );
+        assert_eq!(err, GenerationsError::UnsupportedVersion { version: "3".into() });
         assert!(err.to_string().contains("newer version of Flox"));
         let err = GenerationsMetadata::parse(br#"{"version":"two"}"#).unwrap_err();
-        assert_eq!(
-            err,
-            GenerationsError::UnsupportedVersion {
-                version: "two".into()
-            }
-        );
-        assert_eq!(
-            GenerationsMetadata::parse(b"{}").unwrap_err(),
-            GenerationsError::UnknownLayout
-        );
-        assert!(matches!(
-            GenerationsMetadata::parse(b"not json").unwrap_err(),
-            GenerationsError::InvalidJson(_)
-        ));
+        assert_eq!(err, GenerationsError::UnsupportedVersion { version: "two".into() });
+        assert_eq!(GenerationsMetadata::parse(b"{}").unwrap_err(), GenerationsError::UnknownLayout);
+        assert!(matches!(GenerationsMetadata::parse(b"not json").unwrap_err(), GenerationsError::InvalidJson(_)));
     }
 
     #[test]
@@ -469,15 +404,7 @@ mod tests {
         assert_eq!(meta.generations(), vec![1, 2, 3]);
         assert_eq!(meta.live(), Some(2));
         let kinds: Vec<_> = meta.history.iter().map(|e| e.kind.as_str()).collect();
-        assert_eq!(
-            kinds,
-            [
-                "migrate_v1",
-                "migrate_v1",
-                "migrate_v1",
-                "switch_generation"
-            ]
-        );
+        assert_eq!(kinds, ["migrate_v1", "migrate_v1", "migrate_v1", "switch_generation"]);
         assert_eq!(meta.history[2].timestamp, 300);
     }
 
@@ -492,19 +419,13 @@ mod tests {
     #[test]
     fn v1_gaps_and_missing_current_are_errors() {
         let gap = r#"{"currentGen":"1","generations":{"1":{"created":1,"lastActive":null,"description":"d"},"3":{"created":1,"lastActive":null,"description":"d"}}}"#;
-        let err = GenerationsMetadata::parse(gap.as_bytes())
-            .unwrap_err()
-            .to_string();
+        let err = GenerationsMetadata::parse(gap.as_bytes()).unwrap_err().to_string();
         assert!(err.contains("without gaps"), "{err}");
         let missing = r#"{"currentGen":null,"generations":{"1":{"created":1,"lastActive":null,"description":"d"}}}"#;
-        let err = GenerationsMetadata::parse(missing.as_bytes())
-            .unwrap_err()
-            .to_string();
+        let err = GenerationsMetadata::parse(missing.as_bytes()).unwrap_err().to_string();
         assert!(err.contains("currentGen is missing"), "{err}");
         let unknown = r#"{"currentGen":"7","generations":{"1":{"created":1,"lastActive":null,"description":"d"}}}"#;
-        let err = GenerationsMetadata::parse(unknown.as_bytes())
-            .unwrap_err()
-            .to_string();
+        let err = GenerationsMetadata::parse(unknown.as_bytes()).unwrap_err().to_string();
         assert!(err.contains("currentGen '7'"), "{err}");
     }
 
@@ -514,9 +435,6 @@ mod tests {
         assert_eq!(meta.resolve(Some(2), "alice/tools").unwrap(), 2);
         assert_eq!(meta.resolve(None, "alice/tools").unwrap(), 1);
         let err = meta.resolve(Some(5), "alice/tools").unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "generation 5 of alice/tools does not exist; available: 1, 2 (live: 1)"
-        );
+        assert_eq!(err.to_string(), "generation 5 of alice/tools does not exist; available: 1, 2 (live: 1)");
     }
 }

@@ -24,8 +24,7 @@ use crate::store_path::{StorePath, StorePathError};
 use crate::system::System;
 
 /// The manifest `schema-version`s this node understands (Flox's `KnownSchemaVersion`).
-pub const KNOWN_SCHEMA_VERSIONS: [&str; 6] =
-    ["1.10.0", "1.11.0", "1.12.0", "1.13.0", "1.14.0", "1.15.0"];
+pub const KNOWN_SCHEMA_VERSIONS: [&str; 6] = ["1.10.0", "1.11.0", "1.12.0", "1.13.0", "1.14.0", "1.15.0"];
 
 /// Priority of a package whose manifest sets none (Flox's `DEFAULT_PRIORITY`).
 pub const DEFAULT_PRIORITY: u64 = 5;
@@ -78,12 +77,7 @@ pub enum LockfileError {
     #[error("packages[{index}] in manifest.lock is none of a catalog (attr_path), flake (locked-url) or store-path (store_path) entry")]
     UnknownPackageKind { index: usize },
     #[error("packages[{index}] ({kind} entry{}) in manifest.lock is invalid: {reason}", install_id.as_ref().map(|id| format!(" '{id}'")).unwrap_or_default())]
-    InvalidPackage {
-        index: usize,
-        kind: &'static str,
-        install_id: Option<String>,
-        reason: String,
-    },
+    InvalidPackage { index: usize, kind: &'static str, install_id: Option<String>, reason: String },
     #[error("Found a reference cycle in the '[vars]' section: {0}.\nRemove one of these references so the variables no longer form a loop.")]
     VarsCycle(String),
     #[error("manifest [vars] may not set reserved variable '{0}'")]
@@ -94,10 +88,7 @@ pub enum LockfileError {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SelectError {
     #[error("This environment is not yet compatible with your system ({system}).\nSupported systems: {}", supported.join(", "))]
-    SystemNotSupported {
-        system: String,
-        supported: Vec<String>,
-    },
+    SystemNotSupported { system: String, supported: Vec<String> },
     #[error("This environment is not locked for your system ({system}).\nLocked systems: {}\nRun 'flox upgrade' to re-lock the environment for your system, or add '{system}' to 'options.systems' with 'flox edit'.", locked.join(", "))]
     NotLockedForSystem { system: String, locked: Vec<String> },
     #[error("manifest does not contain a package with install ID '{0}'")]
@@ -283,16 +274,8 @@ impl LockedPackage {
     /// Every output of the entry (a store-path entry has the one, named [`STORE_PATH_OUTPUT`]).
     pub fn outputs(&self) -> Vec<(&str, &str)> {
         match self {
-            LockedPackage::Catalog(p) => p
-                .outputs
-                .iter()
-                .map(|(n, s)| (n.as_str(), s.as_str()))
-                .collect(),
-            LockedPackage::Flake(p) => p
-                .outputs
-                .iter()
-                .map(|(n, s)| (n.as_str(), s.as_str()))
-                .collect(),
+            LockedPackage::Catalog(p) => p.outputs.iter().map(|(n, s)| (n.as_str(), s.as_str())).collect(),
+            LockedPackage::Flake(p) => p.outputs.iter().map(|(n, s)| (n.as_str(), s.as_str())).collect(),
             LockedPackage::StorePath(p) => vec![(STORE_PATH_OUTPUT, p.store_path.as_str())],
         }
     }
@@ -318,31 +301,21 @@ impl Selection {
     /// The distinct store paths, in first-seen order (what must be realised).
     pub fn store_paths(&self) -> Vec<&StorePath> {
         let mut seen = BTreeSet::new();
-        self.outputs
-            .iter()
-            .map(|o| &o.store_path)
-            .filter(|p| seen.insert(p.as_str()))
-            .collect()
+        self.outputs.iter().map(|o| &o.store_path).filter(|p| seen.insert(p.as_str())).collect()
     }
 }
 
 impl Lockfile {
     /// Parse the bytes of a `manifest.lock`.
     pub fn parse(bytes: &[u8]) -> Result<Lockfile, LockfileError> {
-        let value: Value = serde_json::from_slice(bytes)
-            .map_err(|err| LockfileError::InvalidJson(err.to_string()))?;
+        let value: Value = serde_json::from_slice(bytes).map_err(|err| LockfileError::InvalidJson(err.to_string()))?;
         let top = value.as_object().ok_or(LockfileError::NotAnObject)?;
         match top.get("lockfile-version") {
             None => return Err(LockfileError::MissingLockfileVersion),
             Some(version) if version.as_u64() == Some(1) => {}
-            Some(other) => {
-                return Err(LockfileError::UnsupportedLockfileVersion(other.to_string()))
-            }
+            Some(other) => return Err(LockfileError::UnsupportedLockfileVersion(other.to_string())),
         }
-        let manifest = parse_manifest(
-            top.get("manifest")
-                .ok_or(LockfileError::MissingKey("manifest"))?,
-        )?;
+        let manifest = parse_manifest(top.get("manifest").ok_or(LockfileError::MissingKey("manifest"))?)?;
         let packages = top
             .get("packages")
             .ok_or(LockfileError::MissingKey("packages"))?
@@ -385,12 +358,11 @@ impl Lockfile {
         for package in self.packages.iter().filter(|p| p.system() == system_name) {
             let install_id = package.install_id();
             let mut push = |output: &str, path: &str, priority: u64| -> Result<(), SelectError> {
-                let store_path =
-                    StorePath::parse(path).map_err(|source| SelectError::InvalidStorePath {
-                        install_id: install_id.to_string(),
-                        output: output.to_string(),
-                        source,
-                    })?;
+                let store_path = StorePath::parse(path).map_err(|source| SelectError::InvalidStorePath {
+                    install_id: install_id.to_string(),
+                    output: output.to_string(),
+                    source,
+                })?;
                 selected.push(SelectedOutput {
                     install_id: install_id.to_string(),
                     output: output.to_string(),
@@ -411,65 +383,40 @@ impl Lockfile {
                 .get(install_id)
                 .ok_or_else(|| SelectError::MissingInstallId(install_id.to_string()))?;
             let (outputs, outputs_to_install, attr_path) = match package {
-                LockedPackage::Catalog(p) => {
-                    (&p.outputs, &p.outputs_to_install, p.attr_path.as_str())
-                }
-                LockedPackage::Flake(p) => (
-                    &p.outputs,
-                    &p.outputs_to_install,
-                    p.locked_flake_attr_path.as_str(),
-                ),
+                LockedPackage::Catalog(p) => (&p.outputs, &p.outputs_to_install, p.attr_path.as_str()),
+                LockedPackage::Flake(p) => (&p.outputs, &p.outputs_to_install, p.locked_flake_attr_path.as_str()),
                 LockedPackage::StorePath(_) => unreachable!("handled above"),
             };
             let priority = package.priority();
-            let path_of = |name: &str| {
-                outputs
-                    .iter()
-                    .find(|(n, _)| n == name)
-                    .map(|(_, p)| p.as_str())
-            };
+            let path_of = |name: &str| outputs.iter().find(|(n, _)| n == name).map(|(_, p)| p.as_str());
 
             match &self.manifest.version {
                 ManifestVersion::V1 => {
                     // All outputs but `stubs` (CUDA build-time stubs break things at run time);
                     // the package's default outputs at its priority, the others behind every
                     // real package at 1000 × priority + counter.
-                    let wanted = |name: &str| {
-                        outputs_to_install
-                            .as_ref()
-                            .is_some_and(|list| list.iter().any(|o| o == name))
-                    };
+                    let wanted =
+                        |name: &str| outputs_to_install.as_ref().is_some_and(|list| list.iter().any(|o| o == name));
                     let usable = || outputs.iter().filter(|(name, _)| name != "stubs");
                     for (name, path) in usable().filter(|(name, _)| wanted(name)) {
                         push(name, path, priority)?;
                     }
                     for (name, path) in usable().filter(|(name, _)| !wanted(name)) {
-                        let ranked = priority
-                            .checked_mul(1000)
-                            .and_then(|p| p.checked_add(other_output_counter))
-                            .ok_or_else(|| SelectError::PriorityOverflow {
-                                install_id: install_id.to_string(),
-                                priority,
-                            })?;
+                        let ranked =
+                            priority.checked_mul(1000).and_then(|p| p.checked_add(other_output_counter)).ok_or_else(
+                                || SelectError::PriorityOverflow { install_id: install_id.to_string(), priority },
+                            )?;
                         other_output_counter += 1;
                         push(name, path, ranked)?;
                     }
                 }
                 ManifestVersion::Schema(_) => {
                     let names: Vec<&str> = match &descriptor.outputs {
-                        Some(DescriptorOutputs::All) => {
-                            outputs.iter().map(|(n, _)| n.as_str()).collect()
-                        }
-                        Some(DescriptorOutputs::List(list)) => {
-                            list.iter().map(String::as_str).collect()
-                        }
+                        Some(DescriptorOutputs::All) => outputs.iter().map(|(n, _)| n.as_str()).collect(),
+                        Some(DescriptorOutputs::List(list)) => list.iter().map(String::as_str).collect(),
                         // No descriptor `outputs` and no `outputs_to_install` links nothing,
                         // as builder.pl does (reference §3.7, ambiguous case).
-                        None => outputs_to_install
-                            .iter()
-                            .flatten()
-                            .map(String::as_str)
-                            .collect(),
+                        None => outputs_to_install.iter().flatten().map(String::as_str).collect(),
                     };
                     let mut linked = BTreeSet::new();
                     for name in names {
@@ -494,18 +441,13 @@ impl Lockfile {
     /// empty set when nothing is locked for `system`.
     pub fn locked_store_paths(&self, system: System) -> Result<BTreeSet<StorePath>, SelectError> {
         let mut paths = BTreeSet::new();
-        for package in self
-            .packages
-            .iter()
-            .filter(|p| p.system() == system.as_str())
-        {
+        for package in self.packages.iter().filter(|p| p.system() == system.as_str()) {
             for (output, path) in package.outputs() {
-                let store_path =
-                    StorePath::parse(path).map_err(|source| SelectError::InvalidStorePath {
-                        install_id: package.install_id().to_string(),
-                        output: output.to_string(),
-                        source,
-                    })?;
+                let store_path = StorePath::parse(path).map_err(|source| SelectError::InvalidStorePath {
+                    install_id: package.install_id().to_string(),
+                    output: output.to_string(),
+                    source,
+                })?;
                 paths.insert(store_path);
             }
         }
@@ -522,9 +464,7 @@ impl Lockfile {
             .manifest
             .install
             .iter()
-            .filter(|(_, d)| {
-                matches!(d.source, DescriptorSource::Catalog { .. }) && d.systems.is_none()
-            })
+            .filter(|(_, d)| matches!(d.source, DescriptorSource::Catalog { .. }) && d.systems.is_none())
             .map(|(id, _)| id.as_str())
             .collect();
         let systems: BTreeSet<String> = self
@@ -542,8 +482,7 @@ impl Lockfile {
         if let Some(reserved) = vars.keys().find(|name| name.starts_with("BASH_ENVTRACE_")) {
             return Err(LockfileError::ReservedVar(reserved.clone()));
         }
-        let order = vars_order::vars_order(vars)
-            .map_err(|cycle| LockfileError::VarsCycle(cycle.to_string()))?;
+        let order = vars_order::vars_order(vars).map_err(|cycle| LockfileError::VarsCycle(cycle.to_string()))?;
         Ok(order
             .into_iter()
             .map(|name| {
@@ -560,24 +499,14 @@ impl Lockfile {
 
     /// `hook.on-deactivate` (1.15.0+), outdented.
     pub fn hook_on_deactivate(&self) -> Option<String> {
-        self.manifest
-            .hook
-            .on_deactivate
-            .as_deref()
-            .map(outdent_text)
+        self.manifest.hook.on_deactivate.as_deref().map(outdent_text)
     }
 
     /// `[profile]` scripts, outdented as Flox writes `activate.d/profile-<shell>`.
     pub fn profile(&self) -> Profile {
         let p = &self.manifest.profile;
         let o = |s: &Option<String>| s.as_deref().map(outdent_text);
-        Profile {
-            common: o(&p.common),
-            bash: o(&p.bash),
-            zsh: o(&p.zsh),
-            fish: o(&p.fish),
-            tcsh: o(&p.tcsh),
-        }
+        Profile { common: o(&p.common), bash: o(&p.bash), zsh: o(&p.zsh), fish: o(&p.fish), tcsh: o(&p.tcsh) }
     }
 
     /// `options.activate.mode` (`"run"` or `"dev"`), if the manifest sets it.
@@ -595,10 +524,7 @@ impl Lockfile {
 // Parsing helpers
 
 fn invalid(field: impl Into<String>, reason: impl Into<String>) -> LockfileError {
-    LockfileError::InvalidField {
-        field: field.into(),
-        reason: reason.into(),
-    }
+    LockfileError::InvalidField { field: field.into(), reason: reason.into() }
 }
 
 fn describe(value: &Value) -> &'static str {
@@ -620,10 +546,7 @@ fn section<'a>(
     match manifest.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Object(map)) => Ok(Some(map)),
-        Some(other) => Err(invalid(
-            format!("manifest.{key}"),
-            format!("expected a table, got {}", describe(other)),
-        )),
+        Some(other) => Err(invalid(format!("manifest.{key}"), format!("expected a table, got {}", describe(other)))),
     }
 }
 
@@ -635,68 +558,44 @@ fn optional_string(
     match map.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(other) => Err(invalid(
-            format!("{field}.{key}"),
-            format!("expected a string, got {}", describe(other)),
-        )),
+        Some(other) => Err(invalid(format!("{field}.{key}"), format!("expected a string, got {}", describe(other)))),
     }
 }
 
-fn optional_strings(
-    value: Option<&Value>,
-    field: &str,
-) -> Result<Option<Vec<String>>, LockfileError> {
+fn optional_strings(value: Option<&Value>, field: &str) -> Result<Option<Vec<String>>, LockfileError> {
     match value {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Array(items)) => items
             .iter()
             .map(|item| {
-                item.as_str().map(str::to_string).ok_or_else(|| {
-                    invalid(
-                        field,
-                        format!("expected a list of strings, found {}", describe(item)),
-                    )
-                })
+                item.as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| invalid(field, format!("expected a list of strings, found {}", describe(item))))
             })
             .collect::<Result<Vec<_>, _>>()
             .map(Some),
-        Some(other) => Err(invalid(
-            field,
-            format!("expected a list of strings, got {}", describe(other)),
-        )),
+        Some(other) => Err(invalid(field, format!("expected a list of strings, got {}", describe(other)))),
     }
 }
 
 fn parse_manifest(value: &Value) -> Result<Manifest, LockfileError> {
-    let map = value.as_object().ok_or_else(|| {
-        invalid(
-            "manifest",
-            format!("expected an object, got {}", describe(value)),
-        )
-    })?;
+    let map =
+        value.as_object().ok_or_else(|| invalid("manifest", format!("expected an object, got {}", describe(value))))?;
 
     let version = match (map.get("version"), map.get("schema-version")) {
         (Some(_), Some(_)) => {
-            return Err(invalid(
-                "manifest",
-                "it has both 'version' and 'schema-version'; accepted: exactly one",
-            ))
+            return Err(invalid("manifest", "it has both 'version' and 'schema-version'; accepted: exactly one"))
         }
         (Some(v), None) if v.as_u64() == Some(1) => ManifestVersion::V1,
         (Some(v), None) => return Err(LockfileError::UnsupportedManifestVersion(v.to_string())),
         (None, Some(Value::String(s))) if KNOWN_SCHEMA_VERSIONS.contains(&s.as_str()) => {
             ManifestVersion::Schema(s.clone())
         }
-        (None, Some(Value::String(s))) => {
-            return Err(LockfileError::UnsupportedSchemaVersion(s.clone()))
-        }
+        (None, Some(Value::String(s))) => return Err(LockfileError::UnsupportedSchemaVersion(s.clone())),
         (None, Some(v)) => return Err(LockfileError::UnsupportedSchemaVersion(v.to_string())),
         (None, None) => return Err(LockfileError::MissingManifestVersion),
     };
-    if let Some(key) = map
-        .keys()
-        .find(|k| !KNOWN_MANIFEST_KEYS.contains(&k.as_str()))
-    {
+    if let Some(key) = map.keys().find(|k| !KNOWN_MANIFEST_KEYS.contains(&k.as_str())) {
         return Err(LockfileError::UnknownManifestKey { key: key.clone() });
     }
 
@@ -711,10 +610,7 @@ fn parse_manifest(value: &Value) -> Result<Manifest, LockfileError> {
     if let Some(entries) = section(map, "vars")? {
         for (name, value) in entries {
             let value = value.as_str().ok_or_else(|| {
-                invalid(
-                    format!("manifest.vars.{name}"),
-                    format!("expected a string, got {}", describe(value)),
-                )
+                invalid(format!("manifest.vars.{name}"), format!("expected a string, got {}", describe(value)))
             })?;
             vars.insert(name.clone(), value.to_string());
         }
@@ -744,15 +640,7 @@ fn parse_manifest(value: &Value) -> Result<Manifest, LockfileError> {
         None => Options::default(),
     };
 
-    Ok(Manifest {
-        version,
-        install,
-        vars,
-        hook,
-        profile,
-        options,
-        raw: value.clone(),
-    })
+    Ok(Manifest { version, install, vars, hook, profile, options, raw: value.clone() })
 }
 
 fn parse_options(o: &serde_json::Map<String, Value>) -> Result<Options, LockfileError> {
@@ -780,24 +668,15 @@ fn parse_options(o: &serde_json::Map<String, Value>) -> Result<Options, Lockfile
             }
         },
         Some(other) => {
-            return Err(invalid(
-                "manifest.options.activate",
-                format!("expected a table, got {}", describe(other)),
-            ))
+            return Err(invalid("manifest.options.activate", format!("expected a table, got {}", describe(other))))
         }
     };
-    Ok(Options {
-        systems,
-        activate_mode,
-        cuda_detection,
-    })
+    Ok(Options { systems, activate_mode, cuda_detection })
 }
 
 fn parse_descriptor(id: &str, value: &Value) -> Result<InstallDescriptor, LockfileError> {
     let field = format!("manifest.install.{id}");
-    let map = value
-        .as_object()
-        .ok_or_else(|| invalid(&field, format!("expected a table, got {}", describe(value))))?;
+    let map = value.as_object().ok_or_else(|| invalid(&field, format!("expected a table, got {}", describe(value))))?;
     let text = |key: &str| optional_string(map, key, &field);
     let source = if let Some(pkg_path) = text("pkg-path")? {
         DescriptorSource::Catalog { pkg_path }
@@ -806,10 +685,7 @@ fn parse_descriptor(id: &str, value: &Value) -> Result<InstallDescriptor, Lockfi
     } else if let Some(store_path) = text("store-path")? {
         DescriptorSource::StorePath { store_path }
     } else {
-        return Err(invalid(
-            &field,
-            "it has none of 'pkg-path', 'flake' or 'store-path'",
-        ));
+        return Err(invalid(&field, "it has none of 'pkg-path', 'flake' or 'store-path'"));
     };
     let systems = optional_strings(map.get("systems"), &format!("{field}.systems"))?;
     let outputs = match map.get("outputs") {
@@ -825,39 +701,24 @@ fn parse_descriptor(id: &str, value: &Value) -> Result<InstallDescriptor, Lockfi
             ))
         }
     };
-    let priority = match map.get("priority") {
-        None | Some(Value::Null) => None,
-        Some(v) => Some(v.as_u64().ok_or_else(|| {
-            invalid(
-                format!("{field}.priority"),
-                format!("got {v}; expected an unsigned integer"),
-            )
-        })?),
-    };
-    Ok(InstallDescriptor {
-        source,
-        systems,
-        outputs,
-        priority,
-    })
+    let priority =
+        match map.get("priority") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(v.as_u64().ok_or_else(|| {
+                invalid(format!("{field}.priority"), format!("got {v}; expected an unsigned integer"))
+            })?),
+        };
+    Ok(InstallDescriptor { source, systems, outputs, priority })
 }
 
 /// The shape of an `outputs` object; deserialised in file order (serde_json keeps it).
-fn outputs_in_order(
-    value: &serde_json::Map<String, Value>,
-    field: &str,
-) -> Result<Vec<(String, String)>, String> {
+fn outputs_in_order(value: &serde_json::Map<String, Value>, field: &str) -> Result<Vec<(String, String)>, String> {
     value
         .iter()
         .map(|(name, path)| {
             path.as_str()
                 .map(|p| (name.clone(), p.to_string()))
-                .ok_or_else(|| {
-                    format!(
-                        "{field}.{name} is {}, expected a store path string",
-                        describe(path)
-                    )
-                })
+                .ok_or_else(|| format!("{field}.{name} is {}, expected a store path string", describe(path)))
         })
         .collect()
 }
@@ -917,13 +778,8 @@ struct RawStorePath {
 }
 
 fn parse_package(index: usize, entry: &Value) -> Result<LockedPackage, LockfileError> {
-    let map = entry
-        .as_object()
-        .ok_or(LockfileError::UnknownPackageKind { index })?;
-    let install_id = map
-        .get("install_id")
-        .and_then(Value::as_str)
-        .map(str::to_string);
+    let map = entry.as_object().ok_or(LockfileError::UnknownPackageKind { index })?;
+    let install_id = map.get("install_id").and_then(Value::as_str).map(str::to_string);
     let fail = |kind: &'static str, reason: String| LockfileError::InvalidPackage {
         index,
         kind,
@@ -960,10 +816,8 @@ fn parse_package(index: usize, entry: &Value) -> Result<LockedPackage, LockfileE
             outputs,
             // buildenv prefers a snake-case `outputs_to_install` if a flake entry has one.
             outputs_to_install: match map.get("outputs_to_install") {
-                Some(Value::Array(_)) => {
-                    optional_strings(map.get("outputs_to_install"), "outputs_to_install")
-                        .map_err(|e| fail("flake", e.to_string()))?
-                }
+                Some(Value::Array(_)) => optional_strings(map.get("outputs_to_install"), "outputs_to_install")
+                    .map_err(|e| fail("flake", e.to_string()))?,
                 _ => raw.outputs_to_install,
             },
             priority: raw.priority.unwrap_or(DEFAULT_PRIORITY),
@@ -971,8 +825,7 @@ fn parse_package(index: usize, entry: &Value) -> Result<LockedPackage, LockfileE
             name: raw.name,
         }))
     } else if map.contains_key("store_path") {
-        let raw =
-            RawStorePath::deserialize(entry).map_err(|e| fail("store-path", e.to_string()))?;
+        let raw = RawStorePath::deserialize(entry).map_err(|e| fail("store-path", e.to_string()))?;
         Ok(LockedPackage::StorePath(StorePathPackage {
             install_id: raw.install_id,
             store_path: raw.store_path,
@@ -1018,29 +871,18 @@ mod tests {
     fn lockfile_version_must_be_one() {
         let no_version = json!({"manifest": {}, "packages": []}).to_string();
         assert_eq!(
-            Lockfile::parse(no_version.as_bytes())
-                .unwrap_err()
-                .to_string(),
+            Lockfile::parse(no_version.as_bytes()).unwrap_err().to_string(),
             "lockfile-version is missing; this node reads lockfile-version 1"
         );
         for (version, shown) in [(json!(2), "2"), (json!("1"), "\"1\""), (json!(0), "0")] {
-            let doc =
-                json!({"lockfile-version": version, "manifest": {}, "packages": []}).to_string();
+            let doc = json!({"lockfile-version": version, "manifest": {}, "packages": []}).to_string();
             assert_eq!(
                 Lockfile::parse(doc.as_bytes()).unwrap_err().to_string(),
-                format!(
-                    "lockfile-version {shown} is not supported; this node reads lockfile-version 1"
-                )
+                format!("lockfile-version {shown} is not supported; this node reads lockfile-version 1")
             );
         }
-        assert!(matches!(
-            Lockfile::parse(b"[]").unwrap_err(),
-            LockfileError::NotAnObject
-        ));
-        assert!(matches!(
-            Lockfile::parse(b"{").unwrap_err(),
-            LockfileError::InvalidJson(_)
-        ));
+        assert!(matches!(Lockfile::parse(b"[]").unwrap_err(), LockfileError::NotAnObject));
+        assert!(matches!(Lockfile::parse(b"{").unwrap_err(), LockfileError::InvalidJson(_)));
     }
 
     #[test]
@@ -1050,63 +892,34 @@ mod tests {
             assert_eq!(l.manifest.version, ManifestVersion::Schema(v.to_string()));
         }
         let err = lockfile(json!({"schema-version": "1.16.0"}), json!([])).unwrap_err();
-        assert_eq!(
-            err,
-            LockfileError::UnsupportedSchemaVersion("1.16.0".into())
-        );
-        assert!(err
-            .to_string()
-            .contains("accepted: version 1 or schema-version 1.10.0, 1.11.0"));
-        assert_eq!(
-            lockfile(json!({}), json!([])).unwrap_err(),
-            LockfileError::MissingManifestVersion
-        );
+        assert_eq!(err, LockfileError::UnsupportedSchemaVersion("1.16.0".into()));
+        assert!(err.to_string().contains("accepted: version 1 or schema-version 1.10.0, 1.11.0"));
+        assert_eq!(lockfile(json!({}), json!([])).unwrap_err(), LockfileError::MissingManifestVersion);
         let err = lockfile(json!({"version": 1, "teleport": {}}), json!([])).unwrap_err();
-        assert_eq!(
-            err,
-            LockfileError::UnknownManifestKey {
-                key: "teleport".into()
-            }
-        );
+        assert_eq!(err, LockfileError::UnknownManifestKey { key: "teleport".into() });
         assert!(lockfile(json!({"version": 1, "schema-version": "1.10.0"}), json!([])).is_err());
     }
 
     #[test]
     fn package_kinds_and_their_errors() {
         let manifest = json!({"version": 1});
-        let err = lockfile(
-            manifest.clone(),
-            json!([{"install_id": "x", "system": "x86_64-linux"}]),
-        )
-        .unwrap_err();
+        let err = lockfile(manifest.clone(), json!([{"install_id": "x", "system": "x86_64-linux"}])).unwrap_err();
         assert_eq!(err, LockfileError::UnknownPackageKind { index: 0 });
-        let mut entry = catalog(
-            "hello",
-            "x86_64-linux",
-            json!({"out": H1}),
-            json!(["out"]),
-            5,
-        );
+        let mut entry = catalog("hello", "x86_64-linux", json!({"out": H1}), json!(["out"]), 5);
         entry.as_object_mut().unwrap().remove("rev");
-        let err = lockfile(manifest.clone(), json!([entry]))
-            .unwrap_err()
-            .to_string();
-        assert!(err.starts_with("packages[0] (catalog entry 'hello') in manifest.lock is invalid: missing field `rev`"), "{err}");
+        let err = lockfile(manifest.clone(), json!([entry])).unwrap_err().to_string();
+        assert!(
+            err.starts_with("packages[0] (catalog entry 'hello') in manifest.lock is invalid: missing field `rev`"),
+            "{err}"
+        );
         let flake = json!({"install_id": "f", "locked-url": "github:a/b", "locked-flake-attr-path": "p",
             "derivation": "d", "outputs": {"out": H1}, "output-names": ["out"], "package-system": "x86_64-linux",
             "system": "x86_64-linux", "name": "f", "priority": null});
-        let l = lockfile(
-            json!({"version": 1, "install": {"f": {"flake": "github:a/b"}}}),
-            json!([flake]),
-        )
-        .unwrap();
+        let l = lockfile(json!({"version": 1, "install": {"f": {"flake": "github:a/b"}}}), json!([flake])).unwrap();
         assert_eq!(l.packages[0].priority(), DEFAULT_PRIORITY);
         let sp = json!({"install_id": "s", "store_path": H1, "system": "x86_64-linux"});
         let err = lockfile(manifest, json!([sp])).unwrap_err().to_string();
-        assert!(
-            err.contains("store-path entry 's'") && err.contains("priority"),
-            "{err}"
-        );
+        assert!(err.contains("store-path entry 's'") && err.contains("priority"), "{err}");
     }
 
     #[test]
@@ -1114,20 +927,8 @@ mod tests {
         let l = lockfile(
             json!({"version": 1, "install": {"a": {"pkg-path": "a"}, "b": {"pkg-path": "b"}}}),
             json!([
-                catalog(
-                    "a",
-                    "x86_64-linux",
-                    json!({"man": H2, "stubs": H3, "out": H1}),
-                    json!(["out"]),
-                    2
-                ),
-                catalog(
-                    "b",
-                    "x86_64-linux",
-                    json!({"out": H1, "man": H2}),
-                    Value::Null,
-                    3
-                ),
+                catalog("a", "x86_64-linux", json!({"man": H2, "stubs": H3, "out": H1}), json!(["out"]), 2),
+                catalog("b", "x86_64-linux", json!({"out": H1, "man": H2}), Value::Null, 3),
                 catalog("a", "aarch64-linux", json!({"out": H1}), json!(["out"]), 2),
             ]),
         )
@@ -1168,52 +969,24 @@ mod tests {
             select(json!({"pkg-path": "p", "outputs": "all"}), json!(["out"])).unwrap(),
             ["out", "man", "stubs"]
         );
-        assert_eq!(
-            select(
-                json!({"pkg-path": "p", "outputs": ["man", "out"]}),
-                Value::Null
-            )
-            .unwrap(),
-            ["man", "out"]
-        );
+        assert_eq!(select(json!({"pkg-path": "p", "outputs": ["man", "out"]}), Value::Null).unwrap(), ["man", "out"]);
         // Default: outputs_to_install, duplicates linked once.
-        assert_eq!(
-            select(json!({"pkg-path": "p"}), json!(["out", "man", "out"])).unwrap(),
-            ["out", "man"]
-        );
+        assert_eq!(select(json!({"pkg-path": "p"}), json!(["out", "man", "out"])).unwrap(), ["out", "man"]);
         // Neither: nothing, as builder.pl.
-        assert!(select(json!({"pkg-path": "p"}), Value::Null)
-            .unwrap()
-            .is_empty());
-        let err = select(
-            json!({"pkg-path": "p", "outputs": ["out", "lib"]}),
-            Value::Null,
-        )
-        .unwrap_err();
+        assert!(select(json!({"pkg-path": "p"}), Value::Null).unwrap().is_empty());
+        let err = select(json!({"pkg-path": "p", "outputs": ["out", "lib"]}), Value::Null).unwrap_err();
         assert_eq!(err.to_string(), "p has no output named 'lib'");
-        let err = lockfile(
-            schema_manifest(json!({"p": {"pkg-path": "p", "outputs": "some"}})),
-            json!([]),
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(
-            err.contains("manifest.install.p.outputs") && err.contains("'all' or a list"),
-            "{err}"
-        );
+        let err = lockfile(schema_manifest(json!({"p": {"pkg-path": "p", "outputs": "some"}})), json!([]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("manifest.install.p.outputs") && err.contains("'all' or a list"), "{err}");
     }
 
     #[test]
     fn missing_install_id_and_bad_store_paths_fail_selection() {
         let l = lockfile(
             schema_manifest(json!({})),
-            json!([catalog(
-                "ghost",
-                "x86_64-linux",
-                json!({"out": H1}),
-                json!(["out"]),
-                5
-            )]),
+            json!([catalog("ghost", "x86_64-linux", json!({"out": H1}), json!(["out"]), 5)]),
         )
         .unwrap();
         assert_eq!(
@@ -1234,23 +1007,12 @@ mod tests {
         assert_eq!(ok.outputs[0].output, STORE_PATH_OUTPUT);
         assert_eq!(ok.outputs[0].priority, 4);
         let err = sp("/nix/store/short/../../etc").unwrap_err().to_string();
-        assert!(
-            err.starts_with(
-                "package 's' output 'out': invalid store path '/nix/store/short/../../etc'"
-            ),
-            "{err}"
-        );
+        assert!(err.starts_with("package 's' output 'out': invalid store path '/nix/store/short/../../etc'"), "{err}");
         // Store paths of other systems' entries are not validated for this one.
         let l = lockfile(
             json!({"version": 1, "install": {"p": {"pkg-path": "p"}}}),
             json!([
-                catalog(
-                    "p",
-                    "aarch64-darwin",
-                    json!({"out": "bogus"}),
-                    json!(["out"]),
-                    5
-                ),
+                catalog("p", "aarch64-darwin", json!({"out": "bogus"}), json!(["out"]), 5),
                 catalog("p", "x86_64-linux", json!({"out": H1}), json!(["out"]), 5),
             ]),
         )
@@ -1276,22 +1038,10 @@ mod tests {
         .unwrap();
         assert!(l.select(System::X86_64Linux).is_err());
         let paths = l.locked_store_paths(System::X86_64Linux).unwrap();
-        assert_eq!(
-            paths.iter().map(StorePath::as_str).collect::<Vec<_>>(),
-            vec![H1, H2, H3]
-        );
-        assert!(l
-            .locked_store_paths(System::Aarch64Linux)
-            .unwrap()
-            .is_empty());
-        let err = l
-            .locked_store_paths(System::Aarch64Darwin)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.starts_with("package 'p' output 'out': invalid store path 'bogus'"),
-            "{err}"
-        );
+        assert_eq!(paths.iter().map(StorePath::as_str).collect::<Vec<_>>(), vec![H1, H2, H3]);
+        assert!(l.locked_store_paths(System::Aarch64Linux).unwrap().is_empty());
+        let err = l.locked_store_paths(System::Aarch64Darwin).unwrap_err().to_string();
+        assert!(err.starts_with("package 'p' output 'out': invalid store path 'bogus'"), "{err}");
     }
 
     #[test]
@@ -1304,24 +1054,13 @@ mod tests {
         .unwrap();
         assert_eq!(l.activate_mode(), Some("run"));
         assert!(!l.cuda_detection());
-        let err = lockfile(
-            json!({"version": 1, "options": {"activate": {"mode": "prod"}}}),
-            json!([]),
-        )
-        .unwrap_err();
+        let err = lockfile(json!({"version": 1, "options": {"activate": {"mode": "prod"}}}), json!([])).unwrap_err();
         assert!(
             err.to_string().contains("manifest.options.activate.mode")
                 && err.to_string().contains("\"run\" or \"dev\"")
         );
-        let l = lockfile(
-            json!({"version": 1, "vars": {"BASH_ENVTRACE_X": "1"}}),
-            json!([]),
-        )
-        .unwrap();
-        assert_eq!(
-            l.vars_in_order().unwrap_err(),
-            LockfileError::ReservedVar("BASH_ENVTRACE_X".into())
-        );
+        let l = lockfile(json!({"version": 1, "vars": {"BASH_ENVTRACE_X": "1"}}), json!([])).unwrap();
+        assert_eq!(l.vars_in_order().unwrap_err(), LockfileError::ReservedVar("BASH_ENVTRACE_X".into()));
         let err = lockfile(json!({"version": 1, "vars": {"N": 3}}), json!([])).unwrap_err();
         assert!(err.to_string().contains("manifest.vars.N"));
     }
@@ -1337,10 +1076,6 @@ mod tests {
         assert_eq!(l.hook_on_activate().as_deref(), Some("a\n  b\n"));
         assert_eq!(l.hook_on_deactivate().as_deref(), Some("\tx"));
         assert_eq!(l.profile().bash.as_deref(), Some("echo hi\n"));
-        assert_eq!(
-            l.manifest.hook.on_activate.as_deref(),
-            Some("  a\n    b\n"),
-            "raw text kept"
-        );
+        assert_eq!(l.manifest.hook.on_activate.as_deref(), Some("  a\n    b\n"), "raw text kept");
     }
 }

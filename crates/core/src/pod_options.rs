@@ -56,24 +56,19 @@ impl SkipLists {
 }
 
 fn comma_list(value: Option<&String>) -> BTreeSet<String> {
-    value
-        .map(|v| v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect())
-        .unwrap_or_default()
+    value.map(|v| v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect()).unwrap_or_default()
 }
 
 impl PodOptions {
     /// Parses the `flox.dev/*` annotations of a container that the runtime must wrap.
     pub fn from_annotations(annotations: &BTreeMap<String, String>) -> Result<PodOptions, OptionsError> {
         // A misspelt annotation (activate_mode, nix-mutable-) would otherwise be silently ignored.
-        if let Some(unknown) = annotations
-            .keys()
-            .find(|k| k.starts_with("flox.dev/") && !KNOWN.contains(&k.as_str()))
-        {
+        if let Some(unknown) = annotations.keys().find(|k| k.starts_with("flox.dev/") && !KNOWN.contains(&k.as_str())) {
             return Err(OptionsError::Unknown { annotation: unknown.clone(), known: KNOWN.join(", ") });
         }
         let value = annotations.get(ENVIRONMENT).ok_or(OptionsError::MissingEnvironment)?;
-        let environment = EnvRef::parse(value)
-            .map_err(|source| OptionsError::Environment { value: value.clone(), source })?;
+        let environment =
+            EnvRef::parse(value).map_err(|source| OptionsError::Environment { value: value.clone(), source })?;
         let mode = match annotations.get(ACTIVATE_MODE).map(String::as_str) {
             None | Some("run") => Mode::Run,
             Some("dev") => Mode::Dev,
@@ -155,7 +150,8 @@ mod tests {
         ), "{e}");
         let e = PodOptions::from_annotations(&ann(&[])).unwrap_err();
         assert_eq!(e, OptionsError::MissingEnvironment);
-        let e = PodOptions::from_annotations(&ann(&[(ENVIRONMENT, "a/b"), ("flox.dev/activate_mode", "dev")])).unwrap_err();
+        let e =
+            PodOptions::from_annotations(&ann(&[(ENVIRONMENT, "a/b"), ("flox.dev/activate_mode", "dev")])).unwrap_err();
         assert!(e.to_string().starts_with("flox: annotation \"flox.dev/activate_mode\" is not known"), "{e}");
     }
 }

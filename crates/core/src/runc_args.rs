@@ -17,12 +17,24 @@ pub struct RuncInvocation {
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum Command {
-    Create { bundle: String, id: String },
+    Create {
+        bundle: String,
+        id: String,
+    },
     /// `runc run` creates and starts in one step; treated like create.
-    Run { bundle: String, id: String },
+    Run {
+        bundle: String,
+        id: String,
+    },
     /// `runc exec --process FILE ID`; `process` is None for the argv form, which we pass through.
-    Exec { process: Option<String>, id: String },
-    Delete { id: String, force: bool },
+    Exec {
+        process: Option<String>,
+        id: String,
+    },
+    Delete {
+        id: String,
+        force: bool,
+    },
     #[default]
     Other,
 }
@@ -112,8 +124,22 @@ fn create_args(rest: &[String]) -> (String, Option<String>) {
 
 fn exec_args(rest: &[String]) -> Command {
     const WITH_VALUE: [&str; 16] = [
-        "--process", "-p", "--console-socket", "--pid-file", "--preserve-fds", "--cwd", "--env", "-e",
-        "--user", "-u", "--additional-gids", "-g", "--process-label", "--apparmor", "--cap", "--cgroup",
+        "--process",
+        "-p",
+        "--console-socket",
+        "--pid-file",
+        "--preserve-fds",
+        "--cwd",
+        "--env",
+        "-e",
+        "--user",
+        "-u",
+        "--additional-gids",
+        "-g",
+        "--process-label",
+        "--apparmor",
+        "--cap",
+        "--cgroup",
     ];
     let mut process = None;
     let mut i = 0;

@@ -43,11 +43,7 @@ pub fn container_info(spec: &Value) -> ContainerInfo {
     let annotations: BTreeMap<String, String> = spec
         .get("annotations")
         .and_then(Value::as_object)
-        .map(|m| {
-            m.iter()
-                .filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_string())))
-                .collect()
-        })
+        .map(|m| m.iter().filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_string()))).collect())
         .unwrap_or_default();
     let kind = match annotations.get(CONTAINER_TYPE).map(String::as_str) {
         Some("sandbox") => ContainerKind::Sandbox,

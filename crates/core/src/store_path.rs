@@ -44,14 +44,9 @@ pub struct StorePathError {
 impl StorePath {
     /// Validate `value` as a top-level store path.
     pub fn parse(value: &str) -> Result<StorePath, StorePathError> {
-        let fail = |reason: String| StorePathError {
-            value: value.to_string(),
-            reason,
-        };
+        let fail = |reason: String| StorePathError { value: value.to_string(), reason };
         let prefix = format!("{STORE_DIR}/");
-        let base = value
-            .strip_prefix(&prefix)
-            .ok_or_else(|| fail(format!("it does not start with {prefix}")))?;
+        let base = value.strip_prefix(&prefix).ok_or_else(|| fail(format!("it does not start with {prefix}")))?;
         if let Some(slash) = base.find('/') {
             return Err(fail(if slash + 1 == base.len() {
                 "it has a trailing slash".to_string()
@@ -60,19 +55,13 @@ impl StorePath {
             }));
         }
         if base.len() <= HASH_PART_LEN || !base.is_char_boundary(HASH_PART_LEN) {
-            return Err(fail(format!(
-                "'{base}' is too short for a {HASH_PART_LEN}-character hash, a '-' and a name"
-            )));
+            return Err(fail(format!("'{base}' is too short for a {HASH_PART_LEN}-character hash, a '-' and a name")));
         }
         let (hash, rest) = base.split_at(HASH_PART_LEN);
         if let Some(bad) = hash.chars().find(|c| !NIX_BASE32_CHARS.contains(*c)) {
-            return Err(fail(format!(
-                "the hash part '{hash}' contains '{bad}', which is not a Nix base-32 character"
-            )));
+            return Err(fail(format!("the hash part '{hash}' contains '{bad}', which is not a Nix base-32 character")));
         }
-        let name = rest
-            .strip_prefix('-')
-            .ok_or_else(|| fail("the hash part is not followed by '-'".to_string()))?;
+        let name = rest.strip_prefix('-').ok_or_else(|| fail("the hash part is not followed by '-'".to_string()))?;
         validate_name(name).map_err(fail)?;
         Ok(StorePath(value.to_string()))
     }
@@ -103,18 +92,12 @@ fn validate_name(name: &str) -> Result<(), String> {
         return Err("the name after the hash is empty".to_string());
     }
     if name.len() > MAX_NAME_LEN {
-        return Err(format!(
-            "the name is {} characters long, more than {MAX_NAME_LEN}",
-            name.len()
-        ));
+        return Err(format!("the name is {} characters long, more than {MAX_NAME_LEN}", name.len()));
     }
     if name.starts_with('.') {
         return Err(format!("the name '{name}' starts with '.'"));
     }
-    if let Some(bad) = name
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || "+-._?=".contains(*c)))
-    {
+    if let Some(bad) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || "+-._?=".contains(*c))) {
         return Err(format!("the name contains the character {bad:?}"));
     }
     Ok(())
@@ -175,10 +158,7 @@ mod tests {
         let path = StorePath::parse(HELLO).unwrap();
         assert_eq!(path.hash_part(), "0c2kp0ppyd7cmv4pmz9y8xjpwgz0b0fs");
         assert_eq!(path.name(), "hello-2.12.1");
-        assert_eq!(
-            path.base_name(),
-            "0c2kp0ppyd7cmv4pmz9y8xjpwgz0b0fs-hello-2.12.1"
-        );
+        assert_eq!(path.base_name(), "0c2kp0ppyd7cmv4pmz9y8xjpwgz0b0fs-hello-2.12.1");
         assert_eq!(path.as_str(), HELLO);
         assert_eq!(path.to_string(), HELLO);
     }
@@ -225,10 +205,7 @@ mod tests {
     #[test]
     fn serde_round_trip_validates() {
         let path: StorePath = serde_json::from_str(&format!("\"{HELLO}\"")).unwrap();
-        assert_eq!(
-            serde_json::to_string(&path).unwrap(),
-            format!("\"{HELLO}\"")
-        );
+        assert_eq!(serde_json::to_string(&path).unwrap(), format!("\"{HELLO}\""));
         let bad = serde_json::from_str::<StorePath>("\"/nix/store/x\"").unwrap_err();
         assert!(bad.to_string().contains("invalid store path"));
     }

@@ -22,20 +22,14 @@ pub enum System {
 pub enum SystemError {
     #[error("system '{0}' is not supported; accepted: x86_64-linux, aarch64-linux, x86_64-darwin, aarch64-darwin")]
     Unknown(String),
-    #[error(
-        "node architecture '{arch}' on '{os}' is not supported; accepted: amd64 or arm64 on linux"
-    )]
+    #[error("node architecture '{arch}' on '{os}' is not supported; accepted: amd64 or arm64 on linux")]
     UnsupportedNode { arch: String, os: String },
 }
 
 impl System {
     /// Every known system, in Flox's usual listing order.
-    pub const ALL: [System; 4] = [
-        System::Aarch64Darwin,
-        System::Aarch64Linux,
-        System::X86_64Darwin,
-        System::X86_64Linux,
-    ];
+    pub const ALL: [System; 4] =
+        [System::Aarch64Darwin, System::Aarch64Linux, System::X86_64Darwin, System::X86_64Linux];
 
     /// The Nix spelling, e.g. `x86_64-linux`.
     pub fn as_str(self) -> &'static str {
@@ -59,10 +53,7 @@ impl System {
         match (arch, os) {
             ("amd64", "linux") => Ok(System::X86_64Linux),
             ("arm64", "linux") => Ok(System::Aarch64Linux),
-            _ => Err(SystemError::UnsupportedNode {
-                arch: arch.to_string(),
-                os: os.to_string(),
-            }),
+            _ => Err(SystemError::UnsupportedNode { arch: arch.to_string(), os: os.to_string() }),
         }
     }
 
@@ -95,10 +86,7 @@ impl System {
 impl FromStr for System {
     type Err = SystemError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        System::ALL
-            .into_iter()
-            .find(|system| system.as_str() == s)
-            .ok_or_else(|| SystemError::Unknown(s.to_string()))
+        System::ALL.into_iter().find(|system| system.as_str() == s).ok_or_else(|| SystemError::Unknown(s.to_string()))
     }
 }
 
@@ -131,19 +119,13 @@ mod tests {
             assert_eq!(system.as_str().parse::<System>().unwrap(), system);
             assert_eq!(system.to_string(), system.as_str());
         }
-        assert_eq!(
-            "aarch64-darwin".parse::<System>().unwrap(),
-            System::Aarch64Darwin
-        );
+        assert_eq!("aarch64-darwin".parse::<System>().unwrap(), System::Aarch64Darwin);
     }
 
     #[test]
     fn unknown_names_are_refused_with_the_accepted_list() {
         let err = "riscv64-linux".parse::<System>().unwrap_err().to_string();
-        assert!(
-            err.contains("'riscv64-linux'") && err.contains("x86_64-linux"),
-            "{err}"
-        );
+        assert!(err.contains("'riscv64-linux'") && err.contains("x86_64-linux"), "{err}");
         assert!("X86_64-linux".parse::<System>().is_err());
         assert!("".parse::<System>().is_err());
     }
@@ -151,10 +133,7 @@ mod tests {
     #[test]
     fn kubernetes_arch_mapping() {
         assert_eq!(System::from_k8s_arch("amd64").unwrap(), System::X86_64Linux);
-        assert_eq!(
-            System::from_k8s_arch("arm64").unwrap(),
-            System::Aarch64Linux
-        );
+        assert_eq!(System::from_k8s_arch("arm64").unwrap(), System::Aarch64Linux);
         let err = System::from_k8s_arch("s390x").unwrap_err().to_string();
         assert!(err.contains("'s390x'") && err.contains("amd64"), "{err}");
         assert!(System::from_k8s_node("amd64", "windows").is_err());
@@ -166,10 +145,7 @@ mod tests {
     fn host_matches_the_compiled_target() {
         let expected = format!("{}-{}", std::env::consts::ARCH, std::env::consts::OS);
         assert_eq!(System::host().unwrap().as_str(), expected);
-        assert_eq!(
-            System::from_arch_os("aarch64", "macos").unwrap(),
-            System::Aarch64Darwin
-        );
+        assert_eq!(System::from_arch_os("aarch64", "macos").unwrap(), System::Aarch64Darwin);
     }
 
     #[test]

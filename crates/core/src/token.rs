@@ -65,19 +65,10 @@ impl Token {
         }
         if secret.chars().any(|c| c.is_whitespace() || c.is_control()) {
             // A token goes into an HTTP header; inner whitespace means two values were pasted.
-            return Err(TokenError::Unrecognised {
-                reason: "it contains whitespace or control characters",
-            });
+            return Err(TokenError::Unrecognised { reason: "it contains whitespace or control characters" });
         }
-        let kind = if secret.starts_with(ACCESS_TOKEN_PREFIX) {
-            TokenKind::Opaque
-        } else {
-            jwt_claims(secret)?
-        };
-        Ok(Token {
-            secret: secret.to_string(),
-            kind,
-        })
+        let kind = if secret.starts_with(ACCESS_TOKEN_PREFIX) { TokenKind::Opaque } else { jwt_claims(secret)? };
+        Ok(Token { secret: secret.to_string(), kind })
     }
 
     /// The secret itself, for the single place that sends it to the hub.
@@ -133,16 +124,12 @@ fn jwt_claims(secret: &str) -> Result<TokenKind, TokenError> {
             reason: "it does not start with flox_ and does not have the three dot-separated parts of a JWT",
         });
     }
-    let payload = decode_base64url(parts[1]).ok_or(TokenError::Unrecognised {
-        reason: "the JWT payload is not base64url",
-    })?;
-    let claims: serde_json::Value =
-        serde_json::from_slice(&payload).map_err(|_| TokenError::Unrecognised {
-            reason: "the JWT payload is not a JSON object",
-        })?;
-    let claims = claims.as_object().ok_or(TokenError::Unrecognised {
-        reason: "the JWT payload is not a JSON object",
-    })?;
+    let payload =
+        decode_base64url(parts[1]).ok_or(TokenError::Unrecognised { reason: "the JWT payload is not base64url" })?;
+    let claims: serde_json::Value = serde_json::from_slice(&payload)
+        .map_err(|_| TokenError::Unrecognised { reason: "the JWT payload is not a JSON object" })?;
+    let claims =
+        claims.as_object().ok_or(TokenError::Unrecognised { reason: "the JWT payload is not a JSON object" })?;
     let handle = match claims.get(HANDLE_CLAIM) {
         Some(serde_json::Value::String(handle)) if !handle.is_empty() => handle.clone(),
         Some(_) => {
@@ -150,39 +137,26 @@ fn jwt_claims(secret: &str) -> Result<TokenKind, TokenError> {
                 reason: "claim 'https://flox.dev/handle' is not a non-empty string",
             })
         }
-        None => {
-            return Err(TokenError::MissingClaims {
-                reason: "claim 'https://flox.dev/handle' is missing",
-            })
-        }
+        None => return Err(TokenError::MissingClaims { reason: "claim 'https://flox.dev/handle' is missing" }),
     };
     let exp = match claims.get("exp") {
-        Some(value) => value.as_i64().ok_or(TokenError::MissingClaims {
-            reason: "claim 'exp' is not an integer number of Unix seconds",
-        })?,
-        None => {
-            return Err(TokenError::MissingClaims {
-                reason: "claim 'exp' is missing",
-            })
-        }
+        Some(value) => value
+            .as_i64()
+            .ok_or(TokenError::MissingClaims { reason: "claim 'exp' is not an integer number of Unix seconds" })?,
+        None => return Err(TokenError::MissingClaims { reason: "claim 'exp' is missing" }),
     };
     Ok(TokenKind::Jwt { handle, exp })
 }
 
 /// JWTs use unpadded base64url, but tolerate padding that some encoders add.
 fn decode_base64url(part: &str) -> Option<Vec<u8>> {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(part.trim_end_matches('='))
-        .ok()
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(part.trim_end_matches('=')).ok()
 }
 
 impl fmt::Debug for Token {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // The kind (handle, expiry) is not secret and helps debugging.
-        f.debug_struct("Token")
-            .field("secret", &REDACTED)
-            .field("kind", &self.kind)
-            .finish()
+        f.debug_struct("Token").field("secret", &REDACTED).field("kind", &self.kind).finish()
     }
 }
 
@@ -210,13 +184,7 @@ mod tests {
     fn jwt_claims_are_read_without_checking_the_signature() {
         let raw = jwt(r#"{"https://flox.dev/handle":"alice","exp":1750000000,"sub":"auth0|1"}"#);
         let token = Token::parse(&format!("  {raw}\n")).unwrap();
-        assert_eq!(
-            token.kind(),
-            &TokenKind::Jwt {
-                handle: "alice".into(),
-                exp: 1_750_000_000
-            }
-        );
+        assert_eq!(token.kind(), &TokenKind::Jwt { handle: "alice".into(), exp: 1_750_000_000 });
         assert_eq!(token.handle(), Some("alice"));
         assert_eq!(token.expose(), raw, "whitespace and newline are trimmed");
     }
@@ -257,10 +225,7 @@ mod tests {
             let err = Token::parse(&raw).unwrap_err();
             let message = err.to_string();
             assert!(message.starts_with("floxhub-token "), "{message}");
-            assert!(
-                !message.contains(&raw) && !message.contains(secret_like),
-                "{message}"
-            );
+            assert!(!message.contains(&raw) && !message.contains(secret_like), "{message}");
         }
         assert!(Token::parse(secret_like)
             .unwrap_err()
@@ -272,10 +237,7 @@ mod tests {
     #[test]
     fn debug_and_display_redact_the_secret() {
         let raw = jwt(r#"{"https://flox.dev/handle":"alice","exp":1}"#);
-        for token in [
-            Token::parse(&raw).unwrap(),
-            Token::parse("flox_pat_SECRET").unwrap(),
-        ] {
+        for token in [Token::parse(&raw).unwrap(), Token::parse("flox_pat_SECRET").unwrap()] {
             let shown = format!("{token} {token:?} {:?}", Some(&token));
             assert!(!shown.contains(token.expose()), "{shown}");
             assert!(!shown.contains("SECRET"), "{shown}");
@@ -287,10 +249,7 @@ mod tests {
     fn fingerprint_is_stable_distinct_and_domain_separated() {
         let a = Token::parse("flox_pat_a").unwrap();
         let b = Token::parse("flox_pat_b").unwrap();
-        assert_eq!(
-            a.fingerprint(),
-            Token::parse("flox_pat_a\n").unwrap().fingerprint()
-        );
+        assert_eq!(a.fingerprint(), Token::parse("flox_pat_a\n").unwrap().fingerprint());
         assert_ne!(a.fingerprint(), b.fingerprint());
         assert_eq!(a.fingerprint().len(), 64);
         let plain = hex::encode(Sha256::digest(b"flox_pat_a"));

@@ -22,7 +22,8 @@ fn golden(name: &str, value: &Value) {
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
         std::fs::write(data(name), &text).unwrap();
     }
-    let want = std::fs::read_to_string(data(name)).unwrap_or_else(|_| panic!("missing golden {name}: run with UPDATE_GOLDEN=1"));
+    let want = std::fs::read_to_string(data(name))
+        .unwrap_or_else(|_| panic!("missing golden {name}: run with UPDATE_GOLDEN=1"));
     assert_eq!(text, want, "{name} differs from the golden file");
 }
 
@@ -76,9 +77,12 @@ fn plain_container_closure_view() {
 #[test]
 fn mutable_container_overlay() {
     let mut spec = load("container.json");
-    edit(NixView::Overlay { upper: "/var/lib/imageless/overlays/ID/upper".into(), work: "/var/lib/imageless/overlays/ID/work".into() })
-        .apply_to_spec(&mut spec)
-        .unwrap();
+    edit(NixView::Overlay {
+        upper: "/var/lib/imageless/overlays/ID/upper".into(),
+        work: "/var/lib/imageless/overlays/ID/work".into(),
+    })
+    .apply_to_spec(&mut spec)
+    .unwrap();
     golden("container.flox-mutable.json", &spec);
 }
 

@@ -218,7 +218,11 @@ async fn run_pod(args: RunArgs) -> Result<ExitCode, PodError> {
                     "{}",
                     KubeEvent::warning(
                         if exit.reason.is_empty() { "Error".to_string() } else { exit.reason.clone() },
-                        format!("container {} terminated with exit code {}{detail}", running.container(None)?.name, exit.exit_code)
+                        format!(
+                            "container {} terminated with exit code {}{detail}",
+                            running.container(None)?.name,
+                            exit.exit_code
+                        )
                     )
                 );
             }
@@ -295,7 +299,16 @@ mod tests {
     #[test]
     fn parses_run_and_exec_command_lines() {
         let top = Top::try_parse_from([
-            "pod", "run", "p.yaml", "--cri", "unix:///x.sock", "--secret", "tok=/d", "--timeout", "90s", "--host-network",
+            "pod",
+            "run",
+            "p.yaml",
+            "--cri",
+            "unix:///x.sock",
+            "--secret",
+            "tok=/d",
+            "--timeout",
+            "90s",
+            "--host-network",
         ])
         .unwrap();
         let PodCommand::Run(r) = top.cmd else { panic!() };

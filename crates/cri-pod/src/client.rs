@@ -50,7 +50,12 @@ impl CriClient {
                 async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
             }))
             .await
-            .map_err(|e| connect_err(format!("{e}: {}", std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default())))?;
+            .map_err(|e| {
+                connect_err(format!(
+                    "{e}: {}",
+                    std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default()
+                ))
+            })?;
         let client = CriClient {
             socket,
             runtime: RuntimeServiceClient::new(channel.clone()),
@@ -97,10 +102,7 @@ impl CriClient {
         .map(drop)
     }
 
-    pub async fn list_pod_sandboxes(
-        &self,
-        labels: &[(&str, &str)],
-    ) -> Result<Vec<cri::PodSandbox>, PodError> {
+    pub async fn list_pod_sandboxes(&self, labels: &[(&str, &str)]) -> Result<Vec<cri::PodSandbox>, PodError> {
         let filter = cri::PodSandboxFilter {
             label_selector: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             ..Default::default()

@@ -23,10 +23,9 @@ pub struct PodManifest {
 
 impl PodManifest {
     pub fn from_file(path: &Path) -> Result<Self, PodError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| PodError::ReadManifest { path: path.to_owned(), source })?;
-        Self::from_yaml(&text)
-            .map_err(|message| PodError::ParseManifest { path: path.to_owned(), message })
+        let text =
+            std::fs::read_to_string(path).map_err(|source| PodError::ReadManifest { path: path.to_owned(), source })?;
+        Self::from_yaml(&text).map_err(|message| PodError::ParseManifest { path: path.to_owned(), message })
     }
 
     /// The first pod (or workload's pod template) in a possibly multi-document YAML text.
@@ -50,11 +49,12 @@ impl PodManifest {
                     .transpose()
                     .map_err(|e| format!("kind {kind} metadata: {e}"))?
                     .unwrap_or_default();
-                let template = value.get("spec").and_then(|s| s.get("template")).cloned().ok_or_else(
-                    || format!("kind {kind}: spec.template is missing; a workload needs a pod template"),
-                )?;
-                let template: PodTemplateSpec = serde_yaml::from_value(template)
-                    .map_err(|e| format!("kind {kind} spec.template: {e}"))?;
+                let template =
+                    value.get("spec").and_then(|s| s.get("template")).cloned().ok_or_else(|| {
+                        format!("kind {kind}: spec.template is missing; a workload needs a pod template")
+                    })?;
+                let template: PodTemplateSpec =
+                    serde_yaml::from_value(template).map_err(|e| format!("kind {kind} spec.template: {e}"))?;
                 return Self::from_parts(template.metadata.unwrap_or_default(), Some(owner), template.spec);
             }
             kinds_seen.push(if kind.is_empty() { "<no kind>".to_string() } else { kind });

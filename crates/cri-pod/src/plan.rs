@@ -86,11 +86,9 @@ pub fn plan(
         ..Default::default()
     };
 
-    let all_containers: Vec<&Container> =
-        spec.init_containers.iter().flatten().chain(spec.containers.iter()).collect();
-    let any_privileged = all_containers
-        .iter()
-        .any(|c| c.security_context.as_ref().and_then(|s| s.privileged).unwrap_or(false));
+    let all_containers: Vec<&Container> = spec.init_containers.iter().flatten().chain(spec.containers.iter()).collect();
+    let any_privileged =
+        all_containers.iter().any(|c| c.security_context.as_ref().and_then(|s| s.privileged).unwrap_or(false));
     let pod_sc = spec.security_context.clone().unwrap_or_default();
 
     let mut labels: HashMap<String, String> = pod.labels.clone().into_iter().collect();
@@ -165,7 +163,8 @@ fn resolve_volumes(
             let name = secret.secret_name.clone().ok_or_else(|| PodError::InvalidField {
                 field: format!("{field}.secret.secretName"),
                 value: String::new(),
-                accepted: "the name of a secret given with --secret NAME=DIR or present in the state root's secrets/".into(),
+                accepted: "the name of a secret given with --secret NAME=DIR or present in the state root's secrets/"
+                    .into(),
             })?;
             if secret.items.is_some() {
                 return Err(PodError::InvalidField {
@@ -188,7 +187,9 @@ fn resolve_volumes(
                     return Err(PodError::InvalidField {
                         field: format!("{field}.hostPath.type"),
                         value: other.into(),
-                        accepted: "\"\", Directory, DirectoryOrCreate, File, FileOrCreate, Socket, CharDevice, BlockDevice".into(),
+                        accepted:
+                            "\"\", Directory, DirectoryOrCreate, File, FileOrCreate, Socket, CharDevice, BlockDevice"
+                                .into(),
                     })
                 }
             }
@@ -268,7 +269,11 @@ impl ContainerContext<'_> {
 
         let config = cri::ContainerConfig {
             metadata: Some(cri::ContainerMetadata { name: c.name.clone(), attempt: 0 }),
-            image: Some(cri::ImageSpec { image: image.clone(), user_specified_image: image.clone(), ..Default::default() }),
+            image: Some(cri::ImageSpec {
+                image: image.clone(),
+                user_specified_image: image.clone(),
+                ..Default::default()
+            }),
             command: expand_all(&c.command),
             args: expand_all(&c.args),
             working_dir: c.working_dir.clone().unwrap_or_default(),
@@ -347,9 +352,7 @@ impl ContainerContext<'_> {
             "spec.nodeName" => Some(node_name()),
             "spec.serviceAccountName" => Some(pod.spec.service_account_name.clone().unwrap_or_default()),
             p if p.starts_with("metadata.labels") => lookup(&pod.labels, &p["metadata.labels".len()..]),
-            p if p.starts_with("metadata.annotations") => {
-                lookup(&pod.annotations, &p["metadata.annotations".len()..])
-            }
+            p if p.starts_with("metadata.annotations") => lookup(&pod.annotations, &p["metadata.annotations".len()..]),
             _ => None,
         };
         value.ok_or_else(|| PodError::InvalidField {
@@ -492,7 +495,9 @@ spec:
 
     #[test]
     fn pod_network_keeps_the_hostname_and_force_host_network_overrides() {
-        let pod = PodManifest::from_yaml("kind: Pod\nmetadata: {name: p}\nspec:\n  containers: [{name: c, image: i}]\n").unwrap();
+        let pod =
+            PodManifest::from_yaml("kind: Pod\nmetadata: {name: p}\nspec:\n  containers: [{name: c, image: i}]\n")
+                .unwrap();
         let p = plan(&pod, &opts(), &no_secrets).unwrap();
         assert_eq!(p.sandbox.hostname, "p");
         assert_eq!(p.runtime_handler, "", "no runtimeClassName means the default handler");

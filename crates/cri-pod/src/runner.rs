@@ -98,7 +98,11 @@ pub fn new_uid() -> String {
 }
 
 fn read_secret(path: &Path) -> Result<String, PodError> {
-    std::fs::read_to_string(path).map_err(|source| PodError::Io { what: "reading secret key", path: path.into(), source })
+    std::fs::read_to_string(path).map_err(|source| PodError::Io {
+        what: "reading secret key",
+        path: path.into(),
+        source,
+    })
 }
 
 impl PodRunner {
@@ -131,7 +135,11 @@ impl PodRunner {
             self.ensure_image(&image).await?;
         }
         for dir in plan.dirs_to_create.iter().chain([&plan_opts.log_dir]) {
-            std::fs::create_dir_all(dir).map_err(|source| PodError::Io { what: "creating", path: dir.clone(), source })?;
+            std::fs::create_dir_all(dir).map_err(|source| PodError::Io {
+                what: "creating",
+                path: dir.clone(),
+                source,
+            })?;
         }
 
         tracing::debug!(pod = %pod.name, handler = %plan.runtime_handler, "RunPodSandbox");
@@ -270,7 +278,12 @@ impl RunningPod {
     ) -> Result<(), PodError> {
         let id = self.client.create_container(&self.sandbox_id, c.config.clone(), sandbox).await?;
         let log_path = Path::new(&sandbox.log_directory).join(&c.config.log_path);
-        self.containers.push(StartedContainer { name: c.name.clone(), id: id.clone(), init, log_path: log_path.clone() });
+        self.containers.push(StartedContainer {
+            name: c.name.clone(),
+            id: id.clone(),
+            init,
+            log_path: log_path.clone(),
+        });
         self.followers.push((c.name.clone(), LogFollower::new(log_path)));
         self.client.start_container(&id).await?;
         if self.stream_logs {
@@ -323,7 +336,11 @@ impl RunningPod {
                     tokio::time::sleep(POLL).await;
                     self.print_new_logs();
                 }
-                return Ok(ContainerExit { exit_code: status.exit_code, reason: status.reason, message: status.message });
+                return Ok(ContainerExit {
+                    exit_code: status.exit_code,
+                    reason: status.reason,
+                    message: status.message,
+                });
             }
             if let Some(limit) = timeout.filter(|l| start.elapsed() >= *l) {
                 return Err(PodError::Timeout { what: format!("container {container} to exit"), after: limit });
@@ -362,12 +379,7 @@ impl RunningPod {
 
     /// Stdout lines of a container joined with newlines (handy in tests).
     pub fn stdout(&self, container: Option<&str>) -> Result<String, PodError> {
-        Ok(self
-            .logs(container)?
-            .into_iter()
-            .filter(|l| l.stream == Stream::Stdout)
-            .map(|l| l.text + "\n")
-            .collect())
+        Ok(self.logs(container)?.into_iter().filter(|l| l.stream == Stream::Stdout).map(|l| l.text + "\n").collect())
     }
 
     pub async fn status(&self, container: Option<&str>) -> Result<cri::ContainerStatus, PodError> {

@@ -85,13 +85,23 @@ mod tests {
     use super::*;
 
     fn fixture(v: ContainerdVersion) -> String {
-        let p = format!("{}/../../../shared/fixtures/containerd-configs/containerd-{}-default.toml", env!("CARGO_MANIFEST_DIR"), v.as_str());
+        let p = format!(
+            "{}/../../../shared/fixtures/containerd-configs/containerd-{}-default.toml",
+            env!("CARGO_MANIFEST_DIR"),
+            v.as_str()
+        );
         std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{p}: {e}"))
     }
 
     #[test]
     fn v2_config_is_private_and_has_flox() {
-        let text = private_config(&fixture(ContainerdVersion::V1_6), ContainerdVersion::V1_6, Path::new("/t"), Some(&FloxBinaries::default())).unwrap();
+        let text = private_config(
+            &fixture(ContainerdVersion::V1_6),
+            ContainerdVersion::V1_6,
+            Path::new("/t"),
+            Some(&FloxBinaries::default()),
+        )
+        .unwrap();
         let doc: toml::Table = toml::from_str(&text).unwrap();
         assert_eq!(doc["root"].as_str(), Some("/t/root"));
         assert_eq!(doc["grpc"]["address"].as_str(), Some("/t/containerd.sock"));
@@ -106,11 +116,15 @@ mod tests {
 
     #[test]
     fn v3_config_uses_the_split_cri_plugins() {
-        let text = private_config(&fixture(ContainerdVersion::V2_1), ContainerdVersion::V2_1, Path::new("/t"), None).unwrap();
+        let text =
+            private_config(&fixture(ContainerdVersion::V2_1), ContainerdVersion::V2_1, Path::new("/t"), None).unwrap();
         let doc: toml::Table = toml::from_str(&text).unwrap();
         let rt = &doc["plugins"]["io.containerd.cri.v1.runtime"];
         assert_eq!(rt["restrict_oom_score_adj"].as_bool(), Some(true));
-        assert_eq!(doc["plugins"]["io.containerd.cri.v1.images"]["pinned_images"]["sandbox"].as_str(), Some(PAUSE_IMAGE));
+        assert_eq!(
+            doc["plugins"]["io.containerd.cri.v1.images"]["pinned_images"]["sandbox"].as_str(),
+            Some(PAUSE_IMAGE)
+        );
         assert_eq!(doc["plugins"]["io.containerd.nri.v1.nri"]["disable"].as_bool(), Some(true));
         assert!(rt["containerd"]["runtimes"].get("flox").is_none());
     }

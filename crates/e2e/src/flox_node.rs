@@ -8,7 +8,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use crate::{repo_root, Containerd, ContainerdOptions, ContainerdVersion, PodError, PodManifest, PodRunner, RunningPod};
+use crate::{
+    repo_root, Containerd, ContainerdOptions, ContainerdVersion, PodError, PodManifest, PodRunner, RunningPod,
+};
 
 fn env_path(var: &str, default: &str) -> PathBuf {
     std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| repo_root().join(default))
@@ -31,8 +33,16 @@ pub fn world_root() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT
         .get_or_init(|| {
-            for (what, path) in [("imageless", imageless()), ("static activator", activator()), ("flox-runc", bin_dir().join("flox-runc"))] {
-                assert!(path.exists(), "{what} not built at {}: run `cargo xtask test` (it builds everything first)", path.display());
+            for (what, path) in [
+                ("imageless", imageless()),
+                ("static activator", activator()),
+                ("flox-runc", bin_dir().join("flox-runc")),
+            ] {
+                assert!(
+                    path.exists(),
+                    "{what} not built at {}: run `cargo xtask test` (it builds everything first)",
+                    path.display()
+                );
             }
             let root = env_path("IMAGELESS_HUB_ROOT", ".work/hub");
             let out = Command::new("bash")
@@ -141,7 +151,11 @@ impl FloxNode {
     }
 
     /// Like `start_with`, and `hook` edits the containerd config before the daemon starts.
-    pub fn start_with_hook(version: ContainerdVersion, extra_config: &str, hook: Option<crate::ConfigHook>) -> Option<FloxNode> {
+    pub fn start_with_hook(
+        version: ContainerdVersion,
+        extra_config: &str,
+        hook: Option<crate::ConfigHook>,
+    ) -> Option<FloxNode> {
         if let Err(why) = version.ensure_available() {
             eprintln!("SKIPPED: containerd {version} not available: {why:#}");
             return None;
@@ -163,8 +177,9 @@ impl FloxNode {
         std::fs::write(&config_path, config).expect("node config");
         let mut env = BTreeMap::new();
         env.insert("IMAGELESS_CONFIG".to_string(), config_path.display().to_string());
-        let containerd = Containerd::start(version, ContainerdOptions { env, before_start: hook, ..ContainerdOptions::default() })
-            .unwrap_or_else(|e| panic!("{e:#}"));
+        let containerd =
+            Containerd::start(version, ContainerdOptions { env, before_start: hook, ..ContainerdOptions::default() })
+                .unwrap_or_else(|e| panic!("{e:#}"));
         Some(FloxNode { containerd, hub, dir, state_root, gcroots, config_path })
     }
 

@@ -94,10 +94,17 @@ impl ContainerdVersion {
             return Ok(());
         }
         if self == Self::V1_6 {
-            bail!("containerd {} is missing at {}: run scripts/setup-machine.sh", self.as_str(), self.bin_dir().display());
+            bail!(
+                "containerd {} is missing at {}: run scripts/setup-machine.sh",
+                self.as_str(),
+                self.bin_dir().display()
+            );
         }
         let script = repo_root().join("scripts/fetch-containerd.sh");
-        let out = Command::new(&script).arg(self.as_str()).output().with_context(|| format!("running {}", script.display()))?;
+        let out = Command::new(&script)
+            .arg(self.as_str())
+            .output()
+            .with_context(|| format!("running {}", script.display()))?;
         if !out.status.success() || !self.is_available() {
             bail!(
                 "containerd {} binaries absent and {} failed ({}): {}",
@@ -198,7 +205,8 @@ pub fn local_images() -> anyhow::Result<LocalImages> {
         .get_or_init(|| {
             let dir = repo_root().join(".work/images");
             let script = repo_root().join("scripts/images/build.sh");
-            let out = Command::new(&script).arg(&dir).output().map_err(|e| format!("running {}: {e}", script.display()))?;
+            let out =
+                Command::new(&script).arg(&dir).output().map_err(|e| format!("running {}: {e}", script.display()))?;
             if !out.status.success() {
                 return Err(format!("{} failed: {}", script.display(), String::from_utf8_lossy(&out.stderr).trim()));
             }
@@ -238,7 +246,11 @@ impl Containerd {
             .output()
             .with_context(|| format!("running {} config default", version.containerd().display()))?;
         if !default_config.status.success() {
-            bail!("{} config default: {}", version.containerd().display(), String::from_utf8_lossy(&default_config.stderr));
+            bail!(
+                "{} config default: {}",
+                version.containerd().display(),
+                String::from_utf8_lossy(&default_config.stderr)
+            );
         }
         let text = String::from_utf8(default_config.stdout).context("containerd config default is not UTF-8")?;
         let text = config::private_config(&text, version, &base, opts.flox.as_ref())?;
@@ -294,7 +306,12 @@ impl Containerd {
                 return Ok(());
             }
             if start.elapsed() > timeout {
-                bail!("containerd {} did not answer on {} within {timeout:?}; log:\n{}", self.version, self.socket.display(), self.log_tail(40));
+                bail!(
+                    "containerd {} did not answer on {} within {timeout:?}; log:\n{}",
+                    self.version,
+                    self.socket.display(),
+                    self.log_tail(40)
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -464,7 +481,8 @@ fn daemon_path(version: ContainerdVersion, flox: Option<&FloxBinaries>) -> Strin
 }
 
 fn find_on_path(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+    let path = std::env::var_os("PATH")
+        .unwrap_or_else(|| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
     std::env::split_paths(&path).map(|d| d.join(name)).find(|p| p.is_file())
 }
 

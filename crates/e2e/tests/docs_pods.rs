@@ -41,7 +41,16 @@ fn docs_pods_run_unchanged() {
     let Some(node) = FloxNode::start(ContainerdVersion::V1_7) else { return };
     let root = node.hub.root.display().to_string();
     let lock = node.hub.root.join("world/envs/flox/echoip/2/manifest.lock");
-    node.hub.imageless(&["hub", "publish", "--root", &root, "limeytexan/echoip", "--lock", lock.to_str().unwrap(), "--no-paths"]);
+    node.hub.imageless(&[
+        "hub",
+        "publish",
+        "--root",
+        &root,
+        "limeytexan/echoip",
+        "--lock",
+        lock.to_str().unwrap(),
+        "--no-paths",
+    ]);
     let token = node.hub.token("limeytexan", &[]);
     let secret = node.token_secret("floxhub-token", &token);
 
@@ -49,12 +58,16 @@ fn docs_pods_run_unchanged() {
         let file = node.dir.path().join(format!("docs-pod-{i}.yaml"));
         std::fs::write(&file, yaml).unwrap();
         let secret_arg = format!("floxhub-token={}", secret.display());
-        let out = pod_cli(&node, &["run", file.to_str().unwrap(), "--detach", "--host-network", "--secret", &secret_arg]);
+        let out =
+            pod_cli(&node, &["run", file.to_str().unwrap(), "--detach", "--host-network", "--secret", &secret_arg]);
         assert!(out.status.success(), "docs pod {i}: {}", String::from_utf8_lossy(&out.stderr));
         let answer = wait_for_answer("127.0.0.1:8080", Duration::from_secs(5));
         assert_eq!(answer, "127.0.0.1", "docs pod {i} serves echoip");
         let logs = pod_cli(&node, &["logs", "flox-containerd-demo"]);
-        assert!(String::from_utf8_lossy(&logs.stdout).contains("listening") || String::from_utf8_lossy(&logs.stderr).contains("listening"));
+        assert!(
+            String::from_utf8_lossy(&logs.stdout).contains("listening")
+                || String::from_utf8_lossy(&logs.stderr).contains("listening")
+        );
         let rm = pod_cli(&node, &["rm", "flox-containerd-demo"]);
         assert!(rm.status.success(), "{}", String::from_utf8_lossy(&rm.stderr));
         assert_token_nowhere(&token, &[node.containerd.dir(), &node.state_root]);

@@ -3,12 +3,11 @@
 //! same scenarios in one containerd (starting one costs seconds); a failing scenario names
 //! itself in the panic.
 
-
 use std::path::Path;
 use std::time::Duration;
 
-use imageless_e2e::ContainerdVersion;
 use imageless_e2e::flox_node::{self as support, flox_pod, free_port, wait_for_answer, FloxNode};
+use imageless_e2e::ContainerdVersion;
 
 const EMPTY: &str = "flox/empty:1.0.0";
 const BUSYBOX: &str = "busybox:local";
@@ -83,7 +82,11 @@ fn private_pod(with_secret: bool) -> String {
 
 async fn private_environment(node: &FloxNode) {
     let msg = node.run_error(&private_pod(false)).await;
-    assert!(msg.contains("flox: environment acme/private not found on") && msg.contains("if it is private, mount a FloxHub token secret"), "{msg}");
+    assert!(
+        msg.contains("flox: environment acme/private not found on")
+            && msg.contains("if it is private, mount a FloxHub token secret"),
+        "{msg}"
+    );
     let token = node.hub.token("alice", &[]);
     let secret = node.token_secret("alice", &token);
     let yaml = private_pod(true);
@@ -110,7 +113,12 @@ async fn private_environment(node: &FloxNode) {
 
 async fn dev_and_run_modes_vars_and_hook(node: &FloxNode) {
     let probe = "echo CPATH=$CPATH; echo PKG=$PKG_CONFIG_PATH; devtool";
-    let dev = flox_pod("dev", &[("flox.dev/environment", "flox/devtools"), ("flox.dev/activate-mode", "dev")], EMPTY, &["bash", "-c", probe]);
+    let dev = flox_pod(
+        "dev",
+        &[("flox.dev/environment", "flox/devtools"), ("flox.dev/activate-mode", "dev")],
+        EMPTY,
+        &["bash", "-c", probe],
+    );
     let (code, out, err) = node.run_to_end(&dev, &[]).await.unwrap();
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("CPATH=/run/flox/env/include"), "{out}");
@@ -120,7 +128,12 @@ async fn dev_and_run_modes_vars_and_hook(node: &FloxNode) {
     let (_, out, _) = node.run_to_end(&run, &[]).await.unwrap();
     assert!(out.contains("CPATH=\n"), "no dev variables in run mode: {out}");
 
-    let hooks = flox_pod("hooks", &[("flox.dev/environment", "flox/hooks")], EMPTY, &["bash", "-c", "echo G=$GREETING L=$GREETING_LOUD H=$HOOK_RAN"]);
+    let hooks = flox_pod(
+        "hooks",
+        &[("flox.dev/environment", "flox/hooks")],
+        EMPTY,
+        &["bash", "-c", "echo G=$GREETING L=$GREETING_LOUD H=$HOOK_RAN"],
+    );
     let (code, out, err) = node.run_to_end(&hooks, &[]).await.unwrap();
     assert_eq!(code, 0, "{err}");
     assert_eq!(out.trim(), "G=hi L=hi! H=1");
@@ -156,7 +169,12 @@ async fn nix_read_only_closure_view_and_mutable(node: &FloxNode) {
     let left: Vec<_> = std::fs::read_dir(&overlays).map(|d| d.flatten().collect()).unwrap_or_default();
     assert!(left.is_empty(), "overlay dirs removed with the pod: {left:?}");
 
-    let metrics = flox_pod("metrics", &[("flox.dev/environment", "flox/hooks"), ("flox.dev/disable-metrics", "true")], EMPTY, &["bash", "-c", "echo M=$FLOX_DISABLE_METRICS"]);
+    let metrics = flox_pod(
+        "metrics",
+        &[("flox.dev/environment", "flox/hooks"), ("flox.dev/disable-metrics", "true")],
+        EMPTY,
+        &["bash", "-c", "echo M=$FLOX_DISABLE_METRICS"],
+    );
     let (_, out, _) = node.run_to_end(&metrics, &[]).await.unwrap();
     assert_eq!(out.trim(), "M=1");
 }
@@ -196,11 +214,19 @@ spec:
     let exec = pod.exec_sync(Some("app"), vec!["hello".into()], Some(Duration::from_secs(20))).await.unwrap();
     assert_eq!((exec.exit_code, String::from_utf8_lossy(&exec.stdout).trim()), (0, "Hello, world! (hello 2.12)"));
     let exec = pod
-        .exec_sync(Some("debuggable"), vec!["sh".into(), "-c".into(), "hello; ls / >/dev/null && echo image-ls".into()], Some(Duration::from_secs(20)))
+        .exec_sync(
+            Some("debuggable"),
+            vec!["sh".into(), "-c".into(), "hello; ls / >/dev/null && echo image-ls".into()],
+            Some(Duration::from_secs(20)),
+        )
         .await
         .unwrap();
     let out = String::from_utf8_lossy(&exec.stdout);
-    assert!(out.contains("image-ls") && !out.contains("Hello"), "exec outside the env: {out} {}", String::from_utf8_lossy(&exec.stderr));
+    assert!(
+        out.contains("image-ls") && !out.contains("Hello"),
+        "exec outside the env: {out} {}",
+        String::from_utf8_lossy(&exec.stderr)
+    );
     pod.remove().await.unwrap();
 }
 
@@ -242,7 +268,10 @@ async fn bad_values(node: &FloxNode) {
     let msg = node.run_error(&flox_pod("none", &[], EMPTY, &["hello"])).await;
     assert!(msg.contains("flox: annotation flox.dev/environment is missing"), "{msg}");
     // Nothing else was affected: a good pod still runs.
-    let (code, out, _) = node.run_to_end(&flox_pod("good", &[("flox.dev/environment", "flox/echoip")], EMPTY, &["hello"]), &[]).await.unwrap();
+    let (code, out, _) = node
+        .run_to_end(&flox_pod("good", &[("flox.dev/environment", "flox/echoip")], EMPTY, &["hello"]), &[])
+        .await
+        .unwrap();
     assert_eq!((code, out.trim()), (0, "Hello, world! (hello 2.12)"));
 }
 
@@ -287,29 +316,47 @@ fn fifty_cycles_leave_nothing_behind() {
     support::block_on(async {
         for i in 0..50 {
             let yaml = match i % 5 {
-                0 => flox_pod("cycle", &[("flox.dev/environment", "flox/hooks"), ("flox.dev/nix-mutable", "true")], EMPTY, &["hello"]),
+                0 => flox_pod(
+                    "cycle",
+                    &[("flox.dev/environment", "flox/hooks"), ("flox.dev/nix-mutable", "true")],
+                    EMPTY,
+                    &["hello"],
+                ),
                 1 => flox_pod("cycle", &[("flox.dev/environment", "flox/nope")], EMPTY, &["hello"]),
                 _ => flox_pod("cycle", &[("flox.dev/environment", "flox/echoip")], EMPTY, &["hello"]),
             };
             match node.run_to_end(&yaml, &[]).await {
-                Ok((code, out, err)) => assert_eq!((code, out.trim()), (0, "Hello, world! (hello 2.12)"), "cycle {i}: {err}"),
+                Ok((code, out, err)) => {
+                    assert_eq!((code, out.trim()), (0, "Hello, world! (hello 2.12)"), "cycle {i}: {err}")
+                }
                 Err(e) => assert!(i % 5 == 1, "cycle {i}: {e}"),
             }
         }
     });
     let mounts_after = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!mounts_after.contains("/run/flox"), "no flox mount left on the host");
-    assert!(mounts_after.lines().count() <= mounts_before, "host mounts grew: {mounts_before} -> {}", mounts_after.lines().count());
+    assert!(
+        mounts_after.lines().count() <= mounts_before,
+        "host mounts grew: {mounts_before} -> {}",
+        mounts_after.lines().count()
+    );
     let count = |sub: &str| std::fs::read_dir(node.state_root.join(sub)).map(|d| d.count()).unwrap_or(0);
     assert_eq!(count("containers"), 0, "per-container state left");
     assert_eq!(count("overlays"), 0, "overlay dirs left");
-    assert!(node.containerd.mounts_below().is_empty(), "mounts under containerd's dir: {:?}", node.containerd.mounts_below());
+    assert!(
+        node.containerd.mounts_below().is_empty(),
+        "mounts under containerd's dir: {:?}",
+        node.containerd.mounts_below()
+    );
     std::thread::sleep(Duration::from_millis(500));
     let ps = std::process::Command::new("ps").args(["-eo", "args"]).output().unwrap();
     let ps = String::from_utf8_lossy(&ps.stdout);
     let prefetch = ps.lines().filter(|l| l.contains("--flox-prefetch")).count();
     assert_eq!(prefetch, 0, "prefetch processes left: {ps}");
-    let shims = ps.lines().filter(|l| l.contains("containerd-shim") && l.contains(&node.containerd.dir().display().to_string())).count();
+    let shims = ps
+        .lines()
+        .filter(|l| l.contains("containerd-shim") && l.contains(&node.containerd.dir().display().to_string()))
+        .count();
     assert_eq!(shims, 0, "shims of removed pods left");
 }
 
@@ -320,7 +367,11 @@ fn launcher_only(version: ContainerdVersion) {
     let hook = imageless_e2e::ConfigHook(std::sync::Arc::new(move |config: &Path, _: &Path| {
         let text = std::fs::read_to_string(config)?;
         let mut doc: toml_edit::DocumentMut = text.parse()?;
-        let plugin = if version == ContainerdVersion::V2_1 { "io.containerd.cri.v1.runtime" } else { "io.containerd.grpc.v1.cri" };
+        let plugin = if version == ContainerdVersion::V2_1 {
+            "io.containerd.cri.v1.runtime"
+        } else {
+            "io.containerd.grpc.v1.cri"
+        };
         let flox = doc["plugins"][plugin]["containerd"]["runtimes"]["flox"].as_table_mut().expect("flox runtime");
         flox["options"].as_table_mut().expect("options").remove("BinaryName");
         if version == ContainerdVersion::V1_6 {
@@ -334,7 +385,10 @@ fn launcher_only(version: ContainerdVersion) {
         Ok(())
     }));
     let Some(node) = FloxNode::start_with_hook(version, "", Some(hook)) else { return };
-    assert!(!node.containerd.config_text().contains("BinaryName = \"") || !node.containerd.config_text().contains("flox-runc\""));
+    assert!(
+        !node.containerd.config_text().contains("BinaryName = \"")
+            || !node.containerd.config_text().contains("flox-runc\"")
+    );
     support::block_on(async {
         let (code, out, err) = node
             .run_to_end(&flox_pod("launcher", &[("flox.dev/environment", "flox/echoip:1")], EMPTY, &["hello"]), &[])
@@ -342,7 +396,10 @@ fn launcher_only(version: ContainerdVersion) {
             .unwrap();
         assert_eq!((code, out.trim()), (0, "Hello, world! (hello 2.10)"), "{err}");
         let pod = node
-            .run(&flox_pod("launcher-exec", &[("flox.dev/environment", "flox/echoip")], BUSYBOX, &["sleep", "300"]), &[])
+            .run(
+                &flox_pod("launcher-exec", &[("flox.dev/environment", "flox/echoip")], BUSYBOX, &["sleep", "300"]),
+                &[],
+            )
             .await
             .unwrap();
         let exec = pod.exec_sync(None, vec!["hello".into()], Some(Duration::from_secs(20))).await.unwrap();

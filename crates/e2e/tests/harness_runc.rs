@@ -3,7 +3,9 @@
 use std::time::Duration;
 
 use imageless_cri_pod::cli::{Endpoint, PodCommand, RunArgs};
-use imageless_e2e::{local_images, Containerd, ContainerdOptions, ContainerdVersion, PodError, PodManifest, PodRunner, RunningPod};
+use imageless_e2e::{
+    local_images, Containerd, ContainerdOptions, ContainerdVersion, PodError, PodManifest, PodRunner, RunningPod,
+};
 
 const LONG_RUNNING: &str = r#"
 apiVersion: v1
@@ -72,7 +74,8 @@ async fn scenarios(ctrd: &Containerd) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(running.logs(None).unwrap().iter().any(|l| l.text == "to-stderr"), "{v}: stderr missing from logs");
-    let out = running.exec_sync(None, vec!["cat".into(), "/scratch/f".into()], Some(Duration::from_secs(10))).await.unwrap();
+    let out =
+        running.exec_sync(None, vec!["cat".into(), "/scratch/f".into()], Some(Duration::from_secs(10))).await.unwrap();
     assert_eq!((out.exit_code, String::from_utf8_lossy(&out.stdout).as_ref()), (0, "data\n"), "{v}: exec");
     let out = running.exec_sync(None, vec!["sh".into(), "-c".into(), "exit 7".into()], None).await.unwrap();
     assert_eq!(out.exit_code, 7, "{v}: exec exit code");

@@ -58,7 +58,8 @@ impl Node {
     }
 
     fn world_closure(&self, env: &str, gen: &str) -> Vec<String> {
-        let w: serde_json::Value = serde_json::from_slice(&std::fs::read(self.hub.root.join("world.json")).unwrap()).unwrap();
+        let w: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(self.hub.root.join("world.json")).unwrap()).unwrap();
         w["environments"][env]["generations"][gen]["closure"]
             .as_array()
             .unwrap()
@@ -129,7 +130,8 @@ fn twenty_concurrent_cold_pulls_realize_once() {
 fn killed_pull_leaves_nothing_half_visible() {
     let node = Node::new();
     make_cold(&node.world_closure("flox/devtools", "1"));
-    let mut child = node.pull_cmd(&["flox/devtools", "--mode", "dev"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let mut child =
+        node.pull_cmd(&["flox/devtools", "--mode", "dev"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
     // Kill it somewhere in fetch/realize/render; whatever the moment, no env may be visible
     // unless it is complete.
     std::thread::sleep(Duration::from_millis(150));
@@ -137,7 +139,10 @@ fn killed_pull_leaves_nothing_half_visible() {
     let _ = child.wait();
     for key in node.envs().iter().filter(|k| !k.starts_with('.')) {
         let dir = node.dir.path().join("state/envs").join(key);
-        assert!(dir.join("closure").exists() && dir.join("env/activate.d/imageless.json").exists(), "partial env {key} visible");
+        assert!(
+            dir.join("closure").exists() && dir.join("env/activate.d/imageless.json").exists(),
+            "partial env {key} visible"
+        );
     }
     let o = node.pull(&["flox/devtools", "--mode", "dev"]);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -194,7 +199,8 @@ fn broken_hub() -> String {
         for mut s in listener.incoming().flatten() {
             let mut buf = [0u8; 4096];
             let _ = s.read(&mut buf);
-            let _ = s.write_all(b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            let _ =
+                s.write_all(b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
         }
     });
     format!("http://{addr}")

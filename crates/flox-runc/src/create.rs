@@ -4,8 +4,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use imageless_core::activation::Mode;
-use imageless_core::env_ref::EnvRef;
 use imageless_core::decide::{decide, Decision};
+use imageless_core::env_ref::EnvRef;
 use imageless_core::spec_edit::{self, FloxEdit, NixView};
 use imageless_core::system::System;
 use imageless_node::cache::{read_token, NodeCache};
@@ -60,7 +60,8 @@ fn prepare(config: &NodeConfig, config_path: &Path, id: &str, log: &ErrorLog) ->
         log.warn(w);
     }
     let overlay_dir = if opts.nix_mutable {
-        let dir = containers::overlay_dir(&config.state_root, id).ok_or_else(|| format!("flox: container id {id:?} is not valid"))?;
+        let dir = containers::overlay_dir(&config.state_root, id)
+            .ok_or_else(|| format!("flox: container id {id:?} is not valid"))?;
         for sub in ["upper", "work"] {
             std::fs::create_dir_all(dir.join(sub)).map_err(|e| format!("flox: creating {}: {e}", dir.display()))?;
         }

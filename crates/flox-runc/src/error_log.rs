@@ -13,9 +13,8 @@ impl ErrorLog {
     }
 
     fn write(&self, level: &str, msg: &str) {
-        let time = time::OffsetDateTime::now_utc()
-            .format(&time::format_description::well_known::Rfc3339)
-            .unwrap_or_default();
+        let time =
+            time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
         let line = serde_json::json!({"level": level, "msg": msg, "time": time});
         if let Some(path) = &self.path {
             if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {

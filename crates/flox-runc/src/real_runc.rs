@@ -14,7 +14,8 @@ pub fn find(config: &NodeConfig) -> Result<PathBuf, String> {
         return Ok(path.clone());
     }
     let me = std::env::current_exe().ok().and_then(|p| p.canonicalize().ok());
-    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+    let path = std::env::var_os("PATH")
+        .unwrap_or_else(|| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
     for dir in std::env::split_paths(&path) {
         let candidate = dir.join("runc");
         if is_executable(&candidate) && candidate.canonicalize().ok() != me {

@@ -41,27 +41,17 @@ pub enum Lifetime {
 }
 
 /// Mints a token for `handle`: an HS256 JWT, or an opaque `flox_...` token recorded in hub.json.
-pub fn mint_token(
-    paths: &HubPaths,
-    handle: &str,
-    lifetime: Lifetime,
-    opaque: bool,
-) -> Result<String, HubError> {
+pub fn mint_token(paths: &HubPaths, handle: &str, lifetime: Lifetime, opaque: bool) -> Result<String, HubError> {
     validate_handle(handle)?;
     let now = crate::now_unix();
     let exp = match lifetime {
-        Lifetime::ExpiresIn(d) => {
-            Some(now.saturating_add(i64::try_from(d.as_secs()).unwrap_or(i64::MAX)))
-        }
+        Lifetime::ExpiresIn(d) => Some(now.saturating_add(i64::try_from(d.as_secs()).unwrap_or(i64::MAX))),
         Lifetime::Expired => Some(now - 3600),
         Lifetime::Forever => None,
     };
     if opaque {
         let token = auth::new_opaque_token(&random_bytes()?);
-        let record = auth::OpaqueTokenRecord {
-            handle: handle.to_owned(),
-            expires_at: exp,
-        };
+        let record = auth::OpaqueTokenRecord { handle: handle.to_owned(), expires_at: exp };
         paths.update(|c| {
             c.tokens.insert(auth::opaque_token_key(&token), record);
             Ok(())
@@ -76,10 +66,8 @@ pub fn mint_token(
 
 /// A handle is an owner name (FloxHub users own environments under their handle).
 fn validate_handle(handle: &str) -> Result<(), HubError> {
-    imageless_core::env_ref::validate_owner(handle).map_err(|source| HubError::Handle {
-        value: handle.to_owned(),
-        source,
-    })
+    imageless_core::env_ref::validate_owner(handle)
+        .map_err(|source| HubError::Handle { value: handle.to_owned(), source })
 }
 
 /// Lets `handle` read `owner`'s private environments.
@@ -87,10 +75,7 @@ pub fn grant(paths: &HubPaths, owner: &str, handle: &str) -> Result<(), HubError
     validate_owner(owner)?;
     validate_handle(handle)?;
     paths.update(|c| {
-        c.readers
-            .entry(owner.to_owned())
-            .or_default()
-            .insert(handle.to_owned());
+        c.readers.entry(owner.to_owned()).or_default().insert(handle.to_owned());
         Ok(())
     })
 }

@@ -72,11 +72,7 @@ pub fn parse_authorization(header: Option<&str>) -> Credential {
     let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
     let rest = rest.trim();
     if scheme.eq_ignore_ascii_case("bearer") {
-        return if rest.is_empty() {
-            Credential::Unreadable
-        } else {
-            Credential::Token(rest.to_owned())
-        };
+        return if rest.is_empty() { Credential::Unreadable } else { Credential::Token(rest.to_owned()) };
     }
     if scheme.eq_ignore_ascii_case("basic") {
         let Ok(decoded) = STANDARD.decode(rest) else {
@@ -86,11 +82,7 @@ pub fn parse_authorization(header: Option<&str>) -> Credential {
             return Credential::Unreadable;
         };
         let password = decoded.split_once(':').map(|(_, p)| p).unwrap_or("");
-        return if password.is_empty() {
-            Credential::Anonymous
-        } else {
-            Credential::Token(password.to_owned())
-        };
+        return if password.is_empty() { Credential::Anonymous } else { Credential::Token(password.to_owned()) };
     }
     Credential::Unreadable
 }
@@ -117,12 +109,7 @@ struct MintClaims<'a> {
 /// Mints an HS256 JWT for `handle` expiring at `exp` (Unix seconds).
 pub fn mint_jwt(secret: &[u8], handle: &str, exp: i64, now: i64) -> String {
     let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
-    let claims = MintClaims {
-        handle,
-        exp,
-        iat: now,
-        sub: handle,
-    };
+    let claims = MintClaims { handle, exp, iat: now, sub: handle };
     let claims = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).expect("claims serialize"));
     let signing_input = format!("{header}.{claims}");
     let signature = URL_SAFE_NO_PAD.encode(hmac_sha256(secret, signing_input.as_bytes()));
@@ -138,8 +125,7 @@ fn hmac_sha256(secret: &[u8], data: &[u8]) -> Vec<u8> {
 /// Verifies an HS256 JWT's signature (constant-time) and reads handle and expiry.
 pub fn verify_jwt(secret: &[u8], token: &str, now: i64) -> Result<Identity, TokenError> {
     let mut parts = token.split('.');
-    let (Some(header), Some(claims), Some(signature), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
+    let (Some(header), Some(claims), Some(signature), None) = (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err(TokenError::Malformed);
     };
@@ -147,13 +133,10 @@ pub fn verify_jwt(secret: &[u8], token: &str, now: i64) -> Result<Identity, Toke
     if header_json.get("alg").and_then(|a| a.as_str()) != Some("HS256") {
         return Err(TokenError::Malformed);
     }
-    let signature = URL_SAFE_NO_PAD
-        .decode(signature)
-        .map_err(|_| TokenError::Malformed)?;
+    let signature = URL_SAFE_NO_PAD.decode(signature).map_err(|_| TokenError::Malformed)?;
     let mut mac = HmacSha256::new_from_slice(secret).expect("HMAC takes any key length");
     mac.update(format!("{header}.{claims}").as_bytes());
-    mac.verify_slice(&signature)
-        .map_err(|_| TokenError::BadSignature)?;
+    mac.verify_slice(&signature).map_err(|_| TokenError::BadSignature)?;
     // The claims are read as the node reads them (core's Token), once the signature holds.
     let parsed = Token::parse(token).map_err(|e| match e {
         ClaimsError::MissingClaims { reason } => TokenError::MissingClaim(reason),
@@ -166,16 +149,11 @@ pub fn verify_jwt(secret: &[u8], token: &str, now: i64) -> Result<Identity, Toke
     if parsed.expired_at(u64::try_from(now).unwrap_or(0)).is_some() {
         return Err(TokenError::Expired(exp));
     }
-    Ok(Identity {
-        handle: handle.to_owned(),
-        expires_at: Some(exp),
-    })
+    Ok(Identity { handle: handle.to_owned(), expires_at: Some(exp) })
 }
 
 fn decode_json_part(part: &str) -> Result<serde_json::Value, TokenError> {
-    let bytes = URL_SAFE_NO_PAD
-        .decode(part)
-        .map_err(|_| TokenError::Malformed)?;
+    let bytes = URL_SAFE_NO_PAD.decode(part).map_err(|_| TokenError::Malformed)?;
     serde_json::from_slice(&bytes).map_err(|_| TokenError::Malformed)
 }
 
@@ -187,18 +165,13 @@ pub fn identify(
     now: i64,
 ) -> Result<Identity, TokenError> {
     if token.starts_with(OPAQUE_PREFIX) {
-        let record = opaque
-            .get(&opaque_token_key(token))
-            .ok_or(TokenError::UnknownOpaque)?;
+        let record = opaque.get(&opaque_token_key(token)).ok_or(TokenError::UnknownOpaque)?;
         if let Some(exp) = record.expires_at {
             if exp < now {
                 return Err(TokenError::Expired(exp));
             }
         }
-        return Ok(Identity {
-            handle: record.handle.clone(),
-            expires_at: record.expires_at,
-        });
+        return Ok(Identity { handle: record.handle.clone(), expires_at: record.expires_at });
     }
     verify_jwt(secret, token, now)
 }
@@ -213,13 +186,7 @@ mod tests {
     fn jwt_round_trip_and_claims() {
         let t = mint_jwt(SECRET, "alice", 2_000, 1_000);
         let id = verify_jwt(SECRET, &t, 1_500).unwrap();
-        assert_eq!(
-            id,
-            Identity {
-                handle: "alice".into(),
-                expires_at: Some(2_000)
-            }
-        );
+        assert_eq!(id, Identity { handle: "alice".into(), expires_at: Some(2_000) });
         // The claims are readable without the secret, as the Flox CLI reads them.
         let claims: serde_json::Value = decode_json_part(t.split('.').nth(1).unwrap()).unwrap();
         assert_eq!(claims[HANDLE_CLAIM], "alice");
@@ -233,28 +200,15 @@ mod tests {
     fn jwt_expiry_signature_and_shape() {
         let t = mint_jwt(SECRET, "alice", 2_000, 1_000);
         assert_eq!(verify_jwt(SECRET, &t, 2_000).unwrap().handle, "alice");
-        assert_eq!(
-            verify_jwt(SECRET, &t, 2_001),
-            Err(TokenError::Expired(2_000))
-        );
-        assert_eq!(
-            verify_jwt(b"other secret", &t, 1_500),
-            Err(TokenError::BadSignature)
-        );
+        assert_eq!(verify_jwt(SECRET, &t, 2_001), Err(TokenError::Expired(2_000)));
+        assert_eq!(verify_jwt(b"other secret", &t, 1_500), Err(TokenError::BadSignature));
         // A tampered payload with the old signature.
         let mut parts: Vec<&str> = t.split('.').collect();
-        let forged =
-            URL_SAFE_NO_PAD.encode(br#"{"https://flox.dev/handle":"root","exp":9999999999}"#);
+        let forged = URL_SAFE_NO_PAD.encode(br#"{"https://flox.dev/handle":"root","exp":9999999999}"#);
         parts[1] = &forged;
-        assert_eq!(
-            verify_jwt(SECRET, &parts.join("."), 1_500),
-            Err(TokenError::BadSignature)
-        );
+        assert_eq!(verify_jwt(SECRET, &parts.join("."), 1_500), Err(TokenError::BadSignature));
         assert_eq!(verify_jwt(SECRET, "a.b", 0), Err(TokenError::Malformed));
-        assert_eq!(
-            verify_jwt(SECRET, "not a token", 0),
-            Err(TokenError::Malformed)
-        );
+        assert_eq!(verify_jwt(SECRET, "not a token", 0), Err(TokenError::Malformed));
     }
 
     #[test]
@@ -264,20 +218,14 @@ mod tests {
         let input = format!("{header}.{claims}");
         let sig = URL_SAFE_NO_PAD.encode(hmac_sha256(SECRET, input.as_bytes()));
         let err = verify_jwt(SECRET, &format!("{input}.{sig}"), 0);
-        assert!(
-            matches!(err, Err(TokenError::MissingClaim(reason)) if reason.contains(HANDLE_CLAIM)),
-            "{err:?}"
-        );
+        assert!(matches!(err, Err(TokenError::MissingClaim(reason)) if reason.contains(HANDLE_CLAIM)), "{err:?}");
     }
 
     #[test]
     fn alg_none_is_refused() {
         let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"none"}"#);
         let claims = URL_SAFE_NO_PAD.encode(br#"{"https://flox.dev/handle":"a","exp":5}"#);
-        assert_eq!(
-            verify_jwt(SECRET, &format!("{header}.{claims}."), 0),
-            Err(TokenError::Malformed)
-        );
+        assert_eq!(verify_jwt(SECRET, &format!("{header}.{claims}."), 0), Err(TokenError::Malformed));
     }
 
     #[test]
@@ -285,51 +233,21 @@ mod tests {
         let token = new_opaque_token(&[7; 32]);
         assert!(token.starts_with("flox_"));
         let mut table = BTreeMap::new();
-        table.insert(
-            opaque_token_key(&token),
-            OpaqueTokenRecord {
-                handle: "bob".into(),
-                expires_at: Some(100),
-            },
-        );
+        table.insert(opaque_token_key(&token), OpaqueTokenRecord { handle: "bob".into(), expires_at: Some(100) });
         assert_eq!(identify(&token, SECRET, &table, 50).unwrap().handle, "bob");
-        assert_eq!(
-            identify(&token, SECRET, &table, 101),
-            Err(TokenError::Expired(100))
-        );
-        assert_eq!(
-            identify("flox_other", SECRET, &table, 50),
-            Err(TokenError::UnknownOpaque)
-        );
+        assert_eq!(identify(&token, SECRET, &table, 101), Err(TokenError::Expired(100)));
+        assert_eq!(identify("flox_other", SECRET, &table, 50), Err(TokenError::UnknownOpaque));
     }
 
     #[test]
     fn authorization_header_forms() {
         let basic = |s: &str| format!("Basic {}", STANDARD.encode(s));
         assert_eq!(parse_authorization(None), Credential::Missing);
-        assert_eq!(
-            parse_authorization(Some(&basic("oauth:tok"))),
-            Credential::Token("tok".into())
-        );
-        assert_eq!(
-            parse_authorization(Some(&basic("oauth:"))),
-            Credential::Anonymous
-        );
-        assert_eq!(
-            parse_authorization(Some("bearer tok")),
-            Credential::Token("tok".into())
-        );
-        assert_eq!(
-            parse_authorization(Some("Bearer tok")),
-            Credential::Token("tok".into())
-        );
-        assert_eq!(
-            parse_authorization(Some("Basic !!!")),
-            Credential::Unreadable
-        );
-        assert_eq!(
-            parse_authorization(Some("Digest x")),
-            Credential::Unreadable
-        );
+        assert_eq!(parse_authorization(Some(&basic("oauth:tok"))), Credential::Token("tok".into()));
+        assert_eq!(parse_authorization(Some(&basic("oauth:"))), Credential::Anonymous);
+        assert_eq!(parse_authorization(Some("bearer tok")), Credential::Token("tok".into()));
+        assert_eq!(parse_authorization(Some("Bearer tok")), Credential::Token("tok".into()));
+        assert_eq!(parse_authorization(Some("Basic !!!")), Credential::Unreadable);
+        assert_eq!(parse_authorization(Some("Digest x")), Credential::Unreadable);
     }
 }

@@ -22,10 +22,7 @@ pub fn resolve_cache_path(cache: &Path, rel: &str) -> Option<PathBuf> {
     let segments: Vec<&str> = rel.split('/').collect();
     let ok = segments.len() <= 2
         && segments.iter().all(|s| {
-            !s.is_empty()
-                && !s.starts_with('.')
-                && s.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"._-+".contains(&b))
+            !s.is_empty() && !s.starts_with('.') && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-+".contains(&b))
         });
     ok.then(|| segments.iter().fold(cache.to_path_buf(), |p, s| p.join(s)))
 }
@@ -47,14 +44,7 @@ pub fn content_type(rel: &str) -> &'static str {
 
 /// `nix-store --generate-binary-cache-key imageless-hub-1 sec pub`.
 pub fn generate_key(secret: &Path, public: &Path) -> Result<(), HubError> {
-    run(
-        Command::new("nix-store")
-            .arg("--generate-binary-cache-key")
-            .arg(KEY_NAME)
-            .arg(secret)
-            .arg(public),
-        None,
-    )?;
+    run(Command::new("nix-store").arg("--generate-binary-cache-key").arg(KEY_NAME).arg(secret).arg(public), None)?;
     Ok(())
 }
 
@@ -73,31 +63,21 @@ pub fn copy_and_sign(cache: &Path, secret_key: &Path, paths: &[StorePath]) -> Re
             return Err(HubError::InvalidInput {
                 what: "store path",
                 value: p.to_string(),
-                accepted: "paths present in this machine's /nix/store (build or realise them first, or pass --no-paths)",
+                accepted:
+                    "paths present in this machine's /nix/store (build or realise them first, or pass --no-paths)",
             });
         }
     }
     run(
         Command::new("nix")
-            .args([
-                "--extra-experimental-features",
-                "nix-command",
-                "copy",
-                "--to",
-            ])
+            .args(["--extra-experimental-features", "nix-command", "copy", "--to"])
             .arg(format!("{}?compression=none", cache_url(cache)))
             .args(paths.iter().map(StorePath::as_str)),
         None,
     )?;
     run(
         Command::new("nix")
-            .args([
-                "--extra-experimental-features",
-                "nix-command",
-                "store",
-                "sign",
-                "--store",
-            ])
+            .args(["--extra-experimental-features", "nix-command", "store", "sign", "--store"])
             .arg(cache_url(cache))
             .arg("--key-file")
             .arg(secret_key)
@@ -115,23 +95,9 @@ mod tests {
     #[test]
     fn cache_paths_stay_inside() {
         let c = Path::new("/hub/cache");
-        assert_eq!(
-            resolve_cache_path(c, "nix-cache-info"),
-            Some(c.join("nix-cache-info"))
-        );
-        assert_eq!(
-            resolve_cache_path(c, "nar/abc.nar"),
-            Some(c.join("nar/abc.nar"))
-        );
-        for bad in [
-            "",
-            "../hub.json",
-            "nar/../../x",
-            "a/b/c",
-            ".hidden",
-            "nar//x",
-            "x%2f",
-        ] {
+        assert_eq!(resolve_cache_path(c, "nix-cache-info"), Some(c.join("nix-cache-info")));
+        assert_eq!(resolve_cache_path(c, "nar/abc.nar"), Some(c.join("nar/abc.nar")));
+        for bad in ["", "../hub.json", "nar/../../x", "a/b/c", ".hidden", "nar//x", "x%2f"] {
             assert_eq!(resolve_cache_path(c, bad), None, "{bad}");
         }
     }

@@ -103,12 +103,10 @@ fn parse_lifetime(s: &str) -> Result<Duration, String> {
     if s.trim_start().starts_with('-') {
         return Err(format!("{s:?} is negative; accepted: a positive duration like 30d, 12h or 90m (use --expired for an expired token)"));
     }
-    let d = humantime::parse_duration(s)
-        .map_err(|e| format!("{s:?}: {e}; accepted: a duration like 30d, 12h or 90m"))?;
+    let d =
+        humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e}; accepted: a duration like 30d, 12h or 90m"))?;
     if d.is_zero() {
-        return Err(format!(
-            "{s:?} is zero; accepted: a positive duration like 30d, 12h or 90m"
-        ));
+        return Err(format!("{s:?} is zero; accepted: a positive duration like 30d, 12h or 90m"));
     }
     Ok(d)
 }
@@ -119,9 +117,7 @@ fn read_file(path: &PathBuf) -> Result<Vec<u8>, HubError> {
 
 fn print_line(line: &str) -> Result<(), HubError> {
     let mut out = std::io::stdout().lock();
-    writeln!(out, "{line}")
-        .and_then(|_| out.flush())
-        .map_err(HubError::io("<stdout>"))
+    writeln!(out, "{line}").and_then(|_| out.flush()).map_err(HubError::io("<stdout>"))
 }
 
 pub fn run(command: HubCommand) -> Result<ExitCode, HubError> {
@@ -145,17 +141,14 @@ pub fn run(command: HubCommand) -> Result<ExitCode, HubError> {
         HubCommand::Grant(a) => admin::grant(&HubPaths::new(a.root), &a.owner, &a.handle)?,
         HubCommand::Publish(a) => {
             let (owner, name) = parse_env_ref(&a.env)?;
-            let manifest_toml =
-                match &a.manifest {
-                    Some(p) => Some(String::from_utf8(read_file(p)?).map_err(|_| {
-                        HubError::InvalidInput {
-                            what: "--manifest",
-                            value: p.display().to_string(),
-                            accepted: "a UTF-8 manifest.toml",
-                        }
-                    })?),
-                    None => None,
-                };
+            let manifest_toml = match &a.manifest {
+                Some(p) => Some(String::from_utf8(read_file(p)?).map_err(|_| HubError::InvalidInput {
+                    what: "--manifest",
+                    value: p.display().to_string(),
+                    accepted: "a UTF-8 manifest.toml",
+                })?),
+                None => None,
+            };
             let request = PublishRequest {
                 owner,
                 name,
@@ -191,10 +184,7 @@ mod tests {
 
     #[test]
     fn lifetimes() {
-        assert_eq!(
-            parse_lifetime("30d").unwrap(),
-            Duration::from_secs(30 * 86400)
-        );
+        assert_eq!(parse_lifetime("30d").unwrap(), Duration::from_secs(30 * 86400));
         assert!(parse_lifetime("-1d").unwrap_err().contains("negative"));
         assert!(parse_lifetime("0s").unwrap_err().contains("zero"));
         assert!(parse_lifetime("soon").unwrap_err().contains("accepted"));

@@ -126,10 +126,7 @@ impl HubPaths {
         let bytes = match fs::read(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(HubError::NotInitialized {
-                    path,
-                    root: self.root.display().to_string(),
-                })
+                return Err(HubError::NotInitialized { path, root: self.root.display().to_string() })
             }
             Err(e) => return Err(HubError::Io { path, source: e }),
         };
@@ -137,10 +134,7 @@ impl HubPaths {
     }
 
     /// Read-modify-write of hub.json under an exclusive lock, replaced by atomic rename.
-    pub fn update<T>(
-        &self,
-        change: impl FnOnce(&mut HubConfig) -> Result<T, HubError>,
-    ) -> Result<T, HubError> {
+    pub fn update<T>(&self, change: impl FnOnce(&mut HubConfig) -> Result<T, HubError>) -> Result<T, HubError> {
         let _lock = FileLock::exclusive(&self.hub_json_lock())?;
         let mut config = self.load()?;
         let out = change(&mut config)?;
@@ -162,9 +156,7 @@ impl HubPaths {
             .mode(0o600)
             .open(&tmp)
             .map_err(HubError::io(&tmp))?;
-        f.write_all(&json)
-            .and_then(|_| f.sync_all())
-            .map_err(HubError::io(&tmp))?;
+        f.write_all(&json).and_then(|_| f.sync_all()).map_err(HubError::io(&tmp))?;
         fs::rename(&tmp, &path).map_err(HubError::io(&path))
     }
 }
@@ -176,18 +168,11 @@ pub(crate) struct FileLock {
 
 impl FileLock {
     pub(crate) fn exclusive(path: &Path) -> Result<FileLock, HubError> {
-        let file = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(path)
-            .map_err(HubError::io(path))?;
+        let file =
+            fs::OpenOptions::new().create(true).truncate(false).write(true).open(path).map_err(HubError::io(path))?;
         // SAFETY: flock on a file descriptor we own; blocks until granted.
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(HubError::Io {
-                path: path.to_owned(),
-                source: std::io::Error::last_os_error(),
-            });
+            return Err(HubError::Io { path: path.to_owned(), source: std::io::Error::last_os_error() });
         }
         Ok(FileLock { _file: file })
     }
@@ -197,9 +182,7 @@ impl FileLock {
 pub fn random_bytes() -> Result<[u8; 32], HubError> {
     use std::io::Read;
     let mut buf = [0u8; 32];
-    fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut buf))
-        .map_err(HubError::io("/dev/urandom"))?;
+    fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut buf)).map_err(HubError::io("/dev/urandom"))?;
     Ok(buf)
 }
 
@@ -212,10 +195,7 @@ mod tests {
         c.private.insert("alice/secret".into());
         c.private.insert("alice/other".into());
         c.private.insert("carol/x".into());
-        c.readers
-            .entry("alice".into())
-            .or_default()
-            .insert("bob".into());
+        c.readers.entry("alice".into()).or_default().insert("bob".into());
         c
     }
 
@@ -227,10 +207,7 @@ mod tests {
         assert!(c.may_read("alice", "secret", Some("alice")));
         assert!(c.may_read("alice", "secret", Some("bob")));
         assert!(!c.may_read("alice", "secret", Some("mallory")));
-        assert_eq!(
-            c.hidden_branches("alice", Some("mallory")),
-            vec!["other".to_string(), "secret".to_string()]
-        );
+        assert_eq!(c.hidden_branches("alice", Some("mallory")), vec!["other".to_string(), "secret".to_string()]);
         assert!(c.hidden_branches("alice", Some("bob")).is_empty());
         assert!(c.hidden_branches("dave", None).is_empty());
     }
@@ -240,9 +217,6 @@ mod tests {
         let c = config();
         let json = serde_json::to_string(&c).unwrap();
         assert_eq!(serde_json::from_str::<HubConfig>(&json).unwrap(), c);
-        assert!(serde_json::from_str::<HubConfig>(
-            r#"{"version":1,"jwt_secret":"00","privat":[]}"#
-        )
-        .is_err());
+        assert!(serde_json::from_str::<HubConfig>(r#"{"version":1,"jwt_secret":"00","privat":[]}"#).is_err());
     }
 }

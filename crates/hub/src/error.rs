@@ -5,52 +5,30 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum HubError {
     #[error("{what} {value:?} is invalid: {accepted}")]
-    InvalidInput {
-        what: &'static str,
-        value: String,
-        accepted: &'static str,
-    },
+    InvalidInput { what: &'static str, value: String, accepted: &'static str },
 
     /// An owner or environment name outside `imageless_core::env_ref`'s rules (the message
     /// names the part, the value and what is accepted).
     #[error(transparent)]
     Name(#[from] imageless_core::env_ref::EnvRefError),
 
-    #[error(
-        "handle {value:?} is not a FloxHub handle (handles follow the rules for owners): {source}"
-    )]
-    Handle {
-        value: String,
-        source: imageless_core::env_ref::EnvRefError,
-    },
+    #[error("handle {value:?} is not a FloxHub handle (handles follow the rules for owners): {source}")]
+    Handle { value: String, source: imageless_core::env_ref::EnvRefError },
 
     #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
 
     #[error("{path}: not valid hub.json: {source}")]
-    ConfigFormat {
-        path: PathBuf,
-        source: serde_json::Error,
-    },
+    ConfigFormat { path: PathBuf, source: serde_json::Error },
 
     #[error("{path} is missing: run `imageless hub init --root {root}` first")]
     NotInitialized { path: PathBuf, root: String },
 
     #[error("`{command}` failed ({status}): {stderr}")]
-    CommandFailed {
-        command: String,
-        status: String,
-        stderr: String,
-    },
+    CommandFailed { command: String, status: String, stderr: String },
 
     #[error("could not start `{program}`: {source}")]
-    Spawn {
-        program: String,
-        source: std::io::Error,
-    },
+    Spawn { program: String, source: std::io::Error },
 
     #[error("lock file {path}: {message}")]
     Lockfile { path: PathBuf, message: String },

@@ -22,8 +22,7 @@ pub fn initial_metadata() -> Value {
 
 /// Reads and checks a metadata.json (core's parser); the hub appends only to version 2.
 pub fn parse_metadata(bytes: &[u8]) -> Result<Value, String> {
-    let value: Value =
-        serde_json::from_slice(bytes).map_err(|e| format!("metadata.json is not JSON: {e}"))?;
+    let value: Value = serde_json::from_slice(bytes).map_err(|e| format!("metadata.json is not JSON: {e}"))?;
     read(&value)?;
     Ok(value)
 }
@@ -61,42 +60,27 @@ pub fn add_generation(metadata: &mut Value, who: &EventAuthor) -> Result<(u64, S
     let total = u64::from(parsed.total_generations);
     let new = total + 1;
     let previous = parsed.live().map(u64::from);
-    let (kind, summary) = if total == 0 {
-        ("import", "imported environment")
-    } else {
-        ("edit", "manually edited the manifest")
-    };
+    let (kind, summary) =
+        if total == 0 { ("import", "imported environment") } else { ("edit", "manually edited the manifest") };
     let e = entry(kind, who, new, previous);
-    metadata["history"]
-        .as_array_mut()
-        .ok_or("metadata.json has no `history` array")?
-        .push(Value::Object(e));
+    metadata["history"].as_array_mut().ok_or("metadata.json has no `history` array")?.push(Value::Object(e));
     metadata["total_generations"] = new.into();
     Ok((new, summary.to_string()))
 }
 
 /// Appends a `switch_generation` entry making `target` live. Returns the commit message.
-pub fn switch_generation(
-    metadata: &mut Value,
-    target: u64,
-    who: &EventAuthor,
-) -> Result<String, String> {
+pub fn switch_generation(metadata: &mut Value, target: u64, who: &EventAuthor) -> Result<String, String> {
     let parsed = read(metadata)?;
     let total = u64::from(parsed.total_generations);
     if target == 0 || target > total {
-        return Err(format!(
-            "generation {target} does not exist; accepted: 1..={total}"
-        ));
+        return Err(format!("generation {target} does not exist; accepted: 1..={total}"));
     }
     let previous = parsed.live().map(u64::from);
     if previous == Some(target) {
         return Err(format!("generation {target} is already live"));
     }
     let e = entry("switch_generation", who, target, previous);
-    metadata["history"]
-        .as_array_mut()
-        .ok_or("metadata.json has no `history` array")?
-        .push(Value::Object(e));
+    metadata["history"].as_array_mut().ok_or("metadata.json has no `history` array")?.push(Value::Object(e));
     Ok(match previous {
         Some(p) => format!("changed current generation {p} -> {target}"),
         None => format!("changed current generation to {target}"),
@@ -108,11 +92,7 @@ mod tests {
     use super::*;
 
     fn who(t: i64) -> EventAuthor {
-        EventAuthor {
-            author: "ci".into(),
-            hostname: "node".into(),
-            timestamp: t,
-        }
+        EventAuthor { author: "ci".into(), hostname: "node".into(), timestamp: t }
     }
 
     /// What the node reads from the bytes the hub commits (publish.rs writes
@@ -142,16 +122,11 @@ mod tests {
         assert_eq!(h[2]["previous_generation"], "2");
         assert_eq!(m["total_generations"], 3);
 
-        assert_eq!(
-            switch_generation(&mut m, 1, &who(4)).unwrap(),
-            "changed current generation 3 -> 1"
-        );
+        assert_eq!(switch_generation(&mut m, 1, &who(4)).unwrap(), "changed current generation 3 -> 1");
         assert_eq!(live(&m), Some(1));
         assert_eq!(m["total_generations"], 3);
         assert!(switch_generation(&mut m, 1, &who(5)).is_err());
-        assert!(switch_generation(&mut m, 4, &who(5))
-            .unwrap_err()
-            .contains("1..=3"));
+        assert!(switch_generation(&mut m, 4, &who(5)).unwrap_err().contains("1..=3"));
         // A new generation after a rollback records the rolled-back-to parent.
         add_generation(&mut m, &who(6)).unwrap();
         assert_eq!(m["history"][4]["previous_generation"], "1");
@@ -172,27 +147,10 @@ mod tests {
         let events: Vec<_> = node
             .history
             .iter()
-            .map(|e| {
-                (
-                    e.kind.as_str(),
-                    e.current_generation,
-                    e.previous_generation,
-                    e.timestamp,
-                )
-            })
+            .map(|e| (e.kind.as_str(), e.current_generation, e.previous_generation, e.timestamp))
             .collect();
-        assert_eq!(
-            events,
-            [
-                ("import", 1, None, 10),
-                ("edit", 2, Some(1), 20),
-                ("switch_generation", 1, Some(2), 30)
-            ]
-        );
-        assert!(node
-            .history
-            .iter()
-            .all(|e| e.author == "ci" && e.hostname == "node"));
+        assert_eq!(events, [("import", 1, None, 10), ("edit", 2, Some(1), 20), ("switch_generation", 1, Some(2), 30)]);
+        assert!(node.history.iter().all(|e| e.author == "ci" && e.hostname == "node"));
     }
 
     #[test]
@@ -204,10 +162,9 @@ mod tests {
         assert!(parse_metadata(br#"{"version":3,"history":[],"total_generations":0}"#).is_err());
         assert!(parse_metadata(br#"{"currentGen":"1","generations":{}}"#).is_err());
         // Legacy version 1 is read by the node but not rewritten by the hub.
-        let v1 = br#"{"version":1,"currentGen":"1","generations":{"1":{"created":1,"lastActive":null,"description":"d"}}}"#;
-        assert!(parse_metadata(v1)
-            .unwrap_err()
-            .contains("version 1 is not supported; the hub writes only version 2"));
+        let v1 =
+            br#"{"version":1,"currentGen":"1","generations":{"1":{"created":1,"lastActive":null,"description":"d"}}}"#;
+        assert!(parse_metadata(v1).unwrap_err().contains("version 1 is not supported; the hub writes only version 2"));
         // A file the node would refuse is not extended.
         let err = parse_metadata(
             br#"{"version":2,"history":[{"kind":"edit","author":"a","hostname":"h","timestamp":1,"current_generation":"5"}],"total_generations":1}"#,

@@ -29,8 +29,7 @@ pub enum GitRoute {
 /// Classifies the part of the path after `/git/`, plus the query string.
 pub fn route(rest: &str, query: &str) -> GitRoute {
     let mut parts = rest.splitn(3, '/');
-    let (Some(owner), Some(repo), tail) = (parts.next(), parts.next(), parts.next().unwrap_or(""))
-    else {
+    let (Some(owner), Some(repo), tail) = (parts.next(), parts.next(), parts.next().unwrap_or("")) else {
         return GitRoute::NotFound;
     };
     if validate_owner(owner).is_err() || repo != "floxmeta" {
@@ -40,9 +39,7 @@ pub fn route(rest: &str, query: &str) -> GitRoute {
     let service = query.split('&').find_map(|kv| kv.strip_prefix("service="));
     match (tail, service) {
         ("info/refs", Some("git-upload-pack")) => GitRoute::AdvertiseUploadPack { owner },
-        ("info/refs", Some("git-receive-pack")) | ("git-receive-pack", _) => {
-            GitRoute::ReceivePack { owner }
-        }
+        ("info/refs", Some("git-receive-pack")) | ("git-receive-pack", _) => GitRoute::ReceivePack { owner },
         ("git-upload-pack", _) => GitRoute::UploadPack { owner },
         _ => GitRoute::Dumb { owner },
     }
@@ -57,24 +54,12 @@ pub fn backend_config(hidden_branches: &[String]) -> Vec<(String, String)> {
         ("http.uploadpack".to_owned(), "true".to_owned()),
         ("safe.directory".to_owned(), "*".to_owned()),
         // The defaults, stated so that no host config can widen what a v0 fetch may ask for.
-        (
-            "uploadpack.allowTipSHA1InWant".to_owned(),
-            "false".to_owned(),
-        ),
-        (
-            "uploadpack.allowReachableSHA1InWant".to_owned(),
-            "false".to_owned(),
-        ),
-        (
-            "uploadpack.allowAnySHA1InWant".to_owned(),
-            "false".to_owned(),
-        ),
+        ("uploadpack.allowTipSHA1InWant".to_owned(), "false".to_owned()),
+        ("uploadpack.allowReachableSHA1InWant".to_owned(), "false".to_owned()),
+        ("uploadpack.allowAnySHA1InWant".to_owned(), "false".to_owned()),
     ];
     for name in hidden_branches {
-        config.push((
-            "uploadpack.hideRefs".to_owned(),
-            format!("refs/heads/{name}"),
-        ));
+        config.push(("uploadpack.hideRefs".to_owned(), format!("refs/heads/{name}")));
     }
     config
 }
@@ -82,10 +67,7 @@ pub fn backend_config(hidden_branches: &[String]) -> Vec<(String, String)> {
 /// The `Git-Protocol` value passed on to git. Protocol v2 hides refs from `ls-refs` but lets a
 /// client fetch any object by id, so a caller with hidden branches is held to protocol v0,
 /// where upload-pack refuses wants that no visible ref reaches (verified in the tests).
-pub fn effective_git_protocol<'a>(
-    header: Option<&'a str>,
-    hidden_branches: &[String],
-) -> Option<&'a str> {
+pub fn effective_git_protocol<'a>(header: Option<&'a str>, hidden_branches: &[String]) -> Option<&'a str> {
     if hidden_branches.is_empty() {
         header
     } else {
@@ -102,20 +84,11 @@ impl ChildRegistry {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).insert(pid);
     }
     fn remove(&self, pid: u32) {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&pid);
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).remove(&pid);
     }
     /// Sends SIGKILL to every child still running; returns how many there were.
     pub fn kill_all(&self) -> usize {
-        let pids: Vec<u32> = self
-            .0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .copied()
-            .collect();
+        let pids: Vec<u32> = self.0.lock().unwrap_or_else(|e| e.into_inner()).iter().copied().collect();
         for pid in &pids {
             // SAFETY: plain kill(2) on a PID we spawned and have not reaped yet (it stays in
             // the registry until wait() returned), so it cannot have been reused.
@@ -188,10 +161,7 @@ pub fn run_cgi(
     let mut cmd = Command::new("git");
     cmd.arg("http-backend")
         .env_clear()
-        .env(
-            "PATH",
-            std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()),
-        )
+        .env("PATH", std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()))
         .env("GIT_CONFIG_GLOBAL", "/dev/null")
         .env("GIT_CONFIG_NOSYSTEM", "1")
         .env("GIT_PROJECT_ROOT", project_root)
@@ -206,10 +176,7 @@ pub fn run_cgi(
     let optional = [
         ("CONTENT_TYPE", req.content_type),
         ("HTTP_CONTENT_ENCODING", req.content_encoding),
-        (
-            "GIT_PROTOCOL",
-            effective_git_protocol(req.git_protocol, req.hidden_branches),
-        ),
+        ("GIT_PROTOCOL", effective_git_protocol(req.git_protocol, req.hidden_branches)),
         ("REMOTE_USER", req.remote_user),
     ];
     for (k, v) in optional {
@@ -224,14 +191,10 @@ pub fn run_cgi(
     let config = backend_config(req.hidden_branches);
     cmd.env("GIT_CONFIG_COUNT", config.len().to_string());
     for (i, (k, v)) in config.iter().enumerate() {
-        cmd.env(format!("GIT_CONFIG_KEY_{i}"), k)
-            .env(format!("GIT_CONFIG_VALUE_{i}"), v);
+        cmd.env(format!("GIT_CONFIG_KEY_{i}"), k).env(format!("GIT_CONFIG_VALUE_{i}"), v);
     }
 
-    let mut child = cmd.spawn().map_err(|source| HubError::Spawn {
-        program: "git http-backend".into(),
-        source,
-    })?;
+    let mut child = cmd.spawn().map_err(|source| HubError::Spawn { program: "git http-backend".into(), source })?;
     let pid = child.id();
     children.add(pid);
     let stdout = child.stdout.take().expect("stdout piped");
@@ -251,36 +214,19 @@ pub fn run_cgi(
     let _ = std::io::copy(body, &mut stdin);
     drop(stdin);
 
-    let running = RunningCgi {
-        child,
-        pid,
-        children: children.clone(),
-        threads: vec![stdout_thread, stderr_thread],
-    };
+    let running = RunningCgi { child, pid, children: children.clone(), threads: vec![stdout_thread, stderr_thread] };
     let head = match head_rx.recv() {
         Ok(StdoutEvent::Head(h)) => h,
         Err(_) => Err("git http-backend ended without output".into()),
     };
     match head {
         Ok((status, headers)) => Ok((
-            CgiResponse {
-                status,
-                headers,
-                body: ChannelReader {
-                    rx: body_rx,
-                    current: Vec::new(),
-                    pos: 0,
-                },
-            },
+            CgiResponse { status, headers, body: ChannelReader { rx: body_rx, current: Vec::new(), pos: 0 } },
             running,
         )),
         Err(message) => {
             let status = running.wait();
-            Err(HubError::CommandFailed {
-                command: "git http-backend".into(),
-                status,
-                stderr: message,
-            })
+            Err(HubError::CommandFailed { command: "git http-backend".into(), status, stderr: message })
         }
     }
 }
@@ -296,11 +242,7 @@ pub struct RunningCgi {
 impl RunningCgi {
     /// Reaps the child; returns its exit status as text.
     pub fn wait(mut self) -> String {
-        let status = self
-            .child
-            .wait()
-            .map(|s| s.to_string())
-            .unwrap_or_else(|e| e.to_string());
+        let status = self.child.wait().map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
         self.children.remove(self.pid);
         for t in self.threads.drain(..) {
             let _ = t.join();
@@ -309,11 +251,7 @@ impl RunningCgi {
     }
 }
 
-fn drain_stdout(
-    stdout: std::process::ChildStdout,
-    head_tx: mpsc::Sender<StdoutEvent>,
-    body_tx: mpsc::Sender<Vec<u8>>,
-) {
+fn drain_stdout(stdout: std::process::ChildStdout, head_tx: mpsc::Sender<StdoutEvent>, body_tx: mpsc::Sender<Vec<u8>>) {
     let mut reader = BufReader::new(stdout);
     let _ = head_tx.send(StdoutEvent::Head(parse_cgi_head(&mut reader)));
     let mut buf = vec![0u8; 64 * 1024];
@@ -336,9 +274,7 @@ pub fn parse_cgi_head(reader: &mut impl BufRead) -> Result<(u16, Vec<(String, St
     let mut headers = Vec::new();
     loop {
         let mut line = String::new();
-        let n = reader
-            .read_line(&mut line)
-            .map_err(|e| format!("reading CGI headers: {e}"))?;
+        let n = reader.read_line(&mut line).map_err(|e| format!("reading CGI headers: {e}"))?;
         if n == 0 {
             return Err("CGI output ended before the end of its headers".into());
         }
@@ -346,9 +282,7 @@ pub fn parse_cgi_head(reader: &mut impl BufRead) -> Result<(u16, Vec<(String, St
         if line.is_empty() {
             return Ok((status, headers));
         }
-        let (name, value) = line
-            .split_once(':')
-            .ok_or_else(|| format!("bad CGI header line {line:?}"))?;
+        let (name, value) = line.split_once(':').ok_or_else(|| format!("bad CGI header line {line:?}"))?;
         let value = value.trim();
         if name.eq_ignore_ascii_case("status") {
             status = value
@@ -373,26 +307,11 @@ mod tests {
             route("alice/floxmeta/info/refs", "service=git-upload-pack"),
             GitRoute::AdvertiseUploadPack { owner: o() }
         );
-        assert_eq!(
-            route("alice/floxmeta/git-upload-pack", ""),
-            GitRoute::UploadPack { owner: o() }
-        );
-        assert_eq!(
-            route("alice/floxmeta/info/refs", "service=git-receive-pack"),
-            GitRoute::ReceivePack { owner: o() }
-        );
-        assert_eq!(
-            route("alice/floxmeta/git-receive-pack", ""),
-            GitRoute::ReceivePack { owner: o() }
-        );
-        assert_eq!(
-            route("alice/floxmeta/info/refs", ""),
-            GitRoute::Dumb { owner: o() }
-        );
-        assert_eq!(
-            route("alice/floxmeta/objects/ab/cdef", ""),
-            GitRoute::Dumb { owner: o() }
-        );
+        assert_eq!(route("alice/floxmeta/git-upload-pack", ""), GitRoute::UploadPack { owner: o() });
+        assert_eq!(route("alice/floxmeta/info/refs", "service=git-receive-pack"), GitRoute::ReceivePack { owner: o() });
+        assert_eq!(route("alice/floxmeta/git-receive-pack", ""), GitRoute::ReceivePack { owner: o() });
+        assert_eq!(route("alice/floxmeta/info/refs", ""), GitRoute::Dumb { owner: o() });
+        assert_eq!(route("alice/floxmeta/objects/ab/cdef", ""), GitRoute::Dumb { owner: o() });
         assert_eq!(route("alice/other/info/refs", ""), GitRoute::NotFound);
         assert_eq!(route("../floxmeta/info/refs", ""), GitRoute::NotFound);
         assert_eq!(route("alice", ""), GitRoute::NotFound);
@@ -400,24 +319,14 @@ mod tests {
 
     #[test]
     fn cgi_head() {
-        let mut input = std::io::Cursor::new(
-            b"Status: 403 Forbidden\r\nContent-Type: text/plain\r\n\r\nbody".to_vec(),
-        );
+        let mut input = std::io::Cursor::new(b"Status: 403 Forbidden\r\nContent-Type: text/plain\r\n\r\nbody".to_vec());
         let (status, headers) = parse_cgi_head(&mut input).unwrap();
         assert_eq!(status, 403);
-        assert_eq!(
-            headers,
-            vec![("Content-Type".to_string(), "text/plain".to_string())]
-        );
+        assert_eq!(headers, vec![("Content-Type".to_string(), "text/plain".to_string())]);
         let mut rest = String::new();
         input.read_to_string(&mut rest).unwrap();
         assert_eq!(rest, "body");
-        assert_eq!(
-            parse_cgi_head(&mut std::io::Cursor::new(b"Expires: x\n\n".to_vec()))
-                .unwrap()
-                .0,
-            200
-        );
+        assert_eq!(parse_cgi_head(&mut std::io::Cursor::new(b"Expires: x\n\n".to_vec())).unwrap().0, 200);
         assert!(parse_cgi_head(&mut std::io::Cursor::new(b"Content-Type: x\n".to_vec())).is_err());
     }
 
@@ -426,13 +335,7 @@ mod tests {
         let c = backend_config(&["secret".into()]);
         assert!(c.contains(&("uploadpack.hideRefs".into(), "refs/heads/secret".into())));
         assert!(c.contains(&("http.receivepack".into(), "false".into())));
-        assert_eq!(
-            effective_git_protocol(Some("version=2"), &[]),
-            Some("version=2")
-        );
-        assert_eq!(
-            effective_git_protocol(Some("version=2"), &["secret".into()]),
-            None
-        );
+        assert_eq!(effective_git_protocol(Some("version=2"), &[]), Some("version=2"));
+        assert_eq!(effective_git_protocol(Some("version=2"), &["secret".into()]), None);
     }
 }

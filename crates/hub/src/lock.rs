@@ -14,18 +14,10 @@ pub fn render_manifest_toml(manifest: &Value) -> Option<String> {
 
 fn strip_nulls(v: Value) -> Value {
     match v {
-        Value::Object(m) => Value::Object(
-            m.into_iter()
-                .filter(|(_, v)| !v.is_null())
-                .map(|(k, v)| (k, strip_nulls(v)))
-                .collect(),
-        ),
-        Value::Array(a) => Value::Array(
-            a.into_iter()
-                .filter(|v| !v.is_null())
-                .map(strip_nulls)
-                .collect(),
-        ),
+        Value::Object(m) => {
+            Value::Object(m.into_iter().filter(|(_, v)| !v.is_null()).map(|(k, v)| (k, strip_nulls(v))).collect())
+        }
+        Value::Array(a) => Value::Array(a.into_iter().filter(|v| !v.is_null()).map(strip_nulls).collect()),
         other => other,
     }
 }
@@ -44,14 +36,8 @@ mod tests {
         let toml = render_manifest_toml(&manifest).unwrap();
         let back: toml::Table = toml.parse().unwrap();
         assert_eq!(back["schema-version"].as_str(), Some("1.14.0"));
-        assert_eq!(
-            back["install"]["bash"]["pkg-path"].as_str(),
-            Some("bashNonInteractive")
-        );
+        assert_eq!(back["install"]["bash"]["pkg-path"].as_str(), Some("bashNonInteractive"));
         let with_null = serde_json::json!({"version": 1, "hook": null, "vars": {"A": "b"}});
-        assert_eq!(
-            render_manifest_toml(&with_null).unwrap(),
-            "version = 1\n\n[vars]\nA = \"b\"\n"
-        );
+        assert_eq!(render_manifest_toml(&with_null).unwrap(), "version = 1\n\n[vars]\nA = \"b\"\n");
     }
 }

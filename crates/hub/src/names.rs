@@ -35,18 +35,13 @@ mod tests {
 
     #[test]
     fn accepts_flox_like_names() {
-        assert_eq!(
-            parse_env_ref("alice/hello-1.x_y").unwrap(),
-            ("alice".into(), "hello-1.x_y".into())
-        );
+        assert_eq!(parse_env_ref("alice/hello-1.x_y").unwrap(), ("alice".into(), "hello-1.x_y".into()));
     }
 
     #[test]
     fn rejects_paths_and_ref_tricks() {
         let too_long = "n".repeat(env_ref::MAX_PART_LEN + 1);
-        for bad in [
-            "", "..", ".hidden", "-x", "a/b", "a b", "x.lock", "a\0", "ä", &too_long,
-        ] {
+        for bad in ["", "..", ".hidden", "-x", "a/b", "a b", "x.lock", "a\0", "ä", &too_long] {
             assert!(validate_owner(bad).is_err(), "{bad:?}");
             assert!(validate_env_name(bad).is_err(), "{bad:?}");
         }

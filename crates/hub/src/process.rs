@@ -16,17 +16,12 @@ pub(crate) fn describe(cmd: &Command) -> String {
 
 /// Runs `cmd`, feeding `stdin` when given; returns stdout, or an error with stderr.
 pub(crate) fn run(cmd: &mut Command, stdin: Option<&[u8]>) -> Result<Vec<u8>, HubError> {
-    cmd.stdin(if stdin.is_some() {
-        Stdio::piped()
-    } else {
-        Stdio::null()
-    })
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
-    let mut child = cmd.spawn().map_err(|source| HubError::Spawn {
-        program: cmd.get_program().to_string_lossy().into_owned(),
-        source,
-    })?;
+    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .map_err(|source| HubError::Spawn { program: cmd.get_program().to_string_lossy().into_owned(), source })?;
     if let Some(input) = stdin {
         let mut pipe = child.stdin.take().expect("stdin piped");
         // Write from a thread so a child that writes much before reading cannot deadlock us.
@@ -35,10 +30,9 @@ pub(crate) fn run(cmd: &mut Command, stdin: Option<&[u8]>) -> Result<Vec<u8>, Hu
             let _ = pipe.write_all(&input);
         });
     }
-    let out = child.wait_with_output().map_err(|source| HubError::Spawn {
-        program: cmd.get_program().to_string_lossy().into_owned(),
-        source,
-    })?;
+    let out = child
+        .wait_with_output()
+        .map_err(|source| HubError::Spawn { program: cmd.get_program().to_string_lossy().into_owned(), source })?;
     if out.status.success() {
         Ok(out.stdout)
     } else {

@@ -41,16 +41,11 @@ pub struct PublishRequest {
 pub fn publish(paths: &HubPaths, req: &PublishRequest) -> Result<u64, HubError> {
     validate_owner(&req.owner)?;
     validate_env_name(&req.name)?;
-    let lock_err = |message: String| HubError::Lockfile {
-        path: req.lock_path.clone(),
-        message,
-    };
+    let lock_err = |message: String| HubError::Lockfile { path: req.lock_path.clone(), message };
     // The node's parser: a lock it would refuse is not published.
     let lock = Lockfile::parse(&req.lock_bytes).map_err(|e| lock_err(e.to_string()))?;
     let system = System::host().map_err(|e| lock_err(e.to_string()))?;
-    let store_paths = lock
-        .locked_store_paths(system)
-        .map_err(|e| lock_err(e.to_string()))?;
+    let store_paths = lock.locked_store_paths(system).map_err(|e| lock_err(e.to_string()))?;
     paths.load()?; // fail early, with the init hint, on an uninitialised root
 
     if req.copy_paths {
@@ -63,10 +58,7 @@ pub fn publish(paths: &HubPaths, req: &PublishRequest) -> Result<u64, HubError> 
         cache::copy_and_sign(&paths.cache(), &paths.secret_key(), &store_paths)?;
     }
 
-    let manifest = req
-        .manifest_toml
-        .clone()
-        .or_else(|| lock::render_manifest_toml(&lock.manifest.raw));
+    let manifest = req.manifest_toml.clone().or_else(|| lock::render_manifest_toml(&lock.manifest.raw));
     let repo = ensure_repo(paths, &req.owner)?;
     let _guard = FileLock::exclusive(&repo_lock_path(paths, &req.owner))?;
     let env = format!("{}/{}", req.owner, req.name);
@@ -76,14 +68,8 @@ pub fn publish(paths: &HubPaths, req: &PublishRequest) -> Result<u64, HubError> 
     };
     let mut metadata = read_metadata(&repo, &head, &env)?;
     let (generation, summary) = generations::add_generation(&mut metadata, &event_author())
-        .map_err(|message| HubError::Generations {
-            env: env.clone(),
-            message,
-        })?;
-    let mut files = vec![(
-        format!("{generation}/env/manifest.lock"),
-        req.lock_bytes.clone(),
-    )];
+        .map_err(|message| HubError::Generations { env: env.clone(), message })?;
+    let mut files = vec![(format!("{generation}/env/manifest.lock"), req.lock_bytes.clone())];
     if let Some(m) = manifest {
         files.push((format!("{generation}/env/manifest.toml"), m.into_bytes()));
     }
@@ -109,29 +95,15 @@ pub fn switch(paths: &HubPaths, owner: &str, name: &str, target: u64) -> Result<
     let env = format!("{owner}/{name}");
     let repo = paths.floxmeta(owner);
     if !repo.exists() {
-        return Err(HubError::Generations {
-            env,
-            message: format!("owner {owner:?} has no floxmeta repository"),
-        });
+        return Err(HubError::Generations { env, message: format!("owner {owner:?} has no floxmeta repository") });
     }
     let _guard = FileLock::exclusive(&repo_lock_path(paths, owner))?;
-    let head = branch_head(&repo, name)?.ok_or_else(|| HubError::Generations {
-        env: env.clone(),
-        message: "environment does not exist".into(),
-    })?;
+    let head = branch_head(&repo, name)?
+        .ok_or_else(|| HubError::Generations { env: env.clone(), message: "environment does not exist".into() })?;
     let mut metadata = read_metadata(&repo, &head, &env)?;
-    let message = generations::switch_generation(&mut metadata, target, &event_author()).map_err(
-        |message| HubError::Generations {
-            env: env.clone(),
-            message,
-        },
-    )?;
-    let commit = commit_files(
-        &repo,
-        Some(&head),
-        &[("metadata.json".into(), metadata_bytes(&metadata))],
-        &message,
-    )?;
+    let message = generations::switch_generation(&mut metadata, target, &event_author())
+        .map_err(|message| HubError::Generations { env: env.clone(), message })?;
+    let commit = commit_files(&repo, Some(&head), &[("metadata.json".into(), metadata_bytes(&metadata))], &message)?;
     move_branch(&repo, name, &commit, Some(&head))?;
     tracing::info!(env, generation = target, "switched generation");
     Ok(())
@@ -158,43 +130,22 @@ fn ensure_repo(paths: &HubPaths, owner: &str) -> Result<PathBuf, HubError> {
 }
 
 fn branch_head(repo: &Path, name: &str) -> Result<Option<String>, HubError> {
-    let out = run(
-        git(repo)
-            .args(["for-each-ref", "--format=%(objectname)"])
-            .arg(format!("refs/heads/{name}")),
-        None,
-    )?;
+    let out = run(git(repo).args(["for-each-ref", "--format=%(objectname)"]).arg(format!("refs/heads/{name}")), None)?;
     let head = stdout_string(out);
     Ok((!head.is_empty()).then_some(head))
 }
 
 /// The branch's first commit: only an empty-history metadata.json, as `flox` creates it.
 fn init_branch(repo: &Path, name: &str) -> Result<String, HubError> {
-    let files = [(
-        "metadata.json".to_string(),
-        metadata_bytes(&generations::initial_metadata()),
-    )];
-    let commit = commit_files(
-        repo,
-        None,
-        &files,
-        &format!("Initialize generations branch for environment '{name}'"),
-    )?;
+    let files = [("metadata.json".to_string(), metadata_bytes(&generations::initial_metadata()))];
+    let commit = commit_files(repo, None, &files, &format!("Initialize generations branch for environment '{name}'"))?;
     move_branch(repo, name, &commit, None)?;
     Ok(commit)
 }
 
 fn read_metadata(repo: &Path, commit: &str, env: &str) -> Result<Value, HubError> {
-    let bytes = run(
-        git(repo)
-            .args(["cat-file", "blob"])
-            .arg(format!("{commit}:metadata.json")),
-        None,
-    )?;
-    generations::parse_metadata(&bytes).map_err(|message| HubError::Generations {
-        env: env.to_owned(),
-        message,
-    })
+    let bytes = run(git(repo).args(["cat-file", "blob"]).arg(format!("{commit}:metadata.json")), None)?;
+    generations::parse_metadata(&bytes).map_err(|message| HubError::Generations { env: env.to_owned(), message })
 }
 
 fn metadata_bytes(metadata: &Value) -> Vec<u8> {
@@ -229,17 +180,10 @@ fn commit_files(
         None => run(read_tree.args(["read-tree", "--empty"]), None)?,
     };
     for (path, bytes) in files {
-        let blob = stdout_string(run(
-            git(repo).args(["hash-object", "-w", "--stdin"]),
-            Some(bytes),
-        )?);
+        let blob = stdout_string(run(git(repo).args(["hash-object", "-w", "--stdin"]), Some(bytes))?);
         let mut add = git(repo);
         with_index(&mut add);
-        run(
-            add.args(["update-index", "--add", "--cacheinfo"])
-                .arg(format!("100644,{blob},{path}")),
-            None,
-        )?;
+        run(add.args(["update-index", "--add", "--cacheinfo"]).arg(format!("100644,{blob},{path}")), None)?;
     }
     let mut write_tree = git(repo);
     with_index(&mut write_tree);
@@ -261,27 +205,13 @@ fn commit_files(
 /// Compare-and-swap of `refs/heads/<name>`: fails if someone else moved it meanwhile.
 fn move_branch(repo: &Path, name: &str, new: &str, old: Option<&str>) -> Result<(), HubError> {
     // An empty old value means "must not exist yet".
-    run(
-        git(repo).args([
-            "update-ref",
-            &format!("refs/heads/{name}"),
-            new,
-            old.unwrap_or(""),
-        ]),
-        None,
-    )?;
+    run(git(repo).args(["update-ref", &format!("refs/heads/{name}"), new, old.unwrap_or("")]), None)?;
     Ok(())
 }
 
 fn event_author() -> EventAuthor {
-    let author = std::env::var("USER")
-        .or_else(|_| std::env::var("LOGNAME"))
-        .unwrap_or_else(|_| "unknown".into());
-    EventAuthor {
-        author,
-        hostname: hostname(),
-        timestamp: crate::now_unix(),
-    }
+    let author = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "unknown".into());
+    EventAuthor { author, hostname: hostname(), timestamp: crate::now_unix() }
 }
 
 fn hostname() -> String {

@@ -35,14 +35,12 @@ impl HubServer {
             addr: listen.to_owned(),
             message: "accepted: IP:PORT, e.g. 127.0.0.1:8080 or 127.0.0.1:0".into(),
         })?;
-        let http = tiny_http::Server::http(addr).map_err(|e| HubError::Listen {
-            addr: listen.to_owned(),
-            message: e.to_string(),
-        })?;
-        let addr = http.server_addr().to_ip().ok_or_else(|| HubError::Listen {
-            addr: listen.to_owned(),
-            message: "not an IP listener".into(),
-        })?;
+        let http = tiny_http::Server::http(addr)
+            .map_err(|e| HubError::Listen { addr: listen.to_owned(), message: e.to_string() })?;
+        let addr = http
+            .server_addr()
+            .to_ip()
+            .ok_or_else(|| HubError::Listen { addr: listen.to_owned(), message: "not an IP listener".into() })?;
         Ok(HubServer {
             paths,
             http: Arc::new(http),
@@ -65,10 +63,7 @@ impl HubServer {
     /// Serves until the stop flag is set.
     pub fn run(self) -> Result<(), HubError> {
         let (done_tx, done_rx) = mpsc::channel::<()>();
-        let ctx = Arc::new(Context {
-            paths: self.paths,
-            children: self.children.clone(),
-        });
+        let ctx = Arc::new(Context { paths: self.paths, children: self.children.clone() });
         for i in 0..self.workers {
             let http = self.http.clone();
             let stop = self.stop.clone();
@@ -89,10 +84,7 @@ impl HubServer {
                     }
                     let _ = done.send(());
                 })
-                .map_err(|source| HubError::Spawn {
-                    program: "worker thread".into(),
-                    source,
-                })?;
+                .map_err(|source| HubError::Spawn { program: "worker thread".into(), source })?;
         }
         drop(done_tx);
         while !self.stop.load(Ordering::SeqCst) {
@@ -109,10 +101,7 @@ impl HubServer {
         }
         let killed = self.children.kill_all();
         if killed > 0 {
-            tracing::warn!(
-                killed,
-                "ended git http-backend children still running at shutdown"
-            );
+            tracing::warn!(killed, "ended git http-backend children still running at shutdown");
             // Give the workers a moment to reap what was killed.
             let _ = done_rx.recv_timeout(Duration::from_secs(1));
         }
@@ -133,19 +122,13 @@ struct Outcome {
 }
 
 fn header<'a>(request: &'a Request, name: &'static str) -> Option<&'a str> {
-    request
-        .headers()
-        .iter()
-        .find(|h| h.field.equiv(name))
-        .map(|h| h.value.as_str())
+    request.headers().iter().find(|h| h.field.equiv(name)).map(|h| h.value.as_str())
 }
 
 fn text(status: u16, body: &str) -> Response<std::io::Cursor<Vec<u8>>> {
     Response::from_string(format!("{body}\n"))
         .with_status_code(StatusCode(status))
-        .with_header(
-            Header::from_bytes("Content-Type", "text/plain; charset=utf-8").expect("static header"),
-        )
+        .with_header(Header::from_bytes("Content-Type", "text/plain; charset=utf-8").expect("static header"))
 }
 
 fn respond<R: std::io::Read>(request: Request, response: Response<R>) {
@@ -155,18 +138,10 @@ fn respond<R: std::io::Read>(request: Request, response: Response<R>) {
 }
 
 fn unauthorized(request: Request, handle: Option<String>) -> Outcome {
-    let response = text(
-        401,
-        "authentication failed: the token is missing, invalid or expired",
-    )
-    .with_header(
-        Header::from_bytes("WWW-Authenticate", "Basic realm=\"floxhub\"").expect("static header"),
-    );
+    let response = text(401, "authentication failed: the token is missing, invalid or expired")
+        .with_header(Header::from_bytes("WWW-Authenticate", "Basic realm=\"floxhub\"").expect("static header"));
     respond(request, response);
-    Outcome {
-        status: 401,
-        handle,
-    }
+    Outcome { status: 401, handle }
 }
 
 fn plain(request: Request, status: u16, body: &str, handle: Option<String>) -> Outcome {
@@ -180,14 +155,7 @@ fn authenticate(credential: &Credential, config: &HubConfig) -> Result<Option<Id
         Credential::Missing | Credential::Anonymous => Ok(None),
         Credential::Unreadable => Err(()),
         Credential::Token(token) => {
-            auth::identify(
-                token,
-                &config.secret_bytes(),
-                &config.tokens,
-                crate::now_unix(),
-            )
-            .map(Some)
-            .map_err(|e| {
+            auth::identify(token, &config.secret_bytes(), &config.tokens, crate::now_unix()).map(Some).map_err(|e| {
                 // The reason is safe to log: TokenError never contains the token.
                 tracing::debug!("refused a token: {e}");
             })
@@ -240,14 +208,10 @@ impl Context {
         match authenticate(&credential, &config) {
             Ok(Some(identity)) => {
                 let body = serde_json::json!({"handle": identity.handle, "expires_at": identity.expires_at});
-                let response = Response::from_string(body.to_string()).with_header(
-                    Header::from_bytes("Content-Type", "application/json").expect("static header"),
-                );
+                let response = Response::from_string(body.to_string())
+                    .with_header(Header::from_bytes("Content-Type", "application/json").expect("static header"));
                 respond(request, response);
-                Outcome {
-                    status: 200,
-                    handle: Some(identity.handle),
-                }
+                Outcome { status: 200, handle: Some(identity.handle) }
             }
             _ => unauthorized(request, None),
         }
@@ -255,27 +219,17 @@ impl Context {
 
     fn cache(&self, request: Request, rest: &str) -> Outcome {
         if !matches!(request.method(), Method::Get | Method::Head) {
-            return plain(
-                request,
-                405,
-                "the cache is read-only: GET and HEAD only",
-                None,
-            );
+            return plain(request, 405, "the cache is read-only: GET and HEAD only", None);
         }
         let Some(file) = cache::resolve_cache_path(&self.paths.cache(), rest) else {
             return plain(request, 404, "not found", None);
         };
         match std::fs::File::open(&file) {
             Ok(f) if f.metadata().map(|m| m.is_file()).unwrap_or(false) => {
-                let response = Response::from_file(f).with_header(
-                    Header::from_bytes("Content-Type", cache::content_type(rest))
-                        .expect("ascii header"),
-                );
+                let response = Response::from_file(f)
+                    .with_header(Header::from_bytes("Content-Type", cache::content_type(rest)).expect("ascii header"));
                 respond(request, response);
-                Outcome {
-                    status: 200,
-                    handle: None,
-                }
+                Outcome { status: 200, handle: None }
             }
             _ => plain(request, 404, "not found", None),
         }
@@ -311,14 +265,7 @@ impl Context {
                     handle,
                 )
             }
-            GitRoute::Dumb { .. } => {
-                return plain(
-                    request,
-                    403,
-                    "only smart HTTP git-upload-pack is served",
-                    handle,
-                )
-            }
+            GitRoute::Dumb { .. } => return plain(request, 403, "only smart HTTP git-upload-pack is served", handle),
             _ => {}
         }
         let hidden = config.hidden_branches(&owner, handle.as_deref());
@@ -345,12 +292,7 @@ impl Context {
             remote_user: handle.as_deref(),
             hidden_branches: &hidden,
         };
-        let result = git_backend::run_cgi(
-            &self.paths.git_root(),
-            &cgi,
-            request.as_reader(),
-            &self.children,
-        );
+        let result = git_backend::run_cgi(&self.paths.git_root(), &cgi, request.as_reader(), &self.children);
         match result {
             Ok((response, running)) => {
                 let status = response.status;
@@ -359,8 +301,7 @@ impl Context {
                     .iter()
                     .filter_map(|(k, v)| Header::from_bytes(k.as_bytes(), v.as_bytes()).ok())
                     .collect();
-                let http_response =
-                    Response::new(StatusCode(status), headers, response.body, None, None);
+                let http_response = Response::new(StatusCode(status), headers, response.body, None, None);
                 respond(request, http_response);
                 let exit = running.wait();
                 tracing::debug!("git http-backend exited: {exit}");

@@ -36,11 +36,7 @@ pub fn spawn_signal_waiter(stop: Arc<AtomicBool>) {
             let mut sig: libc::c_int = 0;
             // SAFETY: valid set and out pointer; the signals are blocked in every thread.
             if unsafe { libc::sigwait(&set, &mut sig) } == 0 {
-                let name = if sig == libc::SIGTERM {
-                    "SIGTERM"
-                } else {
-                    "SIGINT"
-                };
+                let name = if sig == libc::SIGTERM { "SIGTERM" } else { "SIGINT" };
                 tracing::info!("received {name}, shutting down");
                 stop.store(true, Ordering::SeqCst);
             }

@@ -9,21 +9,13 @@ use std::sync::OnceLock;
 const BIN: &str = env!("CARGO_BIN_EXE_imageless-hub");
 
 fn hub_cmd(args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .env("IMAGELESS_LOG", "info")
-        .output()
-        .expect("run imageless-hub")
+    Command::new(BIN).args(args).env("IMAGELESS_LOG", "info").output().expect("run imageless-hub")
 }
 
 /// Runs a hub subcommand that must succeed; returns its trimmed stdout.
 fn hub_ok(args: &[&str]) -> String {
     let out = hub_cmd(args);
-    assert!(
-        out.status.success(),
-        "imageless-hub {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "imageless-hub {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
@@ -50,14 +42,7 @@ impl Root {
         hub_ok(&args)
     }
     fn publish(&self, env: &str, lock: &Path, extra: &[&str]) -> String {
-        let mut args = vec![
-            "publish",
-            "--root",
-            self.arg(),
-            env,
-            "--lock",
-            lock.to_str().unwrap(),
-        ];
+        let mut args = vec!["publish", "--root", self.arg(), env, "--lock", lock.to_str().unwrap()];
         args.extend_from_slice(extra);
         hub_ok(&args)
     }
@@ -87,24 +72,11 @@ impl Server {
             .spawn()
             .unwrap();
         let mut first = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut first)
-            .unwrap();
-        let addr = first
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("first line {first:?}"))
-            .to_owned();
-        assert!(
-            addr.starts_with("http://127.0.0.1:") && !addr.ends_with(":0"),
-            "{addr}"
-        );
-        Server {
-            child: Some(child),
-            addr,
-            stderr_file,
-            _stderr_dir: stderr_dir,
-        }
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
+        let addr =
+            first.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("first line {first:?}")).to_owned();
+        assert!(addr.starts_with("http://127.0.0.1:") && !addr.ends_with(":0"), "{addr}");
+        Server { child: Some(child), addr, stderr_file, _stderr_dir: stderr_dir }
     }
 
     /// SIGTERM; asserts a clean exit 0 and returns the log.
@@ -132,12 +104,7 @@ extern "C" {
 }
 
 /// A minimal HTTP/1.1 request; returns status, headers (lowercased names) and body.
-fn http(
-    addr: &str,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-) -> (u16, Vec<(String, String)>, Vec<u8>) {
+fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)]) -> (u16, Vec<(String, String)>, Vec<u8>) {
     let hostport = addr.strip_prefix("http://").unwrap();
     let mut s = TcpStream::connect(hostport).unwrap();
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\nContent-Length: 0\r\n");
@@ -148,20 +115,10 @@ fn http(
     s.write_all(req.as_bytes()).unwrap();
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).unwrap();
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("response head");
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("response head");
     let head = String::from_utf8_lossy(&raw[..split]).into_owned();
     let mut lines = head.lines();
-    let status = lines
-        .next()
-        .unwrap()
-        .split_whitespace()
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
+    let status = lines.next().unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
     let headers = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
@@ -170,10 +127,7 @@ fn http(
 }
 
 fn header_value<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    headers
-        .iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.as_str())
+    headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
 }
 
 /// git, isolated from host config, never prompting; the token reaches git the way the Flox CLI
@@ -185,32 +139,17 @@ fn git(token: Option<&str>) -> Command {
         .env("GIT_TERMINAL_PROMPT", "0")
         .env_remove("GIT_DIR");
     if let Some(t) = token {
-        cmd.env("HUB_TOKEN", t).args([
-            "-c",
-            "credential.helper=!f() { echo username=oauth; echo \"password=$HUB_TOKEN\"; }; f",
-        ]);
+        cmd.env("HUB_TOKEN", t)
+            .args(["-c", "credential.helper=!f() { echo username=oauth; echo \"password=$HUB_TOKEN\"; }; f"]);
     }
     cmd
 }
 
 /// `git clone --bare --single-branch --branch NAME` as flox does; Ok(dir) or Err(stderr).
-fn clone(
-    addr: &str,
-    owner: &str,
-    branch: &str,
-    token: Option<&str>,
-) -> Result<tempfile::TempDir, String> {
+fn clone(addr: &str, owner: &str, branch: &str, token: Option<&str>) -> Result<tempfile::TempDir, String> {
     let dir = tempfile::tempdir().unwrap();
     let out = git(token)
-        .args([
-            "clone",
-            "--quiet",
-            "--single-branch",
-            "--no-tags",
-            "--bare",
-            "--branch",
-            branch,
-        ])
+        .args(["clone", "--quiet", "--single-branch", "--no-tags", "--bare", "--branch", branch])
         .arg(format!("{addr}/git/{owner}/floxmeta"))
         .arg(dir.path().join("c"))
         .output()
@@ -223,17 +162,8 @@ fn clone(
 }
 
 fn show(repo: &Path, spec: &str) -> String {
-    let out = git(None)
-        .arg("--git-dir")
-        .arg(repo)
-        .args(["show", spec])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "git show {spec}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = git(None).arg("--git-dir").arg(repo).args(["show", spec]).output().unwrap();
+    assert!(out.status.success(), "git show {spec}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -257,22 +187,8 @@ fn empty_lock(dir: &Path, tag: &str) -> PathBuf {
 fn private_env_visibility_and_auth_over_git_http() {
     let root = Root::new();
     let work = tempfile::tempdir().unwrap();
-    assert_eq!(
-        root.publish(
-            "alice/secret",
-            &empty_lock(work.path(), "s1"),
-            &["--private", "--no-paths"]
-        ),
-        "1"
-    );
-    assert_eq!(
-        root.publish(
-            "alice/public",
-            &empty_lock(work.path(), "p1"),
-            &["--no-paths"]
-        ),
-        "1"
-    );
+    assert_eq!(root.publish("alice/secret", &empty_lock(work.path(), "s1"), &["--private", "--no-paths"]), "1");
+    assert_eq!(root.publish("alice/public", &empty_lock(work.path(), "p1"), &["--no-paths"]), "1");
     hub_ok(&["grant", "--root", root.arg(), "alice", "bob"]);
 
     let alice_jwt = root.token("alice", &[]);
@@ -284,10 +200,7 @@ fn private_env_visibility_and_auth_over_git_http() {
     let expired_opaque = root.token("alice", &["--opaque", "--expired"]);
     let forged = imageless_hub::auth::mint_jwt(b"not the hub's secret", "alice", i64::MAX / 2, 0);
     let hub_json = std::fs::read_to_string(root.path().join("hub.json")).unwrap();
-    assert!(
-        !hub_json.contains(&alice_opaque),
-        "hub.json must store only a hash of opaque tokens"
-    );
+    assert!(!hub_json.contains(&alice_opaque), "hub.json must store only a hash of opaque tokens");
 
     let server = Server::start(&root);
     let addr = server.addr.clone();
@@ -301,10 +214,7 @@ fn private_env_visibility_and_auth_over_git_http() {
     }
     // Another owner's handle: the branch is hidden, git says the ref does not exist.
     let err = clone(&addr, "alice", "secret", Some(&mallory)).unwrap_err();
-    assert!(
-        err.contains("Remote branch secret not found in upstream origin"),
-        "{err}"
-    );
+    assert!(err.contains("Remote branch secret not found in upstream origin"), "{err}");
     // ... while alice's public environment stays readable for it, and for the logged-out helper.
     clone(&addr, "alice", "public", Some(&mallory)).unwrap();
     clone(&addr, "alice", "public", Some("")).unwrap();
@@ -312,13 +222,7 @@ fn private_env_visibility_and_auth_over_git_http() {
     let err = clone(&addr, "alice", "secret", Some("")).unwrap_err();
     assert!(err.contains("Remote branch secret not found"), "{err}");
     // Bad, forged and expired tokens: authentication fails.
-    for token in [
-        &expired,
-        &expired_opaque,
-        &forged,
-        &"flox_unknown".to_string(),
-        &"garbage".to_string(),
-    ] {
+    for token in [&expired, &expired_opaque, &forged, &"flox_unknown".to_string(), &"garbage".to_string()] {
         let err = clone(&addr, "alice", "secret", Some(token)).unwrap_err();
         assert!(err.contains("Authentication failed"), "{err}");
     }
@@ -328,13 +232,7 @@ fn private_env_visibility_and_auth_over_git_http() {
 
     // Protocol v2: ls-refs hides the branch, and a fetch by commit id is refused.
     let secret_id = String::from_utf8(
-        git(None)
-            .arg("--git-dir")
-            .arg(root.repo("alice"))
-            .args(["rev-parse", "secret"])
-            .output()
-            .unwrap()
-            .stdout,
+        git(None).arg("--git-dir").arg(root.repo("alice")).args(["rev-parse", "secret"]).output().unwrap().stdout,
     )
     .unwrap()
     .trim()
@@ -345,11 +243,7 @@ fn private_env_visibility_and_auth_over_git_http() {
             .arg(format!("{addr}/git/alice/floxmeta"))
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8(out.stdout).unwrap()
     };
     assert!(ls(&alice_jwt).contains("refs/heads/secret"));
@@ -359,12 +253,7 @@ fn private_env_visibility_and_auth_over_git_http() {
         "{mallory_refs}"
     );
     let scratch = tempfile::tempdir().unwrap();
-    assert!(git(None)
-        .args(["init", "-q", "--bare"])
-        .arg(scratch.path())
-        .status()
-        .unwrap()
-        .success());
+    assert!(git(None).args(["init", "-q", "--bare"]).arg(scratch.path()).status().unwrap().success());
     let out = git(Some(&mallory))
         .arg("--git-dir")
         .arg(scratch.path())
@@ -383,35 +272,16 @@ fn private_env_visibility_and_auth_over_git_http() {
     // Unknown owner: 404 (git and plain HTTP).
     let err = clone(&addr, "nobody", "x", Some(&alice_jwt)).unwrap_err();
     assert!(err.contains("not found"), "{err}");
-    let (status, _, _) = http(
-        &addr,
-        "GET",
-        "/git/nobody/floxmeta/info/refs?service=git-upload-pack",
-        &[],
-    );
+    let (status, _, _) = http(&addr, "GET", "/git/nobody/floxmeta/info/refs?service=git-upload-pack", &[]);
     assert_eq!(status, 404);
     // Read-only: receive-pack refused, for the owner too; dumb HTTP refused.
     let basic = format!("Basic {}", base64_encode(&format!("oauth:{alice_jwt}")));
-    let (status, _, _) = http(
-        &addr,
-        "GET",
-        "/git/alice/floxmeta/info/refs?service=git-receive-pack",
-        &[("Authorization", &basic)],
-    );
+    let (status, _, _) =
+        http(&addr, "GET", "/git/alice/floxmeta/info/refs?service=git-receive-pack", &[("Authorization", &basic)]);
     assert_eq!(status, 403);
-    let (status, _, _) = http(
-        &addr,
-        "POST",
-        "/git/alice/floxmeta/git-receive-pack",
-        &[("Authorization", &basic)],
-    );
+    let (status, _, _) = http(&addr, "POST", "/git/alice/floxmeta/git-receive-pack", &[("Authorization", &basic)]);
     assert_eq!(status, 403);
-    let (status, _, _) = http(
-        &addr,
-        "GET",
-        "/git/alice/floxmeta/HEAD",
-        &[("Authorization", &basic)],
-    );
+    let (status, _, _) = http(&addr, "GET", "/git/alice/floxmeta/HEAD", &[("Authorization", &basic)]);
     assert_eq!(status, 403);
     let pushed = clone(&addr, "alice", "public", Some(&alice_jwt)).unwrap();
     let out = git(Some(&alice_jwt))
@@ -431,83 +301,34 @@ fn private_env_visibility_and_auth_over_git_http() {
         &[("Authorization", "bearer nope")],
     );
     assert_eq!(status, 401);
-    assert_eq!(
-        header_value(&headers, "www-authenticate"),
-        Some("Basic realm=\"floxhub\"")
-    );
+    assert_eq!(header_value(&headers, "www-authenticate"), Some("Basic realm=\"floxhub\""));
 
     // Accounts API.
-    let (status, _, body) = http(
-        &addr,
-        "GET",
-        "/api/v1/accounts/me",
-        &[("Authorization", &format!("bearer {alice_opaque}"))],
-    );
+    let (status, _, body) =
+        http(&addr, "GET", "/api/v1/accounts/me", &[("Authorization", &format!("bearer {alice_opaque}"))]);
     assert_eq!(status, 200);
     let me: serde_json::Value = serde_json::from_slice(&body).unwrap();
-    assert_eq!(
-        me,
-        serde_json::json!({"handle": "alice", "expires_at": null})
-    );
-    let (status, _, body) = http(
-        &addr,
-        "GET",
-        "/api/v1/accounts/me",
-        &[("Authorization", &format!("bearer {bob}"))],
-    );
+    assert_eq!(me, serde_json::json!({"handle": "alice", "expires_at": null}));
+    let (status, _, body) = http(&addr, "GET", "/api/v1/accounts/me", &[("Authorization", &format!("bearer {bob}"))]);
     assert_eq!(status, 200);
     let me: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(me["handle"], "bob");
     let exp = me["expires_at"].as_i64().unwrap();
-    assert!(
-        (exp - imageless_hub::now_unix() - 3600).abs() < 120,
-        "{exp}"
-    );
-    for auth in [
-        format!("bearer {expired}"),
-        "bearer garbage".into(),
-        String::new(),
-    ] {
-        let h: Vec<(&str, &str)> = if auth.is_empty() {
-            vec![]
-        } else {
-            vec![("Authorization", auth.as_str())]
-        };
+    assert!((exp - imageless_hub::now_unix() - 3600).abs() < 120, "{exp}");
+    for auth in [format!("bearer {expired}"), "bearer garbage".into(), String::new()] {
+        let h: Vec<(&str, &str)> = if auth.is_empty() { vec![] } else { vec![("Authorization", auth.as_str())] };
         assert_eq!(http(&addr, "GET", "/api/v1/accounts/me", &h).0, 401);
     }
 
     let log = server.stop();
-    assert!(
-        log.contains("GET /git/alice/floxmeta/info/refs 200 alice"),
-        "{log}"
-    );
-    assert!(
-        log.contains("POST /git/alice/floxmeta/git-upload-pack 200 bob"),
-        "{log}"
-    );
-    assert!(
-        log.contains("GET /git/nobody/floxmeta/info/refs 404"),
-        "{log}"
-    );
+    assert!(log.contains("GET /git/alice/floxmeta/info/refs 200 alice"), "{log}");
+    assert!(log.contains("POST /git/alice/floxmeta/git-upload-pack 200 bob"), "{log}");
+    assert!(log.contains("GET /git/nobody/floxmeta/info/refs 404"), "{log}");
     assert!(log.contains("received SIGTERM"), "{log}");
-    for secret in [
-        &alice_jwt,
-        &alice_opaque,
-        &bob,
-        &mallory,
-        &expired,
-        &expired_opaque,
-        &forged,
-    ] {
-        assert!(
-            !log.contains(secret.as_str()),
-            "a token leaked into the log"
-        );
+    for secret in [&alice_jwt, &alice_opaque, &bob, &mallory, &expired, &expired_opaque, &forged] {
+        assert!(!log.contains(secret.as_str()), "a token leaked into the log");
         // Neither the token nor any header carrying it.
-        assert!(
-            !log.contains(&base64_encode(&format!("oauth:{secret}"))),
-            "an Authorization header leaked"
-        );
+        assert!(!log.contains(&base64_encode(&format!("oauth:{secret}"))), "an Authorization header leaked");
     }
     assert!(!log.to_ascii_lowercase().contains("authorization"), "{log}");
 }
@@ -524,30 +345,9 @@ fn publishing_generations_and_rolling_back() {
     let manifest = work.path().join("manifest.toml");
     std::fs::write(&manifest, "version = 1\n[vars]\nGIVEN = \"yes\"\n").unwrap();
     let mf = manifest.to_str().unwrap();
-    assert_eq!(
-        root.publish(
-            "alice/app",
-            &empty_lock(work.path(), "gen-one"),
-            &["--no-paths", "--manifest", mf]
-        ),
-        "1"
-    );
-    assert_eq!(
-        root.publish(
-            "alice/app",
-            &empty_lock(work.path(), "gen-two"),
-            &["--no-paths"]
-        ),
-        "2"
-    );
-    assert_eq!(
-        root.publish(
-            "alice/app",
-            &empty_lock(work.path(), "gen-three"),
-            &["--no-paths"]
-        ),
-        "3"
-    );
+    assert_eq!(root.publish("alice/app", &empty_lock(work.path(), "gen-one"), &["--no-paths", "--manifest", mf]), "1");
+    assert_eq!(root.publish("alice/app", &empty_lock(work.path(), "gen-two"), &["--no-paths"]), "2");
+    assert_eq!(root.publish("alice/app", &empty_lock(work.path(), "gen-three"), &["--no-paths"]), "3");
 
     let server = Server::start(&root);
     let token = root.token("alice", &[]);
@@ -562,11 +362,7 @@ fn publishing_generations_and_rolling_back() {
     assert_eq!(history[2]["kind"], "edit");
     assert_eq!(history[2]["current_generation"], "3");
     assert_eq!(history[2]["previous_generation"], "2");
-    assert!(
-        history[2]["timestamp"].is_i64()
-            && history[2]["author"].is_string()
-            && history[2]["hostname"].is_string()
-    );
+    assert!(history[2]["timestamp"].is_i64() && history[2]["author"].is_string() && history[2]["hostname"].is_string());
     // Older generations stay readable at the branch head.
     assert!(show(&repo, "app:1/env/manifest.lock").contains("gen-one"));
     assert!(show(&repo, "app:3/env/manifest.lock").contains("gen-three"));
@@ -574,25 +370,16 @@ fn publishing_generations_and_rolling_back() {
     // Rendered from the lock's manifest when none is given.
     assert!(show(&repo, "app:2/env/manifest.toml").contains("TAG = \"gen-two\""));
     let log = String::from_utf8(
-        git(None)
-            .arg("--git-dir")
-            .arg(&repo)
-            .args(["log", "--format=%an <%ae>|%s|%b", "app"])
-            .output()
-            .unwrap()
-            .stdout,
+        git(None).arg("--git-dir").arg(&repo).args(["log", "--format=%an <%ae>|%s|%b", "app"]).output().unwrap().stdout,
     )
     .unwrap();
     let lines: Vec<&str> = log.lines().filter(|l| !l.is_empty()).collect();
-    assert!(
-        lines[0].starts_with("Flox User <floxuser@example.invalid>|Create generation 3|"),
-        "{log}"
-    );
-    assert_eq!(lines.last().unwrap(), &"Flox User <floxuser@example.invalid>|Initialize generations branch for environment 'app'|");
+    assert!(lines[0].starts_with("Flox User <floxuser@example.invalid>|Create generation 3|"), "{log}");
     assert_eq!(
-        show(&repo, "app~3:metadata.json"),
-        r#"{"version":2,"history":[],"total_generations":0}"#
+        lines.last().unwrap(),
+        &"Flox User <floxuser@example.invalid>|Initialize generations branch for environment 'app'|"
     );
+    assert_eq!(show(&repo, "app~3:metadata.json"), r#"{"version":2,"history":[],"total_generations":0}"#);
 
     hub_ok(&["switch", "--root", root.arg(), "alice/app", "1"]);
     let c = clone(&server.addr, "alice", "app", Some(&token)).unwrap();
@@ -604,13 +391,7 @@ fn publishing_generations_and_rolling_back() {
     assert_eq!(last["previous_generation"], "3");
     assert_eq!(meta["total_generations"], 3);
     let files = String::from_utf8(
-        git(None)
-            .arg("--git-dir")
-            .arg(&repo)
-            .args(["diff", "--name-only", "app~1", "app"])
-            .output()
-            .unwrap()
-            .stdout,
+        git(None).arg("--git-dir").arg(&repo).args(["diff", "--name-only", "app~1", "app"]).output().unwrap().stdout,
     )
     .unwrap();
     assert_eq!(files.trim(), "metadata.json");
@@ -618,16 +399,8 @@ fn publishing_generations_and_rolling_back() {
     // Bad requests end in one clear error.
     let out = hub_cmd(&["switch", "--root", root.arg(), "alice/app", "7"]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr)
-        .contains("generation 7 does not exist; accepted: 1..=3"));
-    let out = hub_cmd(&[
-        "publish",
-        "--root",
-        root.arg(),
-        "alice/../x",
-        "--lock",
-        "/dev/null",
-    ]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("generation 7 does not exist; accepted: 1..=3"));
+    let out = hub_cmd(&["publish", "--root", root.arg(), "alice/../x", "--lock", "/dev/null"]);
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("environment name"),
         "{}",
@@ -642,50 +415,22 @@ fn token_and_init_cli() {
     let before = std::fs::read(root.path().join("hub.json")).unwrap();
     let key_before = std::fs::read(root.path().join("cache-key.pub")).unwrap();
     hub_ok(&["init", "--root", root.arg()]);
-    assert_eq!(
-        std::fs::read(root.path().join("hub.json")).unwrap(),
-        before,
-        "init must keep hub.json"
-    );
-    assert_eq!(
-        std::fs::read(root.path().join("cache-key.pub")).unwrap(),
-        key_before,
-        "init must keep the key"
-    );
+    assert_eq!(std::fs::read(root.path().join("hub.json")).unwrap(), before, "init must keep hub.json");
+    assert_eq!(std::fs::read(root.path().join("cache-key.pub")).unwrap(), key_before, "init must keep the key");
     assert_eq!(
         std::fs::read_to_string(root.path().join("cache/nix-cache-info")).unwrap(),
         "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 30\n"
     );
-    let out = hub_cmd(&[
-        "token",
-        "--root",
-        root.arg(),
-        "--handle",
-        "alice",
-        "--expires-in",
-        "-1d",
-    ]);
+    let out = hub_cmd(&["token", "--root", root.arg(), "--handle", "alice", "--expires-in", "-1d"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("negative"));
     let uninit = tempfile::tempdir().unwrap();
-    let out = hub_cmd(&[
-        "token",
-        "--root",
-        uninit.path().to_str().unwrap(),
-        "--handle",
-        "alice",
-    ]);
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("hub init"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = hub_cmd(&["token", "--root", uninit.path().to_str().unwrap(), "--handle", "alice"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("hub init"), "{}", String::from_utf8_lossy(&out.stderr));
     // JWT claims as FloxHub's tokens carry them, readable without the secret.
     let jwt = root.token("alice", &["--expires-in", "2h"]);
     use base64::Engine;
-    let claims = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(jwt.split('.').nth(1).unwrap())
-        .unwrap();
+    let claims = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(jwt.split('.').nth(1).unwrap()).unwrap();
     let claims: serde_json::Value = serde_json::from_slice(&claims).unwrap();
     assert_eq!(claims["https://flox.dev/handle"], "alice");
     assert!((claims["exp"].as_i64().unwrap() - imageless_hub::now_unix() - 7200).abs() < 120);
@@ -722,11 +467,7 @@ fn built_store_path() -> &'static str {
 struct Store(tempfile::TempDir);
 impl Drop for Store {
     fn drop(&mut self) {
-        let _ = Command::new("chmod")
-            .arg("-R")
-            .arg("u+w")
-            .arg(self.0.path())
-            .status();
+        let _ = Command::new("chmod").arg("-R").arg("u+w").arg(self.0.path()).status();
     }
 }
 
@@ -762,37 +503,19 @@ fn published_store_paths_realise_into_an_empty_store_only_with_the_key() {
     std::fs::write(&lock, serde_json::to_vec(&lock_json).unwrap()).unwrap();
     assert_eq!(root.publish("alice/hello", &lock, &[]), "1");
     let hash = &path["/nix/store/".len().."/nix/store/".len() + 32];
-    let narinfo =
-        std::fs::read_to_string(root.path().join(format!("cache/{hash}.narinfo"))).unwrap();
+    let narinfo = std::fs::read_to_string(root.path().join(format!("cache/{hash}.narinfo"))).unwrap();
     assert!(narinfo.contains("Sig: imageless-hub-1:"), "{narinfo}");
 
     let server = Server::start(&root);
     let substituter = format!("{}/cache", server.addr);
     let (status, headers, body) = http(&server.addr, "GET", &format!("/cache/{hash}.narinfo"), &[]);
     assert_eq!(status, 200);
-    assert_eq!(
-        header_value(&headers, "content-type"),
-        Some("text/x-nix-narinfo")
-    );
+    assert_eq!(header_value(&headers, "content-type"), Some("text/x-nix-narinfo"));
     assert_eq!(String::from_utf8(body).unwrap(), narinfo);
-    assert_eq!(
-        http(
-            &server.addr,
-            "GET",
-            "/cache/00000000000000000000000000000000.narinfo",
-            &[]
-        )
-        .0,
-        404
-    );
+    assert_eq!(http(&server.addr, "GET", "/cache/00000000000000000000000000000000.narinfo", &[]).0, 404);
     assert_eq!(http(&server.addr, "GET", "/cache/../hub.json", &[]).0, 404);
     assert_eq!(
-        http(&server.addr, "GET", "/cache/nix-cache-info", &[])
-            .1
-            .iter()
-            .find(|(k, _)| k == "content-type")
-            .unwrap()
-            .1,
+        http(&server.addr, "GET", "/cache/nix-cache-info", &[]).1.iter().find(|(k, _)| k == "content-type").unwrap().1,
         "text/x-nix-cache-info"
     );
 
@@ -811,44 +534,18 @@ fn published_store_paths_realise_into_an_empty_store_only_with_the_key() {
         .success());
     let other_key = std::fs::read_to_string(&opub).unwrap();
     let store = Store(tempfile::tempdir().unwrap());
-    let out = realise(
-        store.0.path(),
-        path,
-        &substituter,
-        &other_key,
-        cache_home.path(),
-    );
+    let out = realise(store.0.path(), path, &substituter, &other_key, cache_home.path());
     assert!(!out.status.success(), "realised without the hub's key");
-    let in_store = store
-        .0
-        .path()
-        .join(path.trim_start_matches('/'))
-        .join("hello");
+    let in_store = store.0.path().join(path.trim_start_matches('/')).join("hello");
     assert!(!in_store.exists());
 
     // With the key: the whole closure arrives.
     let out = realise(store.0.path(), path, &substituter, &key, cache_home.path());
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(
-        std::fs::read_to_string(&in_store).unwrap(),
-        "hello-from-hub\n"
-    );
-    let bb_link =
-        std::fs::read_link(store.0.path().join(path.trim_start_matches('/')).join("bb")).unwrap();
-    assert!(store
-        .0
-        .path()
-        .join(bb_link.to_str().unwrap().trim_start_matches('/'))
-        .join("bin/busybox")
-        .exists());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read_to_string(&in_store).unwrap(), "hello-from-hub\n");
+    let bb_link = std::fs::read_link(store.0.path().join(path.trim_start_matches('/')).join("bb")).unwrap();
+    assert!(store.0.path().join(bb_link.to_str().unwrap().trim_start_matches('/')).join("bin/busybox").exists());
 
     let log = server.stop();
-    assert!(
-        log.contains(&format!("GET /cache/{hash}.narinfo 200 -")),
-        "{log}"
-    );
+    assert!(log.contains(&format!("GET /cache/{hash}.narinfo 200 -")), "{log}");
 }

@@ -100,8 +100,6 @@ impl RefRecord {
     }
 }
 
-
-
 pub struct NodeCache {
     pub config: NodeConfig,
     hub: HubClient,
@@ -159,16 +157,22 @@ impl NodeCache {
                 return Ok(rendered);
             }
         }
-        let metadata = hub::read_blob(&repo, &commit, "metadata.json")?
-            .ok_or_else(|| NodeError::MissingFile { env: full.clone(), generation: 0, path: "metadata.json".into() })?;
+        let metadata = hub::read_blob(&repo, &commit, "metadata.json")?.ok_or_else(|| NodeError::MissingFile {
+            env: full.clone(),
+            generation: 0,
+            path: "metadata.json".into(),
+        })?;
         let metadata = GenerationsMetadata::parse(&metadata)
             .map_err(|error| NodeError::Generations { env: full.clone(), error })?;
         let generation = metadata
             .resolve(env.generation, &full)
             .map_err(|error| NodeError::Generations { env: full.clone(), error })?;
         let lock_path = format!("{generation}/env/manifest.lock");
-        let lock_bytes = hub::read_blob(&repo, &commit, &lock_path)?
-            .ok_or_else(|| NodeError::MissingFile { env: full.clone(), generation, path: lock_path.clone() })?;
+        let lock_bytes = hub::read_blob(&repo, &commit, &lock_path)?.ok_or_else(|| NodeError::MissingFile {
+            env: full.clone(),
+            generation,
+            path: lock_path.clone(),
+        })?;
         let key = self.key(&lock_bytes, mode);
         let mut rendered = self.ensure_rendered(&full, generation, &lock_bytes, mode, &key)?;
         rendered.warning = warning;
@@ -217,7 +221,9 @@ impl NodeCache {
         }
         let fingerprint = token.map(Token::fingerprint);
         if let Some(r) = &record {
-            if r.token_fingerprint == fingerprint && now().saturating_sub(r.fetched_at) < self.config.hub_answer_ttl_secs {
+            if r.token_fingerprint == fingerprint
+                && now().saturating_sub(r.fetched_at) < self.config.hub_answer_ttl_secs
+            {
                 return Ok((r.clone(), None));
             }
         }
@@ -225,7 +231,8 @@ impl NodeCache {
             Ok(head) => {
                 // The record is written only after a fetch completed, so a matching record
                 // means the commit's files are all there; an object alone may be mid-fetch.
-                let fetched = |r: Option<&RefRecord>| r.is_some_and(|r| r.commit == head) && hub::has_commit(&repo, &head);
+                let fetched =
+                    |r: Option<&RefRecord>| r.is_some_and(|r| r.commit == head) && hub::has_commit(&repo, &head);
                 let updated = if !fetched(record.as_ref()) {
                     let _guard = lock_file(&self.root().join("meta").join(format!("{}.lock", env.owner)))?;
                     // Another process may have fetched while we waited for the lock.
@@ -280,7 +287,8 @@ impl NodeCache {
     pub fn lookup(&self, key: &str) -> Option<Rendered> {
         let dir = self.envs_dir().join(key);
         let closure = std::fs::read_to_string(dir.join("closure")).ok()?;
-        let generation = std::fs::read_to_string(dir.join("generation")).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
+        let generation =
+            std::fs::read_to_string(dir.join("generation")).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
         Some(Rendered {
             key: key.to_string(),
             env_dir: dir.join("env"),
@@ -292,7 +300,14 @@ impl NodeCache {
         })
     }
 
-    fn ensure_rendered(&self, env: &str, generation: u32, lock_bytes: &[u8], mode: Mode, key: &str) -> Result<Rendered, NodeError> {
+    fn ensure_rendered(
+        &self,
+        env: &str,
+        generation: u32,
+        lock_bytes: &[u8],
+        mode: Mode,
+        key: &str,
+    ) -> Result<Rendered, NodeError> {
         if let Some(r) = self.lookup(key) {
             touch(&r.dir);
             return Ok(r);
@@ -347,11 +362,23 @@ impl NodeCache {
         std::fs::rename(&tmp, &dir).map_err(io(&dir))?;
         touch(&dir);
         tracing::info!(env, generation, %mode, key, realized, "environment rendered");
-        Ok(Rendered { key: key.to_string(), env_dir: dir.join("env"), dir, closure, generation, realized, warning: None })
+        Ok(Rendered {
+            key: key.to_string(),
+            env_dir: dir.join("env"),
+            dir,
+            closure,
+            generation,
+            realized,
+            warning: None,
+        })
     }
 
     /// Removes cached environments not in `in_use` and unused for `older_than`.
-    pub fn gc(&self, in_use: &std::collections::HashSet<String>, older_than: Duration) -> Result<Vec<String>, NodeError> {
+    pub fn gc(
+        &self,
+        in_use: &std::collections::HashSet<String>,
+        older_than: Duration,
+    ) -> Result<Vec<String>, NodeError> {
         let envs = self.envs_dir();
         let mut removed = Vec::new();
         let Ok(entries) = std::fs::read_dir(&envs) else { return Ok(removed) };

@@ -115,7 +115,8 @@ pub fn env(cmd: EnvCommand) -> Result<ExitCode, CliError> {
             for o in &selection.outputs {
                 match packages.iter_mut().find(|p| p["install_id"] == o.install_id.as_str()) {
                     Some(p) => {
-                        p["outputs"][o.output.as_str()] = serde_json::json!({"store_path": o.store_path.as_str(), "priority": o.priority});
+                        p["outputs"][o.output.as_str()] =
+                            serde_json::json!({"store_path": o.store_path.as_str(), "priority": o.priority});
                     }
                     None => packages.push(serde_json::json!({
                         "install_id": o.install_id,

@@ -27,7 +27,10 @@ pub fn containers_dir(state_root: &Path) -> PathBuf {
 
 /// Container ids are chosen by containerd (hex) but arrive via argv: refuse path tricks.
 fn valid_id(id: &str) -> bool {
-    !id.is_empty() && id.len() <= 128 && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) && !id.starts_with('.')
+    !id.is_empty()
+        && id.len() <= 128
+        && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && !id.starts_with('.')
 }
 
 pub fn state_path(state_root: &Path, id: &str) -> Option<PathBuf> {
@@ -64,7 +67,9 @@ pub fn keys_in_use(state_root: &Path) -> HashSet<String> {
     let mut keys = HashSet::new();
     if let Ok(entries) = std::fs::read_dir(containers_dir(state_root)) {
         for e in entries.flatten() {
-            if let Some(s) = std::fs::read(e.path()).ok().and_then(|b| serde_json::from_slice::<ContainerState>(&b).ok()) {
+            if let Some(s) =
+                std::fs::read(e.path()).ok().and_then(|b| serde_json::from_slice::<ContainerState>(&b).ok())
+            {
                 keys.insert(s.env_key);
             }
         }

@@ -20,9 +20,7 @@ pub fn git_url_for_hub(hub_url: &str) -> String {
     if let Some((scheme, rest)) = trimmed.split_once("://") {
         let (host, path) = rest.split_once('/').map_or((rest, ""), |(h, p)| (h, p));
         let labels: Vec<&str> = host.split('.').collect();
-        let hosted = labels.len() >= 3
-            && labels[0] == "hub"
-            && labels[labels.len() - 2..] == ["flox", "dev"];
+        let hosted = labels.len() >= 3 && labels[0] == "hub" && labels[labels.len() - 2..] == ["flox", "dev"];
         if hosted {
             let api_host = std::iter::once("api").chain(labels[1..].iter().copied()).collect::<Vec<_>>().join(".");
             return format!("{scheme}://{api_host}/git");
@@ -135,17 +133,17 @@ impl HubClient {
             let hint = if token.is_none() { PRIVATE_HINT } else { "" };
             return HubError::OwnerNotFound { owner: owner.into(), hub, hint };
         }
-        if stderr.contains("Authentication failed") || stderr.contains("error: 401") || stderr.contains("could not read Username") {
+        if stderr.contains("Authentication failed")
+            || stderr.contains("error: 401")
+            || stderr.contains("could not read Username")
+        {
             return match token {
                 Some(_) => HubError::TokenRejected { hub },
                 None => HubError::TokenRequired { env, hub },
             };
         }
-        if let Some(status) = stderr
-            .split("returned error: ")
-            .nth(1)
-            .and_then(|s| s.get(..3))
-            .and_then(|s| s.parse::<u16>().ok())
+        if let Some(status) =
+            stderr.split("returned error: ").nth(1).and_then(|s| s.get(..3)).and_then(|s| s.parse::<u16>().ok())
         {
             return match status {
                 403 => match token {
@@ -192,7 +190,8 @@ impl HubClient {
         for (i, (k, v)) in config.iter().enumerate() {
             cmd.env(format!("GIT_CONFIG_KEY_{i}"), k).env(format!("GIT_CONFIG_VALUE_{i}"), v);
         }
-        let mut child = cmd.spawn().map_err(|e| HubError::Local { what: "git".into(), detail: format!("cannot run git: {e}") })?;
+        let mut child =
+            cmd.spawn().map_err(|e| HubError::Local { what: "git".into(), detail: format!("cannot run git: {e}") })?;
         let pid = child.id();
         let timeout = self.timeout;
         let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
@@ -302,11 +301,17 @@ mod tests {
         assert!(e.to_string().contains("if it is private"));
         let e = c.classify("o", "n", None, "fatal: repository 'http://h/git/o/floxmeta/' not found\n");
         assert!(matches!(e, HubError::OwnerNotFound { .. }));
-        let e = c.classify("o", "n", None, "fatal: unable to access 'http://h/git/o/floxmeta/': The requested URL returned error: 500\n");
+        let e = c.classify(
+            "o",
+            "n",
+            None,
+            "fatal: unable to access 'http://h/git/o/floxmeta/': The requested URL returned error: 500\n",
+        );
         assert_eq!(e, HubError::Server { env: "o/n".into(), hub: "http://h/git".into(), status: 500 });
         let e = c.classify("o", "n", None, "fatal: unable to access 'x': Failed to connect to 127.0.0.1 port 1 after 0 ms: Couldn't connect to server\n");
         assert!(e.is_unreachable());
-        let e = c.classify("o", "n", None, "fatal: could not read Username for 'http://h': terminal prompts disabled\n");
+        let e =
+            c.classify("o", "n", None, "fatal: could not read Username for 'http://h': terminal prompts disabled\n");
         assert!(matches!(e, HubError::TokenRequired { .. }));
     }
 }

@@ -75,11 +75,9 @@ impl Nix<'_> {
             .stdout(Stdio::null());
         match self.run(cmd, "nix-store --realise") {
             Ok(_) => Ok(missing.len()),
-            Err(RealizeError::Nix { detail, .. }) => Err(RealizeError::Unavailable {
-                env: env.to_string(),
-                substituters,
-                detail,
-            }),
+            Err(RealizeError::Nix { detail, .. }) => {
+                Err(RealizeError::Unavailable { env: env.to_string(), substituters, detail })
+            }
             Err(e) => Err(e),
         }
     }
@@ -92,10 +90,7 @@ impl Nix<'_> {
         let mut cmd = self.nix_store();
         cmd.args(["--query", "--requisites"]).args(paths.iter().map(StorePath::as_str));
         let out = self.run(cmd, "nix-store --query --requisites")?;
-        let mut closure: Vec<StorePath> = out
-            .lines()
-            .filter_map(|l| StorePath::parse(l.trim()).ok())
-            .collect();
+        let mut closure: Vec<StorePath> = out.lines().filter_map(|l| StorePath::parse(l.trim()).ok()).collect();
         closure.sort_by(|a, b| a.as_str().cmp(b.as_str()));
         closure.dedup();
         Ok(closure)

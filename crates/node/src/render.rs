@@ -82,11 +82,8 @@ fn add_dir_entries(
     src_dir: &Path,
     origin: &Origin,
 ) -> Result<(), RenderError> {
-    let mut entries: Vec<_> = std::fs::read_dir(src_dir)
-        .map_err(io(src_dir))?
-        .filter_map(Result::ok)
-        .map(|e| e.file_name())
-        .collect();
+    let mut entries: Vec<_> =
+        std::fs::read_dir(src_dir).map_err(io(src_dir))?.filter_map(Result::ok).map(|e| e.file_name()).collect();
     entries.sort();
     for name in entries {
         let src = src_dir.join(&name);
@@ -121,7 +118,8 @@ fn add_entry(
             add_dir_entries(children, rel, src, origin)?;
         }
         Some(Node::Link { target, is_dir: false, origin: old }) if !src_is_dir => {
-            let same_file = std::fs::canonicalize(&*target).ok().is_some_and(|a| std::fs::canonicalize(src).ok() == Some(a));
+            let same_file =
+                std::fs::canonicalize(&*target).ok().is_some_and(|a| std::fs::canonicalize(src).ok() == Some(a));
             if same_file || origin.priority > old.priority || origin.propagated {
                 return Ok(());
             }
@@ -138,7 +136,12 @@ fn add_entry(
             }
             let old = match existing {
                 Node::Link { origin, .. } => origin.clone(),
-                Node::Dir(_) => Origin { install_id: "(several packages)".into(), output: String::new(), priority: origin.priority, propagated: false },
+                Node::Dir(_) => Origin {
+                    install_id: "(several packages)".into(),
+                    output: String::new(),
+                    priority: origin.priority,
+                    propagated: false,
+                },
             };
             return Err(conflict(&old, origin, rel));
         }
@@ -150,12 +153,18 @@ fn conflict(old: &Origin, new: &Origin, rel: &Path) -> RenderError {
     let conflict = if old.install_id == new.install_id {
         format!(
             "'{}^{}' conflicts with '{}^{}'. Both outputs of the same package provide the file '{}'",
-            old.install_id, old.output, new.install_id, new.output, rel.display()
+            old.install_id,
+            old.output,
+            new.install_id,
+            new.output,
+            rel.display()
         )
     } else {
         format!(
             "'{}' conflicts with '{}'. Both packages provide the file '{}'",
-            old.install_id, new.install_id, rel.display()
+            old.install_id,
+            new.install_id,
+            rel.display()
         )
     };
     RenderError::Conflict { conflict, priority: old.priority }
@@ -188,15 +197,18 @@ pub fn render_tree(sources: &[LinkSource], mode: Mode, dest: &Path) -> Result<Ve
     let mut plan = Plan::default();
     let mut linked: Vec<StorePath> = Vec::new();
     for s in sources {
-        let origin = Origin { install_id: s.install_id.clone(), output: s.output.clone(), priority: s.priority, propagated: false };
+        let origin = Origin {
+            install_id: s.install_id.clone(),
+            output: s.output.clone(),
+            priority: s.priority,
+            propagated: false,
+        };
         plan.add_package(Path::new(s.store_path.as_str()), &origin)?;
         linked.push(s.store_path.clone());
     }
     // Propagated packages after all explicit ones, transitively, never overriding them.
-    let mut queue: Vec<(StorePath, u64, String)> = sources
-        .iter()
-        .map(|s| (s.store_path.clone(), s.priority, s.install_id.clone()))
-        .collect();
+    let mut queue: Vec<(StorePath, u64, String)> =
+        sources.iter().map(|s| (s.store_path.clone(), s.priority, s.install_id.clone())).collect();
     let mut counter = 0u64;
     while let Some((path, priority, id)) = queue.pop() {
         let mut next = propagated_from(Path::new(path.as_str()), "propagated-user-env-packages");
@@ -213,7 +225,8 @@ pub fn render_tree(sources: &[LinkSource], mode: Mode, dest: &Path) -> Result<Ve
             }
             counter += 1;
             let prio = if priority < 1000 { priority * 1000 } else { priority } + counter;
-            let origin = Origin { install_id: id.clone(), output: "propagated".into(), priority: prio, propagated: true };
+            let origin =
+                Origin { install_id: id.clone(), output: "propagated".into(), priority: prio, propagated: true };
             plan.add_package(Path::new(p.as_str()), &origin)?;
             linked.push(p.clone());
             queue.push((p, prio, id.clone()));
@@ -267,7 +280,8 @@ mod tests {
     fn render_dirs(pkgs: &[(&Path, &str, u64)], dest: &Path) -> Result<(), RenderError> {
         let mut plan = Plan::default();
         for (dir, id, prio) in pkgs {
-            let origin = Origin { install_id: id.to_string(), output: "out".into(), priority: *prio, propagated: false };
+            let origin =
+                Origin { install_id: id.to_string(), output: "out".into(), priority: *prio, propagated: false };
             plan.add_package(dir, &origin)?;
         }
         materialize(&plan.root, dest)

@@ -16,19 +16,18 @@ fn main() {
     // flox-runc sits next to the launcher; a `runc` symlink to it is made on first use in
     // <bin_dir>/flox-runc-path/ so that directory can go first on PATH. (Not `flox-runc.d`: in a
     // cargo target dir that name is the wrapper's dep-info file.)
-    let runc_dir = std::env::var_os("FLOX_RUNC_DIR").map(PathBuf::from).unwrap_or_else(|| bin_dir.join("flox-runc-path"));
+    let runc_dir =
+        std::env::var_os("FLOX_RUNC_DIR").map(PathBuf::from).unwrap_or_else(|| bin_dir.join("flox-runc-path"));
     if let Err(e) = ensure_runc_link(&runc_dir, &bin_dir.join("flox-runc")) {
         eprintln!("containerd-shim-flox-v2: preparing {}: {e}", runc_dir.display());
     }
-    let old_path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+    let old_path = std::env::var_os("PATH")
+        .unwrap_or_else(|| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
     let mut dirs = vec![runc_dir];
     dirs.extend(std::env::split_paths(&old_path));
     let new_path = std::env::join_paths(dirs).unwrap_or(old_path);
     let shim = find_shim(&new_path, &me).unwrap_or_else(|| PathBuf::from(SHIM));
-    let err = std::process::Command::new(&shim)
-        .args(std::env::args_os().skip(1))
-        .env("PATH", &new_path)
-        .exec();
+    let err = std::process::Command::new(&shim).args(std::env::args_os().skip(1)).env("PATH", &new_path).exec();
     eprintln!("containerd-shim-flox-v2: cannot exec {}: {err}", shim.display());
     std::process::exit(1);
 }

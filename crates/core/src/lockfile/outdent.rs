@@ -31,10 +31,7 @@ mod tests {
 
     #[test]
     fn removes_common_indent_and_keeps_relative_indent() {
-        assert_eq!(
-            outdent_text("    if true; then\n      echo hi\n    fi\n"),
-            "if true; then\n  echo hi\nfi\n"
-        );
+        assert_eq!(outdent_text("    if true; then\n      echo hi\n    fi\n"), "if true; then\n  echo hi\nfi\n");
     }
 
     #[test]

@@ -21,30 +21,20 @@ impl std::fmt::Display for VarsCycle {
 /// Names of `vars` in export order, or the first reference cycle found.
 pub fn vars_order(vars: &BTreeMap<String, String>) -> Result<Vec<String>, VarsCycle> {
     let names: BTreeSet<&str> = vars.keys().map(String::as_str).collect();
-    let depends_on: BTreeMap<&str, BTreeSet<&str>> = vars
-        .iter()
-        .map(|(name, value)| (name.as_str(), references(value, &names, name)))
-        .collect();
+    let depends_on: BTreeMap<&str, BTreeSet<&str>> =
+        vars.iter().map(|(name, value)| (name.as_str(), references(value, &names, name))).collect();
 
     // Kahn's algorithm; always taking the alphabetically first ready name keeps unrelated
     // variables in alphabetical order.
-    let mut waiting_on: BTreeMap<&str, usize> = depends_on
-        .iter()
-        .map(|(name, deps)| (*name, deps.len()))
-        .collect();
-    let mut ready: BTreeSet<&str> = waiting_on
-        .iter()
-        .filter(|(_, count)| **count == 0)
-        .map(|(name, _)| *name)
-        .collect();
+    let mut waiting_on: BTreeMap<&str, usize> = depends_on.iter().map(|(name, deps)| (*name, deps.len())).collect();
+    let mut ready: BTreeSet<&str> =
+        waiting_on.iter().filter(|(_, count)| **count == 0).map(|(name, _)| *name).collect();
     let mut order: Vec<String> = Vec::with_capacity(vars.len());
     while let Some(name) = ready.pop_first() {
         order.push(name.to_string());
         for (dependent, deps) in &depends_on {
             if deps.contains(name) {
-                let count = waiting_on
-                    .get_mut(dependent)
-                    .expect("every name has a count");
+                let count = waiting_on.get_mut(dependent).expect("every name has a count");
                 *count -= 1;
                 if *count == 0 {
                     ready.insert(dependent);
@@ -121,79 +111,40 @@ mod tests {
     use super::*;
 
     fn order(entries: &[(&str, &str)]) -> Result<Vec<String>, String> {
-        let vars = entries
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let vars = entries.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         vars_order(&vars).map_err(|cycle| cycle.to_string())
     }
 
     #[test]
     fn alphabetical_without_references() {
-        assert_eq!(
-            order(&[("b", "2"), ("a", "1"), ("C", "3")]).unwrap(),
-            ["C", "a", "b"]
-        );
+        assert_eq!(order(&[("b", "2"), ("a", "1"), ("C", "3")]).unwrap(), ["C", "a", "b"]);
     }
 
     #[test]
     fn references_move_a_variable_after_its_dependencies() {
-        assert_eq!(
-            order(&[("alpha", "${omega}-x"), ("omega", "base")]).unwrap(),
-            ["omega", "alpha"]
-        );
-        assert_eq!(
-            order(&[("a", "$m/x"), ("m", "${z:-d}"), ("z", "1")]).unwrap(),
-            ["z", "m", "a"]
-        );
+        assert_eq!(order(&[("alpha", "${omega}-x"), ("omega", "base")]).unwrap(), ["omega", "alpha"]);
+        assert_eq!(order(&[("a", "$m/x"), ("m", "${z:-d}"), ("z", "1")]).unwrap(), ["z", "m", "a"]);
         // Independent names keep their alphabetical place.
-        assert_eq!(
-            order(&[("a", "${z}"), ("b", "x"), ("z", "1")]).unwrap(),
-            ["b", "z", "a"]
-        );
+        assert_eq!(order(&[("a", "${z}"), ("b", "x"), ("z", "1")]).unwrap(), ["b", "z", "a"]);
     }
 
     #[test]
     fn self_reference_escapes_and_unknown_names_add_no_edge() {
         assert_eq!(order(&[("PATH", "${PATH}:/x")]).unwrap(), ["PATH"]);
-        assert_eq!(
-            order(&[("PATH", "$bin:$PATH"), ("bin", "/b")]).unwrap(),
-            ["bin", "PATH"]
-        );
-        assert_eq!(
-            order(&[("a", r"\${b}"), ("b", "${a}")]).unwrap(),
-            ["a", "b"]
-        );
-        assert_eq!(
-            order(&[("a", "$HOME $1 ${2} $(b)"), ("b", "x")]).unwrap(),
-            ["a", "b"]
-        );
+        assert_eq!(order(&[("PATH", "$bin:$PATH"), ("bin", "/b")]).unwrap(), ["bin", "PATH"]);
+        assert_eq!(order(&[("a", r"\${b}"), ("b", "${a}")]).unwrap(), ["a", "b"]);
+        assert_eq!(order(&[("a", "$HOME $1 ${2} $(b)"), ("b", "x")]).unwrap(), ["a", "b"]);
         // `$ab` names `ab`, not `a`.
-        assert_eq!(
-            order(&[("a", "1"), ("ab", "2"), ("x", "$ab")]).unwrap(),
-            ["a", "ab", "x"]
-        );
+        assert_eq!(order(&[("a", "1"), ("ab", "2"), ("x", "$ab")]).unwrap(), ["a", "ab", "x"]);
         // Unclosed `${` is no reference, so no false cycle.
-        assert_eq!(
-            order(&[("bar", "${foo"), ("foo", "${bar}")]).unwrap(),
-            ["bar", "foo"]
-        );
+        assert_eq!(order(&[("bar", "${foo"), ("foo", "${bar}")]).unwrap(), ["bar", "foo"]);
     }
 
     #[test]
     fn cycles_are_reported_as_a_chain() {
-        assert_eq!(
-            order(&[("foo", "${bar}"), ("bar", "${foo}")]).unwrap_err(),
-            "bar → foo → bar"
-        );
-        assert_eq!(
-            order(&[("a", "$b"), ("b", "$c"), ("c", "$a"), ("d", "1")]).unwrap_err(),
-            "a → b → c → a"
-        );
+        assert_eq!(order(&[("foo", "${bar}"), ("bar", "${foo}")]).unwrap_err(), "bar → foo → bar");
+        assert_eq!(order(&[("a", "$b"), ("b", "$c"), ("c", "$a"), ("d", "1")]).unwrap_err(), "a → b → c → a");
         // A name that only leads into a loop is not part of the reported loop.
-        assert_eq!(
-            order(&[("a", "$x"), ("x", "$y"), ("y", "$x")]).unwrap_err(),
-            "x → y → x"
-        );
+        assert_eq!(order(&[("a", "$x"), ("x", "$y"), ("y", "$x")]).unwrap_err(), "x → y → x");
     }
 }

@@ -24,10 +24,7 @@ fn cstr(p: &Path) -> CString {
 pub fn enter_private_nix(empty_dir: &Path) -> anyhow::Result<()> {
     unsafe {
         if libc::unshare(libc::CLONE_NEWNS) != 0 {
-            bail!(
-                "unshare(CLONE_NEWNS): {} (the benchmark needs root)",
-                std::io::Error::last_os_error()
-            );
+            bail!("unshare(CLONE_NEWNS): {} (the benchmark needs root)", std::io::Error::last_os_error());
         }
         // Nothing we mount may propagate back to the host's namespace.
         let root = cstr(Path::new("/"));
@@ -39,43 +36,22 @@ pub fn enter_private_nix(empty_dir: &Path) -> anyhow::Result<()> {
             std::ptr::null(),
         ) != 0
         {
-            bail!(
-                "making / private in the benchmark's mount namespace: {}",
-                std::io::Error::last_os_error()
-            );
+            bail!("making / private in the benchmark's mount namespace: {}", std::io::Error::last_os_error());
         }
         std::fs::create_dir_all("/nix").context("creating /nix")?;
         let src = cstr(empty_dir);
         let dst = cstr(Path::new("/nix"));
-        if libc::mount(
-            src.as_ptr(),
-            dst.as_ptr(),
-            std::ptr::null(),
-            libc::MS_BIND,
-            std::ptr::null(),
-        ) != 0
-        {
-            bail!(
-                "bind-mounting {} on /nix: {}",
-                empty_dir.display(),
-                std::io::Error::last_os_error()
-            );
+        if libc::mount(src.as_ptr(), dst.as_ptr(), std::ptr::null(), libc::MS_BIND, std::ptr::null()) != 0 {
+            bail!("bind-mounting {} on /nix: {}", empty_dir.display(), std::io::Error::last_os_error());
         }
     }
     // Let Nix create its database now, so no measured command pays for it.
     let out = Command::new("nix-store")
-        .args([
-            "--check-validity",
-            "--print-invalid",
-            "/nix/store/00000000000000000000000000000000-none",
-        ])
+        .args(["--check-validity", "--print-invalid", "/nix/store/00000000000000000000000000000000-none"])
         .output();
     match out {
         Ok(o) if o.status.success() => Ok(()),
-        Ok(o) => bail!(
-            "initializing the private Nix store: {}",
-            String::from_utf8_lossy(&o.stderr).trim()
-        ),
+        Ok(o) => bail!("initializing the private Nix store: {}", String::from_utf8_lossy(&o.stderr).trim()),
         Err(e) => bail!("running nix-store: {e} (is Nix installed? run scripts/setup-machine.sh)"),
     }
 }
@@ -85,23 +61,13 @@ pub fn valid_paths(paths: &[String]) -> anyhow::Result<Vec<String>> {
     if paths.is_empty() {
         return Ok(vec![]);
     }
-    let out = Command::new("nix-store")
-        .args(["--check-validity", "--print-invalid"])
-        .args(paths)
-        .output()?;
+    let out = Command::new("nix-store").args(["--check-validity", "--print-invalid"]).args(paths).output()?;
     if !out.status.success() {
-        bail!(
-            "nix-store --check-validity: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        bail!("nix-store --check-validity: {}", String::from_utf8_lossy(&out.stderr).trim());
     }
     let invalid = String::from_utf8_lossy(&out.stdout).into_owned();
     let invalid: std::collections::HashSet<&str> = invalid.lines().collect();
-    Ok(paths
-        .iter()
-        .filter(|p| !invalid.contains(p.as_str()))
-        .cloned()
-        .collect())
+    Ok(paths.iter().filter(|p| !invalid.contains(p.as_str())).cloned().collect())
 }
 
 /// Deletes `paths` (a closure: referrers inside the set go too) from the private store after
@@ -109,32 +75,20 @@ pub fn valid_paths(paths: &[String]) -> anyhow::Result<Vec<String>> {
 pub fn delete_closure(paths: &[String], gcroot_dirs: &[&Path]) -> anyhow::Result<()> {
     for d in gcroot_dirs {
         if d.exists() {
-            std::fs::remove_dir_all(d)
-                .with_context(|| format!("removing GC roots {}", d.display()))?;
+            std::fs::remove_dir_all(d).with_context(|| format!("removing GC roots {}", d.display()))?;
         }
     }
     let present = valid_paths(paths)?;
     if present.is_empty() {
         return Ok(());
     }
-    let out = Command::new("nix-store")
-        .arg("--delete")
-        .args(&present)
-        .stdout(Stdio::null())
-        .output()?;
+    let out = Command::new("nix-store").arg("--delete").args(&present).stdout(Stdio::null()).output()?;
     if !out.status.success() {
-        bail!(
-            "nix-store --delete {}: {}",
-            present.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        bail!("nix-store --delete {}: {}", present.join(" "), String::from_utf8_lossy(&out.stderr).trim());
     }
     let left = valid_paths(paths)?;
     if !left.is_empty() {
-        bail!(
-            "still in the store after nix-store --delete: {}",
-            left.join(" ")
-        );
+        bail!("still in the store after nix-store --delete: {}", left.join(" "));
     }
     Ok(())
 }

@@ -10,8 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use imageless_e2e::{
-    Containerd, ContainerdOptions, ContainerdVersion, FloxBinaries, PodManifest, PodRunner,
-    RunningPod,
+    Containerd, ContainerdOptions, ContainerdVersion, FloxBinaries, PodManifest, PodRunner, RunningPod,
 };
 
 pub struct Binaries {
@@ -36,17 +35,11 @@ impl Binaries {
             self.activator.clone(),
         ] {
             if !p.is_file() {
-                bail!(
-                    "{} is missing: run `cargo xtask bench` (it builds the release binaries first)",
-                    p.display()
-                );
+                bail!("{} is missing: run `cargo xtask bench` (it builds the release binaries first)", p.display());
             }
         }
         if !self.world_root.join("world.json").is_file() {
-            bail!(
-                "no world hub at {}: run `cargo xtask world`",
-                self.world_root.display()
-            );
+            bail!("no world hub at {}: run `cargo xtask world`", self.world_root.display());
         }
         Ok(())
     }
@@ -62,11 +55,7 @@ pub struct Hub {
 impl Hub {
     fn start(bins: &Binaries, dir: &Path) -> anyhow::Result<Hub> {
         let root = dir.join("hub");
-        let status = Command::new("cp")
-            .arg("-a")
-            .arg(&bins.world_root)
-            .arg(&root)
-            .status()?;
+        let status = Command::new("cp").arg("-a").arg(&bins.world_root).arg(&root).status()?;
         if !status.success() {
             bail!("copying {} failed", bins.world_root.display());
         }
@@ -83,17 +72,9 @@ impl Hub {
         BufReader::new(child.stdout.take().expect("piped")).read_line(&mut line)?;
         let Some(url) = line.trim().strip_prefix("listening on ") else {
             let _ = child.kill();
-            bail!(
-                "the hub said {line:?}; log:\n{}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
+            bail!("the hub said {line:?}; log:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
         };
-        Ok(Hub {
-            url: url.to_string(),
-            child,
-            root,
-            log,
-        })
+        Ok(Hub { url: url.to_string(), child, root, log })
     }
 
     /// Length of the access log now, to count requests made after this mark.
@@ -105,27 +86,17 @@ impl Hub {
     pub fn cache_gets_since(&self, mark: usize) -> (usize, usize) {
         let bytes = std::fs::read(&self.log).unwrap_or_default();
         let text = String::from_utf8_lossy(&bytes[mark.min(bytes.len())..]).into_owned();
-        let narinfo = text
-            .lines()
-            .filter(|l| l.contains("GET /cache/") && l.contains(".narinfo "))
-            .count();
-        let nar = text
-            .lines()
-            .filter(|l| l.contains("GET /cache/nar/"))
-            .count();
+        let narinfo = text.lines().filter(|l| l.contains("GET /cache/") && l.contains(".narinfo ")).count();
+        let nar = text.lines().filter(|l| l.contains("GET /cache/nar/")).count();
         (narinfo, nar)
     }
 
     pub fn public_key(&self) -> anyhow::Result<String> {
-        Ok(std::fs::read_to_string(self.root.join("cache-key.pub"))?
-            .trim()
-            .to_string())
+        Ok(std::fs::read_to_string(self.root.join("cache-key.pub"))?.trim().to_string())
     }
 
     pub fn world(&self) -> anyhow::Result<serde_json::Value> {
-        Ok(serde_json::from_slice(&std::fs::read(
-            self.root.join("world.json"),
-        )?)?)
+        Ok(serde_json::from_slice(&std::fs::read(self.root.join("world.json"))?)?)
     }
 }
 
@@ -137,12 +108,7 @@ impl Drop for Hub {
 }
 
 /// Node config text for `state_root` and `gcroots_dir`.
-pub fn node_config(
-    hub: &Hub,
-    activator: &Path,
-    state_root: &Path,
-    gcroots: &Path,
-) -> anyhow::Result<String> {
+pub fn node_config(hub: &Hub, activator: &Path, state_root: &Path, gcroots: &Path) -> anyhow::Result<String> {
     Ok(format!(
         "state_root = {state:?}\nhub_url = {url:?}\nsubstituters = [\"{url}/cache\"]\ntrusted_public_keys = [{key:?}]\nactivator = {act:?}\nrunc = \"/usr/bin/runc\"\ngcroots_dir = {gc:?}\nhub_timeout_secs = 10\n",
         state = state_root.display().to_string(),
@@ -174,40 +140,20 @@ impl BenchNode {
         // In the private /nix (see nixns), so no root outlives the benchmark.
         let gcroots = PathBuf::from("/nix/var/nix/gcroots/imageless-bench");
         let config_path = dir.join("node.toml");
-        std::fs::write(
-            &config_path,
-            node_config(&hub, &bins.activator, &state_root, &gcroots)?,
-        )?;
+        std::fs::write(&config_path, node_config(&hub, &bins.activator, &state_root, &gcroots)?)?;
         let wrapper_dir = dir.join("bin");
         std::fs::create_dir_all(&wrapper_dir)?;
         let wrapper_link = wrapper_dir.join("flox-runc");
         std::os::unix::fs::symlink(bins.flox_runc(), &wrapper_link)?;
         let mut env = BTreeMap::new();
-        env.insert(
-            "IMAGELESS_CONFIG".to_string(),
-            config_path.display().to_string(),
-        );
+        env.insert("IMAGELESS_CONFIG".to_string(), config_path.display().to_string());
         let flox = FloxBinaries {
             runc_wrapper: wrapper_link.clone(),
             shim_launcher: bins.release_dir.join("containerd-shim-flox-v2"),
         };
-        let containerd = Containerd::start(
-            VERSION,
-            ContainerdOptions {
-                env,
-                flox: Some(flox),
-                ..ContainerdOptions::default()
-            },
-        )?;
-        Ok(BenchNode {
-            containerd,
-            hub,
-            state_root,
-            gcroots,
-            config_path,
-            wrapper_link,
-            dir: dir.to_path_buf(),
-        })
+        let containerd =
+            Containerd::start(VERSION, ContainerdOptions { env, flox: Some(flox), ..ContainerdOptions::default() })?;
+        Ok(BenchNode { containerd, hub, state_root, gcroots, config_path, wrapper_link, dir: dir.to_path_buf() })
     }
 
     /// Points the runtime's `BinaryName` at `target` (atomically: a new link renamed over).
@@ -235,19 +181,9 @@ impl BenchNode {
 }
 
 /// A one-container pod manifest; `runtime` None = the default runc handler.
-pub fn pod_yaml(
-    name: &str,
-    runtime: Option<&str>,
-    env: Option<&str>,
-    image: &str,
-    command: &[&str],
-) -> String {
-    let ann = env
-        .map(|e| format!("  annotations:\n    flox.dev/environment: {e:?}\n"))
-        .unwrap_or_default();
-    let rc = runtime
-        .map(|r| format!("  runtimeClassName: {r}\n"))
-        .unwrap_or_default();
+pub fn pod_yaml(name: &str, runtime: Option<&str>, env: Option<&str>, image: &str, command: &[&str]) -> String {
+    let ann = env.map(|e| format!("  annotations:\n    flox.dev/environment: {e:?}\n")).unwrap_or_default();
+    let rc = runtime.map(|r| format!("  runtimeClassName: {r}\n")).unwrap_or_default();
     let cmd = serde_json::to_string(command).expect("strings");
     format!("apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n{ann}spec:\n{rc}  containers:\n  - name: main\n    image: {image}\n    command: {cmd}\n")
 }
@@ -271,12 +207,9 @@ pub async fn start_timed(
     opts: &imageless_e2e::RunOptions,
     t0: Instant,
 ) -> anyhow::Result<TimedStart> {
-    let manifest =
-        PodManifest::from_yaml(yaml).map_err(|e| anyhow::anyhow!("bad manifest: {e}\n{yaml}"))?;
-    let pod = runner
-        .run(&manifest, opts)
-        .await
-        .map_err(|e| anyhow::anyhow!("pod {} failed to start: {e}", manifest.name))?;
+    let manifest = PodManifest::from_yaml(yaml).map_err(|e| anyhow::anyhow!("bad manifest: {e}\n{yaml}"))?;
+    let pod =
+        runner.run(&manifest, opts).await.map_err(|e| anyhow::anyhow!("pod {} failed to start: {e}", manifest.name))?;
     let running = t0.elapsed();
     let log = pod.container(None)?.log_path.clone();
     let deadline = Duration::from_secs(120);
@@ -290,9 +223,5 @@ pub async fn start_timed(
         }
         tokio::time::sleep(LOG_POLL).await;
     }
-    Ok(TimedStart {
-        first_output: t0.elapsed(),
-        running,
-        pod,
-    })
+    Ok(TimedStart { first_output: t0.elapsed(), running, pod })
 }

@@ -28,12 +28,8 @@ pub fn write_script(dir: &Path, log: &Path, real: &Path) -> std::io::Result<std:
     let me = dir.join("bench-rss-probe");
     std::fs::copy("/proc/self/exe", &me)?;
     let script = dir.join("flox-runc-rss-probe");
-    let text = format!(
-        "#!/bin/sh\nexec '{}' {PROBE_ARG} '{}' '{}' \"$@\"\n",
-        me.display(),
-        log.display(),
-        real.display()
-    );
+    let text =
+        format!("#!/bin/sh\nexec '{}' {PROBE_ARG} '{}' '{}' \"$@\"\n", me.display(), log.display(), real.display());
     std::fs::write(&script, text)?;
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))?;
     Ok(script)
@@ -65,14 +61,9 @@ pub fn main(args: &[String]) -> ! {
     let mut peak_kb = 0u64;
     let code = loop {
         // Only readings of flox-runc itself (not of the probe's copy before exec).
-        let is_wrapper =
-            std::fs::read_link(&exe_path).is_ok_and(|p| p.to_string_lossy().ends_with("flox-runc"));
+        let is_wrapper = std::fs::read_link(&exe_path).is_ok_and(|p| p.to_string_lossy().ends_with("flox-runc"));
         if is_wrapper {
-            if let Some(kb) = std::fs::read_to_string(&status_path)
-                .ok()
-                .as_deref()
-                .and_then(vm_hwm_kb)
-            {
+            if let Some(kb) = std::fs::read_to_string(&status_path).ok().as_deref().and_then(vm_hwm_kb) {
                 peak_kb = peak_kb.max(kb);
             }
         }
@@ -82,11 +73,7 @@ pub fn main(args: &[String]) -> ! {
             Err(_) => break 1,
         }
     };
-    if let Ok(mut f) = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-    {
+    if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(log) {
         let _ = writeln!(f, "create {peak_kb}");
     }
     std::process::exit(code)
@@ -108,8 +95,7 @@ mod tests {
 
     #[test]
     fn reads_vm_hwm() {
-        let status =
-            "Name:\tflox-runc\nVmPeak:\t  9000 kB\nVmHWM:\t    4321 kB\nVmRSS:\t 4000 kB\n";
+        let status = "Name:\tflox-runc\nVmPeak:\t  9000 kB\nVmHWM:\t    4321 kB\nVmRSS:\t 4000 kB\n";
         assert_eq!(vm_hwm_kb(status), Some(4321));
         assert_eq!(vm_hwm_kb("Name:\tx\n"), None);
     }

@@ -30,18 +30,8 @@ pub fn summarize(samples_ms: &[f64]) -> Option<Summary> {
     let mut s = samples_ms.to_vec();
     s.sort_by(f64::total_cmp);
     let n = s.len();
-    let median = if n % 2 == 1 {
-        s[n / 2]
-    } else {
-        (s[n / 2 - 1] + s[n / 2]) / 2.0
-    };
-    Some(Summary {
-        n,
-        median,
-        p90: nearest_rank(&s, 0.9),
-        min: s[0],
-        max: s[n - 1],
-    })
+    let median = if n % 2 == 1 { s[n / 2] } else { (s[n / 2 - 1] + s[n / 2]) / 2.0 };
+    Some(Summary { n, median, p90: nearest_rank(&s, 0.9), min: s[0], max: s[n - 1] })
 }
 
 pub fn ms(d: Duration) -> f64 {
@@ -100,19 +90,16 @@ impl Figure {
         match self.target {
             Target::RatioAtMost(limit) => match self.ratio() {
                 Some(r) if r <= limit => Verdict::Met,
-                Some(r) => Verdict::Missed(format!(
-                    "ratio {r:.2} is {:.0}% over {limit:.2}",
-                    (r / limit - 1.0) * 100.0
-                )),
+                Some(r) => {
+                    Verdict::Missed(format!("ratio {r:.2} is {:.0}% over {limit:.2}", (r / limit - 1.0) * 100.0))
+                }
                 None => Verdict::NotApplicable,
             },
             Target::AddedAtMost(limit) => match self.added() {
                 Some(a) if a <= limit => Verdict::Met,
-                Some(a) => Verdict::Missed(format!(
-                    "adds {a:.2} {u}, {:.2} {u} over {limit} {u}",
-                    a - limit,
-                    u = self.unit
-                )),
+                Some(a) => {
+                    Verdict::Missed(format!("adds {a:.2} {u}, {:.2} {u} over {limit} {u}", a - limit, u = self.unit))
+                }
                 None => Verdict::NotApplicable,
             },
             Target::AtMost(limit) if self.ours <= limit => Verdict::Met,
@@ -123,10 +110,7 @@ impl Figure {
                 u = self.unit
             )),
             Target::Exactly(v) if self.ours == v => Verdict::Met,
-            Target::Exactly(v) => Verdict::Missed(format!(
-                "{} instead of {v}",
-                fmt_value(self.ours, self.unit)
-            )),
+            Target::Exactly(v) => Verdict::Missed(format!("{} instead of {v}", fmt_value(self.ours, self.unit))),
             Target::None => Verdict::NotApplicable,
         }
     }
@@ -193,9 +177,7 @@ pub fn table(figures: &[Figure]) -> String {
                 f.baseline
                     .map(|b| format!("{} ({})", fmt_value(b, f.unit), f.baseline_name))
                     .unwrap_or_else(|| "-".into()),
-                f.ratio()
-                    .map(|r| format!("{r:.2}"))
-                    .unwrap_or_else(|| "-".into()),
+                f.ratio().map(|r| format!("{r:.2}")).unwrap_or_else(|| "-".into()),
                 f.target_text(),
                 met,
             ]
@@ -208,11 +190,7 @@ pub fn table(figures: &[Figure]) -> String {
         }
     }
     let line = |cells: Vec<&str>| {
-        let padded: Vec<String> = cells
-            .iter()
-            .zip(widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
+        let padded: Vec<String> = cells.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect();
         format!("| {} |\n", padded.join(" | "))
     };
     let mut out = line(header.to_vec());
@@ -228,15 +206,7 @@ mod tests {
     use super::*;
 
     fn fig(ours: f64, baseline: Option<f64>, target: Target) -> Figure {
-        Figure {
-            id: "x".into(),
-            name: "x".into(),
-            unit: "ms",
-            ours,
-            baseline,
-            target,
-            baseline_name: "b".into(),
-        }
+        Figure { id: "x".into(), name: "x".into(), unit: "ms", ours, baseline, target, baseline_name: "b".into() }
     }
 
     #[test]
@@ -257,64 +227,38 @@ mod tests {
 
     #[test]
     fn ratio_target_met_and_missed() {
-        assert_eq!(
-            fig(105.0, Some(100.0), Target::RatioAtMost(1.05)).verdict(),
-            Verdict::Met
-        );
+        assert_eq!(fig(105.0, Some(100.0), Target::RatioAtMost(1.05)).verdict(), Verdict::Met);
         match fig(120.0, Some(100.0), Target::RatioAtMost(1.05)).verdict() {
             Verdict::Missed(why) => {
                 assert!(why.contains("1.20") && why.contains("14% over"), "{why}")
             }
             v => panic!("{v:?}"),
         }
-        assert_eq!(
-            fig(1.0, None, Target::RatioAtMost(1.0)).verdict(),
-            Verdict::NotApplicable
-        );
+        assert_eq!(fig(1.0, None, Target::RatioAtMost(1.0)).verdict(), Verdict::NotApplicable);
     }
 
     #[test]
     fn added_and_absolute_targets() {
-        assert_eq!(
-            fig(4.0, Some(1.5), Target::AddedAtMost(3.0)).verdict(),
-            Verdict::Met
-        );
+        assert_eq!(fig(4.0, Some(1.5), Target::AddedAtMost(3.0)).verdict(), Verdict::Met);
         match fig(5.0, Some(1.0), Target::AddedAtMost(3.0)).verdict() {
             Verdict::Missed(why) => assert!(why.contains("adds 4.00 ms, 1.00 ms over 3"), "{why}"),
             v => panic!("{v:?}"),
         }
         assert_eq!(fig(9.9, None, Target::AtMost(10.0)).verdict(), Verdict::Met);
-        assert!(matches!(
-            fig(2.0, None, Target::Exactly(1.0)).verdict(),
-            Verdict::Missed(_)
-        ));
-        assert_eq!(
-            fig(2.0, None, Target::None).verdict(),
-            Verdict::NotApplicable
-        );
+        assert!(matches!(fig(2.0, None, Target::Exactly(1.0)).verdict(), Verdict::Missed(_)));
+        assert_eq!(fig(2.0, None, Target::None).verdict(), Verdict::NotApplicable);
     }
 
     #[test]
     fn table_is_markdown_with_one_row_per_figure() {
-        let t = table(&[
-            fig(105.0, Some(100.0), Target::RatioAtMost(1.05)),
-            fig(2.0, None, Target::Exactly(1.0)),
-        ]);
+        let t = table(&[fig(105.0, Some(100.0), Target::RatioAtMost(1.05)), fig(2.0, None, Target::Exactly(1.0))]);
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(lines.len(), 4);
         assert!(lines[0].starts_with("| figure"));
         assert!(lines[1].starts_with("|--") && !lines[1].contains(' '));
-        assert!(
-            lines[2].contains("105.0 ms") && lines[2].contains("1.05") && lines[2].contains("yes")
-        );
-        assert!(
-            lines[3].contains("NO (2.0 ms instead of 1)"),
-            "{}",
-            lines[3]
-        );
-        assert!(lines
-            .iter()
-            .all(|l| l.chars().count() == lines[0].chars().count()));
+        assert!(lines[2].contains("105.0 ms") && lines[2].contains("1.05") && lines[2].contains("yes"));
+        assert!(lines[3].contains("NO (2.0 ms instead of 1)"), "{}", lines[3]);
+        assert!(lines.iter().all(|l| l.chars().count() == lines[0].chars().count()));
     }
 
     #[test]

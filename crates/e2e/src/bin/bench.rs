@@ -46,9 +46,7 @@ const HOOK_ENV: &str = "flox/hooks";
 const HELLO_TEXT: &str = "Hello, world! (hello 2.12)";
 
 fn env_path(var: &str, default: &str) -> PathBuf {
-    std::env::var_os(var)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join(default))
+    std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| repo_root().join(default))
 }
 
 fn main() -> ExitCode {
@@ -85,13 +83,7 @@ impl Results {
         self.figures.push(f);
     }
     fn samples(&mut self, key: &str, v: &[f64]) {
-        self.samples.insert(
-            key.into(),
-            json!(v
-                .iter()
-                .map(|x| (x * 1000.0).round() / 1000.0)
-                .collect::<Vec<_>>()),
-        );
+        self.samples.insert(key.into(), json!(v.iter().map(|x| (x * 1000.0).round() / 1000.0).collect::<Vec<_>>()));
     }
 }
 
@@ -104,70 +96,34 @@ fn figure(
     baseline_name: &str,
     target: Target,
 ) -> Figure {
-    Figure {
-        id: id.into(),
-        name: name.into(),
-        unit,
-        ours,
-        baseline,
-        baseline_name: baseline_name.into(),
-        target,
-    }
+    Figure { id: id.into(), name: name.into(), unit, ours, baseline, baseline_name: baseline_name.into(), target }
 }
 
 fn run() -> anyhow::Result<()> {
     let bins = Binaries {
         release_dir: env_path("IMAGELESS_BENCH_BIN_DIR", "target/release"),
-        activator: env_path(
-            "IMAGELESS_ACTIVATOR",
-            "target/x86_64-unknown-linux-gnu/release/flox-activate",
-        ),
+        activator: env_path("IMAGELESS_ACTIVATOR", "target/x86_64-unknown-linux-gnu/release/flox-activate"),
         world_root: env_path("IMAGELESS_HUB_ROOT", ".work/hub"),
     };
     bins.check()?;
     // Before any thread exists (see nixns): the image archives, the work dir, the namespace.
     imageless_e2e::local_images()?;
-    let work = tempfile::Builder::new()
-        .prefix("imageless-bench-")
-        .tempdir()?;
+    let work = tempfile::Builder::new().prefix("imageless-bench-").tempdir()?;
     let nix_dir = work.path().join("nix");
     std::fs::create_dir_all(&nix_dir)?;
     nixns::enter_private_nix(&nix_dir)?;
 
     let progress = Progress(Instant::now());
-    progress.say(&format!(
-        "private /nix at {}; starting hub and containerd {}",
-        nix_dir.display(),
-        node::VERSION
-    ));
+    progress.say(&format!("private /nix at {}; starting hub and containerd {}", nix_dir.display(), node::VERSION));
     let node = BenchNode::start(&bins, work.path())?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let world = node.hub.world()?;
     let (big_env, big_closure) = largest_environment(&world)?;
-    progress.say(&format!(
-        "largest environment: {big_env} ({} store paths)",
-        big_closure.len()
-    ));
+    progress.say(&format!("largest environment: {big_env} ({} store paths)", big_closure.len()));
 
     let mut results = Results::default();
-    p2_cold_realization(
-        &progress,
-        &node,
-        &bins,
-        &big_env,
-        &big_closure,
-        &mut results,
-    )?;
-    rt.block_on(p3_concurrency(
-        &progress,
-        &node,
-        &big_env,
-        &big_closure,
-        &mut results,
-    ))?;
+    p2_cold_realization(&progress, &node, &bins, &big_env, &big_closure, &mut results)?;
+    rt.block_on(p3_concurrency(&progress, &node, &big_env, &big_closure, &mut results))?;
     rt.block_on(p1_warm_start(&progress, &node, &mut results))?;
     p4_activation(&progress, &node, &bins, &mut results)?;
     rt.block_on(p5_wrapper(&progress, &node, &bins, &mut results))?;
@@ -212,21 +168,14 @@ fn run() -> anyhow::Result<()> {
 /// The public environment whose live generation has the largest closure.
 fn largest_environment(world: &serde_json::Value) -> anyhow::Result<(String, Vec<String>)> {
     let mut best: Option<(String, Vec<String>)> = None;
-    for (name, env) in world["environments"]
-        .as_object()
-        .context("world.json: no environments")?
-    {
+    for (name, env) in world["environments"].as_object().context("world.json: no environments")? {
         if env["private"].as_bool() == Some(true) || name.contains("conflict") {
             continue;
         }
         let live = env["live_generation"].to_string();
         let closure: Vec<String> = env["generations"][&live]["closure"]
             .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|p| p.as_str().map(String::from))
-                    .collect()
-            })
+            .map(|a| a.iter().filter_map(|p| p.as_str().map(String::from)).collect())
             .unwrap_or_default();
         if best.as_ref().is_none_or(|(_, c)| closure.len() > c.len()) {
             best = Some((name.clone(), closure));
@@ -250,19 +199,12 @@ fn timed(cmd: &mut Command) -> anyhow::Result<(Duration, String)> {
 /// hub sometimes leaves one of several concurrent HEAD requests unanswered until the client
 /// gives up (Nix waits `stalled-download-timeout`, 300 s): such a run measures the stall, not
 /// the copy, so callers retry it and report how often it happened.
-fn timed_with_deadline(
-    cmd: &mut Command,
-    deadline: Duration,
-) -> anyhow::Result<Option<(Duration, String)>> {
+fn timed_with_deadline(cmd: &mut Command, deadline: Duration) -> anyhow::Result<Option<(Duration, String)>> {
     let out_file = tempfile::tempfile()?;
     let err_file = tempfile::tempfile()?;
-    cmd.stdin(Stdio::null())
-        .stdout(out_file.try_clone()?)
-        .stderr(err_file.try_clone()?);
+    cmd.stdin(Stdio::null()).stdout(out_file.try_clone()?).stderr(err_file.try_clone()?);
     let t0 = Instant::now();
-    let mut child = cmd
-        .spawn()
-        .with_context(|| format!("running {:?}", cmd.get_program()))?;
+    let mut child = cmd.spawn().with_context(|| format!("running {:?}", cmd.get_program()))?;
     let status = loop {
         if let Some(status) = child.try_wait()? {
             break status;
@@ -282,12 +224,7 @@ fn timed_with_deadline(
         s.trim().to_string()
     };
     if !status.success() {
-        bail!(
-            "{:?} {:?} failed ({status}): {}",
-            cmd.get_program(),
-            cmd.get_args().collect::<Vec<_>>(),
-            read(err_file)
-        );
+        bail!("{:?} {:?} failed ({status}): {}", cmd.get_program(), cmd.get_args().collect::<Vec<_>>(), read(err_file));
     }
     Ok(Some((took, read(out_file))))
 }
@@ -300,9 +237,7 @@ fn p2_cold_realization(
     closure: &[String],
     results: &mut Results,
 ) -> anyhow::Result<()> {
-    progress.say(&format!(
-        "P2: cold realization of {env}, {P2_REPS} times each: imageless pull vs nix copy"
-    ));
+    progress.say(&format!("P2: cold realization of {env}, {P2_REPS} times each: imageless pull vs nix copy"));
     let gcroots = PathBuf::from("/nix/var/nix/gcroots/imageless-bench-p2");
     let key = node.hub.public_key()?;
     let cache_url = format!("{}/cache", node.hub.url);
@@ -330,10 +265,7 @@ fn p2_cold_realization(
                 let mut cmd = match sides[idx] {
                     Side::Ours => {
                         let config = node.dir.join(format!("p2-node-{rep}.toml"));
-                        std::fs::write(
-                            &config,
-                            node::node_config(&node.hub, &bins.activator, &state, &gcroots)?,
-                        )?;
+                        std::fs::write(&config, node::node_config(&node.hub, &bins.activator, &state, &gcroots)?)?;
                         let mut c = Command::new(bins.imageless());
                         c.args(["pull", env, "--config"]).arg(&config);
                         c
@@ -346,14 +278,7 @@ fn p2_cold_realization(
                             "trusted-public-keys",
                             &key,
                         ]);
-                        c.args([
-                            "--option",
-                            "narinfo-cache-negative-ttl",
-                            "0",
-                            "--option",
-                            "max-jobs",
-                            "0",
-                        ]);
+                        c.args(["--option", "narinfo-cache-negative-ttl", "0", "--option", "max-jobs", "0"]);
                         c
                     }
                     Side::NixCopy => {
@@ -365,9 +290,7 @@ fn p2_cold_realization(
                     }
                 };
                 let result = timed_with_deadline(&mut cmd, STALL)?;
-                let rendered = result
-                    .as_ref()
-                    .is_some_and(|(_, stdout)| Path::new(stdout).join("bin").is_dir());
+                let rendered = result.as_ref().is_some_and(|(_, stdout)| Path::new(stdout).join("bin").is_dir());
                 let _ = std::fs::remove_dir_all(&state);
                 match result {
                     Some((took, stdout)) => {
@@ -379,9 +302,7 @@ fn p2_cold_realization(
                     None => {
                         stalls[idx] += 1;
                         attempts += 1;
-                        progress.say(&format!(
-                            "P2: a run stalled for {STALL:?} and was killed; retrying"
-                        ));
+                        progress.say(&format!("P2: a run stalled for {STALL:?} and was killed; retrying"));
                         if attempts == 3 {
                             bail!("P2: 3 runs in a row stalled");
                         }
@@ -400,10 +321,7 @@ fn p2_cold_realization(
     results.samples("P2.ours", &samples[0]);
     results.samples("P2.nix_copy", &samples[1]);
     results.samples("P2.realise_step", &samples[2]);
-    results.samples(
-        "P2.stalled_runs_ours_nixcopy_realise",
-        &stalls.map(|n| n as f64),
-    );
+    results.samples("P2.stalled_runs_ours_nixcopy_realise", &stalls.map(|n| n as f64));
     let med = |i: usize| summarize(&samples[i]).expect("samples").median / 1000.0;
     let stall_note = |i: usize| {
         if stalls[i] > 0 {
@@ -414,11 +332,7 @@ fn p2_cold_realization(
     };
     results.add(figure(
         "P2.cold_realization.median",
-        &format!(
-            "P2 cold realization of {env} ({} paths), median of {P2_REPS}{}",
-            closure.len(),
-            stall_note(0)
-        ),
+        &format!("P2 cold realization of {env} ({} paths), median of {P2_REPS}{}", closure.len(), stall_note(0)),
         "s",
         med(0),
         Some(med(1)),
@@ -469,12 +383,9 @@ async fn p3_concurrency(
     progress.say(&format!("P3: {P3_PODS} cold pods of {env} at once"));
     node.make_cold(closure)?;
     let mark = node.hub.log_mark();
-    let flox_wall = start_many(
-        &node.containerd.endpoint(),
-        &opts,
-        (0..P3_PODS).map(|i| flox(&format!("p3-{i}"))).collect(),
-    )
-    .await?;
+    let flox_wall =
+        start_many(&node.containerd.endpoint(), &opts, (0..P3_PODS).map(|i| flox(&format!("p3-{i}"))).collect())
+            .await?;
     let (many_narinfo, many_nar) = node.hub.cache_gets_since(mark);
 
     progress.say(&format!("P3 context: 1 and {P3_PODS} runc pods at once"));
@@ -482,30 +393,19 @@ async fn p3_concurrency(
     let one = start_timed(&runner, &plain("p3-runc-single"), &opts, t0).await?;
     let runc_single = one.first_output;
     one.pod.remove().await?;
-    let runc_wall = start_many(
-        &node.containerd.endpoint(),
-        &opts,
-        (0..P3_PODS)
-            .map(|i| plain(&format!("p3-runc-{i}")))
-            .collect(),
-    )
-    .await?;
+    let runc_wall =
+        start_many(&node.containerd.endpoint(), &opts, (0..P3_PODS).map(|i| plain(&format!("p3-runc-{i}"))).collect())
+            .await?;
 
     let realizations = many_nar as f64 / single_nar as f64;
     results.samples("P3.single_cold_ms", &[ms(single)]);
     results.samples("P3.many_cold_wall_ms", &[ms(flox_wall)]);
-    results.samples(
-        "P3.cache_gets",
-        &[
-            single_narinfo as f64,
-            single_nar as f64,
-            many_narinfo as f64,
-            many_nar as f64,
-        ],
-    );
+    results.samples("P3.cache_gets", &[single_narinfo as f64, single_nar as f64, many_narinfo as f64, many_nar as f64]);
     results.add(figure(
         "P3.realizations",
-        &format!("P3 realizations for {P3_PODS} cold pods at once (NAR GETs {many_nar} / {single_nar} of one cold pod)"),
+        &format!(
+            "P3 realizations for {P3_PODS} cold pods at once (NAR GETs {many_nar} / {single_nar} of one cold pod)"
+        ),
         "count",
         realizations,
         None,
@@ -543,17 +443,11 @@ async fn p3_concurrency(
 }
 
 /// Starts all pods at once; the wall time until every one has printed. Removes them after.
-async fn start_many(
-    endpoint: &str,
-    opts: &imageless_e2e::RunOptions,
-    yamls: Vec<String>,
-) -> anyhow::Result<Duration> {
+async fn start_many(endpoint: &str, opts: &imageless_e2e::RunOptions, yamls: Vec<String>) -> anyhow::Result<Duration> {
     // One CRI connection per pod, as separate kubelet workers would have; connected first.
     let mut runners = Vec::new();
     for _ in &yamls {
-        runners.push(imageless_e2e::PodRunner::new(
-            imageless_e2e::CriClient::connect(endpoint).await?,
-        ));
+        runners.push(imageless_e2e::PodRunner::new(imageless_e2e::CriClient::connect(endpoint).await?));
     }
     let t0 = Instant::now();
     let mut set = tokio::task::JoinSet::new();
@@ -571,11 +465,7 @@ async fn start_many(
             }
         }
     }
-    let wall = pods
-        .iter()
-        .map(|t| t.first_output)
-        .max()
-        .unwrap_or_default();
+    let wall = pods.iter().map(|t| t.first_output).max().unwrap_or_default();
     let mut removals = tokio::task::JoinSet::new();
     for t in pods {
         removals.spawn(async move { t.pod.remove().await });
@@ -589,28 +479,12 @@ async fn start_many(
     }
 }
 
-async fn p1_warm_start(
-    progress: &Progress,
-    node: &BenchNode,
-    results: &mut Results,
-) -> anyhow::Result<()> {
+async fn p1_warm_start(progress: &Progress, node: &BenchNode, results: &mut Results) -> anyhow::Result<()> {
     let runner = node.runner().await?;
     let mut opts = node.containerd.run_options();
     opts.force_host_network = true;
-    let flox = pod_yaml(
-        "p1-flox",
-        Some("flox"),
-        Some(WARM_ENV),
-        FLOX_EMPTY_IMAGE,
-        &["hello"],
-    );
-    let pinned = pod_yaml(
-        "p1-flox-pinned",
-        Some("flox"),
-        Some(WARM_ENV_PINNED),
-        FLOX_EMPTY_IMAGE,
-        &["hello"],
-    );
+    let flox = pod_yaml("p1-flox", Some("flox"), Some(WARM_ENV), FLOX_EMPTY_IMAGE, &["hello"]);
+    let pinned = pod_yaml("p1-flox-pinned", Some("flox"), Some(WARM_ENV_PINNED), FLOX_EMPTY_IMAGE, &["hello"]);
     let plain = pod_yaml("p1-runc", None, None, BUSYBOX_IMAGE, &["echo", HELLO_TEXT]);
     progress.say(&format!("P1: warming {WARM_ENV} and the runc path"));
     for yaml in [&flox, &pinned, &plain] {
@@ -629,7 +503,8 @@ async fn p1_warm_start(
             bail!("P1 warm-up pod printed {out:?}, expected {HELLO_TEXT:?}");
         }
     }
-    progress.say(&format!("P1: {P1_STARTS} warm starts each: flox ({WARM_ENV}), flox pinned ({WARM_ENV_PINNED}), runc"));
+    progress
+        .say(&format!("P1: {P1_STARTS} warm starts each: flox ({WARM_ENV}), flox pinned ({WARM_ENV_PINNED}), runc"));
     let kinds = [("flox", &flox), ("pinned", &pinned), ("runc", &plain)];
     let mut running: [Vec<f64>; 3] = Default::default();
     let mut first: [Vec<f64>; 3] = Default::default();
@@ -661,15 +536,7 @@ async fn p1_warm_start(
         base,
         t,
     ));
-    results.add(figure(
-        "P1.running.p90",
-        "P1 warm start → running, p90",
-        "ms",
-        fr.p90,
-        Some(rr.p90),
-        base,
-        t,
-    ));
+    results.add(figure("P1.running.p90", "P1 warm start → running, p90", "ms", fr.p90, Some(rr.p90), base, t));
     results.add(figure(
         "P1.first_output.median",
         "P1 warm start → first output, median",
@@ -709,20 +576,11 @@ async fn p1_warm_start(
     Ok(())
 }
 
-fn p4_activation(
-    progress: &Progress,
-    node: &BenchNode,
-    bins: &Binaries,
-    results: &mut Results,
-) -> anyhow::Result<()> {
-    progress.say(&format!("P4: activation, {P4_RUNS} runs each of true, activate (no hook), activate ({HOOK_ENV} hook)"));
+fn p4_activation(progress: &Progress, node: &BenchNode, bins: &Binaries, results: &mut Results) -> anyhow::Result<()> {
+    progress
+        .say(&format!("P4: activation, {P4_RUNS} runs each of true, activate (no hook), activate ({HOOK_ENV} hook)"));
     let pull = |env: &str| -> anyhow::Result<String> {
-        Ok(timed(
-            Command::new(bins.imageless())
-                .args(["pull", env, "--config"])
-                .arg(&node.config_path),
-        )?
-        .1)
+        Ok(timed(Command::new(bins.imageless()).args(["pull", env, "--config"]).arg(&node.config_path))?.1)
     };
     let plain_env = pull(WARM_ENV)?;
     let hook_env = pull(HOOK_ENV)?;
@@ -733,19 +591,11 @@ fn p4_activation(
             None => Command::new("true"),
             Some(env) => {
                 let mut c = Command::new(&bins.activator);
-                c.arg("--env")
-                    .arg(env)
-                    .arg("--cache")
-                    .arg(&cache)
-                    .args(["--", "true"]);
+                c.arg("--env").arg(env).arg("--cache").arg(&cache).args(["--", "true"]);
                 c
             }
         };
-        cmd.env_clear()
-            .env("PATH", "/usr/bin:/bin")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
+        cmd.env_clear().env("PATH", "/usr/bin:/bin").stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
         let t0 = Instant::now();
         let status = cmd.status()?;
         let took = t0.elapsed();
@@ -763,11 +613,7 @@ fn p4_activation(
     results.samples("P4.true", &bare);
     results.samples("P4.activate", &plain);
     results.samples("P4.activate_hook", &hook);
-    let (b, p, h) = (
-        summarize(&bare).unwrap(),
-        summarize(&plain).unwrap(),
-        summarize(&hook).unwrap(),
-    );
+    let (b, p, h) = (summarize(&bare).unwrap(), summarize(&plain).unwrap(), summarize(&hook).unwrap());
     results.add(figure(
         "P4.no_hook",
         &format!("P4 activation → exec, no hook ({WARM_ENV}), median of {P4_RUNS}"),
@@ -792,10 +638,7 @@ fn p4_activation(
 /// The runc root (`--root`) under which the shim created container `id`.
 fn runc_root_of(id: &str) -> anyhow::Result<PathBuf> {
     let base = Path::new("/run/containerd/runc");
-    for entry in std::fs::read_dir(base)
-        .with_context(|| format!("reading {}", base.display()))?
-        .flatten()
-    {
+    for entry in std::fs::read_dir(base).with_context(|| format!("reading {}", base.display()))?.flatten() {
         if entry.path().join(id).join("state.json").is_file() {
             return Ok(entry.path());
         }
@@ -812,16 +655,8 @@ async fn p5_wrapper(
     let runner = node.runner().await?;
     let mut opts = node.containerd.run_options();
     opts.force_host_network = true;
-    progress.say(&format!(
-        "P5: flox-runc state vs runc state, {P5_RUNS} runs each"
-    ));
-    let yaml = pod_yaml(
-        "p5-sleeper",
-        Some("flox"),
-        Some(WARM_ENV),
-        BUSYBOX_IMAGE,
-        &["sleep", "3600"],
-    );
+    progress.say(&format!("P5: flox-runc state vs runc state, {P5_RUNS} runs each"));
+    let yaml = pod_yaml("p5-sleeper", Some("flox"), Some(WARM_ENV), BUSYBOX_IMAGE, &["sleep", "3600"]);
     let manifest = imageless_e2e::PodManifest::from_yaml(&yaml).map_err(anyhow::Error::msg)?;
     let pod = runner.run(&manifest, &opts).await?;
     let id = pod.container(None)?.id.clone();
@@ -873,13 +708,7 @@ async fn p5_wrapper(
     node.set_wrapper(&script)?;
     let measured = start_timed(
         &runner,
-        &pod_yaml(
-            "p5-rss",
-            Some("flox"),
-            Some(WARM_ENV),
-            FLOX_EMPTY_IMAGE,
-            &["hello"],
-        ),
+        &pod_yaml("p5-rss", Some("flox"), Some(WARM_ENV), FLOX_EMPTY_IMAGE, &["hello"]),
         &opts,
         Instant::now(),
     )
@@ -895,10 +724,7 @@ async fn p5_wrapper(
             std::fs::read_to_string(&log).unwrap_or_default()
         );
     }
-    results.samples(
-        "P5.create_vmhwm_kb",
-        &peaks.iter().map(|k| *k as f64).collect::<Vec<_>>(),
-    );
+    results.samples("P5.create_vmhwm_kb", &peaks.iter().map(|k| *k as f64).collect::<Vec<_>>());
     let peak_mb = *peaks.iter().max().expect("non-empty") as f64 / 1024.0;
     results.add(figure(
         "P5.create_rss",
@@ -917,16 +743,8 @@ async fn p5_wrapper(
 /// flox-runc call in DIR: each child's execve and the wait4 that reaps it show which child
 /// processes a create waits for and how long. (`-b execve` stops following a process once it
 /// execs, so strace does not wait for the container's init that runc leaves behind.)
-async fn strace_warm_starts(
-    progress: &Progress,
-    node: &BenchNode,
-    bins: &Binaries,
-    dir: &Path,
-) -> anyhow::Result<()> {
-    progress.say(&format!(
-        "strace of warm flox pod starts into {}",
-        dir.display()
-    ));
+async fn strace_warm_starts(progress: &Progress, node: &BenchNode, bins: &Binaries, dir: &Path) -> anyhow::Result<()> {
+    progress.say(&format!("strace of warm flox pod starts into {}", dir.display()));
     std::fs::create_dir_all(dir)?;
     let script = node.dir.join("flox-runc-strace");
     std::fs::write(
@@ -946,23 +764,14 @@ async fn strace_warm_starts(
     for env in [WARM_ENV, WARM_ENV_PINNED] {
         match start_timed(
             &runner,
-            &pod_yaml(
-                "strace",
-                Some("flox"),
-                Some(env),
-                FLOX_EMPTY_IMAGE,
-                &["hello"],
-            ),
+            &pod_yaml("strace", Some("flox"), Some(env), FLOX_EMPTY_IMAGE, &["hello"]),
             &opts,
             Instant::now(),
         )
         .await
         {
             Ok(t) => {
-                progress.say(&format!(
-                    "{env}: running after {:.1} ms under strace",
-                    ms(t.running)
-                ));
+                progress.say(&format!("{env}: running after {:.1} ms under strace", ms(t.running)));
                 t.pod.remove().await?;
             }
             Err(e) => outcome = Err(e),
@@ -974,46 +783,27 @@ async fn strace_warm_starts(
 
 fn command_line(program: &str, args: &[&str]) -> Option<String> {
     let out = Command::new(program).args(args).output().ok()?;
-    Some(
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_string(),
-    )
+    Some(String::from_utf8_lossy(&out.stdout).lines().next().unwrap_or("").trim().to_string())
 }
 
 fn machine() -> serde_json::Value {
     let os = std::fs::read_to_string("/etc/os-release")
         .unwrap_or_default()
         .lines()
-        .find_map(|l| {
-            l.strip_prefix("PRETTY_NAME=")
-                .map(|v| v.trim_matches('"').to_string())
-        })
+        .find_map(|l| l.strip_prefix("PRETTY_NAME=").map(|v| v.trim_matches('"').to_string()))
         .unwrap_or_default();
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .unwrap_or_default()
-        .trim()
-        .to_string();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string();
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .unwrap_or_default()
         .lines()
-        .find_map(|l| {
-            l.strip_prefix("model name")
-                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
-        })
+        .find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_string()))
         .unwrap_or_default();
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     let mem_gb = std::fs::read_to_string("/proc/meminfo")
         .unwrap_or_default()
         .lines()
         .find_map(|l| {
-            l.strip_prefix("MemTotal:")
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            l.strip_prefix("MemTotal:").and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         })
         .map(|kb| (kb / 1024.0 / 1024.0).round())
         .unwrap_or(0.0);
