@@ -58,17 +58,32 @@ pub fn container_info(spec: &Value) -> ContainerInfo {
     }
 }
 
-/// The host directory behind the container's token mount (a Kubernetes secret volume),
-/// where the runtime reads `floxhub-token`. The token itself never enters the spec.
-pub fn token_source(spec: &Value) -> Option<String> {
+/// The container's token volume: the host directory the runtime reads `floxhub-token` from
+/// and the container path it is mounted at (what errors may name). The token itself never
+/// enters the spec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenMount {
+    pub host_dir: String,
+    pub container_dir: String,
+}
+
+/// Finds the token volume. Only a bind mount with an absolute source counts (a tmpfs or other
+/// filesystem there holds nothing yet, and its `source` is no host path); when several mounts
+/// share the destination the last one wins, as it does inside the container.
+pub fn token_source(spec: &Value) -> Option<TokenMount> {
     let wanted = [container_paths::TOKEN_MOUNT, "/run/secrets/flox.dev"];
-    spec.get("mounts")?.as_array()?.iter().find_map(|m| {
+    spec.get("mounts")?.as_array()?.iter().rev().find_map(|m| {
         let dest = m.get("destination")?.as_str()?.trim_end_matches('/');
-        if wanted.contains(&dest) {
-            m.get("source")?.as_str().map(String::from)
-        } else {
-            None
+        if !wanted.contains(&dest) {
+            return None;
         }
+        let is_bind = m.get("type").and_then(Value::as_str) == Some("bind")
+            || m.get("options")
+                .and_then(Value::as_array)
+                .is_some_and(|o| o.iter().any(|v| matches!(v.as_str(), Some("bind" | "rbind"))));
+        let source = m.get("source")?.as_str()?;
+        (is_bind && source.starts_with('/'))
+            .then(|| TokenMount { host_dir: source.to_string(), container_dir: dest.to_string() })
     })
 }
 
@@ -234,7 +249,29 @@ mod tests {
         assert_eq!(info.kind, ContainerKind::Container);
         assert_eq!(info.name.as_deref(), Some("empty"));
         assert_eq!(info.annotations["flox.dev/environment"], "flox/echoip");
-        assert_eq!(token_source(&s).as_deref(), Some("/var/lib/kubelet/pods/u/volumes/secret"));
+        let mount = token_source(&s).unwrap();
+        assert_eq!(mount.host_dir, "/var/lib/kubelet/pods/u/volumes/secret");
+        assert_eq!(mount.container_dir, "/var/run/secrets/flox.dev");
+    }
+
+    #[test]
+    fn token_source_takes_the_last_bind_mount_with_an_absolute_source() {
+        let mount = |dest: &str, ty: &str, source: &str, opts: Value| json!({"destination": dest, "type": ty, "source": source, "options": opts});
+        let with = |mounts: Vec<Value>| json!({"mounts": mounts});
+        let s = with(vec![
+            mount("/var/run/secrets/flox.dev", "bind", "/first", json!(["rbind", "ro"])),
+            mount("/var/run/secrets/flox.dev/", "bind", "/second", json!(["rbind"])),
+        ]);
+        assert_eq!(token_source(&s).unwrap().host_dir, "/second");
+        // containerd 1.x writes type "bind"; some runtimes give only the option.
+        let s = with(vec![mount("/run/secrets/flox.dev", "none", "/x", json!(["rbind"]))]);
+        assert_eq!(token_source(&s).unwrap().container_dir, "/run/secrets/flox.dev");
+        // A tmpfs's "source" is a name, not a host path: never read relative to the cwd.
+        let s = with(vec![mount("/var/run/secrets/flox.dev", "tmpfs", "tmpfs", json!(["nosuid"]))]);
+        assert_eq!(token_source(&s), None);
+        let s = with(vec![mount("/var/run/secrets/flox.dev", "bind", "relative/dir", json!(["rbind"]))]);
+        assert_eq!(token_source(&s), None);
+        assert_eq!(token_source(&with(vec![mount("/var/run/secrets", "bind", "/s", json!([]))])), None);
     }
 
     #[test]

@@ -259,7 +259,7 @@ async fn logs(args: LogsArgs) -> Result<ExitCode, PodError> {
 async fn ls(args: LsArgs) -> Result<ExitCode, PodError> {
     let client = CriClient::connect(&args.endpoint.cri).await?;
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    println!("{:<16} {:<32} {:<10} {:<10} {:<8} {}", "NAMESPACE", "NAME", "STATE", "RUNTIME", "AGE", "SANDBOX");
+    println!("{:<16} {:<32} {:<10} {:<10} {:<8} SANDBOX", "NAMESPACE", "NAME", "STATE", "RUNTIME", "AGE");
     for s in RunningPod::list(&client).await? {
         let meta = s.metadata.clone().unwrap_or_default();
         let age = now.saturating_sub(Duration::from_nanos(s.created_at.max(0) as u64));

@@ -157,7 +157,10 @@ pub struct ContainerdOptions {
 
 /// A step that edits a daemon's config file before it starts.
 #[derive(Clone)]
-pub struct ConfigHook(pub std::sync::Arc<dyn Fn(&Path, &Path) -> anyhow::Result<()> + Send + Sync>);
+pub struct ConfigHook(pub std::sync::Arc<ConfigEdit>);
+
+/// `(config path, daemon dir)` → the config edited in place.
+pub type ConfigEdit = dyn Fn(&Path, &Path) -> anyhow::Result<()> + Send + Sync;
 
 impl std::fmt::Debug for ConfigHook {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -228,6 +231,39 @@ pub struct Containerd {
     socket: PathBuf,
     config_path: PathBuf,
     log_path: PathBuf,
+    opts: ContainerdOptions,
+}
+
+/// Starts the daemon process: its own session (a terminal's Ctrl-C must not reach it, and the
+/// PID we hold is the daemon's own, no shell in between), its log appended to `log_path`.
+fn spawn_daemon(
+    version: ContainerdVersion,
+    config_path: &Path,
+    log_path: &Path,
+    base: &Path,
+    opts: &ContainerdOptions,
+) -> anyhow::Result<Child> {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(log_path)?;
+    let mut cmd = Command::new(version.containerd());
+    cmd.arg("--config").arg(config_path).arg("--log-level").arg("debug");
+    cmd.env("PATH", daemon_path(version, opts.flox.as_ref()));
+    if opts.flox.is_some() {
+        // The shim launcher's `runc` link dir defaults to `<its dir>/flox-runc.d`, which in
+        // target/debug is cargo's dep-info file; give each daemon its own (callers may override).
+        cmd.env("FLOX_RUNC_DIR", base.join("flox-runc.d"));
+    }
+    cmd.envs(&opts.env);
+    cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
+    // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn().with_context(|| format!("starting {}", version.containerd().display()))
 }
 
 impl Containerd {
@@ -261,29 +297,8 @@ impl Containerd {
         }
 
         let log_path = base.join("containerd.log");
-        let log = std::fs::File::create(&log_path)?;
-        let mut cmd = Command::new(version.containerd());
-        cmd.arg("--config").arg(&config_path).arg("--log-level").arg("debug");
-        cmd.env("PATH", daemon_path(version, opts.flox.as_ref()));
-        if opts.flox.is_some() {
-            // The shim launcher's `runc` link dir defaults to `<its dir>/flox-runc.d`, which in
-            // target/debug is cargo's dep-info file; give each daemon its own (callers may override).
-            cmd.env("FLOX_RUNC_DIR", base.join("flox-runc.d"));
-        }
-        cmd.envs(&opts.env);
-        cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
-        // Its own session: a terminal's Ctrl-C must not reach it, and the PID we hold is the
-        // daemon's own (no shell in between), so stopping it really stops it.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::setsid() < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let child = cmd.spawn().with_context(|| format!("starting {}", version.containerd().display()))?;
-        let mut ctrd = Containerd { version, dir: Some(dir), child, socket, config_path, log_path };
+        let child = spawn_daemon(version, &config_path, &log_path, &base, &opts)?;
+        let mut ctrd = Containerd { version, dir: Some(dir), child, socket, config_path, log_path, opts: opts.clone() };
         ctrd.wait_ready(opts.start_timeout)?;
         if opts.import_local_images {
             let images = local_images()?;
@@ -343,6 +358,16 @@ impl Containerd {
 
     pub fn version(&self) -> ContainerdVersion {
         self.version
+    }
+
+    /// SIGKILL the daemon (as a crash or the OOM killer would) and start it again on the same
+    /// root, state, sockets and config. Shims and containers survive, as on a real node.
+    pub fn kill_and_restart(&mut self) -> anyhow::Result<()> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let base = self.dir().to_path_buf();
+        self.child = spawn_daemon(self.version, &self.config_path, &self.log_path, &base, &self.opts)?;
+        self.wait_ready(self.opts.start_timeout)
     }
     pub fn pid(&self) -> u32 {
         self.child.id()

@@ -8,9 +8,10 @@ use imageless_core::decide::{decide, Decision};
 use imageless_core::env_ref::EnvRef;
 use imageless_core::spec_edit::{self, FloxEdit, NixView};
 use imageless_core::system::System;
-use imageless_node::cache::{read_token, NodeCache};
+use imageless_node::cache::NodeCache;
 use imageless_node::config::{NodeConfig, StoreView};
 use imageless_node::containers::{self, ContainerState};
+use imageless_node::secret_volume::SecretVolume;
 
 use crate::{real_runc, ErrorLog, PREFETCH_ARG};
 
@@ -49,8 +50,11 @@ fn prepare(config: &NodeConfig, config_path: &Path, id: &str, log: &ErrorLog) ->
         }
         Decision::Wrap(opts) => opts,
     };
+    // The pod controls what is in that volume: read beneath it, bounded, errors in its terms.
     let token = match spec_edit::token_source(&spec) {
-        Some(dir) => read_token(Path::new(&dir)).map_err(|e| e.to_string())?,
+        Some(mount) => SecretVolume { host_dir: Path::new(&mount.host_dir), container_dir: &mount.container_dir }
+            .read_token()
+            .map_err(|e| e.to_string())?,
         None => None,
     };
     let system = System::host().map_err(|e| format!("flox: {e}"))?;

@@ -1,11 +1,19 @@
 //! `runc exec --process F`: containerd builds F from its stored spec, not from the config.json
 //! we edited, so exec processes are wrapped again here — unless the container is listed in
 //! `flox.dev/skip-containers-exec`.
+//!
+//! F is written by the runc shim, but its contents come from the exec request (a pod's user
+//! chooses args and env), so it is read like any pod-influenced file: no symlink followed,
+//! a regular file only, bounded; errors never name the host path.
 use std::path::Path;
 
 use imageless_core::spec_edit::{FloxEdit, NixView};
 use imageless_node::config::NodeConfig;
 use imageless_node::containers::ContainerState;
+use imageless_node::pod_file::NoFollowFile;
+
+/// Far above what CRI lets through (its messages are capped at 16 MiB as a whole).
+const PROCESS_FILE_LIMIT: u64 = 16 * 1024 * 1024;
 
 pub fn wrap_exec_process(config: &NodeConfig, process_file: &str, id: &str) -> Result<(), String> {
     let Some(state) = ContainerState::load(&config.state_root, id) else {
@@ -14,10 +22,10 @@ pub fn wrap_exec_process(config: &NodeConfig, process_file: &str, id: &str) -> R
     if state.skip_exec {
         return Ok(());
     }
-    let path = Path::new(process_file);
-    let bytes = std::fs::read(path).map_err(|e| format!("flox: reading exec process {process_file}: {e}"))?;
+    let file = NoFollowFile::open(Path::new(process_file)).map_err(|e| format!("flox: the exec process file {e}"))?;
+    let bytes = file.read(PROCESS_FILE_LIMIT).map_err(|e| format!("flox: the exec process file {e}"))?;
     let mut process: serde_json::Value =
-        serde_json::from_slice(&bytes).map_err(|e| format!("flox: exec process {process_file} is not JSON: {e}"))?;
+        serde_json::from_slice(&bytes).map_err(|e| format!("flox: the exec process is not JSON: {e}"))?;
     let edit = FloxEdit {
         env_dir: state.env_dir,
         activator: state.activator,
@@ -26,6 +34,6 @@ pub fn wrap_exec_process(config: &NodeConfig, process_file: &str, id: &str) -> R
         disable_metrics: state.disable_metrics,
     };
     edit.apply_to_process(&mut process).map_err(|e| e.to_string())?;
-    std::fs::write(path, serde_json::to_vec(&process).expect("serializable"))
-        .map_err(|e| format!("flox: writing exec process {process_file}: {e}"))
+    file.replace(&serde_json::to_vec(&process).expect("serializable"))
+        .map_err(|e| format!("flox: writing the exec process file: {e}"))
 }

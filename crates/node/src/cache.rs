@@ -45,10 +45,35 @@ pub enum NodeError {
     TokenExpired { at: String },
     #[error("flox: hub is unreachable and {env} was cached with a different FloxHub token (or with one when none is given now); refusing to serve a private environment")]
     OfflineTokenMismatch { env: String },
-    #[error("flox: {0} (read from the secret mounted at /var/run/secrets/flox.dev)")]
-    Token(String),
     #[error("flox: node cache {path}: {source}")]
     Io { path: String, source: std::io::Error },
+    #[error("flox: no space left on the node's state root {state_root} while pulling {env}; free space there (`imageless gc` drops environments no container uses) and retry")]
+    NoSpace { state_root: String, env: String },
+}
+
+impl NodeError {
+    /// Whether the state root (not the Nix store: realization errors are its own) ran out of
+    /// space or quota. Git reports it on stderr, our own writes as an `io::Error`.
+    fn is_state_root_full(&self) -> bool {
+        let full = |e: &std::io::Error| matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT));
+        match self {
+            NodeError::Realize(_) => false,
+            NodeError::Hub(e) => {
+                let text = e.to_string();
+                text.contains("No space left on device") || text.contains("Disk quota exceeded")
+            }
+            other => {
+                let mut source: Option<&(dyn std::error::Error + 'static)> = Some(other);
+                while let Some(e) = source {
+                    if e.downcast_ref::<std::io::Error>().is_some_and(full) {
+                        return true;
+                    }
+                    source = e.source();
+                }
+                false
+            }
+        }
+    }
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> NodeError + '_ {
@@ -140,6 +165,17 @@ impl NodeCache {
 
     /// Fetches (if needed), realizes and renders `env` for `mode`.
     pub fn ensure(&self, env: &EnvRef, mode: Mode, token: Option<&Token>) -> Result<Rendered, NodeError> {
+        self.ensure_uncategorized(env, mode, token).map_err(|e| {
+            if e.is_state_root_full() {
+                tracing::warn!("{e}");
+                NodeError::NoSpace { state_root: self.root().display().to_string(), env: env.full_name() }
+            } else {
+                e
+            }
+        })
+    }
+
+    fn ensure_uncategorized(&self, env: &EnvRef, mode: Mode, token: Option<&Token>) -> Result<Rendered, NodeError> {
         if let Some(token) = token {
             if let Some(at) = token.expired_at(now()) {
                 return Err(NodeError::TokenExpired { at: format_unix(at) });
@@ -201,8 +237,14 @@ impl NodeCache {
         let dir = path.parent().expect("has parent");
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-        std::fs::write(&tmp, serde_json::to_vec(record).expect("serializable")).map_err(io(&tmp))?;
-        std::fs::rename(&tmp, &path).map_err(io(&path))
+        let written = std::fs::write(&tmp, serde_json::to_vec(record).expect("serializable"))
+            .map_err(io(&tmp))
+            .and_then(|()| std::fs::rename(&tmp, &path).map_err(io(&path)));
+        if written.is_err() {
+            // A full disk must not leave a partial record file behind.
+            let _ = std::fs::remove_file(&tmp);
+        }
+        written
     }
 
     /// The floxmeta commit to read. Asks the hub with the caller's token every time a
@@ -340,6 +382,8 @@ impl NodeCache {
         std::fs::create_dir_all(&envs).map_err(io(&envs))?;
         clean_stale_temps(&envs, key);
         let tmp = envs.join(format!(".tmp-{key}-{}", std::process::id()));
+        // A render that fails (a full disk, a bad lock) takes its half-made tree with it.
+        let mut tmp_guard = RemoveOnDrop(Some(tmp.clone()));
         let tree = tmp.join("env");
         let linked = render::render_tree(&sources, mode, &tree)?;
         let data = ActivationData {
@@ -360,6 +404,7 @@ impl NodeCache {
         realize::add_gc_roots(&self.config.gcroots_dir, key, &linked)?;
         let dir = envs.join(key);
         std::fs::rename(&tmp, &dir).map_err(io(&dir))?;
+        tmp_guard.0 = None;
         touch(&dir);
         tracing::info!(env, generation, %mode, key, realized, "environment rendered");
         Ok(Rendered {
@@ -402,6 +447,17 @@ impl NodeCache {
     }
 }
 
+/// Removes a directory when dropped, unless disarmed by taking the path out.
+struct RemoveOnDrop(Option<PathBuf>);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.take() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
 fn touch(dir: &Path) {
     let _ = std::fs::write(dir.join("last-used"), b"");
 }
@@ -415,15 +471,5 @@ fn clean_stale_temps(envs: &Path, key: &str) {
                 let _ = std::fs::remove_dir_all(e.path());
             }
         }
-    }
-}
-
-/// Reads the token from a secret directory (`floxhub-token`); None when absent.
-pub fn read_token(dir: &Path) -> Result<Option<Token>, NodeError> {
-    let path = dir.join(imageless_core::container_paths::TOKEN_FILE);
-    match std::fs::read_to_string(&path) {
-        Ok(text) => Token::parse(&text).map(Some).map_err(|e| NodeError::Token(e.to_string())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(io(&path)(e)),
     }
 }

@@ -95,11 +95,7 @@ impl HubClient {
     /// Fetches the environment's branch into the owner's bare cache repo and returns its head.
     pub fn fetch(&self, repo: &Path, owner: &str, name: &str, token: Option<&Token>) -> Result<String, HubError> {
         if !repo.join("HEAD").exists() {
-            std::fs::create_dir_all(repo).map_err(|e| local("floxmeta cache", e))?;
-            let out = self.git(Some(repo), None, &["init", "--quiet", "--bare"])?;
-            if out.status != 0 {
-                return Err(HubError::Local { what: "git init".into(), detail: out.stderr });
-            }
+            init_bare(self, repo)?;
         }
         let url = self.repo_url(owner);
         let refspec = format!("+refs/heads/{name}:refs/heads/{name}");
@@ -229,6 +225,45 @@ impl HubClient {
         }
         Ok(GitOutput { status: status.code().unwrap_or(-1), stdout, stderr })
     }
+}
+
+/// Creates the owner's bare cache repo under a temporary name and renames it into place, so
+/// an init cut short (a full disk, a kill) never leaves a repo that looks usable but is not.
+fn init_bare(client: &HubClient, repo: &Path) -> Result<(), HubError> {
+    let parent = repo.parent().expect("repo has a parent");
+    std::fs::create_dir_all(parent).map_err(|e| local("floxmeta cache", e))?;
+    let file_name = repo.file_name().expect("repo has a name").to_string_lossy();
+    let tmp = parent.join(format!(".{file_name}.init-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    // No templates: sample hooks are dead weight in a cache nobody commits to.
+    let out = client.git(Some(&tmp), None, &["init", "--quiet", "--bare", "--template="]);
+    let out = match out {
+        Ok(out) if out.status == 0 => out,
+        Ok(out) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(HubError::Local { what: "git init".into(), detail: out.stderr });
+        }
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+    };
+    drop(out);
+    // A broken leftover (no HEAD) from an older version goes; a concurrent init that won the
+    // race (the rename fails because the repo exists and is not empty) is as good as ours.
+    if repo.exists() && !repo.join("HEAD").exists() {
+        let _ = std::fs::remove_dir_all(repo);
+    }
+    if std::fs::rename(&tmp, repo).is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+        if !repo.join("HEAD").exists() {
+            return Err(HubError::Local {
+                what: "git init".into(),
+                detail: format!("cannot create {}", repo.display()),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Reads `<commit>:<path>` from a bare cache repo.

@@ -6,5 +6,7 @@ pub mod cli;
 pub mod config;
 pub mod containers;
 pub mod hub;
+pub mod pod_file;
 pub mod realize;
 pub mod render;
+pub mod secret_volume;

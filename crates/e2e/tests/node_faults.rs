@@ -1,0 +1,252 @@
+//! The node survives its neighbours and its own faults (real containerd, runc, flox runtime,
+//! local hub): containerd killed mid-create, a full state disk during a pull, hundreds of
+//! create/delete cycles and a hundred pods at once — every pod runs or fails cleanly, and
+//! nothing (mounts, state, overlays, processes) is left behind.
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use imageless_e2e::flox_node::{self as support, flox_pod, imageless, FloxNode, Hub};
+use imageless_e2e::ContainerdVersion;
+
+const EMPTY: &str = "flox/empty:1.0.0";
+const BUSYBOX: &str = "busybox:local";
+
+fn sleeper(name: &str, mutable: bool) -> String {
+    let mut ann = vec![("flox.dev/environment", "flox/echoip")];
+    if mutable {
+        ann.push(("flox.dev/nix-mutable", "true"));
+    }
+    flox_pod(name, &ann, BUSYBOX, &["sleep", "3600"])
+}
+
+fn host_mounts() -> Vec<String> {
+    std::fs::read_to_string("/proc/self/mountinfo").unwrap().lines().map(String::from).collect()
+}
+
+fn processes() -> Vec<String> {
+    let ps = Command::new("ps").args(["-eo", "args"]).output().unwrap();
+    String::from_utf8_lossy(&ps.stdout).lines().map(String::from).collect()
+}
+
+/// Nothing of the node's is left once every pod is gone: per-container state, overlays,
+/// mounts under containerd's dir or of ours on the host, prefetches, wrappers, shims.
+fn assert_nothing_left(node: &FloxNode, mounts_before: usize, what: &str) {
+    let count = |sub: &str| std::fs::read_dir(node.state_root.join(sub)).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(count("containers"), 0, "{what}: per-container state left");
+    assert_eq!(count("overlays"), 0, "{what}: overlay dirs left");
+    let below = node.containerd.mounts_below();
+    assert!(below.is_empty(), "{what}: mounts under containerd's dir: {below:?}");
+    let mounts = host_mounts();
+    assert!(!mounts.iter().any(|m| m.contains("/run/flox")), "{what}: a flox mount left on the host");
+    assert!(mounts.len() <= mounts_before, "{what}: host mounts grew: {mounts_before} -> {}", mounts.len());
+    // Shims exit a moment after their last container is deleted.
+    let dir = node.containerd.dir().display().to_string();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let ps = processes();
+        let left: Vec<&String> = ps
+            .iter()
+            .filter(|l| {
+                l.contains("--flox-prefetch")
+                    || l.starts_with(&format!("{}", support::bin_dir().join("flox-runc").display()))
+                    || (l.contains("containerd-shim") && l.contains(&dir))
+            })
+            .collect();
+        if left.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{what}: processes left: {left:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// containerd is SIGKILLed while 10 flox pods are being created and started again: each pod
+/// either runs or, retried as the kubelet would, runs then; after removal nothing is left.
+#[test]
+fn containerd_killed_during_ten_creates() {
+    let mut node = FloxNode::start(ContainerdVersion::V1_7).expect("containerd 1.7.24");
+    let mounts_before = host_mounts().len();
+    let names: Vec<String> = (0..10).map(|i| format!("crash-{i}")).collect();
+    let pid = node.containerd.pid() as libc::pid_t;
+    let first = support::block_on(async {
+        let runs = names.iter().enumerate().map(|(i, n)| {
+            let yaml = sleeper(n, i % 2 == 0);
+            let node = &node;
+            async move { node.run(&yaml, &[]).await }
+        });
+        let kill = async {
+            // Mid-way: sandboxes exist, flox-runc is realising and editing specs.
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            // SAFETY: the daemon is our own unreaped child; a crash is what is simulated.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        };
+        let (results, ()) = tokio::join!(join_all(runs), kill);
+        results
+    });
+    let up_before_kill = first.iter().filter(|r| r.is_ok()).count();
+    eprintln!("{up_before_kill} of 10 pods were up when containerd was killed");
+    assert!(up_before_kill < 10, "the kill came after every create finished: nothing was tested");
+    drop(first);
+    node.containerd.kill_and_restart().expect("containerd restarts on its old state");
+    // The kubelet reconciles after a restart: it removes what it does not know and retries.
+    node.containerd.remove_all_pods().expect("remove pods after restart");
+    let outcomes = support::block_on(async {
+        let runs = names.iter().enumerate().map(|(i, n)| {
+            let yaml = sleeper(&format!("{n}-retry"), i % 2 == 0);
+            let node = &node;
+            async move { node.run(&yaml, &[]).await }
+        });
+        join_all(runs).await
+    });
+    let mut running = Vec::new();
+    for (name, outcome) in names.iter().zip(outcomes) {
+        match outcome {
+            Ok(pod) => running.push(pod),
+            Err(e) => panic!("{name}: retry after the restart failed: {e}"),
+        }
+    }
+    support::block_on(async {
+        for pod in running {
+            let status = pod.status(None).await.unwrap();
+            assert_eq!(status.state, 1, "{}: running after retry", pod.name);
+            pod.remove().await.unwrap();
+        }
+    });
+    node.containerd.remove_all_pods().unwrap();
+    assert_nothing_left(&node, mounts_before, "after the crash and retries");
+}
+
+/// A node whose state root is a small tmpfs that fills during a pull: a clear "no space left"
+/// naming the state root, nothing half-visible, and after freeing space the pull succeeds.
+#[test]
+fn full_state_disk_during_pull() {
+    let dir = tempfile::Builder::new().prefix("node-full-").tempdir().unwrap();
+    let hub = Hub::start(dir.path());
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    let mounted =
+        Command::new("mount").args(["-t", "tmpfs", "-o", "size=64k,nr_inodes=64", "tmpfs"]).arg(&state).status();
+    assert!(mounted.unwrap().success(), "mount a small tmpfs as the state root");
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(state.clone());
+    let gcroots = PathBuf::from("/nix/var/nix/gcroots/imageless-test").join(dir.path().file_name().unwrap());
+    let key = std::fs::read_to_string(hub.root.join("cache-key.pub")).unwrap();
+    let config = dir.path().join("node.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "state_root = {:?}\nhub_url = {:?}\nsubstituters = [\"{}/cache\"]\ntrusted_public_keys = [{:?}]\ngcroots_dir = {:?}\nhub_timeout_secs = 5\n",
+            state.display().to_string(),
+            hub.url,
+            hub.url,
+            key.trim(),
+            gcroots.display().to_string(),
+        ),
+    )
+    .unwrap();
+    let pull =
+        || Command::new(imageless()).args(["pull", "flox/echoip"]).env("IMAGELESS_CONFIG", &config).output().unwrap();
+    let out = pull();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the pull fails on a full disk: {err}");
+    assert!(err.contains("no space left on the node's state root"), "{err}");
+    assert!(err.contains(&state.display().to_string()), "names the state root: {err}");
+    let visible = |sub: &str| -> Vec<String> {
+        std::fs::read_dir(state.join(sub))
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| !n.starts_with('.'))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    assert!(visible("envs").is_empty(), "no half-rendered environment, no temp tree: {:?}", visible("envs"));
+    // A ref record is written only after a completed fetch; whatever is there is whole.
+    for owner in visible("refs") {
+        for entry in std::fs::read_dir(state.join("refs").join(&owner)).unwrap().flatten() {
+            let bytes = std::fs::read(entry.path()).unwrap();
+            assert!(
+                serde_json::from_slice::<serde_json::Value>(&bytes).is_ok(),
+                "a partial ref record {}",
+                entry.path().display()
+            );
+        }
+    }
+    let grown = Command::new("mount").args(["-o", "remount,size=64m,nr_inodes=100000"]).arg(&state).status();
+    assert!(grown.unwrap().success());
+    let out = pull();
+    assert!(out.status.success(), "the pull succeeds once there is space: {}", String::from_utf8_lossy(&out.stderr));
+    let _ = std::fs::remove_dir_all(&gcroots);
+}
+
+/// 500 create/delete cycles (plain, nix-mutable, failing) leave nothing behind.
+#[test]
+fn five_hundred_cycles_leave_nothing_behind() {
+    let node = FloxNode::start(ContainerdVersion::V1_7).expect("containerd 1.7.24");
+    let mounts_before = host_mounts().len();
+    let started = Instant::now();
+    support::block_on(async {
+        for i in 0..500 {
+            let yaml = match i % 5 {
+                0 => flox_pod(
+                    "cycle",
+                    &[("flox.dev/environment", "flox/hooks"), ("flox.dev/nix-mutable", "true")],
+                    EMPTY,
+                    &["hello"],
+                ),
+                1 => flox_pod("cycle", &[("flox.dev/environment", "flox/nope")], EMPTY, &["hello"]),
+                _ => flox_pod("cycle", &[("flox.dev/environment", "flox/echoip")], EMPTY, &["hello"]),
+            };
+            match node.run_to_end(&yaml, &[]).await {
+                Ok((code, out, err)) => {
+                    assert_eq!((code, out.trim()), (0, "Hello, world! (hello 2.12)"), "cycle {i}: {err}")
+                }
+                Err(e) => assert!(i % 5 == 1, "cycle {i}: {e}"),
+            }
+        }
+    });
+    eprintln!("500 cycles in {:?}", started.elapsed());
+    assert_nothing_left(&node, mounts_before, "after 500 cycles");
+}
+
+/// 100 flox pods started at once all start (one realization), and all go away cleanly.
+#[test]
+fn a_hundred_pods_at_once() {
+    let node = FloxNode::start(ContainerdVersion::V1_7).expect("containerd 1.7.24");
+    let mounts_before = host_mounts().len();
+    let started = Instant::now();
+    let outcomes = support::block_on(async {
+        let runs = (0..100).map(|i| {
+            let yaml = sleeper(&format!("many-{i}"), i % 10 == 0);
+            let node = &node;
+            async move { node.run(&yaml, &[]).await }
+        });
+        join_all(runs).await
+    });
+    let took = started.elapsed();
+    let mut pods = Vec::new();
+    for (i, o) in outcomes.into_iter().enumerate() {
+        pods.push(o.unwrap_or_else(|e| panic!("pod many-{i} did not start: {e}")));
+    }
+    eprintln!("100 pods started in {took:?}");
+    let envs = std::fs::read_dir(node.state_root.join("envs"))
+        .unwrap()
+        .flatten()
+        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+        .count();
+    assert_eq!(envs, 1, "one rendered environment for 100 pods");
+    support::block_on(async {
+        for pod in pods {
+            pod.remove().await.unwrap();
+        }
+    });
+    assert_nothing_left(&node, mounts_before, "after 100 pods");
+}
