@@ -18,7 +18,8 @@ fn sleeper(name: &str, mutable: bool) -> String {
     if mutable {
         ann.push(("flox.dev/nix-mutable", "true"));
     }
-    flox_pod(name, &ann, BUSYBOX, &["sleep", "3600"])
+    // As PID 1 a plain `sleep` ignores SIGTERM and every stop would wait out the grace period.
+    flox_pod(name, &ann, BUSYBOX, &["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 1; done"])
 }
 
 fn host_mounts() -> Vec<String> {
@@ -32,7 +33,7 @@ fn processes() -> Vec<String> {
 
 /// Nothing of the node's is left once every pod is gone: per-container state, overlays,
 /// mounts under containerd's dir or of ours on the host, prefetches, wrappers, shims.
-fn assert_nothing_left(node: &FloxNode, mounts_before: usize, what: &str) {
+fn assert_nothing_left(node: &FloxNode, mounts_before: &[String], what: &str) {
     let count = |sub: &str| std::fs::read_dir(node.state_root.join(sub)).map(|d| d.count()).unwrap_or(0);
     assert_eq!(count("containers"), 0, "{what}: per-container state left");
     assert_eq!(count("overlays"), 0, "{what}: overlay dirs left");
@@ -40,18 +41,19 @@ fn assert_nothing_left(node: &FloxNode, mounts_before: usize, what: &str) {
     assert!(below.is_empty(), "{what}: mounts under containerd's dir: {below:?}");
     let mounts = host_mounts();
     assert!(!mounts.iter().any(|m| m.contains("/run/flox")), "{what}: a flox mount left on the host");
-    assert!(mounts.len() <= mounts_before, "{what}: host mounts grew: {mounts_before} -> {}", mounts.len());
+    let new: Vec<&String> = mounts.iter().filter(|m| !mounts_before.contains(m)).collect();
+    assert!(new.is_empty(), "{what}: host mounts added: {new:?}");
     // Shims exit a moment after their last container is deleted.
     let dir = node.containerd.dir().display().to_string();
+    let wrapper = support::bin_dir().join("flox-runc").display().to_string();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let ps = processes();
         let left: Vec<&String> = ps
             .iter()
             .filter(|l| {
-                l.contains("--flox-prefetch")
-                    || l.starts_with(&format!("{}", support::bin_dir().join("flox-runc").display()))
-                    || (l.contains("containerd-shim") && l.contains(&dir))
+                // Wrappers (and their prefetches) of this build; shims of this daemon.
+                l.starts_with(&wrapper) || (l.contains("containerd-shim") && l.contains(&dir))
             })
             .collect();
         if left.is_empty() {
@@ -67,7 +69,7 @@ fn assert_nothing_left(node: &FloxNode, mounts_before: usize, what: &str) {
 #[test]
 fn containerd_killed_during_ten_creates() {
     let mut node = FloxNode::start(ContainerdVersion::V1_7).expect("containerd 1.7.24");
-    let mounts_before = host_mounts().len();
+    let mounts_before = host_mounts();
     let names: Vec<String> = (0..10).map(|i| format!("crash-{i}")).collect();
     let pid = node.containerd.pid() as libc::pid_t;
     let first = support::block_on(async {
@@ -77,8 +79,13 @@ fn containerd_killed_during_ten_creates() {
             async move { node.run(&yaml, &[]).await }
         });
         let kill = async {
-            // Mid-way: sandboxes exist, flox-runc is realising and editing specs.
-            tokio::time::sleep(Duration::from_millis(1500)).await;
+            // Mid-way: once the first sandboxes exist, flox-runc is realising and editing specs.
+            let client = node.containerd.client().await.unwrap();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while client.list_pod_sandboxes(&[]).await.unwrap().len() < 3 && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
             // SAFETY: the daemon is our own unreaped child; a crash is what is simulated.
             unsafe { libc::kill(pid, libc::SIGKILL) };
         };
@@ -92,30 +99,23 @@ fn containerd_killed_during_ten_creates() {
     node.containerd.kill_and_restart().expect("containerd restarts on its old state");
     // The kubelet reconciles after a restart: it removes what it does not know and retries.
     node.containerd.remove_all_pods().expect("remove pods after restart");
-    let outcomes = support::block_on(async {
+    // One runtime for runs, checks and removal: a CRI channel lives on the runtime it was made on.
+    support::block_on(async {
         let runs = names.iter().enumerate().map(|(i, n)| {
             let yaml = sleeper(&format!("{n}-retry"), i % 2 == 0);
             let node = &node;
             async move { node.run(&yaml, &[]).await }
         });
-        join_all(runs).await
-    });
-    let mut running = Vec::new();
-    for (name, outcome) in names.iter().zip(outcomes) {
-        match outcome {
-            Ok(pod) => running.push(pod),
-            Err(e) => panic!("{name}: retry after the restart failed: {e}"),
-        }
-    }
-    support::block_on(async {
-        for pod in running {
+        let outcomes = join_all(runs).await;
+        for (name, outcome) in names.iter().zip(outcomes) {
+            let pod = outcome.unwrap_or_else(|e| panic!("{name}: retry after the restart failed: {e}"));
             let status = pod.status(None).await.unwrap();
-            assert_eq!(status.state, 1, "{}: running after retry", pod.name);
+            assert_eq!(status.state, 1, "{name}: running after retry");
             pod.remove().await.unwrap();
         }
     });
     node.containerd.remove_all_pods().unwrap();
-    assert_nothing_left(&node, mounts_before, "after the crash and retries");
+    assert_nothing_left(&node, &mounts_before, "after the crash and retries");
 }
 
 /// A node whose state root is a small tmpfs that fills during a pull: a clear "no space left"
@@ -191,7 +191,7 @@ fn full_state_disk_during_pull() {
 #[test]
 fn five_hundred_cycles_leave_nothing_behind() {
     let node = FloxNode::start(ContainerdVersion::V1_7).expect("containerd 1.7.24");
-    let mounts_before = host_mounts().len();
+    let mounts_before = host_mounts();
     let started = Instant::now();
     support::block_on(async {
         for i in 0..500 {
@@ -214,39 +214,44 @@ fn five_hundred_cycles_leave_nothing_behind() {
         }
     });
     eprintln!("500 cycles in {:?}", started.elapsed());
-    assert_nothing_left(&node, mounts_before, "after 500 cycles");
+    assert_nothing_left(&node, &mounts_before, "after 500 cycles");
 }
 
 /// 100 flox pods started at once all start (one realization), and all go away cleanly.
 #[test]
 fn a_hundred_pods_at_once() {
     let node = FloxNode::start(ContainerdVersion::V1_7).expect("containerd 1.7.24");
-    let mounts_before = host_mounts().len();
-    let started = Instant::now();
-    let outcomes = support::block_on(async {
+    let mounts_before = host_mounts();
+    // One runtime for runs, checks and removal: a CRI channel lives on the runtime it was made on.
+    support::block_on(async {
+        let started = Instant::now();
         let runs = (0..100).map(|i| {
             let yaml = sleeper(&format!("many-{i}"), i % 10 == 0);
             let node = &node;
             async move { node.run(&yaml, &[]).await }
         });
-        join_all(runs).await
-    });
-    let took = started.elapsed();
-    let mut pods = Vec::new();
-    for (i, o) in outcomes.into_iter().enumerate() {
-        pods.push(o.unwrap_or_else(|e| panic!("pod many-{i} did not start: {e}")));
-    }
-    eprintln!("100 pods started in {took:?}");
-    let envs = std::fs::read_dir(node.state_root.join("envs"))
-        .unwrap()
-        .flatten()
-        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
-        .count();
-    assert_eq!(envs, 1, "one rendered environment for 100 pods");
-    support::block_on(async {
-        for pod in pods {
-            pod.remove().await.unwrap();
+        let outcomes = join_all(runs).await;
+        let took = started.elapsed();
+        let mut pods = Vec::new();
+        for (i, o) in outcomes.into_iter().enumerate() {
+            pods.push(o.unwrap_or_else(|e| panic!("pod many-{i} did not start: {e}")));
         }
+        eprintln!("100 pods started in {took:?}");
+        let envs = std::fs::read_dir(node.state_root.join("envs"))
+            .unwrap()
+            .flatten()
+            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+            .count();
+        assert_eq!(envs, 1, "one rendered environment for 100 pods");
+        for pod in &pods {
+            let status = pod.status(None).await.unwrap();
+            assert_eq!(status.state, 1, "{}: running", pod.name);
+        }
+        let started = Instant::now();
+        for result in join_all(pods.into_iter().map(|pod| pod.remove())).await {
+            result.unwrap();
+        }
+        eprintln!("100 pods removed in {:?}", started.elapsed());
     });
-    assert_nothing_left(&node, mounts_before, "after 100 pods");
+    assert_nothing_left(&node, &mounts_before, "after 100 pods");
 }

@@ -115,7 +115,10 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 /// Drops everything the wrapper created for a container. Safe to call twice.
 pub fn cleanup(config: &NodeConfig, id: &str) {
     if let Some(dir) = containers::overlay_dir(&config.state_root, id) {
-        let _ = std::fs::remove_dir_all(dir);
+        // The upper dir holds whatever the pod wrote: depth-safe, never following its links.
+        if let Err(e) = imageless_node::pod_file::remove_tree(&dir) {
+            tracing::warn!("removing the overlay of container {id}: {e}");
+        }
     }
     ContainerState::remove(&config.state_root, id);
 }
@@ -129,9 +132,11 @@ fn spawn_prefetch(env: &EnvRef, mode: Mode) {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
+    // SAFETY: the closure runs between fork and exec and only calls setsid(2), which is
+    // async-signal-safe and touches no memory shared with the parent.
     unsafe {
         cmd.pre_exec(|| {
-            libc::setsid();
+            let _ = rustix::process::setsid();
             Ok(())
         });
     }

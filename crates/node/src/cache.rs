@@ -55,7 +55,10 @@ impl NodeError {
     /// Whether the state root (not the Nix store: realization errors are its own) ran out of
     /// space or quota. Git reports it on stderr, our own writes as an `io::Error`.
     fn is_state_root_full(&self) -> bool {
-        let full = |e: &std::io::Error| matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT));
+        let full = |e: &std::io::Error| {
+            let errno = e.raw_os_error().map(rustix::io::Errno::from_raw_os_error);
+            matches!(errno, Some(rustix::io::Errno::NOSPC | rustix::io::Errno::DQUOT))
+        };
         match self {
             NodeError::Realize(_) => false,
             NodeError::Hub(e) => {

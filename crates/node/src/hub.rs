@@ -194,7 +194,10 @@ impl HubClient {
         // A hung hub must not hang pod creation: kill git after the timeout.
         let watchdog = std::thread::spawn(move || {
             if done_rx.recv_timeout(timeout).is_err() {
-                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                // Our own child, not yet waited for: the pid cannot have been reused.
+                if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+                    let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+                }
                 return true;
             }
             false

@@ -18,9 +18,10 @@
 use std::fs::File;
 use std::io::{Read, Seek, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-use rustix::fs::{FileType, Mode, OFlags, ResolveFlags};
+use rustix::fs::{FileType, Mode, OFlags, RenameFlags, ResolveFlags};
 use rustix::io::Errno;
 
 /// Why a pod-influenced file was not read.
@@ -147,6 +148,85 @@ fn reopen(path_fd: &OwnedFd, access: OFlags) -> Result<File, PodFileError> {
     Ok(File::from(fd))
 }
 
+/// Removes a directory tree whose contents a pod wrote (a nix-mutable overlay's upper dir),
+/// whatever its depth and without following any symlink in it.
+///
+/// A recursive walk holds one descriptor and one stack frame per level, so a pod that nests
+/// directories a hundred thousand deep would exhaust either and leave the tree behind. Here
+/// every subdirectory found is first renamed up to the top of the tree (same filesystem, so a
+/// rename), which flattens it: at most two descriptors are open at any time and nothing
+/// recurses. Entries are opened `O_NOFOLLOW | O_DIRECTORY` relative to their parent's
+/// descriptor, so a planted symlink is unlinked, never entered.
+pub fn remove_tree(root: &Path) -> std::io::Result<()> {
+    let top = match rustix::fs::open(
+        root,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(fd) => fd,
+        Err(Errno::NOENT) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    // Names (directly under `top`) of directories still to empty; "." is the top itself.
+    let mut pending: Vec<std::ffi::OsString> = vec![".".into()];
+    let mut flattened = 0u64;
+    while let Some(name) = pending.pop() {
+        let dir = rustix::fs::openat(
+            &top,
+            name.as_os_str(),
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        let mut subdirs = Vec::new();
+        {
+            let mut entries = rustix::fs::Dir::read_from(&dir)?;
+            while let Some(entry) = entries.read() {
+                let entry = entry?;
+                let child = std::ffi::OsStr::from_bytes(entry.file_name().to_bytes()).to_os_string();
+                if child == "." || child == ".." {
+                    continue;
+                }
+                if entry.file_type() == FileType::Directory {
+                    subdirs.push(child);
+                } else if entry.file_type() == FileType::Unknown {
+                    // Some filesystems do not say; ask without following.
+                    let st = rustix::fs::statat(&dir, child.as_os_str(), rustix::fs::AtFlags::SYMLINK_NOFOLLOW)?;
+                    if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
+                        subdirs.push(child);
+                    } else {
+                        rustix::fs::unlinkat(&dir, child.as_os_str(), rustix::fs::AtFlags::empty())?;
+                    }
+                } else {
+                    rustix::fs::unlinkat(&dir, child.as_os_str(), rustix::fs::AtFlags::empty())?;
+                }
+            }
+        }
+        if subdirs.is_empty() {
+            if name != "." {
+                rustix::fs::unlinkat(&top, name.as_os_str(), rustix::fs::AtFlags::REMOVEDIR)?;
+            }
+            continue;
+        }
+        // Not empty yet: come back to it once its subdirectories, moved up, are gone.
+        pending.push(name);
+        for child in subdirs {
+            // The pod may have made a directory of the same name up there: never replace one.
+            let up = loop {
+                flattened += 1;
+                let up: std::ffi::OsString = format!(".flox-rm-{flattened}").into();
+                match rustix::fs::renameat_with(&dir, child.as_os_str(), &top, up.as_os_str(), RenameFlags::NOREPLACE) {
+                    Ok(()) => break up,
+                    Err(Errno::EXIST) => continue,
+                    Err(e) => return Err(e.into()),
+                }
+            };
+            pending.push(up);
+        }
+    }
+    drop(top);
+    std::fs::remove_dir(root)
+}
+
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::symlink;
@@ -259,5 +339,39 @@ mod tests {
         rustix::fs::mknodat(rustix::fs::CWD, vol.join("fifo"), FileType::Fifo, Mode::from_raw_mode(0o600), 0).unwrap();
         assert!(matches!(NoFollowFile::open(&vol.join("fifo")).err().unwrap(), PodFileError::NotRegular));
         assert_eq!(std::fs::read(root.path().join("outside")).unwrap(), b"secret of another tenant");
+    }
+
+    #[test]
+    fn remove_tree_handles_any_depth_and_never_follows_links() {
+        let (root, vol) = setup();
+        let upper = vol.join("upper");
+        std::fs::create_dir(&upper).unwrap();
+        // 2000 levels: deeper than a path may be long, built relative to each parent.
+        let mut fd = rustix::fs::open(&upper, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty()).unwrap();
+        for i in 0..2000 {
+            rustix::fs::mkdirat(&fd, "d", Mode::from_raw_mode(0o755)).unwrap();
+            if i % 500 == 0 {
+                let f =
+                    rustix::fs::openat(&fd, "f", OFlags::CREATE | OFlags::WRONLY, Mode::from_raw_mode(0o644)).unwrap();
+                drop(f);
+                rustix::fs::symlinkat(root.path().join("outside").as_os_str(), &fd, "link").unwrap();
+                rustix::fs::symlinkat("/", &fd, "to-root").unwrap();
+            }
+            fd = rustix::fs::openat(&fd, "d", OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty()).unwrap();
+        }
+        drop(fd);
+        std::fs::create_dir_all(upper.join("wide/a/b")).unwrap();
+        std::fs::create_dir_all(upper.join(".flox-rm-1/x")).unwrap(); // the name the remover uses
+        rustix::fs::mknodat(rustix::fs::CWD, upper.join("wide/fifo"), FileType::Fifo, Mode::from_raw_mode(0o600), 0)
+            .unwrap();
+        remove_tree(&upper).unwrap();
+        assert!(!upper.exists());
+        assert_eq!(std::fs::read(root.path().join("outside")).unwrap(), b"secret of another tenant");
+        assert!(Path::new("/etc/hostname").exists() || Path::new("/etc/passwd").exists());
+        remove_tree(&upper).unwrap(); // already gone: fine
+                                      // A symlink as the root itself is refused, not followed.
+        symlink(root.path(), vol.join("root-link")).unwrap();
+        assert!(remove_tree(&vol.join("root-link")).is_err());
+        assert!(root.path().join("outside").exists());
     }
 }
