@@ -141,12 +141,14 @@ pub struct FloxNode {
 }
 
 impl FloxNode {
-    pub fn start(version: ContainerdVersion) -> Option<FloxNode> {
+    /// Panics with the reason when the node cannot be started (a missing containerd is an
+    /// install bug, never a silent pass).
+    pub fn start(version: ContainerdVersion) -> FloxNode {
         Self::start_with(version, "")
     }
 
     /// `extra_config`: more node config lines (e.g. `store_view = "store"`).
-    pub fn start_with(version: ContainerdVersion, extra_config: &str) -> Option<FloxNode> {
+    pub fn start_with(version: ContainerdVersion, extra_config: &str) -> FloxNode {
         Self::start_with_hook(version, extra_config, None)
     }
 
@@ -155,10 +157,9 @@ impl FloxNode {
         version: ContainerdVersion,
         extra_config: &str,
         hook: Option<crate::ConfigHook>,
-    ) -> Option<FloxNode> {
+    ) -> FloxNode {
         if let Err(why) = version.ensure_available() {
-            eprintln!("SKIPPED: containerd {version} not available: {why:#}");
-            return None;
+            panic!("containerd {version} is needed and not available: {why:#}");
         }
         let dir = tempfile::Builder::new().prefix("flox-node-").tempdir().expect("tempdir");
         let hub = Hub::start(dir.path());
@@ -180,7 +181,7 @@ impl FloxNode {
         let containerd =
             Containerd::start(version, ContainerdOptions { env, before_start: hook, ..ContainerdOptions::default() })
                 .unwrap_or_else(|e| panic!("{e:#}"));
-        Some(FloxNode { containerd, hub, dir, state_root, gcroots, config_path })
+        FloxNode { containerd, hub, dir, state_root, gcroots, config_path }
     }
 
     pub async fn runner(&self) -> PodRunner {

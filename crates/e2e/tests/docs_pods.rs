@@ -38,7 +38,7 @@ fn pod_cli(node: &FloxNode, args: &[&str]) -> std::process::Output {
 fn docs_pods_run_unchanged() {
     let pods = docs_pods();
     assert_eq!(pods.len(), 2, "the docs have two complete pods (auth, telemetry)");
-    let Some(node) = FloxNode::start(ContainerdVersion::V1_7) else { return };
+    let node = FloxNode::start(ContainerdVersion::V1_7);
     let root = node.hub.root.display().to_string();
     let lock = node.hub.root.join("world/envs/flox/echoip/2/manifest.lock");
     node.hub.imageless(&[

@@ -277,7 +277,7 @@ async fn bad_values(node: &FloxNode) {
 
 /// Containerd start/stop drive their own runtime, so the node lives outside the async part.
 fn all_scenarios(version: ContainerdVersion) {
-    let Some(node) = FloxNode::start(version) else { return };
+    let node = FloxNode::start(version);
     support::block_on(async {
         docs_echoip_on_empty_image(&node).await;
         base_image_commands_env_first(&node).await;
@@ -311,7 +311,7 @@ fn flox_pods_on_containerd_2_1_9() {
 /// per-container state, no overlay directories and no processes behind.
 #[test]
 fn fifty_cycles_leave_nothing_behind() {
-    let Some(node) = FloxNode::start(ContainerdVersion::V1_6) else { return };
+    let node = FloxNode::start(ContainerdVersion::V1_6);
     let mounts_before = std::fs::read_to_string("/proc/self/mountinfo").unwrap().lines().count();
     support::block_on(async {
         for i in 0..50 {
@@ -384,7 +384,7 @@ fn launcher_only(version: ContainerdVersion) {
         std::fs::write(config, doc.to_string())?;
         Ok(())
     }));
-    let Some(node) = FloxNode::start_with_hook(version, "", Some(hook)) else { return };
+    let node = FloxNode::start_with_hook(version, "", Some(hook));
     assert!(
         !node.containerd.config_text().contains("BinaryName = \"")
             || !node.containerd.config_text().contains("flox-runc\"")

@@ -80,7 +80,7 @@ fn authenticated_as(node: &FloxNode, handle: &str) -> usize {
 }
 
 fn attacks(version: ContainerdVersion) {
-    let node = FloxNode::start(version).expect("containerd available");
+    let node = FloxNode::start(version);
     let token = node.hub.token("alice", &[]);
     let secret = node.token_secret("alice", &token);
     let victim_token = secret.join("floxhub-token").display().to_string();

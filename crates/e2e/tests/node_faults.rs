@@ -68,7 +68,7 @@ fn assert_nothing_left(node: &FloxNode, mounts_before: &[String], what: &str) {
 /// either runs or, retried as the kubelet would, runs then; after removal nothing is left.
 #[test]
 fn containerd_killed_during_ten_creates() {
-    let mut node = FloxNode::start(ContainerdVersion::V1_7).expect("containerd 1.7.24");
+    let mut node = FloxNode::start(ContainerdVersion::V1_7);
     let mounts_before = host_mounts();
     let names: Vec<String> = (0..10).map(|i| format!("crash-{i}")).collect();
     let pid = node.containerd.pid() as libc::pid_t;
@@ -190,7 +190,7 @@ fn full_state_disk_during_pull() {
 /// 500 create/delete cycles (plain, nix-mutable, failing) leave nothing behind.
 #[test]
 fn five_hundred_cycles_leave_nothing_behind() {
-    let node = FloxNode::start(ContainerdVersion::V1_7).expect("containerd 1.7.24");
+    let node = FloxNode::start(ContainerdVersion::V1_7);
     let mounts_before = host_mounts();
     let started = Instant::now();
     support::block_on(async {
@@ -220,7 +220,7 @@ fn five_hundred_cycles_leave_nothing_behind() {
 /// 100 flox pods started at once all start (one realization), and all go away cleanly.
 #[test]
 fn a_hundred_pods_at_once() {
-    let node = FloxNode::start(ContainerdVersion::V1_7).expect("containerd 1.7.24");
+    let node = FloxNode::start(ContainerdVersion::V1_7);
     let mounts_before = host_mounts();
     // One runtime for runs, checks and removal: a CRI channel lives on the runtime it was made on.
     support::block_on(async {
