@@ -94,7 +94,7 @@ impl Hub {
 
     /// Stops the hub (SIGTERM), e.g. to test a node whose hub is unreachable.
     pub fn stop(&mut self) {
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        crate::signal(self.child.id(), rustix::process::Signal::TERM);
         let _ = self.child.wait();
     }
 

@@ -254,14 +254,9 @@ fn spawn_daemon(
     }
     cmd.envs(&opts.env);
     cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
-    // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
+    // SAFETY: between fork and exec only setsid(2) runs: async-signal-safe, no shared memory.
     unsafe {
-        cmd.pre_exec(|| {
-            if libc::setsid() < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
+        cmd.pre_exec(|| rustix::process::setsid().map(drop).map_err(std::io::Error::from));
     }
     cmd.spawn().with_context(|| format!("starting {}", version.containerd().display()))
 }
@@ -458,9 +453,8 @@ impl Containerd {
         // Shims outlive their daemon by design; ours name our socket in their arguments.
         kill_processes_mentioning(dir.path());
         for m in mounts_below(dir.path()).into_iter().rev() {
-            let c = std::ffi::CString::new(m.as_os_str().as_encoded_bytes()).expect("no NUL in mount path");
-            if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
-                problems.push(format!("unmounting {}: {}", m.display(), std::io::Error::last_os_error()));
+            if let Err(e) = rustix::mount::unmount(&m, rustix::mount::UnmountFlags::DETACH) {
+                problems.push(format!("unmounting {}: {e}", m.display()));
             }
         }
         let path = dir.path().to_path_buf();
@@ -512,8 +506,7 @@ fn find_on_path(name: &str) -> Option<PathBuf> {
 }
 
 fn stop_process(child: &mut Child) {
-    let pid = child.id() as libc::pid_t;
-    unsafe { libc::kill(pid, libc::SIGTERM) };
+    signal(child.id(), rustix::process::Signal::TERM);
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
         if matches!(child.try_wait(), Ok(Some(_))) {
@@ -529,14 +522,21 @@ fn kill_processes_mentioning(dir: &Path) {
     let needle = dir.as_os_str().as_encoded_bytes();
     let Ok(procs) = std::fs::read_dir("/proc") else { return };
     for entry in procs.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<libc::pid_t>().ok()) else { continue };
-        if pid as u32 == std::process::id() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        if pid == std::process::id() {
             continue;
         }
         let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
         if cmdline.windows(needle.len()).any(|w| w == needle) {
-            unsafe { libc::kill(pid, libc::SIGKILL) };
+            signal(pid, rustix::process::Signal::KILL);
         }
+    }
+}
+
+/// Sends `sig` to process `pid`, ignoring a process that is already gone.
+pub fn signal(pid: u32, sig: rustix::process::Signal) {
+    if let Some(pid) = i32::try_from(pid).ok().and_then(rustix::process::Pid::from_raw) {
+        let _ = rustix::process::kill_process(pid, sig);
     }
 }
 

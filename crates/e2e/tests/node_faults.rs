@@ -187,33 +187,43 @@ fn full_state_disk_during_pull() {
     let _ = std::fs::remove_dir_all(&gcroots);
 }
 
-/// 500 create/delete cycles (plain, nix-mutable, failing) leave nothing behind.
+/// 500 create/delete cycles (plain, nix-mutable, failing) leave nothing behind. Four workers
+/// cycle side by side, as a node's pods come and go, which also keeps the run short.
 #[test]
 fn five_hundred_cycles_leave_nothing_behind() {
+    const WORKERS: usize = 4;
+    const CYCLES: usize = 500;
     let node = FloxNode::start(ContainerdVersion::V1_7);
     let mounts_before = host_mounts();
     let started = Instant::now();
     support::block_on(async {
-        for i in 0..500 {
-            let yaml = match i % 5 {
-                0 => flox_pod(
-                    "cycle",
-                    &[("flox.dev/environment", "flox/hooks"), ("flox.dev/nix-mutable", "true")],
-                    EMPTY,
-                    &["hello"],
-                ),
-                1 => flox_pod("cycle", &[("flox.dev/environment", "flox/nope")], EMPTY, &["hello"]),
-                _ => flox_pod("cycle", &[("flox.dev/environment", "flox/echoip")], EMPTY, &["hello"]),
-            };
-            match node.run_to_end(&yaml, &[]).await {
-                Ok((code, out, err)) => {
-                    assert_eq!((code, out.trim()), (0, "Hello, world! (hello 2.12)"), "cycle {i}: {err}")
+        let worker = |w: usize| {
+            let node = &node;
+            async move {
+                for i in (w..CYCLES).step_by(WORKERS) {
+                    let name = format!("cycle-{w}");
+                    let yaml = match i % 5 {
+                        0 => flox_pod(
+                            &name,
+                            &[("flox.dev/environment", "flox/hooks"), ("flox.dev/nix-mutable", "true")],
+                            EMPTY,
+                            &["hello"],
+                        ),
+                        1 => flox_pod(&name, &[("flox.dev/environment", "flox/nope")], EMPTY, &["hello"]),
+                        _ => flox_pod(&name, &[("flox.dev/environment", "flox/echoip")], EMPTY, &["hello"]),
+                    };
+                    match node.run_to_end(&yaml, &[]).await {
+                        Ok((code, out, err)) => {
+                            assert_eq!((code, out.trim()), (0, "Hello, world! (hello 2.12)"), "cycle {i}: {err}")
+                        }
+                        Err(e) => assert!(i % 5 == 1, "cycle {i}: {e}"),
+                    }
                 }
-                Err(e) => assert!(i % 5 == 1, "cycle {i}: {e}"),
             }
-        }
+        };
+        join_all((0..WORKERS).map(worker)).await;
     });
-    eprintln!("500 cycles in {:?}", started.elapsed());
+    eprintln!("{CYCLES} cycles ({WORKERS} at a time) in {:?}", started.elapsed());
     assert_nothing_left(&node, &mounts_before, "after 500 cycles");
 }
 
