@@ -1,6 +1,6 @@
 //! `runc exec --process F`: containerd builds F from its stored spec, not from the config.json
-//! we edited, so exec processes are wrapped again here — unless the container is listed in
-//! `flox.dev/skip-containers-exec`.
+//! we edited, so exec processes are wrapped again here (as attaches to the main process's
+//! activation) — unless the container is listed in `flox.dev/skip-containers-exec`.
 use std::path::Path;
 
 use imageless_core::spec_edit::{FloxEdit, NixView};
@@ -25,7 +25,7 @@ pub fn wrap_exec_process(config: &NodeConfig, process_file: &str, id: &str) -> R
         description: state.description,
         disable_metrics: state.disable_metrics,
     };
-    edit.apply_to_process(&mut process).map_err(|e| e.to_string())?;
+    edit.apply_to_exec_process(&mut process).map_err(|e| e.to_string())?;
     std::fs::write(path, serde_json::to_vec(&process).expect("serializable"))
         .map_err(|e| format!("flox: writing exec process {process_file}: {e}"))
 }
