@@ -193,6 +193,8 @@ pub struct Options {
     pub activate_mode: Option<String>,
     /// `cuda-detection`, default true.
     pub cuda_detection: Option<bool>,
+    /// `activate.add-sbin`, default false.
+    pub add_sbin: Option<bool>,
 }
 
 /// One locked package entry (reference §3.2–3.5).
@@ -518,6 +520,11 @@ impl Lockfile {
     pub fn cuda_detection(&self) -> bool {
         self.manifest.options.cuda_detection.unwrap_or(true)
     }
+
+    /// `options.activate.add-sbin` (default false).
+    pub fn add_sbin(&self) -> bool {
+        self.manifest.options.add_sbin.unwrap_or(false)
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -645,15 +652,10 @@ fn parse_manifest(value: &Value) -> Result<Manifest, LockfileError> {
 
 fn parse_options(o: &serde_json::Map<String, Value>) -> Result<Options, LockfileError> {
     let systems = optional_strings(o.get("systems"), "manifest.options.systems")?;
-    let cuda_detection = match o.get("cuda-detection") {
-        None | Some(Value::Null) => None,
-        Some(Value::Bool(b)) => Some(*b),
-        Some(other) => {
-            return Err(invalid(
-                "manifest.options.cuda-detection",
-                format!("expected true or false, got {}", describe(other)),
-            ))
-        }
+    let cuda_detection = optional_bool(o.get("cuda-detection"), "manifest.options.cuda-detection")?;
+    let add_sbin = match o.get("activate") {
+        Some(Value::Object(activate)) => optional_bool(activate.get("add-sbin"), "manifest.options.activate.add-sbin")?,
+        _ => None,
     };
     let activate_mode = match o.get("activate") {
         None | Some(Value::Null) => None,
@@ -671,7 +673,15 @@ fn parse_options(o: &serde_json::Map<String, Value>) -> Result<Options, Lockfile
             return Err(invalid("manifest.options.activate", format!("expected a table, got {}", describe(other))))
         }
     };
-    Ok(Options { systems, activate_mode, cuda_detection })
+    Ok(Options { systems, activate_mode, cuda_detection, add_sbin })
+}
+
+fn optional_bool(value: Option<&Value>, field: &str) -> Result<Option<bool>, LockfileError> {
+    match value {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(other) => Err(invalid(field, format!("expected true or false, got {}", describe(other)))),
+    }
 }
 
 fn parse_descriptor(id: &str, value: &Value) -> Result<InstallDescriptor, LockfileError> {
@@ -1054,6 +1064,13 @@ mod tests {
         .unwrap();
         assert_eq!(l.activate_mode(), Some("run"));
         assert!(!l.cuda_detection());
+        assert!(!l.add_sbin(), "add-sbin defaults to false");
+        let l = lockfile(json!({"schema-version": "1.14.0", "options": {"activate": {"add-sbin": true}}}), json!([]))
+            .unwrap();
+        assert!(l.add_sbin());
+        assert_eq!(l.activate_mode(), None);
+        let err = lockfile(json!({"version": 1, "options": {"activate": {"add-sbin": "yes"}}}), json!([])).unwrap_err();
+        assert!(err.to_string().contains("manifest.options.activate.add-sbin"), "{err}");
         let err = lockfile(json!({"version": 1, "options": {"activate": {"mode": "prod"}}}), json!([])).unwrap_err();
         assert!(
             err.to_string().contains("manifest.options.activate.mode")
