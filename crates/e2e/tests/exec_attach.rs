@@ -193,6 +193,13 @@ async fn slow_hook_and_liveness_probes(node: &FloxNode) {
     pod.remove().await.unwrap();
 }
 
+/// The stray `^@` seen before a flox TTY exec's output is the terminal's echo of a NUL byte
+/// that arrives on the exec's TTY input from the client side once the client's own input is at
+/// end of file (seen with `ctr task exec -t` under `script` with stdin at EOF). A plain runc
+/// container shows it just the same when its command is still running at that moment (e.g.
+/// `sleep 0.3; echo slow`); short commands in a flox container showed it more often only because
+/// they ran a hook (tens of ms) before the command. With attach there is no hook run on exec,
+/// and with the client's input open, as at a person's terminal, neither prints a NUL.
 async fn tty_exec_prints_what_plain_runc_prints(node: &FloxNode) {
     let pod = node.run(&attach_pod("tty", "flox/attach", None), &[]).await.expect("tty pod starts");
     assert_eq!(hook_runs(&pod).await, 1);
