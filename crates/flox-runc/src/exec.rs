@@ -25,7 +25,9 @@ pub fn wrap_exec_process(config: &NodeConfig, process_file: &str, id: &str) -> R
         description: state.description,
         disable_metrics: state.disable_metrics,
     };
-    edit.apply_to_exec_process(&mut process).map_err(|e| e.to_string())?;
+    let edited =
+        if state.attach { edit.apply_to_exec_process(&mut process) } else { edit.apply_to_process(&mut process) };
+    edited.map_err(|e| e.to_string())?;
     std::fs::write(path, serde_json::to_vec(&process).expect("serializable"))
         .map_err(|e| format!("flox: writing exec process {process_file}: {e}"))
 }
