@@ -234,6 +234,7 @@ fn record_activation(state: Option<&StateDir>, before: &EnvMap, after: &EnvMap, 
     let Some(state) = state else { return };
     let forced = vars.iter().map(|(name, _)| OsString::from(name)).collect();
     if let Err(err) = state.record(&attach::diff(before, after, &forced)) {
+        let _ = state.clear_starting();
         eprintln!(
             "flox: cannot record the activation in {} ({err}); exec processes will run hook.on-activate again",
             state.path().display()

@@ -54,6 +54,12 @@ impl StateDir {
         self.write_atomically(STARTING_FILE, std::process::id().to_string().as_bytes())
     }
 
+    /// The main process gives up recording (the record could not be written): execs must not
+    /// wait for it.
+    pub fn clear_starting(&self) -> io::Result<()> {
+        fs::remove_file(self.path.join(STARTING_FILE))
+    }
+
     /// The main process finished activating with these mutations.
     pub fn record(&self, ops: &[EnvOp]) -> io::Result<()> {
         self.write_atomically(RECORD_FILE, &attach::encode(ops))
@@ -147,6 +153,9 @@ mod tests {
         state.mark_starting().unwrap();
         assert_eq!(state.look(), Found::Starting(std::process::id()));
         assert!(process_alive(std::process::id()));
+        state.clear_starting().unwrap();
+        assert_eq!(state.look(), Found::Nothing);
+        state.mark_starting().unwrap();
         let ops = vec![EnvOp::Set("A".into(), "1".into())];
         state.record(&ops).unwrap();
         assert_eq!(state.look(), Found::Recorded(ops));

@@ -177,3 +177,19 @@ fn a_new_container_starts_fresh() {
 fn chown(path: &Path, uid: u32) {
     std::os::unix::fs::chown(path, Some(uid), Some(uid)).unwrap();
 }
+
+#[test]
+fn a_record_that_cannot_be_written_does_not_leave_execs_waiting() {
+    let test = counting_env(COUNTING_HOOK);
+    // Something in the record's place that rename cannot replace.
+    fs::create_dir(test.state_dir.join("environment")).unwrap();
+    let output = test.command(&["true"]).env("HOOK_COUNT", test.scratch.join("count")).output().unwrap();
+    assert!(output.status.success(), "the workload still runs: {}", stderr(&output));
+    assert!(stderr(&output).contains("exec processes will run hook.on-activate again"), "{}", stderr(&output));
+    assert!(!test.state_dir.join("starting").exists(), "no marker left for execs to wait on");
+    let began = Instant::now();
+    let env = test.command_env(test.attach_command(&["env", "-0"]).env("HOOK_COUNT", test.scratch.join("count")));
+    assert!(began.elapsed() < Duration::from_secs(1));
+    assert_eq!(env["FROM_HOOK"], "hello-from-hook");
+    assert_eq!(hook_runs(&test), 2, "the exec activated anew");
+}
