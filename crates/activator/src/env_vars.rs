@@ -44,6 +44,9 @@ pub struct EnvFacts {
     pub has_rust_src: bool,
     /// dev: `share/jupyter` is a directory.
     pub has_jupyter: bool,
+    /// dev, `options.cuda-detection` on and a GPU device present: the driver libraries the
+    /// container can see (0800_cuda.sh), for `LD_FLOXLIB_FILES_PATH`.
+    pub cuda_libraries: Vec<String>,
 }
 
 /// Where the environment is and how it is activated.
@@ -138,6 +141,14 @@ fn dev_mode_vars(env: &mut EnvMap, inherited: &EnvMap, flox_env: &str, env_dirs:
     }
     if facts.has_java {
         set(env, "JAVA_HOME", flox_env);
+    }
+    if !facts.cuda_libraries.is_empty() {
+        let libraries = facts.cuda_libraries.join(":");
+        let value = match old("LD_FLOXLIB_FILES_PATH").as_str() {
+            "" => libraries,
+            old => format!("{old}:{libraries}"),
+        };
+        set(env, "LD_FLOXLIB_FILES_PATH", &value);
     }
     if let Some(version) = &facts.python_version {
         let suffix = format!("lib/python{version}/site-packages");
@@ -395,6 +406,26 @@ mod tests {
         assert_eq!(value(&env, "_FLOX_ENV_DIRS_ADD_SBIN"), Some("/outer"));
         assert_eq!(value(&env, "PATH"), Some("/run/flox/env/bin:/outer/bin:/outer/sbin:/bin"));
         assert_eq!(value(&env, "MANPATH"), Some("/run/flox/env/share/man:/outer/share/man:"));
+    }
+
+    #[test]
+    fn cuda_libraries_are_appended_in_dev_mode_only() {
+        let facts = EnvFacts {
+            cuda_libraries: vec!["/usr/lib/libcuda.so.1".into(), "/usr/lib/libnvidia-ml.so.1".into()],
+            ..EnvFacts::default()
+        };
+        let env = activation_env(&EnvMap::new(), &settings(Mode::Dev), &facts);
+        assert_eq!(value(&env, "LD_FLOXLIB_FILES_PATH"), Some("/usr/lib/libcuda.so.1:/usr/lib/libnvidia-ml.so.1"));
+        let inherited = env_map([("LD_FLOXLIB_FILES_PATH", "/a.so")]);
+        let env = activation_env(&inherited, &settings(Mode::Dev), &facts);
+        assert_eq!(
+            value(&env, "LD_FLOXLIB_FILES_PATH"),
+            Some("/a.so:/usr/lib/libcuda.so.1:/usr/lib/libnvidia-ml.so.1")
+        );
+        let env = activation_env(&EnvMap::new(), &settings(Mode::Run), &facts);
+        assert_eq!(value(&env, "LD_FLOXLIB_FILES_PATH"), None);
+        let env = activation_env(&EnvMap::new(), &settings(Mode::Dev), &EnvFacts::default());
+        assert_eq!(value(&env, "LD_FLOXLIB_FILES_PATH"), None);
     }
 
     #[test]

@@ -8,13 +8,16 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use imageless_core::activation::{ActivationData, Mode, Profile};
 use imageless_core::container_paths;
 
+use crate::attach::{self, EnvOp};
 use crate::env_vars::{self, Settings};
 use crate::lookup::{find_program, Lookup};
 use crate::start_script::{self, Phase, StartScript};
+use crate::state::{self, Found, StateDir};
 use crate::{probe, EnvMap};
 
 /// Exit status when the activator itself fails before the command runs.
@@ -26,7 +29,13 @@ pub const EXIT_NOT_FOUND: i32 = 127;
 const ENOENT: i32 = 2;
 const ENOEXEC: i32 = 8;
 
-pub const USAGE: &str = "usage: flox-activate [--env DIR] [--cache DIR] -- COMMAND [ARGS...]";
+pub const USAGE: &str = "usage: flox-activate [--attach] [--env DIR] [--cache DIR] [--state DIR] -- COMMAND [ARGS...]";
+
+/// How long an attaching exec waits for a main process that has not yet marked its start
+/// (it does so first thing; this only covers an exec racing the container's start).
+pub const MARKER_GRACE: Duration = Duration::from_secs(2);
+/// How often an attaching exec looks again while the main process activates.
+pub const ATTACH_POLL: Duration = Duration::from_millis(5);
 
 /// Why the command did not start: the message for stderr and the exit status.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,16 +56,26 @@ pub struct Invocation {
     pub env_dir: PathBuf,
     /// `FLOX_ENV_CACHE`; `--cache` overrides the container tmpfs (for tests).
     pub cache_dir: PathBuf,
+    /// The activation state directory; `--state` overrides the container tmpfs (for tests).
+    pub state_dir: PathBuf,
+    /// `--attach`: an exec process joining the main process's activation.
+    pub attach: bool,
+    /// Where CUDA detection looks for `/dev`, `/etc/ld.so.cache` and `/run/opengl-driver`;
+    /// `--system-root` overrides `/` (for tests).
+    pub system_root: PathBuf,
     /// The command and its arguments, verbatim; empty means an interactive shell.
     pub command: Vec<OsString>,
 }
 
-/// `[--env DIR] [--cache DIR] -- CMD ARGS...`; without `--`, arguments from the first one
+/// `[--attach] [--env DIR] [--cache DIR] [--state DIR] -- CMD ARGS...`; without `--`, arguments from the first one
 /// that is not an option are the command.
 pub fn parse_args(args: Vec<OsString>) -> Result<Invocation, Failure> {
     let mut invocation = Invocation {
         env_dir: PathBuf::from(container_paths::ENV_DIR),
         cache_dir: PathBuf::from(container_paths::CACHE_DIR),
+        state_dir: PathBuf::from(container_paths::ACTIVATION_STATE_DIR),
+        attach: false,
+        system_root: PathBuf::from("/"),
         command: Vec::new(),
     };
     let usage = |message: String| Failure { message: format!("flox-activate: {message}\n{USAGE}"), exit_code: 2 };
@@ -75,8 +94,13 @@ pub fn parse_args(args: Vec<OsString>) -> Result<Invocation, Failure> {
                 return Ok(invocation);
             }
             "-h" | "--help" => return Err(Failure { message: USAGE.to_string(), exit_code: 0 }),
+            container_paths::ATTACH_FLAG => invocation.attach = true,
             _ if text == "--env" || text.starts_with("--env=") => invocation.env_dir = value_of("--env")?,
             _ if text == "--cache" || text.starts_with("--cache=") => invocation.cache_dir = value_of("--cache")?,
+            _ if text == "--state" || text.starts_with("--state=") => invocation.state_dir = value_of("--state")?,
+            _ if text == "--system-root" || text.starts_with("--system-root=") => {
+                invocation.system_root = value_of("--system-root")?
+            }
             _ if text.starts_with('-') => {
                 return Err(usage(format!("unknown option {text:?}; put the command after `--`")))
             }
@@ -92,7 +116,7 @@ pub fn parse_args(args: Vec<OsString>) -> Result<Invocation, Failure> {
 /// Activates and execs; returns only on failure.
 pub fn activate(mut invocation: Invocation) -> Failure {
     // FLOX_ENV and FLOX_ENV_CACHE must stay valid after the command changes directory.
-    for dir in [&mut invocation.env_dir, &mut invocation.cache_dir] {
+    for dir in [&mut invocation.env_dir, &mut invocation.cache_dir, &mut invocation.state_dir] {
         if let Ok(absolute) = std::path::absolute(&*dir) {
             *dir = absolute;
         }
@@ -119,7 +143,23 @@ pub struct Prepared {
 }
 
 /// Reads the data, computes the environment and runs the start script when needed.
+///
+/// The main process (no `--attach`) marks its start in the state directory first thing and
+/// records what the start script changed once it finished. An exec process (`--attach`)
+/// computes the fixed variables from its own environment and replays that record onto them,
+/// running no hook (Flox's attach, §5.9). While the main process is still activating the exec
+/// waits for it, as Flox makes a second activation wait for the first; when there is nothing
+/// to attach to (a container from before attach existed, a main process that died while
+/// activating, an exec as another user than the one that recorded), the exec starts afresh and
+/// runs the hook itself, as Flox starts a new activation when none is ready.
 pub fn prepare(invocation: &Invocation) -> Result<Prepared, Failure> {
+    let state = StateDir::open(&invocation.state_dir);
+    if !invocation.attach {
+        if let Some(state) = &state {
+            // Best effort: without a marker an exec waits MARKER_GRACE, then starts afresh.
+            let _ = state.mark_starting();
+        }
+    }
     let data = read_activation_data(&invocation.env_dir)?;
     let inherited: EnvMap = std::env::vars_os().collect();
     let description = inherited
@@ -133,10 +173,13 @@ pub fn prepare(invocation: &Invocation) -> Result<Prepared, Failure> {
         env_dir: invocation.env_dir.to_string_lossy().into_owned(),
         cache_dir: invocation.cache_dir.to_string_lossy().into_owned(),
         mode: data.mode,
-        // Not in the activation data yet: flox's default.
-        add_sbin: false,
+        add_sbin: data.add_sbin,
     };
-    let facts = probe::env_facts(&invocation.env_dir, data.mode, &inherited);
+    let mut facts = probe::env_facts(&invocation.env_dir, data.mode, &inherited);
+    // 0800_cuda.sh is one of the dev-mode interpreter scripts.
+    if data.mode == Mode::Dev && data.cuda_detection {
+        facts.cuda_libraries = probe::cuda_libraries(&invocation.system_root);
+    }
     let mut env = env_vars::activation_env(&inherited, &settings, &facts);
 
     let plugin_scripts = match data.mode {
@@ -145,8 +188,20 @@ pub fn prepare(invocation: &Invocation) -> Result<Prepared, Failure> {
     };
     let var_needing_bash = data.vars.iter().find(|(_, value)| start_script::value_needs_bash(value));
     if data.hook_on_activate.is_none() && plugin_scripts.is_empty() && var_needing_bash.is_none() {
+        // Nothing runs at start: an exec computes the same environment by itself, without
+        // waiting for the main process.
+        let before = env.clone();
         start_script::apply_literal_vars(&mut env, &data.vars);
+        if !invocation.attach {
+            record_activation(state.as_ref(), &before, &env, &data.vars);
+        }
         return Ok(Prepared { env, description, profile: data.profile });
+    }
+    if invocation.attach {
+        if let Some(ops) = state.as_ref().and_then(wait_for_record) {
+            attach::apply(&mut env, &ops);
+            return Ok(Prepared { env, description, profile: data.profile });
+        }
     }
 
     let why_bash = if data.hook_on_activate.is_some() {
@@ -166,8 +221,45 @@ pub fn prepare(invocation: &Invocation) -> Result<Prepared, Failure> {
             )))
         }
     };
-    let env = run_start_script(&bash, &data, plugin_scripts, env, &invocation.cache_dir, &description)?;
-    Ok(Prepared { env, description, profile: data.profile })
+    let started = run_start_script(&bash, &data, plugin_scripts, env.clone(), &invocation.cache_dir, &description)?;
+    if !invocation.attach {
+        record_activation(state.as_ref(), &env, &started, &data.vars);
+    }
+    Ok(Prepared { env: started, description, profile: data.profile })
+}
+
+/// The main process records what its start changed, for exec processes to attach to. A
+/// failure costs only the attach (execs then run the hook themselves), so it is a warning.
+fn record_activation(state: Option<&StateDir>, before: &EnvMap, after: &EnvMap, vars: &[(String, String)]) {
+    let Some(state) = state else { return };
+    let forced = vars.iter().map(|(name, _)| OsString::from(name)).collect();
+    if let Err(err) = state.record(&attach::diff(before, after, &forced)) {
+        let _ = state.clear_starting();
+        eprintln!(
+            "flox: cannot record the activation in {} ({err}); exec processes will run hook.on-activate again",
+            state.path().display()
+        );
+    }
+}
+
+/// The main process's record, waiting while it activates; None when there is nothing to
+/// attach to.
+fn wait_for_record(state: &StateDir) -> Option<Vec<EnvOp>> {
+    let began = Instant::now();
+    loop {
+        match state.look() {
+            Found::Recorded(ops) => return Some(ops),
+            Found::Starting(pid) if state::process_alive(pid) => {}
+            Found::Starting(_) => return None,
+            Found::Nothing if began.elapsed() < MARKER_GRACE => {}
+            Found::Nothing => return None,
+            Found::Unusable(why) => {
+                eprintln!("flox: not attaching to the container's activation ({why}); activating anew");
+                return None;
+            }
+        }
+        std::thread::sleep(ATTACH_POLL);
+    }
 }
 
 fn read_activation_data(env_dir: &Path) -> Result<ActivationData, Failure> {
@@ -418,10 +510,15 @@ mod tests {
         let parsed = parse_args(args(&["--", "echo", "--env", "x"])).unwrap();
         assert_eq!(parsed.env_dir, PathBuf::from("/run/flox/env"));
         assert_eq!(parsed.cache_dir, PathBuf::from("/run/flox/cache"));
+        assert_eq!(parsed.state_dir, PathBuf::from("/run/flox/activation"));
+        assert!(!parsed.attach);
         assert_eq!(parsed.command, args(&["echo", "--env", "x"]));
 
         let parsed = parse_args(args(&["--env", "/e", "--cache=/c", "--", "ls"])).unwrap();
         assert_eq!((parsed.env_dir, parsed.cache_dir), (PathBuf::from("/e"), PathBuf::from("/c")));
+        let parsed = parse_args(args(&["--attach", "--state", "/s", "--", "ls"])).unwrap();
+        assert!(parsed.attach);
+        assert_eq!(parsed.state_dir, PathBuf::from("/s"));
 
         assert_eq!(parse_args(args(&["ls", "-l"])).unwrap().command, args(&["ls", "-l"]));
         assert!(parse_args(args(&["--"])).unwrap().command.is_empty());

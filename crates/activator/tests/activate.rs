@@ -1,107 +1,14 @@
 //! Runs the built `flox-activate` against temporary environment trees, with bash-static as
 //! the environment's `bin/bash` where a test needs bash.
-use std::collections::BTreeMap;
+mod support;
+
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{symlink, PermissionsExt};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 
-use imageless_core::activation::{ActivationData, Mode, Profile};
-
-const ACTIVATOR: &str = env!("CARGO_BIN_EXE_flox-activate");
-const BASH_STATIC: &str = "/bin/bash-static";
-const DESCRIPTION: &str = "owner/name";
-
-struct TestEnv {
-    _root: tempfile::TempDir,
-    env_dir: PathBuf,
-    cache_dir: PathBuf,
-    /// A directory standing in for the image's own PATH entries.
-    image_bin: PathBuf,
-}
-
-impl TestEnv {
-    fn new(mode: Mode, vars: &[(&str, &str)], hook: Option<&str>) -> TestEnv {
-        let root = tempfile::tempdir().unwrap();
-        let env_dir = root.path().join("env");
-        let cache_dir = root.path().join("cache");
-        let image_bin = root.path().join("image-bin");
-        for dir in [env_dir.join("activate.d"), env_dir.join("bin"), cache_dir.clone(), image_bin.clone()] {
-            fs::create_dir_all(dir).unwrap();
-        }
-        let data = ActivationData {
-            version: ActivationData::VERSION,
-            mode,
-            vars: vars.iter().map(|(name, value)| (name.to_string(), value.to_string())).collect(),
-            hook_on_activate: hook.map(str::to_string),
-            profile: Profile::default(),
-            cuda_detection: true,
-        };
-        fs::write(env_dir.join("activate.d/imageless.json"), serde_json::to_vec(&data).unwrap()).unwrap();
-        TestEnv { _root: root, env_dir, cache_dir, image_bin }
-    }
-
-    fn with_bash(self) -> TestEnv {
-        symlink(BASH_STATIC, self.env_dir.join("bin/bash")).unwrap();
-        self
-    }
-
-    fn env_str(&self) -> String {
-        self.env_dir.to_str().unwrap().to_string()
-    }
-
-    /// The activator with a clean environment: `PATH` is the image bin dir then /usr/bin
-    /// (coreutils' `env` prints the command's environment).
-    fn command(&self, args: &[&str]) -> Command {
-        let mut command = Command::new(ACTIVATOR);
-        command
-            .arg("--env")
-            .arg(&self.env_dir)
-            .arg("--cache")
-            .arg(&self.cache_dir)
-            .arg("--")
-            .args(args)
-            .env_clear()
-            .env("PATH", format!("{}:/usr/bin:/bin", self.image_bin.display()))
-            .env("HOME", "/root")
-            .env("FLOX_ENV_DESCRIPTION", DESCRIPTION)
-            .stdin(Stdio::null());
-        command
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.command(args).output().unwrap()
-    }
-
-    /// Runs `env -0` and returns the environment the command saw.
-    fn command_env(&self, command: &mut Command) -> BTreeMap<String, String> {
-        let output = command.output().unwrap();
-        assert!(output.status.success(), "activator failed: {}", String::from_utf8_lossy(&output.stderr));
-        parse_env0(&output.stdout)
-    }
-}
-
-fn parse_env0(bytes: &[u8]) -> BTreeMap<String, String> {
-    String::from_utf8(bytes.to_vec())
-        .unwrap()
-        .split('\0')
-        .filter(|record| !record.is_empty())
-        .map(|record| {
-            let (name, value) = record.split_once('=').unwrap();
-            (name.to_string(), value.to_string())
-        })
-        .collect()
-}
-
-fn write_executable(path: &Path, text: &str) {
-    fs::write(path, text).unwrap();
-    fs::set_permissions(path, fs::Permissions::from_mode(0o755)).unwrap();
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
+use imageless_core::activation::{ActivationData, Mode};
+use support::*;
 
 #[test]
 fn run_mode_variables() {

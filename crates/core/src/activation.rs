@@ -44,6 +44,11 @@ pub struct ActivationData {
     pub profile: Profile,
     /// `options.cuda-detection` (default true in flox; the activator ignores it without /dev/nvidia*).
     pub cuda_detection: bool,
+    /// `options.activate.add-sbin` (default false): `$FLOX_ENV/sbin` goes on PATH after
+    /// `$FLOX_ENV/bin`, and the env dir into `_FLOX_ENV_DIRS_ADD_SBIN`. Absent in data written
+    /// before it existed, which means false.
+    #[serde(default)]
+    pub add_sbin: bool,
 }
 
 /// `[profile]` scripts, outdented ([`crate::lockfile::Lockfile::profile`]).

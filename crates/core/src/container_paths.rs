@@ -7,6 +7,13 @@ pub const ENV_DIR: &str = "/run/flox/env";
 pub const ACTIVATOR: &str = "/run/flox/activate";
 /// A writable tmpfs for `FLOX_ENV_CACHE`; gone with the container, so nothing leaks on the node.
 pub const CACHE_DIR: &str = "/run/flox/cache";
+/// A small tmpfs of ours, mode 0700 and owned by the container's user: the main process's
+/// activation records here the environment it exec'd with, and exec processes attach to it
+/// instead of running `hook.on-activate` again. Not under `FLOX_ENV_CACHE` (the workload's own
+/// directory), and private to that user because the environment may hold secrets.
+pub const ACTIVATION_STATE_DIR: &str = "/run/flox/activation";
+/// The activator's option that marks an exec process: attach to the main process's activation.
+pub const ATTACH_FLAG: &str = "--attach";
 /// The activation data inside the rendered environment.
 pub const ACTIVATION_DATA: &str = "/run/flox/env/activate.d/imageless.json";
 /// Relative path of the activation data inside a rendered environment tree.

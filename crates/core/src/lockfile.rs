@@ -120,6 +120,11 @@ impl Lockfile {
     pub fn cuda_detection(&self) -> bool {
         self.manifest.options.cuda_detection.unwrap_or(true)
     }
+
+    /// `options.activate.add-sbin` (default false).
+    pub fn add_sbin(&self) -> bool {
+        self.manifest.options.add_sbin.unwrap_or(false)
+    }
 }
 
 #[cfg(test)]

@@ -111,6 +111,26 @@ pub struct FloxEdit {
     pub disable_metrics: bool,
 }
 
+/// Who the container's main process runs as (`process.user`), which owns the activation
+/// state tmpfs so the activator can write it without any privilege.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProcessOwner {
+    pub uid: u64,
+    pub gid: u64,
+}
+
+impl ProcessOwner {
+    /// `process.user.uid`/`gid`; absent means root, as in runc.
+    pub fn of(process: &Value) -> ProcessOwner {
+        let id = |key: &str| process.get("user").and_then(|user| user.get(key)).and_then(Value::as_u64).unwrap_or(0);
+        ProcessOwner { uid: id("uid"), gid: id("gid") }
+    }
+}
+
+/// Size cap of the activation state tmpfs: the recorded environment cannot be larger than
+/// what execve accepts (a few MiB at most), and a cap keeps a runaway writer from using memory.
+pub const ACTIVATION_STATE_SIZE: &str = "size=4096k";
+
 fn bind(source: &str, destination: &str) -> Value {
     json!({
         "destination": destination,
@@ -122,7 +142,7 @@ fn bind(source: &str, destination: &str) -> Value {
 
 impl FloxEdit {
     /// The mounts a flox container gets, in the order runc must make them.
-    pub fn mounts(&self) -> Vec<Value> {
+    pub fn mounts(&self, owner: ProcessOwner) -> Vec<Value> {
         let mut mounts = Vec::new();
         if !matches!(self.nix, NixView::Overlay { .. }) {
             // An empty /nix of our own, made read-only after all mounts (linux.readonlyPaths),
@@ -164,15 +184,31 @@ impl FloxEdit {
             "source": "tmpfs",
             "options": ["nosuid", "nodev", "mode=1777", "size=65536k"],
         }));
+        // A fresh one per container: a restarted container activates (and runs its hook) anew.
+        mounts.push(json!({
+            "destination": container_paths::ACTIVATION_STATE_DIR,
+            "type": "tmpfs",
+            "source": "tmpfs",
+            "options": [
+                "nosuid",
+                "nodev",
+                "noexec",
+                "mode=700",
+                format!("uid={}", owner.uid),
+                format!("gid={}", owner.gid),
+                ACTIVATION_STATE_SIZE,
+            ],
+        }));
         mounts
     }
 
     /// Edits a full config.json.
     pub fn apply_to_spec(&self, spec: &mut Value) -> Result<(), SpecError> {
+        let owner = ProcessOwner::of(spec.get("process").unwrap_or(&Value::Null));
         let obj = spec.as_object_mut().ok_or(SpecError::NotASpec("not a JSON object"))?;
         let mounts = obj.entry("mounts").or_insert_with(|| Value::Array(Vec::new()));
         let mounts = mounts.as_array_mut().ok_or(SpecError::NotASpec("mounts is not an array"))?;
-        mounts.extend(self.mounts());
+        mounts.extend(self.mounts(owner));
         if !matches!(self.nix, NixView::Overlay { .. }) {
             let linux = obj.entry("linux").or_insert_with(|| json!({}));
             let linux = linux.as_object_mut().ok_or(SpecError::NotASpec("linux is not an object"))?;
@@ -187,10 +223,21 @@ impl FloxEdit {
         self.apply_to_process(process)
     }
 
-    /// Edits a process (config.json's `process`, or the file given to `runc exec --process`).
+    /// Edits the container's main process (config.json's `process`): it starts the activation.
     pub fn apply_to_process(&self, process: &mut Value) -> Result<(), SpecError> {
+        self.edit_process(process, &[])
+    }
+
+    /// Edits an exec process (the file given to `runc exec --process`): it attaches to the
+    /// main process's activation (no second `hook.on-activate` run), as a later
+    /// `flox activate` in the same container does.
+    pub fn apply_to_exec_process(&self, process: &mut Value) -> Result<(), SpecError> {
+        self.edit_process(process, &[container_paths::ATTACH_FLAG])
+    }
+
+    fn edit_process(&self, process: &mut Value, activator_options: &[&str]) -> Result<(), SpecError> {
         let process = process.as_object_mut().ok_or(SpecError::NotASpec("process is not an object"))?;
-        wrap_args(process)?;
+        wrap_args(process, activator_options)?;
         let env = process.entry("env").or_insert_with(|| Value::Array(Vec::new()));
         let env = env.as_array_mut().ok_or(SpecError::NotASpec("process.env is not an array"))?;
         set_env(env, "FLOX_ENV_DESCRIPTION", &self.description);
@@ -201,14 +248,16 @@ impl FloxEdit {
     }
 }
 
-fn wrap_args(process: &mut Map<String, Value>) -> Result<(), SpecError> {
+fn wrap_args(process: &mut Map<String, Value>, activator_options: &[&str]) -> Result<(), SpecError> {
     let args = process.entry("args").or_insert_with(|| Value::Array(Vec::new()));
     let args = args.as_array_mut().ok_or(SpecError::NotASpec("process.args is not an array"))?;
     // Idempotent: a process that is already wrapped (a retried create) is not wrapped twice.
     if args.first().and_then(Value::as_str) == Some(container_paths::ACTIVATOR) {
         return Ok(());
     }
-    let mut wrapped = vec![json!(container_paths::ACTIVATOR), json!("--")];
+    let mut wrapped = vec![json!(container_paths::ACTIVATOR)];
+    wrapped.extend(activator_options.iter().map(|option| json!(option)));
+    wrapped.push(json!("--"));
     wrapped.append(args);
     *args = wrapped;
     Ok(())
@@ -291,11 +340,43 @@ mod tests {
             json!(["PATH=/usr/bin", "FLOX_ENV_DESCRIPTION=flox/echoip", "FLOX_DISABLE_METRICS=1"])
         );
         assert_eq!(s["linux"]["someFutureField"], json!({"keep": true}));
-        assert_eq!(s["mounts"].as_array().unwrap().len(), 2 + 5);
+        assert_eq!(s["mounts"].as_array().unwrap().len(), 2 + 6);
         assert_eq!(s["linux"]["readonlyPaths"], json!(["/nix"]));
         let mut p = s["process"].clone();
         edit.apply_to_process(&mut p).unwrap();
         assert_eq!(p["process"], Value::Null);
         assert_eq!(p["args"], json!(["/run/flox/activate", "--", "echoip"]));
+    }
+
+    #[test]
+    fn exec_process_attaches_and_state_tmpfs_belongs_to_the_user() {
+        let edit = FloxEdit {
+            env_dir: "/e".into(),
+            activator: "/a".into(),
+            nix: NixView::WholeStore,
+            description: "flox/hooks".into(),
+            disable_metrics: false,
+        };
+        let mut process = json!({"args": ["sh", "-c", "true"], "env": []});
+        edit.apply_to_exec_process(&mut process).unwrap();
+        assert_eq!(process["args"], json!(["/run/flox/activate", "--attach", "--", "sh", "-c", "true"]));
+        edit.apply_to_exec_process(&mut process).unwrap();
+        assert_eq!(process["args"][1], "--attach", "wrapped once");
+
+        let mut s = spec();
+        s["process"]["user"] = json!({"uid": 1000, "gid": 2000});
+        edit.apply_to_spec(&mut s).unwrap();
+        let state = s["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["destination"] == "/run/flox/activation")
+            .expect("activation state mount");
+        assert_eq!(state["type"], "tmpfs");
+        let options: Vec<&str> = state["options"].as_array().unwrap().iter().map(|o| o.as_str().unwrap()).collect();
+        for wanted in ["mode=700", "uid=1000", "gid=2000", "noexec"] {
+            assert!(options.contains(&wanted), "{wanted} in {options:?}");
+        }
+        assert_eq!(ProcessOwner::of(&json!({})), ProcessOwner { uid: 0, gid: 0 });
     }
 }

@@ -92,9 +92,9 @@ fn exec_process_is_wrapped_once() {
     let mut process = spec["process"].clone();
     process["args"] = serde_json::json!(["hello", "--greeting", "x"]);
     let e = FloxEdit { disable_metrics: true, ..edit(closure()) };
-    e.apply_to_process(&mut process).unwrap();
+    e.apply_to_exec_process(&mut process).unwrap();
     let once = process.clone();
-    e.apply_to_process(&mut process).unwrap();
+    e.apply_to_exec_process(&mut process).unwrap();
     assert_eq!(process, once, "a second wrap changes nothing");
     golden("exec-process.flox.json", &process);
 }

@@ -97,6 +97,7 @@ fn prepare(config: &NodeConfig, config_path: &Path, id: &str, log: &ErrorLog) ->
         disable_metrics: edit.disable_metrics,
         skip_exec: opts.skip.containers_exec.contains(&name),
         overlay_dir: overlay_dir.map(|d| d.display().to_string()),
+        attach: true,
     };
     state.save(&config.state_root).map_err(|e| format!("flox: saving container state: {e}"))?;
     edit.apply_to_spec(&mut spec).map_err(|e| e.to_string())?;

@@ -1,6 +1,6 @@
 //! `runc exec --process F`: containerd builds F from its stored spec, not from the config.json
-//! we edited, so exec processes are wrapped again here — unless the container is listed in
-//! `flox.dev/skip-containers-exec`.
+//! we edited, so exec processes are wrapped again here (as attaches to the main process's
+//! activation) — unless the container is listed in `flox.dev/skip-containers-exec`.
 //!
 //! F is written by the runc shim, but its contents come from the exec request (a pod's user
 //! chooses args and env), so it is read like any pod-influenced file: no symlink followed,
@@ -33,7 +33,9 @@ pub fn wrap_exec_process(config: &NodeConfig, process_file: &str, id: &str) -> R
         description: state.description,
         disable_metrics: state.disable_metrics,
     };
-    edit.apply_to_process(&mut process).map_err(|e| e.to_string())?;
+    let edited =
+        if state.attach { edit.apply_to_exec_process(&mut process) } else { edit.apply_to_process(&mut process) };
+    edited.map_err(|e| e.to_string())?;
     file.replace(&serde_json::to_vec(&process).expect("serializable"))
         .map_err(|e| format!("flox: writing the exec process file: {e}"))
 }

@@ -396,6 +396,7 @@ impl NodeCache {
             hook_on_activate: lockfile.hook_on_activate(),
             profile: lockfile.profile(),
             cuda_detection: lockfile.cuda_detection(),
+            add_sbin: lockfile.add_sbin(),
         };
         render::write_generated(&tree, ACTIVATION_DATA_REL, &serde_json::to_vec_pretty(&data).expect("serializable"))?;
         render::write_generated(&tree, "manifest.lock", lock_bytes)?;

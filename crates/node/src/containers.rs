@@ -19,6 +19,11 @@ pub struct ContainerState {
     pub skip_exec: bool,
     /// nix-mutable overlay directory to remove after delete.
     pub overlay_dir: Option<String>,
+    /// Created with the activation state tmpfs: exec processes attach (`--attach`) to the main
+    /// process's activation. False (absent) for containers created before attach existed:
+    /// their activator is bind-mounted from then and may not know the flag.
+    #[serde(default)]
+    pub attach: bool,
 }
 
 pub fn containers_dir(state_root: &Path) -> PathBuf {
@@ -75,4 +80,20 @@ pub fn keys_in_use(state_root: &Path) -> HashSet<String> {
         }
     }
     keys
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_of_a_container_from_before_attach_does_not_attach() {
+        let old = r#"{"id":"c1","env_key":"k","env_dir":"/e","activator":"/a","description":"o/n",
+                      "disable_metrics":false,"skip_exec":false,"overlay_dir":null}"#;
+        let state: ContainerState = serde_json::from_str(old).unwrap();
+        assert!(!state.attach);
+        let dir = tempfile::tempdir().unwrap();
+        ContainerState { attach: true, ..state }.save(dir.path()).unwrap();
+        assert!(ContainerState::load(dir.path(), "c1").unwrap().attach);
+    }
 }

@@ -94,6 +94,8 @@ pub struct Options {
     pub activate_mode: Option<String>,
     /// `cuda-detection`, default true.
     pub cuda_detection: Option<bool>,
+    /// `activate.add-sbin`, default false.
+    pub add_sbin: Option<bool>,
 }
 
 /// One locked package entry (reference §3.2–3.5).

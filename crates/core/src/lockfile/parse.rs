@@ -129,15 +129,10 @@ pub(super) fn parse_manifest(value: &Value) -> Result<Manifest, LockfileError> {
 
 fn parse_options(o: &serde_json::Map<String, Value>) -> Result<Options, LockfileError> {
     let systems = optional_strings(o.get("systems"), "manifest.options.systems")?;
-    let cuda_detection = match o.get("cuda-detection") {
-        None | Some(Value::Null) => None,
-        Some(Value::Bool(b)) => Some(*b),
-        Some(other) => {
-            return Err(invalid(
-                "manifest.options.cuda-detection",
-                format!("expected true or false, got {}", describe(other)),
-            ))
-        }
+    let cuda_detection = optional_bool(o.get("cuda-detection"), "manifest.options.cuda-detection")?;
+    let add_sbin = match o.get("activate") {
+        Some(Value::Object(activate)) => optional_bool(activate.get("add-sbin"), "manifest.options.activate.add-sbin")?,
+        _ => None,
     };
     let activate_mode = match o.get("activate") {
         None | Some(Value::Null) => None,
@@ -155,7 +150,15 @@ fn parse_options(o: &serde_json::Map<String, Value>) -> Result<Options, Lockfile
             return Err(invalid("manifest.options.activate", format!("expected a table, got {}", describe(other))))
         }
     };
-    Ok(Options { systems, activate_mode, cuda_detection })
+    Ok(Options { systems, activate_mode, cuda_detection, add_sbin })
+}
+
+fn optional_bool(value: Option<&Value>, field: &str) -> Result<Option<bool>, LockfileError> {
+    match value {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(other) => Err(invalid(field, format!("expected true or false, got {}", describe(other)))),
+    }
 }
 
 fn parse_descriptor(id: &str, value: &Value) -> Result<InstallDescriptor, LockfileError> {

@@ -213,6 +213,13 @@ fn options_mode_cuda_and_reserved_vars() {
     .unwrap();
     assert_eq!(l.activate_mode(), Some("run"));
     assert!(!l.cuda_detection());
+    assert!(!l.add_sbin(), "add-sbin defaults to false");
+    let l =
+        lockfile(json!({"schema-version": "1.14.0", "options": {"activate": {"add-sbin": true}}}), json!([])).unwrap();
+    assert!(l.add_sbin());
+    assert_eq!(l.activate_mode(), None);
+    let err = lockfile(json!({"version": 1, "options": {"activate": {"add-sbin": "yes"}}}), json!([])).unwrap_err();
+    assert!(err.to_string().contains("manifest.options.activate.add-sbin"), "{err}");
     let err = lockfile(json!({"version": 1, "options": {"activate": {"mode": "prod"}}}), json!([])).unwrap_err();
     assert!(
         err.to_string().contains("manifest.options.activate.mode") && err.to_string().contains("\"run\" or \"dev\"")
