@@ -15,15 +15,35 @@ pub enum RestartMode {
     None,
 }
 
-/// Runs containerd (on the node: chrooted when --host-root is not /) with `args`.
-pub fn containerd_command(root: &HostRoot, containerd_bin: &Path) -> Command {
-    if root.is_root() {
-        Command::new(containerd_bin)
-    } else {
-        let mut cmd = Command::new("chroot");
-        cmd.arg(&root.0).arg(containerd_bin);
-        cmd
+/// PATH for programs run on the node (the installer image's own PATH names only its binaries).
+const NODE_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// A command run on the node: in the node's root (chroot(2) in the child, done in-process because
+/// the installer image has no `chroot` binary) when --host-root is not /.
+pub fn node_command(root: &HostRoot, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut cmd = Command::new(program);
+    if !root.is_root() {
+        use std::os::unix::ffi::OsStrExt;
+        use std::os::unix::process::CommandExt;
+        // Built before fork: the child only makes two system calls.
+        let dir = std::ffi::CString::new(root.0.as_os_str().as_bytes()).unwrap_or_default();
+        cmd.env("PATH", NODE_PATH);
+        // SAFETY: chroot and chdir are async-signal-safe; `dir` outlives the closure (moved in).
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::chroot(dir.as_ptr()) != 0 || libc::chdir(c"/".as_ptr()) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
     }
+    cmd
+}
+
+/// Runs containerd (on the node, see [`node_command`]).
+pub fn containerd_command(root: &HostRoot, containerd_bin: &Path) -> Command {
+    node_command(root, containerd_bin)
 }
 
 pub fn find_containerd(root: &HostRoot, explicit: Option<&Path>) -> Option<PathBuf> {
@@ -107,13 +127,7 @@ pub fn restart(root: &HostRoot, mode: RestartMode, main: &Path) -> Result<String
     };
     match mode {
         RestartMode::Systemd => {
-            let mut cmd = if root.is_root() {
-                Command::new("systemctl")
-            } else {
-                let mut c = Command::new("chroot");
-                c.arg(&root.0).arg("systemctl");
-                c
-            };
+            let mut cmd = node_command(root, "systemctl");
             let status = cmd
                 .args(["restart", "containerd"])
                 .status()
