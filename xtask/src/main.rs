@@ -90,7 +90,8 @@ fn layout() -> Layout {
 
 fn setup() -> Result<()> {
     run(Command::new("bash").arg("scripts/setup-machine.sh"))?;
-    run(Command::new("bash").arg("scripts/fetch-containerd.sh"))
+    run(Command::new("bash").arg("scripts/fetch-containerd.sh"))?;
+    run(Command::new("bash").arg("scripts/fetch-kubectl.sh"))
 }
 
 fn build() -> Result<()> {
