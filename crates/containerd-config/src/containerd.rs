@@ -159,3 +159,26 @@ pub fn restart(root: &HostRoot, mode: RestartMode, main: &Path) -> Result<String
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Under another host root the command runs chrooted there, found by the node's PATH, without
+    /// a `chroot` binary (the installer image has none). Needs root and a static busybox.
+    #[test]
+    fn node_command_runs_in_the_host_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path().join("usr/bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::copy("/bin/busybox", bin.join("busybox")).unwrap_or_else(|e| panic!("static /bin/busybox: {e}"));
+        std::fs::write(dir.path().join("only-in-the-root"), "").unwrap();
+        let out = node_command(&HostRoot(dir.path().to_owned()), "busybox")
+            .args(["sh", "-c", "pwd; ls /"])
+            .current_dir("/tmp")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "/\nonly-in-the-root\nusr\n");
+    }
+}
