@@ -62,3 +62,19 @@ async fn wait_for_termination() -> Result<(), ClusterError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Outside a pod (no KUBERNETES_SERVICE_HOST, no service account) the error says what is
+    /// missing and where the command is meant to run.
+    #[test]
+    fn outside_a_pod_the_error_names_the_in_cluster_config() {
+        assert!(std::env::var_os("KUBERNETES_SERVICE_HOST").is_none(), "this test runs outside a cluster");
+        let err = run(NodeCommand::Label(LabelArgs { node: "node-1".into(), remove: false, wait: false }))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no in-cluster Kubernetes config") && err.contains("service account"), "{err}");
+    }
+}
