@@ -210,4 +210,65 @@ mod tests {
         write_archive(&bins, "0.1.0", &b).unwrap();
         assert_ne!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
     }
+
+    /// The archive is a valid OCI layout: every blob's name is its digest, index.json points at
+    /// the manifest, the manifest at the config and layer, and the layer holds the binaries.
+    #[test]
+    fn archive_is_an_oci_layout_whose_digests_check() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in BINARIES {
+            std::fs::write(dir.path().join(name), format!("binary {name}")).unwrap();
+        }
+        let out = dir.path().join("image.tar");
+        write_archive(dir.path(), "9.9.9", &out).unwrap();
+        let mut files = std::collections::BTreeMap::new();
+        let mut archive = tar::Archive::new(std::fs::File::open(&out).unwrap());
+        for entry in archive.entries().unwrap() {
+            let mut entry = entry.unwrap();
+            assert_eq!(entry.header().mtime().unwrap(), MTIME);
+            let mut bytes = Vec::new();
+            std::io::Read::read_to_end(&mut entry, &mut bytes).unwrap();
+            files.insert(entry.path().unwrap().to_string_lossy().into_owned(), bytes);
+        }
+        assert_eq!(files["oci-layout"], br#"{"imageLayoutVersion":"1.0.0"}"#);
+        for (path, bytes) in &files {
+            if let Some(hex) = path.strip_prefix("blobs/sha256/").filter(|h| !h.is_empty()) {
+                assert_eq!(hex::encode(Sha256::digest(bytes)), hex, "{path}");
+            }
+        }
+        let blob = |digest: &serde_json::Value| {
+            files[&format!("blobs/sha256/{}", digest.as_str().unwrap().trim_start_matches("sha256:"))].clone()
+        };
+        let index: serde_json::Value = serde_json::from_slice(&files["index.json"]).unwrap();
+        let m = &index["manifests"][0];
+        assert_eq!(m["annotations"]["io.containerd.image.name"], "docker.io/library/imageless-installer:9.9.9");
+        assert_eq!(m["annotations"]["org.opencontainers.image.ref.name"], "9.9.9");
+        let manifest: serde_json::Value = serde_json::from_slice(&blob(&m["digest"])).unwrap();
+        assert_eq!(manifest["layers"][0]["mediaType"], MEDIA_LAYER);
+        let config: serde_json::Value = serde_json::from_slice(&blob(&manifest["config"]["digest"])).unwrap();
+        let layer = blob(&manifest["layers"][0]["digest"]);
+        let mut tar_bytes = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(layer.as_slice()), &mut tar_bytes).unwrap();
+        let diff_id = format!("sha256:{}", hex::encode(Sha256::digest(&tar_bytes)));
+        assert_eq!(config["rootfs"]["diff_ids"][0], diff_id.as_str());
+        let mut names = Vec::new();
+        for entry in tar::Archive::new(tar_bytes.as_slice()).entries().unwrap() {
+            let entry = entry.unwrap();
+            let h = entry.header();
+            assert_eq!((h.uid().unwrap(), h.gid().unwrap(), h.mtime().unwrap()), (0, 0, MTIME));
+            names.push(entry.path().unwrap().to_string_lossy().into_owned());
+        }
+        assert_eq!(
+            names,
+            [
+                "opt/",
+                "opt/imageless/",
+                "opt/imageless/bin/",
+                "opt/imageless/bin/containerd-shim-flox-v2",
+                "opt/imageless/bin/flox-activate",
+                "opt/imageless/bin/flox-runc",
+                "opt/imageless/bin/imageless",
+            ]
+        );
+    }
 }
