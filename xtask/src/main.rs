@@ -41,7 +41,11 @@ enum Cmd {
     /// Benchmarks (not part of CI): prints a table and writes target/bench.json.
     Bench,
     /// The installer image: static binaries in an OCI archive, target/image/imageless-installer.tar.
-    Image,
+    Image {
+        /// Package the (static) binaries in this directory instead of building them.
+        #[arg(long)]
+        bin_dir: Option<PathBuf>,
+    },
 }
 
 fn root() -> PathBuf {
@@ -115,8 +119,11 @@ fn build_static() -> Result<PathBuf> {
 
 /// `cargo xtask image`: builds, checks each binary is static and runs in an empty root, writes the
 /// archive, then writes it a second time and checks the bytes are the same.
-fn image() -> Result<()> {
-    let bins = build_static()?;
+fn image(bin_dir: Option<PathBuf>) -> Result<()> {
+    let bins = match bin_dir {
+        Some(dir) => dir,
+        None => build_static()?,
+    };
     for name in image::BINARIES {
         image::check_static(&bins.join(name))?;
         eprintln!("xtask: {name}: static, runs in an empty root");
@@ -182,7 +189,7 @@ fn main() -> Result<()> {
             world()?;
             run(with_layout(&mut cargo()).args(["run", "--quiet", "-p", "imageless-e2e", "--bin", "demo"]))
         }
-        Cmd::Image => image(),
+        Cmd::Image { bin_dir } => image(bin_dir),
         Cmd::Bench => {
             setup()?;
             build()?;
