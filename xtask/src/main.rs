@@ -5,6 +5,10 @@
 //! - `cargo xtask demo`  — the docs' echoip pod on a private containerd and a local hub.
 //! - `cargo xtask bench` — start-time and overhead figures against plain runc and `nix copy`.
 //! - `cargo xtask build` — just the binaries (debug) and the static activator.
+//! - `cargo xtask image` — the installer image as a reproducible OCI archive,
+//!   target/image/imageless-installer.tar (static binaries; see `image.rs`).
+mod image;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -36,6 +40,12 @@ enum Cmd {
     Demo,
     /// Benchmarks (not part of CI): prints a table and writes target/bench.json.
     Bench,
+    /// The installer image: static binaries in an OCI archive, target/image/imageless-installer.tar.
+    Image {
+        /// Package the (static) binaries in this directory instead of building them.
+        #[arg(long)]
+        bin_dir: Option<PathBuf>,
+    },
 }
 
 fn root() -> PathBuf {
@@ -84,7 +94,8 @@ fn layout() -> Layout {
 
 fn setup() -> Result<()> {
     run(Command::new("bash").arg("scripts/setup-machine.sh"))?;
-    run(Command::new("bash").arg("scripts/fetch-containerd.sh"))
+    run(Command::new("bash").arg("scripts/fetch-containerd.sh"))?;
+    run(Command::new("bash").arg("scripts/fetch-kubectl.sh"))
 }
 
 fn build() -> Result<()> {
@@ -94,6 +105,42 @@ fn build() -> Result<()> {
     run(cargo()
         .args(["build", "-p", "flox-activate", "--release", "--target", ACTIVATOR_TARGET])
         .env("RUSTFLAGS", "-C target-feature=+crt-static"))
+}
+
+/// The four binaries the installer image ships, statically linked (static glibc: they run on any
+/// x86_64 Linux host, and in the image, which has no libc). Returns their directory.
+fn build_static() -> Result<PathBuf> {
+    run(cargo()
+        .args(["build", "--release", "--target", ACTIVATOR_TARGET])
+        .args(image::BINARIES.iter().flat_map(|b| ["-p", b]))
+        .env("RUSTFLAGS", "-C target-feature=+crt-static"))?;
+    Ok(root().join(format!("target/{ACTIVATOR_TARGET}/release")))
+}
+
+/// `cargo xtask image`: builds, checks each binary is static and runs in an empty root, writes the
+/// archive, then writes it a second time and checks the bytes are the same.
+fn image(bin_dir: Option<PathBuf>) -> Result<()> {
+    let bins = match bin_dir {
+        Some(dir) => dir,
+        None => build_static()?,
+    };
+    for name in image::BINARIES {
+        image::check_static(&bins.join(name))?;
+        eprintln!("xtask: {name}: static, runs in an empty root");
+    }
+    let out = root().join("target/image/imageless-installer.tar");
+    let tag = env!("CARGO_PKG_VERSION");
+    image::write_archive(&bins, tag, &out)?;
+    let again = root().join("target/image/.imageless-installer.second.tar");
+    image::write_archive(&bins, tag, &again)?;
+    let same = std::fs::read(&out)? == std::fs::read(&again)?;
+    std::fs::remove_file(&again)?;
+    if !same {
+        bail!("two builds of {} differ", out.display());
+    }
+    let size = std::fs::metadata(&out)?.len();
+    println!("{} ({} MiB, {}:{tag}; reproducible)", out.display(), size / (1 << 20), image::IMAGE_NAME);
+    Ok(())
 }
 
 fn world() -> Result<()> {
@@ -142,6 +189,7 @@ fn main() -> Result<()> {
             world()?;
             run(with_layout(&mut cargo()).args(["run", "--quiet", "-p", "imageless-e2e", "--bin", "demo"]))
         }
+        Cmd::Image { bin_dir } => image(bin_dir),
         Cmd::Bench => {
             setup()?;
             build()?;

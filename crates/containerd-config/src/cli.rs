@@ -34,20 +34,11 @@ pub struct InstallArgs {
     pub containerd_bin: Option<PathBuf>,
 }
 
-#[derive(clap::Args, Debug)]
-pub struct UninstallArgs {
-    #[arg(long, default_value = "/")]
-    pub host_root: PathBuf,
-    #[arg(long, default_value = install::DEFAULT_STATE_DIR)]
-    pub state_dir: PathBuf,
-    #[arg(long, value_enum, default_value = "auto")]
-    pub restart: RestartMode,
-    #[arg(long)]
-    pub dry_run: bool,
-    /// containerd config whose daemon to restart (node path).
-    #[arg(long)]
-    pub containerd_config: Option<PathBuf>,
-}
+/// `uninstall` takes the flags install took, so the install line with `uninstall` undoes it.
+/// What to undo comes from the install record (`--host-root`, `--state-dir`); `--containerd-config`
+/// and `--containerd-bin` name the daemon to restart; `--prefix` and `--bin-dir` are accepted and
+/// not needed (the record lists the binaries install created).
+pub type UninstallArgs = InstallArgs;
 
 #[derive(clap::Args, Debug)]
 pub struct DoctorArgs {
@@ -63,7 +54,28 @@ pub struct DoctorArgs {
     pub containerd_bin: Option<PathBuf>,
 }
 
+/// The command line's paths as node paths (relative ones from the current directory).
+fn resolve_paths(a: InstallArgs) -> Result<InstallArgs, InstallError> {
+    let root = HostRoot(a.host_root.clone());
+    let cwd = std::env::current_dir().map_err(|source| InstallError::Io {
+        action: "reading the current directory",
+        path: PathBuf::from("."),
+        source,
+    })?;
+    let node = |flag, p: &PathBuf| install::node_path_of_arg(&root, &cwd, flag, p);
+    Ok(InstallArgs {
+        containerd_config: a.containerd_config.as_ref().map(|p| node("containerd-config", p)).transpose()?,
+        prefix: node("prefix", &a.prefix)?,
+        state_dir: node("state-dir", &a.state_dir)?,
+        containerd_bin: a.containerd_bin.as_ref().map(|p| node("containerd-bin", p)).transpose()?,
+        // Read in this process, not on the node: relative to the current directory as given.
+        bin_dir: a.bin_dir.map(|d| cwd.join(d)),
+        ..a
+    })
+}
+
 pub fn install(a: InstallArgs) -> Result<ExitCode, InstallError> {
+    let a = resolve_paths(a)?;
     let bin_dir = match a.bin_dir {
         Some(d) => d,
         None => std::env::current_exe()
@@ -93,6 +105,7 @@ pub fn install(a: InstallArgs) -> Result<ExitCode, InstallError> {
 }
 
 pub fn uninstall(a: UninstallArgs) -> Result<ExitCode, InstallError> {
+    let a = resolve_paths(a)?;
     let root = HostRoot(a.host_root);
     for line in install::uninstall(&root, &a.state_dir, a.dry_run)? {
         println!("{line}");

@@ -114,7 +114,7 @@ pub fn run(ctx: &DoctorContext) -> Vec<Check> {
         ),
     });
 
-    checks.extend(runtime_checks(&root, ctx, containerd_bin.as_deref()));
+    checks.extend(runtime_checks(&root, ctx, containerd_bin.as_deref(), version.as_ref()));
 
     // runc and the runc shim.
     let runc = node.runc.clone().or_else(|| which("runc", &ctx.path_env));
@@ -211,10 +211,25 @@ pub fn run(ctx: &DoctorContext) -> Vec<Check> {
     checks
 }
 
-fn runtime_checks(root: &HostRoot, ctx: &DoctorContext, containerd_bin: Option<&Path>) -> Vec<Check> {
+fn runtime_checks(
+    root: &HostRoot,
+    ctx: &DoctorContext,
+    containerd_bin: Option<&Path>,
+    containerd: Option<&(String, u64)>,
+) -> Vec<Check> {
     let mut checks = Vec::new();
     let main_text = std::fs::read_to_string(&ctx.containerd_config).ok();
     let main_facts = main_text.as_deref().and_then(|t| edit::inspect(t).ok());
+    if let (Some(facts), Some((version, major))) = (&main_facts, containerd) {
+        if let Err(e) = install::check_config_version(&ctx.containerd_config, facts.version, version, *major) {
+            checks.push(fail(
+                "containerd config",
+                e.to_string(),
+                "use a version 2 config (`containerd config default` of this containerd) or upgrade containerd to 2.x",
+            ));
+            return checks;
+        }
+    }
     let (effective, source) = match containerd_bin.map(|b| install::config_dump(root, b, &ctx.containerd_config)) {
         Some(Ok(dump)) => (edit::inspect(&dump).ok(), "effective config (containerd config dump)"),
         Some(Err(e)) => {

@@ -109,6 +109,8 @@ pub struct ConfigFacts {
     pub flox: Option<FloxRuntimeFacts>,
     /// `BinaryName` of the runc runtime whose options flox copies (None when empty or absent).
     pub runc_binary_name: Option<String>,
+    /// `SystemdCgroup` of that runc runtime, as TOML value text (`true`/`false`).
+    pub runc_systemd_cgroup: Option<String>,
 }
 
 /// Reads the facts install and doctor need, without changing anything.
@@ -125,13 +127,26 @@ pub fn inspect(config_text: &str) -> Result<ConfigFacts, EditError> {
         container_annotations: string_array(flox.get("container_annotations")),
     });
     let imports = string_array(doc.get("imports"));
-    let runc_binary_name = source_runtime(&doc, version)
-        .and_then(|rt| rt.get("options"))
+    let runc_options = source_runtime(&doc, version).and_then(|rt| rt.get("options"));
+    let runc_systemd_cgroup = runc_options.and_then(|o| o.get("SystemdCgroup")).and_then(Item::as_value).map(|v| {
+        // Without the comment or spacing around it.
+        let mut v = v.clone();
+        v.decor_mut().clear();
+        v.to_string()
+    });
+    let runc_binary_name = runc_options
         .and_then(|o| o.get("BinaryName"))
         .and_then(Item::as_str)
         .filter(|s| !s.is_empty())
         .map(str::to_owned);
-    Ok(ConfigFacts { version, defines_cri_plugin: plugin.is_some(), imports, flox, runc_binary_name })
+    Ok(ConfigFacts {
+        version,
+        defines_cri_plugin: plugin.is_some(),
+        imports,
+        flox,
+        runc_binary_name,
+        runc_systemd_cgroup,
+    })
 }
 
 fn string_array(item: Option<&Item>) -> Vec<String> {
@@ -421,7 +436,9 @@ pub const TEMPLATE_BLOCK_BEGIN: &str =
 pub const TEMPLATE_BLOCK_END: &str = "# END imageless flox runtime";
 
 /// Reads `version = N` from a Go template's text: the first such line before any table header.
-pub fn detect_template_version(template_text: &str) -> ConfigVersion {
+/// None when the template does not say (k3s/RKE2's `{{ template "base" . }}` renders the version
+/// from Go code, so the text has none).
+pub fn detect_template_version(template_text: &str) -> Option<ConfigVersion> {
     for line in template_text.lines() {
         let line = line.trim();
         if line.starts_with('[') {
@@ -429,31 +446,55 @@ pub fn detect_template_version(template_text: &str) -> ConfigVersion {
         }
         if let Some(rest) = line.strip_prefix("version") {
             match rest.trim_start().strip_prefix('=').map(str::trim) {
-                Some("3") => return ConfigVersion::V3,
-                Some("2") => return ConfigVersion::V2,
-                Some(_) => return ConfigVersion::V1,
+                Some("3") => return Some(ConfigVersion::V3),
+                Some("2") => return Some(ConfigVersion::V2),
+                Some(_) => return Some(ConfigVersion::V1),
                 None => {}
             }
         }
     }
-    ConfigVersion::V1
+    None
+}
+
+/// What a template's text may not say but its rendered config does: the schema version and
+/// runc's `SystemdCgroup` (k3s/RKE2 render both from Go code behind `{{ template "base" . }}`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TemplateDefaults {
+    /// Used when the template has no `version = N` line before its first table.
+    pub version: ConfigVersion,
+    /// Value text for `SystemdCgroup` when the template has no `SystemdCgroup =` line.
+    pub systemd_cgroup: Option<String>,
+}
+
+impl Default for TemplateDefaults {
+    fn default() -> Self {
+        TemplateDefaults { version: ConfigVersion::V1, systemd_cgroup: None }
+    }
 }
 
 /// Adds the flox runtime to a Go text/template containerd config. Templates are not TOML
 /// (`{{ ... }}` may sit anywhere), so the runtime goes in as one marked block at the end, where
 /// no `{{if}}`/`{{range}}` can enclose it; re-running replaces the block. `SystemdCgroup` is
 /// copied verbatim from the template's first `SystemdCgroup =` line (k3s writes
-/// `{{ .SystemdCgroup }}` there), so the runtime follows the node like runc does.
-pub fn add_flox_runtime_template(template_text: &str, rt: &FloxRuntime) -> Result<String, EditError> {
+/// `{{ .SystemdCgroup }}` there), so the runtime follows the node like runc does; `defaults` fill
+/// in the version and `SystemdCgroup` a template does not spell out.
+pub fn add_flox_runtime_template(
+    template_text: &str,
+    rt: &FloxRuntime,
+    defaults: &TemplateDefaults,
+) -> Result<String, EditError> {
     let wrapper = path_str("runc_wrapper", &rt.runc_wrapper)?;
     let launcher = path_str("shim_launcher", &rt.shim_launcher)?;
     let base = remove_flox_runtime_template(template_text);
-    let version = detect_template_version(&base);
+    let version = detect_template_version(&base).unwrap_or(defaults.version);
     let key = version.cri_plugin_key();
-    let systemd_cgroup = base.lines().find_map(|line| {
-        let rest = line.trim().strip_prefix("SystemdCgroup")?;
-        Some(rest.trim_start().strip_prefix('=')?.trim().to_owned())
-    });
+    let systemd_cgroup = base
+        .lines()
+        .find_map(|line| {
+            let rest = line.trim().strip_prefix("SystemdCgroup")?;
+            Some(rest.trim_start().strip_prefix('=')?.trim().to_owned())
+        })
+        .or_else(|| defaults.systemd_cgroup.clone());
     let quote = |s: &str| Value::from(s).to_string().trim().to_owned();
     let mut block = format!("{TEMPLATE_BLOCK_BEGIN}\n[plugins.\"{key}\".containerd.runtimes.{RUNTIME_NAME}]\n");
     block.push_str(&format!("  runtime_type = {}\n", quote(RUNTIME_TYPE)));

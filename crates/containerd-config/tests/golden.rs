@@ -45,8 +45,8 @@ fn every_fixture_matches_its_golden_file() {
         let input = std::fs::read_to_string(&input_path).unwrap();
         let is_template = name.ends_with(".tmpl");
         let (edited, again, removed) = if is_template {
-            let edited = edit::add_flox_runtime_template(&input, &runtime()).unwrap();
-            let again = edit::add_flox_runtime_template(&edited, &runtime()).unwrap();
+            let edited = edit::add_flox_runtime_template(&input, &runtime(), &Default::default()).unwrap();
+            let again = edit::add_flox_runtime_template(&edited, &runtime(), &Default::default()).unwrap();
             (edited.clone(), again, edit::remove_flox_runtime_template(&edited))
         } else {
             let edited = edit::add_flox_runtime(&input, &runtime()).unwrap_or_else(|e| panic!("{name}: {e}"));

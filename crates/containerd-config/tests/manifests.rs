@@ -57,5 +57,104 @@ fn installer_daemonset() {
     let host = &pod.volumes.unwrap()[0];
     assert_eq!(host.host_path.as_ref().unwrap().path, "/");
     let label = &pod.containers[0];
-    assert!(label.command.as_ref().unwrap().join(" ").contains("flox.dev/enabled"));
+    // The node is labelled by imageless itself (service account, no shell or curl in the image).
+    assert_eq!(label.command.as_deref().unwrap(), ["/opt/imageless/bin/imageless", "node", "label", "--wait"]);
+    assert_eq!(label.env.as_ref().unwrap()[0].name, "NODE_NAME");
+}
+
+/// kubectl 1.20 (Debian bookworm's kubernetes-client), unpacked by scripts/fetch-kubectl.sh.
+fn kubectl_1_20() -> std::path::PathBuf {
+    let kubectl = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.work/kubernetes-client/usr/bin/kubectl");
+    assert!(kubectl.exists(), "{} is missing: run scripts/fetch-kubectl.sh", kubectl.display());
+    kubectl
+}
+
+/// `kubectl kustomize DIR` with kubectl 1.20's built-in kustomize: the oldest one users have.
+fn kustomize(dir: &str) -> Vec<serde_yaml::Value> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy").join(dir);
+    let out = std::process::Command::new(kubectl_1_20()).arg("kustomize").arg(&dir).output().unwrap();
+    assert!(out.status.success(), "kubectl 1.20 kustomize {}: {}", dir.display(), String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    serde_yaml::Deserializer::from_str(&text).map(|d| serde_yaml::Value::deserialize(d).unwrap()).collect()
+}
+
+/// Every rendered object parses as the k8s-openapi type of its kind (unknown fields refused), and
+/// every container image is the one `images:` in the kustomization sets.
+fn parse_all(docs: &[serde_yaml::Value]) -> Vec<String> {
+    use k8s_openapi::api::batch::v1::Job;
+    let mut kinds = Vec::new();
+    for doc in docs {
+        let kind = doc["kind"].as_str().unwrap_or_else(|| panic!("no kind: {doc:?}")).to_owned();
+        match kind.as_str() {
+            "Namespace" => drop(strict::<Namespace>(doc)),
+            "ServiceAccount" => drop(strict::<ServiceAccount>(doc)),
+            "ClusterRole" => drop(strict::<ClusterRole>(doc)),
+            "ClusterRoleBinding" => drop(strict::<ClusterRoleBinding>(doc)),
+            "RuntimeClass" => drop(strict::<RuntimeClass>(doc)),
+            "DaemonSet" => {
+                let ds = strict::<DaemonSet>(doc);
+                check_images(ds.spec.unwrap().template.spec.unwrap());
+            }
+            "Job" => check_images(strict::<Job>(doc).spec.unwrap().template.spec.unwrap()),
+            other => panic!("deploy/ renders a {other}, which this test does not know"),
+        }
+        kinds.push(kind);
+    }
+    kinds
+}
+
+fn check_images(pod: k8s_openapi::api::core::v1::PodSpec) {
+    let containers = pod.containers.iter().chain(pod.init_containers.iter().flatten());
+    for c in containers {
+        assert_eq!(c.image.as_deref(), Some("imageless-installer:0.1.0"), "container {}", c.name);
+    }
+}
+
+/// Parses `doc` as `T`, refusing fields `T` does not have (a typo would be dropped silently by a
+/// lenient parse, and by the API server).
+fn strict<T: serde::de::DeserializeOwned + serde::Serialize>(doc: &serde_yaml::Value) -> T {
+    let parsed: T = parse(doc);
+    let back = serde_yaml::to_value(&parsed).unwrap();
+    assert_eq!(prune_nulls(doc.clone()), prune_nulls(back), "fields lost parsing {doc:?}");
+    parsed
+}
+
+fn prune_nulls(v: serde_yaml::Value) -> serde_yaml::Value {
+    match v {
+        serde_yaml::Value::Mapping(m) => serde_yaml::Value::Mapping(
+            m.into_iter().filter(|(_, v)| !v.is_null()).map(|(k, v)| (k, prune_nulls(v))).collect(),
+        ),
+        serde_yaml::Value::Sequence(s) => serde_yaml::Value::Sequence(s.into_iter().map(prune_nulls).collect()),
+        other => other,
+    }
+}
+
+#[test]
+fn kustomization_renders_with_kubectl_1_20_and_parses() {
+    let kinds = parse_all(&kustomize("."));
+    let mut sorted = kinds.clone();
+    sorted.sort();
+    assert_eq!(
+        sorted,
+        ["ClusterRole", "ClusterRoleBinding", "DaemonSet", "Namespace", "RuntimeClass", "ServiceAccount"],
+        "{kinds:?}"
+    );
+}
+
+#[test]
+fn uninstall_kustomization_renders_and_runs_uninstall_on_the_host() {
+    let docs = kustomize("uninstall");
+    assert_eq!(parse_all(&docs), ["DaemonSet"]);
+    let ds: DaemonSet = parse(&docs[0]);
+    let pod = ds.spec.unwrap().template.spec.unwrap();
+    let init = pod.init_containers.unwrap();
+    let uninstall = init.iter().find(|c| c.name == "uninstall").unwrap();
+    assert_eq!(
+        uninstall.command.as_deref().unwrap(),
+        ["/opt/imageless/bin/imageless", "uninstall", "--host-root", "/host"]
+    );
+    assert_eq!(uninstall.security_context.as_ref().unwrap().privileged, Some(true));
+    assert_eq!(pod.volumes.unwrap()[0].host_path.as_ref().unwrap().path, "/");
+    // The label goes first, so no flox pod is scheduled onto a node being uninstalled.
+    assert_eq!(init[0].command.as_deref().unwrap(), ["/opt/imageless/bin/imageless", "node", "label", "--remove"]);
 }

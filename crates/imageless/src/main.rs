@@ -24,6 +24,9 @@ enum Command {
     Install(imageless_containerd_config::cli::InstallArgs),
     /// Undo what install changed.
     Uninstall(imageless_containerd_config::cli::UninstallArgs),
+    /// Label this node for flox pods (the installer DaemonSet), or wait.
+    #[command(subcommand)]
+    Node(imageless_cluster::cli::NodeCommand),
     /// Check this node and say what to fix.
     Doctor(imageless_containerd_config::cli::DoctorArgs),
     /// Run Kubernetes pod manifests over CRI, without a kubelet.
@@ -71,6 +74,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Gc(args) => imageless_node::cli::gc(args)?,
         Command::Install(args) => imageless_containerd_config::cli::install(args)?,
         Command::Uninstall(args) => imageless_containerd_config::cli::uninstall(args)?,
+        Command::Node(cmd) => imageless_cluster::cli::run(cmd)?,
         Command::Doctor(args) => imageless_containerd_config::cli::doctor(args)?,
         Command::Pod(cmd) => imageless_cri_pod::cli::run(cmd)?,
         Command::Hub(cmd) => imageless_hub::cli::run(cmd)?,

@@ -1,0 +1,80 @@
+//! `imageless node label [--remove] [--wait]` and `imageless node wait`: parsing and running.
+use std::process::ExitCode;
+
+use crate::label::{self, ClusterError, ENABLED_LABEL};
+
+#[derive(clap::Subcommand, Debug)]
+pub enum NodeCommand {
+    /// Set (or with --remove, remove) the flox.dev/enabled=true label on this node, through the
+    /// API server with the pod's service account.
+    Label(LabelArgs),
+    /// Wait until terminated (keeps a DaemonSet pod Ready once its work is done).
+    Wait,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct LabelArgs {
+    /// The node to label.
+    #[arg(long, env = "NODE_NAME")]
+    pub node: String,
+    /// Remove the label instead of setting it.
+    #[arg(long)]
+    pub remove: bool,
+    /// Afterwards, wait until terminated.
+    #[arg(long)]
+    pub wait: bool,
+}
+
+pub fn run(command: NodeCommand) -> Result<ExitCode, ClusterError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| ClusterError::Io { what: "starting the async runtime", source })?;
+    rt.block_on(async {
+        match command {
+            NodeCommand::Label(args) => {
+                let config = kube::Config::incluster()?;
+                let client = kube::Client::try_from(config).map_err(|e| ClusterError::Client(Box::new(e)))?;
+                label::set_label(client, &args.node, !args.remove).await?;
+                match args.remove {
+                    false => println!("labelled node {} {ENABLED_LABEL}=true", args.node),
+                    true => println!("removed label {ENABLED_LABEL} from node {}", args.node),
+                }
+                if args.wait {
+                    wait_for_termination().await?;
+                }
+            }
+            NodeCommand::Wait => wait_for_termination().await?,
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// Returns on SIGTERM (what the kubelet sends) or SIGINT.
+async fn wait_for_termination() -> Result<(), ClusterError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let io = |source| ClusterError::Io { what: "waiting for a signal", source };
+    let mut term = signal(SignalKind::terminate()).map_err(io)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(io)?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Outside a pod (no KUBERNETES_SERVICE_HOST, no service account) the error says what is
+    /// missing and where the command is meant to run.
+    #[test]
+    fn outside_a_pod_the_error_names_the_in_cluster_config() {
+        assert!(std::env::var_os("KUBERNETES_SERVICE_HOST").is_none(), "this test runs outside a cluster");
+        let err = run(NodeCommand::Label(LabelArgs { node: "node-1".into(), remove: false, wait: false }))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no in-cluster Kubernetes config") && err.contains("service account"), "{err}");
+    }
+}
