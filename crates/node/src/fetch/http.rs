@@ -16,6 +16,9 @@ impl Http {
             .connect_timeout(Duration::from_secs(15))
             .read_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(32)
+            // Short: a server that gives each open connection a thread of its own (the
+            // project's hub, on tiny_http) may queue a new connection behind our idle ones.
+            .pool_idle_timeout(Duration::from_secs(2))
             .user_agent(concat!("imageless/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| FetchError::Network {

@@ -113,6 +113,7 @@ impl Fetcher {
             substituters: self.substituters.clone(),
             keys: self.keys.clone(),
             store: self.store.clone(),
+            lookup_permits: Arc::new(tokio::sync::Semaphore::new(walk::LOOKUPS_IN_FLIGHT)),
         };
         let plan = walker.plan(wanted).await?;
         let mut report = FetchReport { closure: plan.closure, ..FetchReport::default() };

@@ -35,7 +35,13 @@ pub struct Walker {
     pub substituters: Arc<Vec<String>>,
     pub keys: Arc<TrustedKeys>,
     pub store: NodeStore,
+    /// Bounds the narinfo lookups in flight (each asks every substituter), so a closure of
+    /// a thousand paths reuses a few connections instead of opening a thousand.
+    pub lookup_permits: Arc<tokio::sync::Semaphore>,
 }
+
+/// Narinfo lookups in flight at once.
+pub const LOOKUPS_IN_FLIGHT: usize = 16;
 
 impl Walker {
     pub async fn plan(&self, wanted: &[StorePath]) -> Result<Plan, FetchError> {
@@ -60,7 +66,11 @@ impl Walker {
                     self.check_cache_infos().await?;
                 }
                 let (http, subs, keys) = (self.http.clone(), self.substituters.clone(), self.keys.clone());
-                lookups.spawn(async move { lookup(&http, &subs, &keys, p).await });
+                let permits = self.lookup_permits.clone();
+                lookups.spawn(async move {
+                    let _permit = permits.acquire_owned().await.expect("semaphore is never closed");
+                    lookup(&http, &subs, &keys, p).await
+                });
             }
             match lookups.join_next().await {
                 None => break,

@@ -326,3 +326,37 @@ pub fn chmod_tree_writable(p: &Path) {
         }
     }
 }
+
+/// Copies the binary cache at `src` (NARs stored uncompressed, as the hub writes them) into
+/// `dst`, recompressing every NAR with `compression` and rewriting each narinfo's URL,
+/// Compression, FileHash and FileSize (the signature does not cover them, so it stays valid).
+pub fn recompress_cache(src: &Path, dst: &Path, compression: &str) {
+    std::fs::create_dir_all(dst.join("nar")).unwrap();
+    std::fs::copy(src.join("nix-cache-info"), dst.join("nix-cache-info")).unwrap();
+    for entry in std::fs::read_dir(src).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name().into_string().unwrap();
+        if !name.ends_with(".narinfo") {
+            continue;
+        }
+        let text = std::fs::read_to_string(entry.path()).unwrap();
+        let field = |k: &str| text.lines().find_map(|l| l.strip_prefix(&format!("{k}: "))).unwrap().to_string();
+        assert_eq!(field("Compression"), "none", "{name}: the hub stores NARs uncompressed");
+        let nar = std::fs::read(src.join(field("URL"))).unwrap();
+        let (file, ext) = compress(compression, &nar);
+        let file_hash = nix32(&Sha256::digest(&file));
+        let url = format!("nar/{file_hash}.nar{ext}");
+        std::fs::write(dst.join(&url), &file).unwrap();
+        let rewritten: String = text
+            .lines()
+            .map(|l| match l.split_once(": ").map(|(k, _)| k) {
+                Some("URL") => format!("URL: {url}\n"),
+                Some("Compression") => format!("Compression: {compression}\n"),
+                Some("FileHash") => format!("FileHash: sha256:{file_hash}\n"),
+                Some("FileSize") => format!("FileSize: {}\n", file.len()),
+                _ => format!("{l}\n"),
+            })
+            .collect();
+        std::fs::write(dst.join(&name), rewritten).unwrap();
+    }
+}
