@@ -257,7 +257,38 @@ fn child_fetch() {
     let Ok(state) = std::env::var("FETCH_CHILD_STATE") else { return };
     let sub = std::env::var("FETCH_CHILD_SUB").unwrap();
     let want = StorePath::parse(&std::env::var("FETCH_CHILD_WANT").unwrap()).unwrap();
-    Fetcher::from_config(&config(Path::new(&state), vec![sub])).unwrap().with_jobs(1).realize(&[want]).unwrap();
+    let jobs = std::env::var("FETCH_CHILD_JOBS").map(|j| j.parse().unwrap()).unwrap_or(1);
+    Fetcher::from_config(&config(Path::new(&state), vec![sub])).unwrap().with_jobs(jobs).realize(&[want]).unwrap();
+}
+
+#[test]
+fn twenty_concurrent_cold_fetching_processes_download_each_nar_once() {
+    let (hub, paths) = hub_with("twenty-processes", "xz", 2_000_000, &|_| Tamper::default());
+    let state = tempfile::tempdir().unwrap();
+    let children: Vec<_> = (0..20)
+        .map(|_| {
+            std::process::Command::new(std::env::current_exe().unwrap())
+                .args(["--exact", "child_fetch", "--ignored"])
+                .env("FETCH_CHILD_STATE", state.path())
+                .env("FETCH_CHILD_SUB", hub.url())
+                .env("FETCH_CHILD_WANT", top(&paths).as_str())
+                .env("FETCH_CHILD_JOBS", "8")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "a fetching process failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    assert_store_holds(&state.path().join("store"), &paths);
+    for entry in std::fs::read_dir(hub.cache_dir().join("nar")).unwrap() {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        assert_eq!(support::served(&format!("/cache/nar/{name}")), 1, "{name} not served exactly once");
+    }
+    support::chmod_tree_writable(state.path());
 }
 
 #[test]

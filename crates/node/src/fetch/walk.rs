@@ -3,7 +3,9 @@
 //! (no network); each missing path's narinfo is asked of every substituter at once, and the
 //! answer of the first one in configured order that has it is used (404 → the next one).
 //! All lookups run concurrently, so the walk costs about one round trip per closure level.
-//! Nothing is written until every narinfo of the closure is verified.
+//! Nothing is written until every narinfo of the closure is verified. A substituter's
+//! `Priority` is ignored: the node config's order decides. Any answer but 200 or 404 (a 500,
+//! a refused connection, a bad or untrusted narinfo) is an error, never skipped silently.
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
