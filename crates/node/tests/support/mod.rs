@@ -182,13 +182,13 @@ pub fn compress(compression: &str, nar: &[u8]) -> (Vec<u8>, &'static str) {
     match compression {
         "none" => (nar.to_vec(), ""),
         "xz" => {
-            let mut e = liblzma::write::XzEncoder::new(Vec::new(), 6);
+            let mut e = liblzma::write::XzEncoder::new(Vec::new(), 1);
             e.write_all(nar).unwrap();
             (e.finish().unwrap(), ".xz")
         }
-        "zstd" => (zstd::encode_all(nar, 3).unwrap(), ".zst"),
+        "zstd" => (zstd::encode_all(nar, 1).unwrap(), ".zst"),
         "bzip2" => {
-            let mut e = bzip2::write::BzEncoder::new(Vec::new(), bzip2::Compression::default());
+            let mut e = bzip2::write::BzEncoder::new(Vec::new(), bzip2::Compression::fast());
             e.write_all(nar).unwrap();
             (e.finish().unwrap(), ".bz2")
         }
