@@ -24,6 +24,8 @@ pub enum StoreView {
 #[serde(deny_unknown_fields, default)]
 pub struct NodeConfig {
     pub state_root: PathBuf,
+    /// The node's own store (`<hash>-<name>` entries as in /nix/store); default `<state_root>/store`.
+    pub store_dir: Option<PathBuf>,
     pub hub_url: String,
     pub git_url: Option<String>,
     pub substituters: Vec<String>,
@@ -45,6 +47,7 @@ impl Default for NodeConfig {
     fn default() -> Self {
         NodeConfig {
             state_root: PathBuf::from(DEFAULT_STATE_ROOT),
+            store_dir: None,
             hub_url: DEFAULT_HUB_URL.to_string(),
             git_url: None,
             substituters: vec!["https://cache.flox.dev".into(), "https://cache.nixos.org".into()],
@@ -95,6 +98,11 @@ impl NodeConfig {
 
     pub fn parse(text: &str) -> Result<NodeConfig, String> {
         toml::from_str(text).map_err(|e| e.to_string().trim().replace('\n', " "))
+    }
+
+    /// The node store directory: `store_dir`, else `<state_root>/store`.
+    pub fn store_dir(&self) -> PathBuf {
+        self.store_dir.clone().unwrap_or_else(|| self.state_root.join("store"))
     }
 
     /// Where `nix-store` and `nix` are run from.

@@ -5,6 +5,7 @@ pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod containers;
+pub mod fetch;
 pub mod hub;
 pub mod pod_file;
 pub mod realize;

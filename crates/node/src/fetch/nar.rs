@@ -1,0 +1,299 @@
+//! Streaming NAR unpacking (Nix's src/libutil/archive.cc) into a fresh directory tree, as
+//! Nix lays out a store path: files 0444 (0555 when executable), directories 0555, every
+//! mtime 1. Strict: names must be non-empty, not `.`/`..`, without `/` or NUL, and in strictly
+//! increasing order; anything else is refused. Every node is created fresh (`create_new`,
+//! `mkdir`) inside a directory this unpack made, so a symlink in the archive is never followed.
+//!
+//! Written by hand rather than with a NAR crate: we need the strict checks above, bounded
+//! strings, a depth limit, Nix's permissions and mtimes, and to stream from any `Read`
+//! without buffering a file — in ~200 lines.
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+/// Why an archive was not unpacked.
+#[derive(Debug)]
+pub enum NarError {
+    /// The source failed or ended early (`UnexpectedEof`).
+    Read(io::Error),
+    /// The bytes are not a NAR we accept.
+    Format(String),
+    /// Writing the tree failed.
+    Write { path: std::path::PathBuf, source: io::Error },
+}
+
+const MAX_NAME: u64 = 255;
+const MAX_TARGET: u64 = 4095;
+const MAX_TOKEN: u64 = 64;
+const MAX_DEPTH: usize = 256;
+
+struct Parser<'a, R: Read> {
+    r: &'a mut R,
+}
+
+fn format(msg: impl Into<String>) -> NarError {
+    NarError::Format(msg.into())
+}
+
+impl<R: Read> Parser<'_, R> {
+    fn u64(&mut self) -> Result<u64, NarError> {
+        let mut b = [0u8; 8];
+        self.r.read_exact(&mut b).map_err(NarError::Read)?;
+        Ok(u64::from_le_bytes(b))
+    }
+
+    fn padding(&mut self, len: u64) -> Result<(), NarError> {
+        let pad = ((8 - len % 8) % 8) as usize;
+        let mut b = [0u8; 8];
+        self.r.read_exact(&mut b[..pad]).map_err(NarError::Read)?;
+        if b[..pad].iter().any(|&x| x != 0) {
+            return Err(format("non-zero padding"));
+        }
+        Ok(())
+    }
+
+    /// A string of at most `max` bytes.
+    fn bytes(&mut self, max: u64, what: &str) -> Result<Vec<u8>, NarError> {
+        let len = self.u64()?;
+        if len > max {
+            return Err(format(format!("{what} of {len} bytes (at most {max})")));
+        }
+        let mut v = vec![0u8; len as usize];
+        self.r.read_exact(&mut v).map_err(NarError::Read)?;
+        self.padding(len)?;
+        Ok(v)
+    }
+
+    fn expect(&mut self, token: &str) -> Result<(), NarError> {
+        let got = self.bytes(MAX_TOKEN, "token")?;
+        if got != token.as_bytes() {
+            return Err(format(format!("expected {token:?}, found {:?}", String::from_utf8_lossy(&got))));
+        }
+        Ok(())
+    }
+
+    fn token(&mut self) -> Result<Vec<u8>, NarError> {
+        self.bytes(MAX_TOKEN, "token")
+    }
+
+    /// One node (after its "("), written at `path`, up to and including its ")".
+    fn node(&mut self, path: &Path, depth: usize) -> Result<(), NarError> {
+        if depth > MAX_DEPTH {
+            return Err(format(format!("directories nested deeper than {MAX_DEPTH}")));
+        }
+        self.expect("type")?;
+        let kind = self.token()?;
+        let write_err = |source| NarError::Write { path: path.to_path_buf(), source };
+        match kind.as_slice() {
+            b"regular" => {
+                let mut tag = self.token()?;
+                let mut executable = false;
+                if tag == b"executable" {
+                    self.expect("")?;
+                    executable = true;
+                    tag = self.token()?;
+                }
+                if tag != b"contents" {
+                    return Err(format(format!("expected \"contents\", found {:?}", String::from_utf8_lossy(&tag))));
+                }
+                let len = self.u64()?;
+                let mode = if executable { 0o555 } else { 0o444 };
+                let mut file =
+                    OpenOptions::new().write(true).create_new(true).mode(mode).open(path).map_err(write_err)?;
+                let copied = copy_exact(&mut *self.r, &mut file, len, path)?;
+                debug_assert_eq!(copied, len);
+                self.padding(len)?;
+                set_file_mtime(&file).map_err(write_err)?;
+                self.expect(")")
+            }
+            b"symlink" => {
+                self.expect("target")?;
+                let target = self.bytes(MAX_TARGET, "symlink target")?;
+                if target.is_empty() || target.contains(&0) {
+                    return Err(format("empty symlink target or one with NUL"));
+                }
+                std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(&target), path).map_err(write_err)?;
+                set_mtime_nofollow(path).map_err(write_err)?;
+                self.expect(")")
+            }
+            b"directory" => {
+                std::fs::create_dir(path).map_err(write_err)?;
+                let mut previous: Option<Vec<u8>> = None;
+                loop {
+                    let tag = self.token()?;
+                    match tag.as_slice() {
+                        b")" => break,
+                        b"entry" => {}
+                        other => {
+                            return Err(format(format!(
+                                "expected \"entry\" or \")\", found {:?}",
+                                String::from_utf8_lossy(other)
+                            )))
+                        }
+                    }
+                    self.expect("(")?;
+                    self.expect("name")?;
+                    let name = self.bytes(MAX_NAME, "entry name")?;
+                    if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') || name.contains(&0) {
+                        return Err(format(format!("entry name {:?} is not allowed", String::from_utf8_lossy(&name))));
+                    }
+                    if previous.as_ref().is_some_and(|p| *p >= name) {
+                        return Err(format(format!(
+                            "entry {:?} is out of order or repeated",
+                            String::from_utf8_lossy(&name)
+                        )));
+                    }
+                    self.expect("node")?;
+                    self.expect("(")?;
+                    self.node(&path.join(std::ffi::OsStr::from_bytes(&name)), depth + 1)?;
+                    self.expect(")")?;
+                    previous = Some(name);
+                }
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o555)).map_err(write_err)?;
+                set_mtime_nofollow(path).map_err(write_err)
+            }
+            other => Err(format(format!("unknown node type {:?}", String::from_utf8_lossy(other)))),
+        }
+    }
+}
+
+/// Copies exactly `len` bytes (a truncated source is `Read(UnexpectedEof)`).
+fn copy_exact<R: Read>(r: &mut R, file: &mut File, len: u64, path: &Path) -> Result<u64, NarError> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut left = len;
+    while left > 0 {
+        let want = buf.len().min(left as usize);
+        let n = r.read(&mut buf[..want]).map_err(NarError::Read)?;
+        if n == 0 {
+            return Err(NarError::Read(io::ErrorKind::UnexpectedEof.into()));
+        }
+        file.write_all(&buf[..n]).map_err(|source| NarError::Write { path: path.to_path_buf(), source })?;
+        left -= n as u64;
+    }
+    Ok(len)
+}
+
+fn set_file_mtime(file: &File) -> io::Result<()> {
+    let one = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1);
+    file.set_times(std::fs::FileTimes::new().set_modified(one).set_accessed(one))
+}
+
+/// mtime (and atime) 1 on `path` itself, not what a symlink points to.
+fn set_mtime_nofollow(path: &Path) -> io::Result<()> {
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    let times = [libc::timespec { tv_sec: 1, tv_nsec: 0 }, libc::timespec { tv_sec: 1, tv_nsec: 0 }];
+    // SAFETY: `c` is a valid NUL-terminated path and `times` two valid timespecs.
+    let rc = unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Unpacks the NAR read from `r` at `dest` (which must not exist). Reads exactly the
+/// archive: the caller checks that nothing follows it.
+pub fn unpack<R: Read>(r: &mut R, dest: &Path) -> Result<(), NarError> {
+    let mut p = Parser { r };
+    p.expect("nix-archive-1")?;
+    p.expect("(")?;
+    p.node(dest, 0)
+}
+
+/// Removes a (possibly read-only) tree; missing is fine.
+pub fn remove_tree(path: &Path) -> io::Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+        Ok(m) if m.is_dir() => make_dirs_writable(path)?,
+        Ok(_) => return std::fs::remove_file(path),
+    }
+    std::fs::remove_dir_all(path)
+}
+
+fn make_dirs_writable(dir: &Path) -> io::Result<()> {
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            make_dirs_writable(&entry.path())?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A NAR writer for tests (the real archives come from Nix in the integration tests).
+    pub(crate) struct NarWriter(pub Vec<u8>);
+
+    impl NarWriter {
+        pub fn str(&mut self, s: &[u8]) -> &mut Self {
+            self.0.extend_from_slice(&(s.len() as u64).to_le_bytes());
+            self.0.extend_from_slice(s);
+            self.0.resize(self.0.len() + (8 - s.len() % 8) % 8, 0);
+            self
+        }
+        pub fn toks(&mut self, toks: &[&str]) -> &mut Self {
+            for t in toks {
+                self.str(t.as_bytes());
+            }
+            self
+        }
+    }
+
+    fn sample(names: &[&str]) -> Vec<u8> {
+        let mut w = NarWriter(vec![]);
+        w.toks(&["nix-archive-1", "(", "type", "directory"]);
+        for n in names {
+            w.toks(&["entry", "(", "name", n, "node", "(", "type", "regular", "contents"]).str(b"hi\n");
+            w.toks(&[")", ")"]);
+        }
+        w.toks(&["entry", "(", "name", "zbin", "node", "(", "type", "regular", "executable", "", "contents"]);
+        w.str(b"#!/bin/sh\n").toks(&[")", ")"]);
+        w.toks(&["entry", "(", "name", "zlink", "node", "(", "type", "symlink", "target", "/etc/passwd", ")", ")"]);
+        w.toks(&[")"]);
+        w.0
+    }
+
+    #[test]
+    fn unpacks_with_nix_modes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dest = tmp.path().join("out");
+        let nar = sample(&["a", "b"]);
+        unpack(&mut nar.as_slice(), &dest).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(std::fs::read(dest.join("a")).unwrap(), b"hi\n");
+        assert_eq!(std::fs::metadata(dest.join("a")).unwrap().mode() & 0o777, 0o444);
+        assert_eq!(std::fs::metadata(dest.join("zbin")).unwrap().mode() & 0o777, 0o555);
+        assert_eq!(std::fs::metadata(&dest).unwrap().mode() & 0o777, 0o555);
+        assert_eq!(std::fs::metadata(&dest).unwrap().mtime(), 1);
+        assert_eq!(std::fs::read_link(dest.join("zlink")).unwrap(), Path::new("/etc/passwd"));
+        assert_eq!(std::fs::symlink_metadata(dest.join("zlink")).unwrap().mtime(), 1);
+        remove_tree(&dest).unwrap();
+        assert!(!dest.exists());
+    }
+
+    #[test]
+    fn refuses_bad_archives() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cases = [(&["b", "a"][..], "out of order"), (&["a", "a"], "repeated"), (&[".."], "not allowed")];
+        for (i, (names, want)) in cases.into_iter().enumerate() {
+            let dest = tmp.path().join(format!("case{i}"));
+            match unpack(&mut sample(names).as_slice(), &dest) {
+                Err(NarError::Format(m)) => assert!(m.contains(want), "{m}"),
+                other => panic!("{names:?}: {other:?}"),
+            }
+        }
+        let nar = sample(&["a"]);
+        let dest = tmp.path().join("short");
+        match unpack(&mut &nar[..nar.len() - 9], &dest) {
+            Err(NarError::Read(e)) => assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof),
+            other => panic!("{other:?}"),
+        }
+    }
+}

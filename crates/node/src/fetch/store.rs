@@ -1,0 +1,112 @@
+//! The node's own store: `<store_dir>/<hash>-<name>` entries laid out exactly as /nix/store,
+//! the verified narinfo of each under `<state_root>/store-info/<hash>.narinfo` (so a
+//! closure walk needs no network and the store directory holds nothing but store paths) and
+//! one lock file per path under `<state_root>/locks/store/` (flock: one fetch per path
+//! across threads and processes).
+//!
+//! A path is valid when its directory entry exists. Its record is written before the entry
+//! is renamed into place, so a valid path always has one; a fetch killed at any point leaves
+//! at most a `.tmp-` entry, removed by the next fetch of that path (under its lock).
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use fs4::fs_std::FileExt;
+use imageless_core::store_path::StorePath;
+
+use super::error::FetchError;
+use super::narinfo::NarInfo;
+
+#[derive(Debug, Clone)]
+pub struct NodeStore {
+    pub dir: PathBuf,
+    info_dir: PathBuf,
+    lock_dir: PathBuf,
+}
+
+/// Held while one path is fetched; dropping it releases the flock.
+pub struct PathLock(#[allow(dead_code)] File);
+
+impl NodeStore {
+    pub fn new(dir: PathBuf, state_root: &Path) -> NodeStore {
+        NodeStore { dir, info_dir: state_root.join("store-info"), lock_dir: state_root.join("locks").join("store") }
+    }
+
+    pub fn path_of(&self, p: &StorePath) -> PathBuf {
+        self.dir.join(p.base_name())
+    }
+
+    fn record_path(&self, p: &StorePath) -> PathBuf {
+        self.info_dir.join(format!("{}.narinfo", p.hash_part()))
+    }
+
+    pub fn is_valid(&self, p: &StorePath) -> bool {
+        std::fs::symlink_metadata(self.path_of(p)).is_ok()
+    }
+
+    /// The verified narinfo a valid path was fetched with.
+    pub fn record(&self, p: &StorePath) -> Result<NarInfo, FetchError> {
+        let record = self.record_path(p);
+        let missing = || FetchError::MissingRecord { path: p.to_string(), record: record.clone() };
+        let text = std::fs::read_to_string(&record).map_err(|_| missing())?;
+        NarInfo::parse(&text, p).map_err(|_| missing())
+    }
+
+    /// Creates the store, record and lock directories.
+    pub fn create_dirs(&self) -> Result<(), FetchError> {
+        for d in [&self.dir, &self.info_dir, &self.lock_dir] {
+            std::fs::create_dir_all(d).map_err(FetchError::store(d, "creating the directory"))?;
+        }
+        Ok(())
+    }
+
+    /// Blocks until this process holds the path's lock.
+    pub fn lock(&self, p: &StorePath) -> Result<PathLock, FetchError> {
+        let path = self.lock_dir.join(format!("{}.lock", p.hash_part()));
+        let f = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(FetchError::store(&self.lock_dir, format!("opening lock {}", path.display())))?;
+        f.lock_exclusive().map_err(FetchError::store(&self.lock_dir, format!("locking {}", path.display())))?;
+        Ok(PathLock(f))
+    }
+
+    /// Where this process unpacks `p` (inside the store dir, so publishing is a rename);
+    /// removes what a killed fetch of `p` left. Call with the path's lock held.
+    pub fn fresh_temp(&self, p: &StorePath) -> Result<PathBuf, FetchError> {
+        let prefix = format!(".tmp-{}-", p.base_name());
+        if let Ok(entries) = std::fs::read_dir(&self.dir) {
+            for e in entries.flatten() {
+                if e.file_name().to_string_lossy().starts_with(&prefix) {
+                    super::nar::remove_tree(&e.path())
+                        .map_err(FetchError::store(&self.dir, format!("removing stale {}", e.path().display())))?;
+                }
+            }
+        }
+        Ok(self.dir.join(format!("{prefix}{}", std::process::id())))
+    }
+
+    /// Writes the record, then renames the unpacked tree into place. Call with the lock held.
+    pub fn publish(&self, info: &NarInfo, unpacked: &Path) -> Result<(), FetchError> {
+        let record = self.record_path(&info.store_path);
+        let tmp = self.info_dir.join(format!(".tmp-{}-{}", info.store_path.hash_part(), std::process::id()));
+        std::fs::write(&tmp, info.to_text()).map_err(FetchError::store(&self.info_dir, "writing a record"))?;
+        std::fs::rename(&tmp, &record).map_err(FetchError::store(&self.info_dir, "renaming a record"))?;
+        let dest = self.path_of(&info.store_path);
+        std::fs::rename(unpacked, &dest)
+            .map_err(FetchError::store(&self.dir, format!("renaming into {}", dest.display())))
+    }
+
+    /// The closure of `roots` over the records of valid paths, sorted.
+    pub fn closure(&self, roots: &[StorePath]) -> Result<Vec<StorePath>, FetchError> {
+        let mut seen = std::collections::BTreeSet::new();
+        let mut todo: Vec<StorePath> = roots.to_vec();
+        while let Some(p) = todo.pop() {
+            if seen.insert(p.as_str().to_string()) {
+                todo.extend(self.record(&p)?.references.into_iter().filter(|r| !seen.contains(r.as_str())));
+            }
+        }
+        Ok(seen.into_iter().filter_map(|s| StorePath::parse(&s).ok()).collect())
+    }
+}

@@ -1,0 +1,333 @@
+//! The binary-cache client against a real signed cache served by the project's hub on
+//! 127.0.0.1: happy path for each compression (the node store holds exactly the published
+//! NARs, with Nix's modes), each way a cache can be wrong (a precise error, nothing of the
+//! bad path left in the store), 404 → next substituter, HTTP 500, kill -9 mid-download, and
+//! 20 concurrent cold fetches downloading each NAR once.
+mod support;
+
+use std::path::Path;
+
+use imageless_core::store_path::StorePath;
+use imageless_node::config::NodeConfig;
+use imageless_node::fetch::{FetchError, Fetcher};
+use support::{Hub, Published, Tamper};
+
+fn config(state: &Path, substituters: Vec<String>) -> NodeConfig {
+    NodeConfig {
+        state_root: state.to_path_buf(),
+        substituters,
+        trusted_public_keys: vec![support::public_key()],
+        ..NodeConfig::default()
+    }
+}
+
+fn hub_with(salt: &str, compression: &str, big: usize, tamper: &dyn Fn(&StorePath) -> Tamper) -> (Hub, Vec<Published>) {
+    let hub = Hub::start();
+    let paths = support::closure(salt, big);
+    support::write_cache(&hub.cache_dir(), &paths, compression, tamper);
+    (hub, paths)
+}
+
+fn top(paths: &[Published]) -> StorePath {
+    paths.last().unwrap().path.clone()
+}
+
+/// Asserts every published path is in the store with exactly its NAR's contents.
+fn assert_store_holds(store: &Path, paths: &[Published]) {
+    for p in paths {
+        let entry = store.join(p.path.base_name());
+        assert!(support::dump(&entry) == p.nar, "{} differs from its NAR", p.path);
+    }
+    let names = support::store_entries(store);
+    assert_eq!(names.len(), paths.len(), "unexpected entries: {names:?}");
+}
+
+#[test]
+fn fetches_the_closure_for_each_compression() {
+    for compression in ["none", "xz", "zstd", "bzip2"] {
+        let salt = format!("happy-{compression}");
+        let (hub, paths) = hub_with(&salt, compression, 300_000, &|_| Tamper::default());
+        let state = tempfile::tempdir().unwrap();
+        let fetcher = Fetcher::from_config(&config(state.path(), vec![hub.url()])).unwrap();
+        let report = fetcher.realize(&[top(&paths)]).unwrap();
+        assert_eq!(report.downloaded, 3, "{compression}");
+        let mut want: Vec<&str> = paths.iter().map(|p| p.path.as_str()).collect();
+        want.sort();
+        assert_eq!(report.closure.iter().map(StorePath::as_str).collect::<Vec<_>>(), want);
+        assert_store_holds(&state.path().join("store"), &paths);
+        // Warm: nothing downloaded, same closure, no network needed.
+        drop(hub);
+        let again = fetcher.realize(&[top(&paths)]).unwrap();
+        assert_eq!(again.downloaded, 0);
+        assert_eq!(again.closure, report.closure);
+        assert_eq!(fetcher.store.closure(&[top(&paths)]).unwrap(), report.closure);
+        support::chmod_tree_writable(state.path());
+    }
+}
+
+/// Fetches `top` from a cache where `bad` is tampered with; returns the error and the store entries.
+fn fetch_tampered(salt: &str, compression: &str, tamper: Tamper) -> (FetchError, Vec<String>, StorePath) {
+    let paths = support::closure(salt, 100_000);
+    let bad = paths[1].path.clone(); // `lib`, in the middle of the closure
+    let hub = Hub::start();
+    let b = bad.clone();
+    support::write_cache(&hub.cache_dir(), &paths, compression, &move |p| {
+        if *p == b {
+            tamper.clone()
+        } else {
+            Tamper::default()
+        }
+    });
+    let state = tempfile::tempdir().unwrap();
+    let fetcher = Fetcher::from_config(&config(state.path(), vec![hub.url()])).unwrap();
+    let err = fetcher.realize(&[top(&paths)]).unwrap_err();
+    let entries = support::store_entries(&state.path().join("store"));
+    support::chmod_tree_writable(state.path());
+    (err, entries, bad)
+}
+
+fn assert_absent(entries: &[String], bad: &StorePath) {
+    assert!(!entries.iter().any(|e| e.contains(bad.base_name())), "{bad} left in the store: {entries:?}");
+    assert!(!entries.iter().any(|e| e.starts_with('.')), "temporary entries left: {entries:?}");
+}
+
+#[test]
+fn a_bad_signature_is_refused_and_nothing_is_written() {
+    let (err, entries, bad) = fetch_tampered("badsig", "none", Tamper { wrong_key: true, ..Tamper::default() });
+    let msg = err.to_string();
+    assert!(matches!(err, FetchError::BadSignature { .. }), "{msg}");
+    assert!(msg.contains(bad.as_str()) && msg.contains("bad signature") && msg.contains(support::KEY_NAME), "{msg}");
+    assert!(entries.is_empty(), "a narinfo failed, so nothing may be written: {entries:?}");
+}
+
+#[test]
+fn an_unknown_key_is_refused() {
+    let (err, entries, bad) = fetch_tampered("unknownkey", "none", Tamper { unknown_key: true, ..Tamper::default() });
+    let msg = err.to_string();
+    assert!(matches!(err, FetchError::UntrustedKey { .. }), "{msg}");
+    assert!(msg.contains(bad.as_str()) && msg.contains("someone-else-1") && msg.contains(support::KEY_NAME), "{msg}");
+    assert!(entries.is_empty(), "{entries:?}");
+}
+
+#[test]
+fn a_nar_hash_mismatch_is_refused_for_each_compression() {
+    for compression in ["none", "xz", "zstd", "bzip2"] {
+        let (err, entries, bad) = fetch_tampered(
+            &format!("flip-{compression}"),
+            compression,
+            Tamper { flip_byte: true, ..Tamper::default() },
+        );
+        let msg = err.to_string();
+        eprintln!("error: {msg}");
+        assert!(matches!(err, FetchError::NarHashMismatch { .. }), "{compression}: {msg}");
+        assert!(msg.contains(bad.as_str()) && msg.contains("NarHash mismatch"), "{msg}");
+        assert_absent(&entries, &bad);
+    }
+}
+
+#[test]
+fn a_truncated_nar_is_refused() {
+    let (err, entries, bad) =
+        fetch_tampered("trunc", "none", Tamper { truncate_to: Some(50_000), ..Tamper::default() });
+    let msg = err.to_string();
+    assert!(matches!(err, FetchError::TruncatedNar { got: 50_000, .. }), "{msg}");
+    assert!(msg.contains(bad.as_str()) && msg.contains("truncated NAR"), "{msg}");
+    assert_absent(&entries, &bad);
+    for compression in ["xz", "zstd", "bzip2"] {
+        let (err, entries, bad) = fetch_tampered(
+            &format!("trunc-{compression}"),
+            compression,
+            Tamper { truncate_to: Some(200), ..Tamper::default() },
+        );
+        let msg = err.to_string();
+        eprintln!("error: {msg}");
+        assert!(matches!(err, FetchError::TruncatedNar { .. } | FetchError::Decompress { .. }), "{compression}: {msg}");
+        assert!(msg.contains(bad.as_str()), "{msg}");
+        assert_absent(&entries, &bad);
+    }
+}
+
+#[test]
+fn a_path_missing_everywhere_is_named() {
+    let (err, entries, bad) = fetch_tampered("absent", "none", Tamper { absent: true, ..Tamper::default() });
+    let msg = err.to_string();
+    assert!(matches!(err, FetchError::NotFound { .. }), "{msg}");
+    assert!(msg.contains(bad.as_str()) && msg.contains("not in any substituter"), "{msg}");
+    assert!(entries.is_empty(), "{entries:?}");
+}
+
+#[test]
+fn a_404_on_the_first_substituter_falls_through_to_the_second() {
+    let paths = support::closure("fallthrough", 10_000);
+    let empty = Hub::start();
+    support::write_cache(&empty.cache_dir(), &[], "none", &|_| Tamper::default());
+    let full = Hub::start();
+    support::write_cache(&full.cache_dir(), &paths, "zstd", &|_| Tamper::default());
+    let state = tempfile::tempdir().unwrap();
+    let fetcher = Fetcher::from_config(&config(state.path(), vec![empty.url(), full.url()])).unwrap();
+    let report = fetcher.realize(&[top(&paths)]).unwrap();
+    assert_eq!(report.downloaded, 3);
+    assert_store_holds(&state.path().join("store"), &paths);
+    support::chmod_tree_writable(state.path());
+}
+
+#[test]
+fn the_first_substituter_that_has_a_path_wins() {
+    // Both have it; the second's copy is tampered, so using it would fail.
+    let paths = support::closure("order", 10_000);
+    let first = Hub::start();
+    support::write_cache(&first.cache_dir(), &paths, "xz", &|_| Tamper::default());
+    let second = Hub::start();
+    support::write_cache(&second.cache_dir(), &paths, "none", &|_| Tamper { wrong_key: true, ..Tamper::default() });
+    let state = tempfile::tempdir().unwrap();
+    let fetcher = Fetcher::from_config(&config(state.path(), vec![first.url(), second.url()])).unwrap();
+    fetcher.realize(&[top(&paths)]).unwrap();
+    assert_store_holds(&state.path().join("store"), &paths);
+    support::chmod_tree_writable(state.path());
+}
+
+/// A server answering 500 to everything: what a broken cache does (the hub never does).
+fn broken_server() -> (String, std::thread::JoinHandle<()>, std::sync::Arc<tiny_http::Server>) {
+    let server = std::sync::Arc::new(tiny_http::Server::http("127.0.0.1:0").unwrap());
+    let addr = server.server_addr().to_ip().unwrap();
+    let s = server.clone();
+    let t = std::thread::spawn(move || {
+        for req in s.incoming_requests() {
+            let _ = req.respond(tiny_http::Response::from_string("boom").with_status_code(500));
+        }
+    });
+    (format!("http://{addr}/cache"), t, server)
+}
+
+#[test]
+fn http_500_is_an_error_naming_the_substituter_and_url() {
+    let (hub, paths) = hub_with("http500", "none", 1000, &|_| Tamper::default());
+    let (broken, thread, server) = broken_server();
+    let state = tempfile::tempdir().unwrap();
+    let fetcher = Fetcher::from_config(&config(state.path(), vec![broken.clone(), hub.url()])).unwrap();
+    let err = fetcher.realize(&[top(&paths)]).unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, FetchError::Http { status: 500, .. }), "{msg}");
+    assert!(msg.contains(&broken) && msg.contains("HTTP 500"), "{msg}");
+    assert!(support::store_entries(&state.path().join("store")).is_empty());
+    server.unblock();
+    thread.join().unwrap();
+}
+
+#[test]
+fn bad_config_is_named() {
+    let state = tempfile::tempdir().unwrap();
+    let mut c = config(state.path(), vec!["ftp://x".into()]);
+    let e = Fetcher::from_config(&c).err().unwrap().to_string();
+    assert!(e.contains("substituters") && e.contains("ftp://x") && e.contains("http://"), "{e}");
+    c.substituters = vec!["http://127.0.0.1:1".into()];
+    c.trusted_public_keys = vec!["k:notbase64!".into()];
+    let e = Fetcher::from_config(&c).err().unwrap().to_string();
+    assert!(e.contains("trusted_public_keys") && e.contains("k:notbase64!"), "{e}");
+}
+
+#[test]
+fn twenty_concurrent_cold_fetches_download_each_nar_once() {
+    let (hub, paths) = hub_with("twenty", "zstd", 2_000_000, &|_| Tamper::default());
+    let state = tempfile::tempdir().unwrap();
+    let cfg = config(state.path(), vec![hub.url()]);
+    let downloaded: usize = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..20)
+            .map(|_| {
+                let cfg = cfg.clone();
+                let want = top(&paths);
+                s.spawn(move || Fetcher::from_config(&cfg).unwrap().realize(&[want]).unwrap().downloaded)
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).sum()
+    });
+    assert_eq!(downloaded, 3, "each path is downloaded by exactly one of the 20");
+    assert_store_holds(&state.path().join("store"), &paths);
+    for entry in std::fs::read_dir(hub.cache_dir().join("nar")).unwrap() {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        assert_eq!(support::served(&format!("/cache/nar/{name}")), 1, "{name} served more than once");
+    }
+    support::chmod_tree_writable(state.path());
+}
+
+/// Run as a child process by `a_fetch_killed_mid_download_is_retried_cleanly`.
+#[test]
+#[ignore]
+fn child_fetch() {
+    let Ok(state) = std::env::var("FETCH_CHILD_STATE") else { return };
+    let sub = std::env::var("FETCH_CHILD_SUB").unwrap();
+    let want = StorePath::parse(&std::env::var("FETCH_CHILD_WANT").unwrap()).unwrap();
+    let jobs = std::env::var("FETCH_CHILD_JOBS").map(|j| j.parse().unwrap()).unwrap_or(1);
+    Fetcher::from_config(&config(Path::new(&state), vec![sub])).unwrap().with_jobs(jobs).realize(&[want]).unwrap();
+}
+
+#[test]
+fn twenty_concurrent_cold_fetching_processes_download_each_nar_once() {
+    let (hub, paths) = hub_with("twenty-processes", "xz", 2_000_000, &|_| Tamper::default());
+    let state = tempfile::tempdir().unwrap();
+    let children: Vec<_> = (0..20)
+        .map(|_| {
+            std::process::Command::new(std::env::current_exe().unwrap())
+                .args(["--exact", "child_fetch", "--ignored"])
+                .env("FETCH_CHILD_STATE", state.path())
+                .env("FETCH_CHILD_SUB", hub.url())
+                .env("FETCH_CHILD_WANT", top(&paths).as_str())
+                .env("FETCH_CHILD_JOBS", "8")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "a fetching process failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    assert_store_holds(&state.path().join("store"), &paths);
+    for entry in std::fs::read_dir(hub.cache_dir().join("nar")).unwrap() {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        assert_eq!(support::served(&format!("/cache/nar/{name}")), 1, "{name} not served exactly once");
+    }
+    support::chmod_tree_writable(state.path());
+}
+
+#[test]
+fn a_fetch_killed_mid_download_is_retried_cleanly() {
+    // A NAR large enough that the kill lands while it is being unpacked.
+    let (hub, paths) = hub_with("killed", "none", 64_000_000, &|_| Tamper::default());
+    let state = tempfile::tempdir().unwrap();
+    let store = state.path().join("store");
+    let lib = &paths[1];
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "child_fetch", "--ignored", "--nocapture"])
+        .env("FETCH_CHILD_STATE", state.path())
+        .env("FETCH_CHILD_SUB", hub.url())
+        .env("FETCH_CHILD_WANT", lib.path.as_str())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let temp_prefix = format!(".tmp-{}-", lib.path.base_name());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    // Wait until the big file is partly written under the temporary name.
+    loop {
+        let partial = support::store_entries(&store)
+            .into_iter()
+            .find(|e| e.starts_with(&temp_prefix))
+            .and_then(|t| std::fs::metadata(store.join(t).join("lib/libx.so")).ok().filter(|m| m.len() > 0));
+        if partial.is_some() {
+            break;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "the child finished before it could be killed");
+        assert!(std::time::Instant::now() < deadline, "the child never started unpacking");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let after_kill = support::store_entries(&store);
+    assert!(!after_kill.contains(&lib.path.base_name().to_string()), "half a path became visible: {after_kill:?}");
+    let fetcher = Fetcher::from_config(&config(state.path(), vec![hub.url()])).unwrap();
+    fetcher.realize(&[top(&paths)]).unwrap();
+    assert_store_holds(&store, &paths);
+    support::chmod_tree_writable(state.path());
+}
