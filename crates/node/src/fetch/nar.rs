@@ -182,15 +182,9 @@ fn set_file_mtime(file: &File) -> io::Result<()> {
 
 /// mtime (and atime) 1 on `path` itself, not what a symlink points to.
 fn set_mtime_nofollow(path: &Path) -> io::Result<()> {
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
-    let times = [libc::timespec { tv_sec: 1, tv_nsec: 0 }, libc::timespec { tv_sec: 1, tv_nsec: 0 }];
-    // SAFETY: `c` is a valid NUL-terminated path and `times` two valid timespecs.
-    let rc = unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    let one = rustix::fs::Timespec { tv_sec: 1, tv_nsec: 0 };
+    let times = rustix::fs::Timestamps { last_access: one, last_modification: one };
+    rustix::fs::utimensat(rustix::fs::CWD, path, &times, rustix::fs::AtFlags::SYMLINK_NOFOLLOW).map_err(io::Error::from)
 }
 
 /// Unpacks the NAR read from `r` at `dest` (which must not exist). Reads exactly the
