@@ -504,6 +504,15 @@ pub fn uninstall(root: &HostRoot, state_dir: &Path, dry_run: bool) -> Result<Vec
             Some(text) => {
                 write_atomic(&host_path, text.as_bytes(), FileMode::KeepOr(0o644))?;
                 lines.push(format!("restored {}", file.path.display()));
+                // The backup install made holds the bytes just restored: it goes too, so nothing
+                // install added is left. (Kept when the file had changed since: it may be needed.)
+                if file.original.as_deref() == Some(text.as_str()) {
+                    if let Some(backup) = &file.backup {
+                        if std::fs::remove_file(root.join(backup)).is_ok() {
+                            lines.push(format!("removed {}", backup.display()));
+                        }
+                    }
+                }
             }
             None => {
                 std::fs::remove_file(&host_path).map_err(io("removing", &file.path))?;

@@ -347,4 +347,9 @@ fn upgrade_replaces_running_binaries_atomically_and_keeps_the_node_config() {
     install::uninstall(&HostRoot("/".into()), &plan.state_dir, false).unwrap();
     assert_eq!(std::fs::read_to_string(&config).unwrap(), data("containerd-1.6.20-default.toml"));
     assert!(!runc.exists());
+    let left: Vec<_> = std::fs::read_dir(config.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left, ["config.toml"], "uninstall left the backup install made");
 }
