@@ -8,3 +8,4 @@ pub mod containers;
 pub mod hub;
 pub mod realize;
 pub mod render;
+pub mod view;
