@@ -53,7 +53,10 @@ fn views(node: &FloxNode) -> Vec<String> {
 }
 
 fn large_environment(version: ContainerdVersion) {
+    let t0 = std::time::Instant::now();
+    let phase = |what: &str| eprintln!("large_env {version}: {what} at {:.1} s", t0.elapsed().as_secs_f64());
     let Some(node) = FloxNode::start(version) else { return };
+    phase("node started");
     let large = closure_names(&node, "flox/large");
     assert!(large.len() >= 300, "flox/large has {} store paths; the world is outdated", large.len());
     let idle = node_mounts(&node);
@@ -67,6 +70,7 @@ fn large_environment(version: ContainerdVersion) {
         for o in &others {
             assert!(Path::new("/nix/store").join(o).exists(), "{o} is on the host");
         }
+        phase("flox/hello ran");
         let before = node_mounts(&node);
         assert_eq!(before, idle, "a finished pod leaves no host mount");
 
@@ -77,6 +81,7 @@ fn large_environment(version: ContainerdVersion) {
         let pod = flox_pod("large", &[("flox.dev/environment", "flox/large")], EMPTY, &["bash", "-c", &probe]);
         let (code, out, err) = node.run_to_end(&pod, &[]).await.unwrap();
         assert_eq!(code, 0, "{err}");
+        phase("flox/large ran cold");
         let sections: Vec<&str> = out.split("---\n").collect();
         assert_eq!(sections.len(), 3, "{out}");
         let store_mounts: Vec<String> = mount_points(sections[0]).into_iter().filter(|p| under_store(p)).collect();
@@ -100,7 +105,12 @@ fn large_environment(version: ContainerdVersion) {
 
         // One running container, then 20: each adds the same few host mounts, none per path.
         let sleeper = |i: usize| {
-            flox_pod(&format!("large-{i}"), &[("flox.dev/environment", "flox/large")], EMPTY, &["sleep", "600"])
+            flox_pod(
+                &format!("large-{i}"),
+                &[("flox.dev/environment", "flox/large")],
+                EMPTY,
+                &["bash", "-c", "trap 'exit 0' TERM; sleep 600 & wait"],
+            )
         };
         let first = node.run(&sleeper(0), &[]).await.expect("flox/large pod starts");
         let per_pod = node_mounts(&node).len() - before.len();
@@ -108,6 +118,7 @@ fn large_environment(version: ContainerdVersion) {
         for i in 1..PODS {
             pods.push(node.run(&sleeper(i), &[]).await.expect("flox/large pod starts"));
         }
+        phase("20 flox/large pods running");
         let added = node_mounts(&node).len() - before.len();
         eprintln!("host mounts: {per_pod} for one flox/large pod, {added} for {PODS} (closure: {} paths)", large.len());
         assert!(per_pod <= 4, "one pod adds {per_pod} host mounts");
@@ -119,6 +130,7 @@ fn large_environment(version: ContainerdVersion) {
             pod.remove().await.unwrap();
         }
     });
+    phase("20 pods removed");
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(node_mounts(&node), idle, "host mount table as before");
     let leftovers = std::fs::read_dir(node.state_root.join("containers")).map(|d| d.count()).unwrap_or(0);
