@@ -98,7 +98,7 @@ nix-instantiate --eval --strict --json --read-write-mode \
                (map (o: { name = o; value = d.${o}.outPath; }) d.outputs);
            }) pkgs' >"$work/built.json"
 mapfile -t drvs < <(python3 -c 'import json,sys; [print(v["drvPath"]) for v in json.load(open(sys.argv[1])).values()]' "$work/built.json")
-nix-store --realise "${drvs[@]}" --add-root "$roots/out" --indirect >/dev/null 2>"$work/build.log" \
+nix-store --realise --max-jobs "$(nproc)" "${drvs[@]}" --add-root "$roots/out" --indirect >/dev/null 2>"$work/build.log" \
     || { cat "$work/build.log" >&2; die "building the packages failed"; }
 
 # --- 3. lock the environments -------------------------------------------------

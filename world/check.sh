@@ -115,4 +115,25 @@ blue=$(in_store "$(pkg_path whoami_blue)")/bin/whoami-pkg
 green=$(in_store "$(pkg_path whoami_green)")/bin/whoami-pkg
 cmp -s "$blue" "$green" && die "the two whoami-pkg files must differ"
 
+# flox/large: a realistic size, compressed NARs, and the tools tests look around with.
+python3 - "$hub_root" <<'EOF'
+import json, pathlib, sys
+hub = pathlib.Path(sys.argv[1])
+closure = json.loads((hub / "world.json").read_text())["environments"]["flox/large"]["generations"]["1"]["closure"]
+nar_size = 0
+for p in closure:
+    text = (hub / "cache" / f"{pathlib.Path(p).name[:32]}.narinfo").read_text()
+    info = dict(line.split(": ", 1) for line in text.splitlines())
+    nar_size += int(info["NarSize"])
+    if info["Compression"] not in ("xz", "zstd"):
+        sys.exit(f"world check: {p} is stored with compression {info['Compression']}, expected xz or zstd")
+if len(closure) < 300 or nar_size < 200_000_000:
+    sys.exit(f"world check: flox/large has {len(closure)} store paths, {nar_size} bytes; needs >= 300 and >= 200 MB")
+print(f"world check: flox/large: {len(closure)} store paths, {nar_size / 1e6:.0f} MB unpacked", file=sys.stderr)
+EOF
+[[ $(wc -l <"$(in_store "$(pkg_path large_app)")/lib/large-app/libraries") -eq 250 ]] || die "large-app does not list 250 libraries"
+for tool in cat wc sleep; do
+    [[ -L $(in_store "$(pkg_path large_coreutils)")/bin/$tool ]] || die "coreutils lacks bin/$tool"
+done
+
 echo "world check: ok (${#paths[@]} store paths realized from $hub_root/cache)"

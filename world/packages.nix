@@ -75,7 +75,8 @@ let
   };
 
 in
-rec {
+# flox/large's packages (a few hundred generated store paths) next to the small ones.
+import ./large.nix { inherit mk bb bashSrc sh; } // rec {
   hello_2_10 = hello "2.10";
   hello_2_12 = hello "2.12";
 

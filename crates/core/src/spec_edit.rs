@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use serde_json::{json, Map, Value};
 
 use crate::container_paths;
-use crate::store_path::StorePath;
+use crate::store_path::STORE_DIR;
 
 pub const CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
 pub const CONTAINER_NAME: &str = "io.kubernetes.cri.container-name";
@@ -90,8 +90,10 @@ pub fn token_source(spec: &Value) -> Option<TokenMount> {
 /// How /nix appears in the container.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NixView {
-    /// Only the environment's closure, each store path bound read-only at its own path.
-    Closure(Vec<StorePath>),
+    /// Only the environment's closure: the node's prepared view of it (a directory holding
+    /// exactly the closure's store paths) bound read-only at /nix/store. One mount whatever
+    /// the closure's size.
+    Closure { view: String },
     /// The whole host /nix/store, read-only.
     WholeStore,
     /// `flox.dev/nix-mutable`: an overlay over the host /nix, writes land in `upper` only.
@@ -155,10 +157,8 @@ impl FloxEdit {
             }));
         }
         match &self.nix {
-            NixView::Closure(paths) => {
-                mounts.extend(paths.iter().map(|p| bind(p.as_str(), p.as_str())));
-            }
-            NixView::WholeStore => mounts.push(bind("/nix/store", "/nix/store")),
+            NixView::Closure { view } => mounts.push(bind(view, STORE_DIR)),
+            NixView::WholeStore => mounts.push(bind(STORE_DIR, STORE_DIR)),
             NixView::Overlay { upper, work } => mounts.push(json!({
                 "destination": "/nix",
                 "type": "overlay",

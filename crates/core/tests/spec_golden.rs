@@ -6,7 +6,6 @@ use std::path::PathBuf;
 
 use imageless_core::decide::{decide, Decision};
 use imageless_core::spec_edit::{container_info, FloxEdit, NixView};
-use imageless_core::store_path::StorePath;
 use serde_json::Value;
 
 fn data(name: &str) -> PathBuf {
@@ -38,10 +37,7 @@ fn edit(nix: NixView) -> FloxEdit {
 }
 
 fn closure() -> NixView {
-    NixView::Closure(vec![
-        StorePath::parse("/nix/store/f1dqzbnkizk2911h0f347nj2phfv5drr-echoip-1.0").unwrap(),
-        StorePath::parse("/nix/store/jsm9cyjvamk013ndqlj8ckgaqp3yrw28-busybox-static").unwrap(),
-    ])
+    NixView::Closure { view: "/var/lib/imageless/views/0123456789abcdef0123456789abcdef".into() }
 }
 
 #[test]

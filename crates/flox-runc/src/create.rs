@@ -7,6 +7,7 @@ use imageless_core::activation::Mode;
 use imageless_core::decide::{decide, Decision};
 use imageless_core::env_ref::EnvRef;
 use imageless_core::spec_edit::{self, FloxEdit, NixView};
+use imageless_core::store_path::STORE_DIR;
 use imageless_core::system::System;
 use imageless_node::cache::NodeCache;
 use imageless_node::config::{NodeConfig, StoreView};
@@ -73,33 +74,39 @@ fn prepare(config: &NodeConfig, config_path: &Path, id: &str, log: &ErrorLog) ->
     } else {
         None
     };
+    let env_dir = rendered.env_dir.display().to_string();
+    let state = ContainerState {
+        id: id.to_string(),
+        env_key: rendered.key.clone(),
+        env_dir: env_dir.clone(),
+        activator: config.activator.display().to_string(),
+        description: opts.environment.full_name(),
+        disable_metrics: opts.disable_metrics,
+        skip_exec: opts.skip.containers_exec.contains(&name),
+        overlay_dir: overlay_dir.as_ref().map(|d| d.display().to_string()),
+        attach: true,
+    };
+    // Saved before the closure view is looked up: the state is what keeps gc from removing
+    // the environment's view (and the environment) while this container uses it.
+    state.save(&config.state_root).map_err(|e| format!("flox: saving container state: {e}"))?;
     let nix = match (&overlay_dir, config.store_view) {
         (Some(dir), _) => NixView::Overlay {
             upper: dir.join("upper").display().to_string(),
             work: dir.join("work").display().to_string(),
         },
         (None, StoreView::Store) => NixView::WholeStore,
-        (None, StoreView::Closure) => NixView::Closure(rendered.closure.clone()),
+        (None, StoreView::Closure) => {
+            let view = cache.ensure_view(&rendered, Path::new(STORE_DIR)).map_err(|e| e.to_string())?;
+            NixView::Closure { view: view.display().to_string() }
+        }
     };
     let edit = FloxEdit {
-        env_dir: rendered.env_dir.display().to_string(),
-        activator: config.activator.display().to_string(),
+        env_dir,
+        activator: state.activator.clone(),
         nix,
-        description: opts.environment.full_name(),
-        disable_metrics: opts.disable_metrics,
+        description: state.description.clone(),
+        disable_metrics: state.disable_metrics,
     };
-    let state = ContainerState {
-        id: id.to_string(),
-        env_key: rendered.key.clone(),
-        env_dir: edit.env_dir.clone(),
-        activator: edit.activator.clone(),
-        description: edit.description.clone(),
-        disable_metrics: edit.disable_metrics,
-        skip_exec: opts.skip.containers_exec.contains(&name),
-        overlay_dir: overlay_dir.map(|d| d.display().to_string()),
-        attach: true,
-    };
-    state.save(&config.state_root).map_err(|e| format!("flox: saving container state: {e}"))?;
     edit.apply_to_spec(&mut spec).map_err(|e| e.to_string())?;
     write_atomic(config_path, &serde_json::to_vec(&spec).expect("serializable"))
         .map_err(|e| format!("flox: writing {}: {e}", config_path.display()))?;
@@ -152,8 +159,17 @@ pub fn prefetch_main(args: &[String]) -> i32 {
     let mode = if mode == "dev" { Mode::Dev } else { Mode::Run };
     let Ok(config) = NodeConfig::load(None) else { return 1 };
     let Ok(system) = System::host() else { return 1 };
-    match NodeCache::new(config, system).ensure(&env, mode, None) {
-        Ok(_) => 0,
+    let view = config.store_view == StoreView::Closure;
+    let cache = NodeCache::new(config, system);
+    // The closure view too, so the app container's create finds it ready.
+    match cache.ensure(&env, mode, None).and_then(|r| {
+        if view {
+            cache.ensure_view(&r, Path::new(STORE_DIR)).map(drop)
+        } else {
+            Ok(())
+        }
+    }) {
+        Ok(()) => 0,
         Err(e) => {
             tracing::info!("prefetch of {env} did not complete: {e}");
             1

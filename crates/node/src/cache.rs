@@ -5,7 +5,9 @@
 //! - `refs/<owner>/<name>.json` what the hub said last (commit, which token fetched it);
 //! - `envs/<key>/` rendered environments keyed by content (lock + system + mode), published
 //!   by renaming a finished temp dir, so a killed pull never leaves a half-visible one;
-//! - `locks/<key>.lock` one realization per key: concurrent pods wait and reuse.
+//! - `views/<key>/` the closure view of `envs/<key>` (see [`crate::view`]), built on first use;
+//! - `locks/<key>.lock` one realization (and one view build) per key: concurrent pods wait and
+//!   reuse.
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -26,6 +28,7 @@ use crate::config::NodeConfig;
 use crate::hub::{self, HubClient, HubError};
 use crate::realize::{self, Nix, RealizeError};
 use crate::render::{self, LinkSource, RenderError};
+use crate::view::{self, ViewError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -35,6 +38,8 @@ pub enum NodeError {
     Realize(#[from] RealizeError),
     #[error(transparent)]
     Render(#[from] RenderError),
+    #[error(transparent)]
+    View(#[from] ViewError),
     #[error("flox: {error}")]
     Generations { env: String, error: GenerationsError },
     #[error("flox: {env} generation {generation}: manifest.lock is not valid: {message}")]
@@ -422,7 +427,72 @@ impl NodeCache {
         })
     }
 
-    /// Removes cached environments not in `in_use` and unused for `older_than`.
+    /// The closure view of `rendered` (built now if needed), for one read-only bind at
+    /// /nix/store. `store_dir` holds the store paths' contents. The caller records the key in
+    /// its container state before calling, so a concurrent gc (which re-reads the container
+    /// states under the key's lock) never removes a view that is about to be mounted.
+    pub fn ensure_view(&self, rendered: &Rendered, store_dir: &Path) -> Result<PathBuf, NodeError> {
+        let key = &rendered.key;
+        let dir = view::view_dir(self.root(), key);
+        // Under the key's lock even when it exists: gc removes views under the same lock.
+        let _guard = lock_file(&self.root().join("locks").join(format!("{key}.lock")))?;
+        if dir.is_dir() {
+            return Ok(dir);
+        }
+        let views = view::views_dir(self.root());
+        std::fs::create_dir_all(&views).map_err(io(&views))?;
+        let prefix = format!(".tmp-{key}-");
+        view::clean_leftovers(self.root(), |k| k != key);
+        let tmp = views.join(format!("{prefix}{}", std::process::id()));
+        let started = std::time::Instant::now();
+        let stats = match view::build(store_dir, &rendered.closure, &tmp) {
+            Ok(stats) => stats,
+            Err(e) => {
+                let _ = view::remove_tree(&tmp);
+                return Err(e.into());
+            }
+        };
+        if let Err(e) = std::fs::rename(&tmp, &dir) {
+            let _ = view::remove_tree(&tmp);
+            return Err(io(&dir)(e));
+        }
+        tracing::info!(
+            key,
+            paths = stats.paths,
+            files = stats.files,
+            dirs = stats.dirs,
+            copied = stats.copied,
+            ms = started.elapsed().as_millis() as u64,
+            "closure view built"
+        );
+        Ok(dir)
+    }
+
+    /// Removes a view under the key's lock unless a container uses the key now.
+    fn remove_view_if_unused(&self, key: &str) -> Result<bool, NodeError> {
+        let _guard = lock_file(&self.root().join("locks").join(format!("{key}.lock")))?;
+        if crate::containers::keys_in_use(self.root()).contains(key) {
+            return Ok(false);
+        }
+        self.remove_view(key)?;
+        Ok(true)
+    }
+
+    /// Removes `views/<key>` (the caller holds the key's lock): renamed away first, so a
+    /// removal killed half-way leaves a dot-dir for the next gc, never a partial view.
+    fn remove_view(&self, key: &str) -> Result<(), NodeError> {
+        let dir = view::view_dir(self.root(), key);
+        if !dir.exists() {
+            return Ok(());
+        }
+        let trash = view::views_dir(self.root()).join(format!(".gc-{key}-{}", std::process::id()));
+        std::fs::rename(&dir, &trash).map_err(io(&trash))?;
+        view::remove_tree(&trash).map_err(io(&trash))
+    }
+
+    /// Removes cached environments (and their closure views) not in `in_use` and unused for
+    /// `older_than`, views whose environment is gone and no container uses, and leftovers of
+    /// killed view builds.
     pub fn gc(
         &self,
         in_use: &std::collections::HashSet<String>,
@@ -430,8 +500,9 @@ impl NodeCache {
     ) -> Result<Vec<String>, NodeError> {
         let envs = self.envs_dir();
         let mut removed = Vec::new();
-        let Ok(entries) = std::fs::read_dir(&envs) else { return Ok(removed) };
-        for entry in entries.flatten() {
+        let entries: Vec<std::fs::DirEntry> =
+            std::fs::read_dir(&envs).map(|d| d.flatten().collect()).unwrap_or_default();
+        for entry in entries {
             let key = entry.file_name().to_string_lossy().into_owned();
             if key.starts_with('.') || in_use.contains(&key) {
                 continue;
@@ -441,13 +512,33 @@ impl NodeCache {
                 continue;
             }
             let _guard = lock_file(&self.root().join("locks").join(format!("{key}.lock")))?;
+            // A container may have been created since `in_use` was read.
+            if crate::containers::keys_in_use(self.root()).contains(&key) {
+                continue;
+            }
+            self.remove_view(&key)?;
             let trash = envs.join(format!(".gc-{key}-{}", std::process::id()));
             std::fs::rename(entry.path(), &trash).map_err(io(&trash))?;
             std::fs::remove_dir_all(&trash).map_err(io(&trash))?;
             realize::remove_gc_roots(&self.config.gcroots_dir, &key).map_err(io(&self.config.gcroots_dir))?;
             removed.push(key);
         }
+        for key in view::orphans(self.root(), in_use, |k| envs.join(k).is_dir()) {
+            if self.remove_view_if_unused(&key)? {
+                tracing::info!(key, "orphan closure view removed");
+            }
+        }
+        view::clean_leftovers(self.root(), |k| self.key_busy(k));
         Ok(removed)
+    }
+
+    /// Whether someone holds the key's lock (a realization or a view build in progress).
+    fn key_busy(&self, key: &str) -> bool {
+        let path = self.root().join("locks").join(format!("{key}.lock"));
+        match File::options().write(true).open(&path) {
+            Ok(f) => f.try_lock_exclusive().map(|locked| !locked).unwrap_or(true),
+            Err(_) => false,
+        }
     }
 }
 
@@ -475,5 +566,92 @@ fn clean_stale_temps(envs: &Path, key: &str) {
                 let _ = std::fs::remove_dir_all(e.path());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::containers::ContainerState;
+
+    fn fake_store(store: &Path, names: &[&str]) -> Vec<StorePath> {
+        names
+            .iter()
+            .map(|n| {
+                std::fs::create_dir_all(store.join(n).join("bin")).unwrap();
+                std::fs::write(store.join(n).join("bin/tool"), n.as_bytes()).unwrap();
+                StorePath::parse(&format!("/nix/store/{n}")).unwrap()
+            })
+            .collect()
+    }
+
+    fn container(id: &str, key: &str) -> ContainerState {
+        ContainerState {
+            id: id.into(),
+            env_key: key.into(),
+            env_dir: String::new(),
+            activator: String::new(),
+            description: String::new(),
+            disable_metrics: false,
+            skip_exec: false,
+            overlay_dir: None,
+            attach: true,
+        }
+    }
+
+    /// A view is built once, kept while a container uses its key, removed by gc once unused.
+    #[test]
+    fn view_lifecycle() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = tmp.path().join("store");
+        let closure =
+            fake_store(&store, &["aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-a-1.0", "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-b-1.0"]);
+        let config = NodeConfig {
+            state_root: tmp.path().join("state"),
+            gcroots_dir: tmp.path().join("gcroots"),
+            ..NodeConfig::default()
+        };
+        let root = config.state_root.clone();
+        let cache = NodeCache::new(config, System::X86_64Linux);
+        let rendered = Rendered {
+            key: "k1".into(),
+            dir: root.join("envs/k1"),
+            env_dir: root.join("envs/k1/env"),
+            closure,
+            generation: 1,
+            realized: 0,
+            warning: None,
+        };
+        // A build killed half-way left a temp dir behind.
+        std::fs::create_dir_all(root.join("views/.tmp-k1-999999/junk")).unwrap();
+        let dir = cache.ensure_view(&rendered, &store).unwrap();
+        assert_eq!(dir, root.join("views/k1"));
+        assert!(dir.join("aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-a-1.0/bin/tool").is_file());
+        assert_eq!(view::list(&root), vec!["k1"]);
+        assert!(!root.join("views/.tmp-k1-999999").exists(), "stale temp removed");
+        // Built once: a second call reuses the same directory.
+        let ino = |p: &Path| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).unwrap());
+        let first = ino(&dir);
+        assert_eq!(cache.ensure_view(&rendered, &store).unwrap(), dir);
+        assert_eq!(ino(&dir), first);
+
+        // In use by a container: gc keeps it (the environment dir is gone, so it is an orphan).
+        container("c1", "k1").save(&root).unwrap();
+        let in_use = crate::containers::keys_in_use(&root);
+        cache.gc(&in_use, Duration::ZERO).unwrap();
+        assert!(dir.is_dir(), "never removed under a container");
+        // A container created after gc read `in_use` still protects it (gc re-reads under the lock).
+        ContainerState::remove(&root, "c1");
+        let stale_in_use = crate::containers::keys_in_use(&root);
+        container("c2", "k1").save(&root).unwrap();
+        cache.gc(&stale_in_use, Duration::ZERO).unwrap();
+        assert!(dir.is_dir(), "protected by a container that appeared meanwhile");
+        ContainerState::remove(&root, "c2");
+        cache.gc(&crate::containers::keys_in_use(&root), Duration::ZERO).unwrap();
+        assert!(!dir.exists(), "removed once unused");
+        assert!(view::list(&root).is_empty());
+        let left: Vec<_> = std::fs::read_dir(root.join("views")).unwrap().collect();
+        assert!(left.is_empty(), "no trash left: {left:?}");
+        assert!(store.join("aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-a-1.0/bin/tool").is_file(), "store untouched");
     }
 }

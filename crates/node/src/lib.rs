@@ -11,3 +11,4 @@ pub mod pod_file;
 pub mod realize;
 pub mod render;
 pub mod secret_volume;
+pub mod view;

@@ -11,6 +11,8 @@
 //! - P3 20 pods of one cold environment at once: realizations and wall time vs one cold pod.
 //! - P4 activation: `flox-activate --env E --cache C -- true` vs `true`, without/with hook.
 //! - P5 wrapper: `flox-runc state` vs `runc state`; peak RSS of flox-runc during create.
+//! - P6 a large environment (`flox/large`, 300+ store paths): warm start vs `flox/hello` and
+//!   vs runc + busybox, host mounts of 50 running pods, delete time (bench/p6_large.rs).
 //!
 //! Environment: IMAGELESS_BENCH_BIN_DIR (release binaries, default target/release),
 //! IMAGELESS_ACTIVATOR, IMAGELESS_HUB_ROOT (as for the e2e tests).
@@ -18,6 +20,8 @@
 mod nixns;
 #[path = "../bench/node.rs"]
 mod node;
+#[path = "../bench/p6_large.rs"]
+mod p6_large;
 #[path = "../bench/probe.rs"]
 mod probe;
 #[path = "../bench/stats.rs"]
@@ -127,6 +131,7 @@ fn run() -> anyhow::Result<()> {
     rt.block_on(p1_warm_start(&progress, &node, &mut results))?;
     p4_activation(&progress, &node, &bins, &mut results)?;
     rt.block_on(p5_wrapper(&progress, &node, &bins, &mut results))?;
+    rt.block_on(p6_large::p6_large(&progress, &node, &mut results))?;
     if let Some(dir) = std::env::var_os("IMAGELESS_BENCH_STRACE") {
         rt.block_on(strace_warm_starts(&progress, &node, &bins, Path::new(&dir)))?;
     }
@@ -169,7 +174,9 @@ fn run() -> anyhow::Result<()> {
 fn largest_environment(world: &serde_json::Value) -> anyhow::Result<(String, Vec<String>)> {
     let mut best: Option<(String, Vec<String>)> = None;
     for (name, env) in world["environments"].as_object().context("world.json: no environments")? {
-        if env["private"].as_bool() == Some(true) || name.contains("conflict") {
+        // flox/large has its own figures (P6); P2/P3 stay on the small environments so their
+        // figures compare with earlier runs (and the bench stays within minutes).
+        if env["private"].as_bool() == Some(true) || name.contains("conflict") || name == p6_large::LARGE_ENV {
             continue;
         }
         let live = env["live_generation"].to_string();

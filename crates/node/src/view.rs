@@ -1,0 +1,272 @@
+//! Closure views: one read-only directory per environment that looks like the store but holds
+//! exactly the environment's closure, so a container gets the closure with a single bind mount
+//! at /nix/store whatever the closure's size.
+//!
+//! Layout: `<state_root>/views/<key>/<hash>-<name>/…`, one entry per closure path, keyed like
+//! the rendered environment (`envs/<key>`) whose closure it mirrors.
+//!
+//! A view is a hard-link farm of the store: directories and symlinks are recreated, files are
+//! hard links to the store's own inodes, so a view costs a few inodes per directory and no
+//! data (a 300-path, 240 MB closure links in well under a second). Bind-mounting each store
+//! path into the view instead would put one host mount per path back (and `rbind` would show
+//! them all in the container); an overlay cannot place several store paths side by side
+//! under one directory. When the view's directory is on another file system than the store
+//! (link fails with EXDEV) the files are copied instead: slower and larger, still correct.
+//!
+//! Lifecycle: built once under the key's lock into `.tmp-<key>-<pid>` and renamed into place,
+//! so a view that exists is complete; a killed build leaves only a temp dir that the next
+//! build or gc removes. Views are plain directories (no mounts on the host), so they survive a
+//! node restart as they are. They are used by containers (the per-container state records the
+//! key) and removed with their environment by [`crate::cache::NodeCache::gc`], never while a
+//! container uses the key.
+use std::collections::HashSet;
+use std::fs;
+use std::io;
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use imageless_core::store_path::StorePath;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ViewError {
+    #[error("flox: store path {path} of the environment's closure is missing from {store}; realize it again (imageless pull)")]
+    MissingPath { path: String, store: String },
+    #[error("flox: building the closure view {path}: {source}")]
+    Io { path: String, source: io::Error },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ViewError + '_ {
+    move |source| ViewError::Io { path: path.display().to_string(), source }
+}
+
+/// How a view's files were made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    HardLink,
+    Copy,
+}
+
+/// Counts of what a view build made.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ViewStats {
+    pub paths: usize,
+    pub dirs: usize,
+    pub files: usize,
+    pub symlinks: usize,
+    /// Files copied because hard links were not possible.
+    pub copied: usize,
+}
+
+/// `<state_root>/views`.
+pub fn views_dir(state_root: &Path) -> PathBuf {
+    state_root.join("views")
+}
+
+/// `<state_root>/views/<key>`: what is bound at /nix/store.
+pub fn view_dir(state_root: &Path, key: &str) -> PathBuf {
+    views_dir(state_root).join(key)
+}
+
+/// Builds the view of `closure` into `dest` (which must not exist) from `store_dir`, the
+/// directory holding the store paths' contents (/nix/store, or a node-owned store).
+pub fn build(store_dir: &Path, closure: &[StorePath], dest: &Path) -> Result<ViewStats, ViewError> {
+    fs::create_dir(dest).map_err(io_err(dest))?;
+    let mut builder = Builder { method: Method::HardLink, stats: ViewStats::default() };
+    for path in closure {
+        let name = path.base_name();
+        let src = store_dir.join(name);
+        match fs::symlink_metadata(&src) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(ViewError::MissingPath { path: path.to_string(), store: store_dir.display().to_string() })
+            }
+            Err(e) => return Err(io_err(&src)(e)),
+        }
+        builder.mirror(&src, &dest.join(name))?;
+        builder.stats.paths += 1;
+    }
+    // The top directory is read-only like the store's (the bind is read-only anyway).
+    fs::set_permissions(dest, fs::Permissions::from_mode(0o555)).map_err(io_err(dest))?;
+    Ok(builder.stats)
+}
+
+struct Builder {
+    method: Method,
+    stats: ViewStats,
+}
+
+impl Builder {
+    /// Recreates `src` (a store path or something below it) at `dst`; never follows symlinks.
+    fn mirror(&mut self, src: &Path, dst: &Path) -> Result<(), ViewError> {
+        let meta = fs::symlink_metadata(src).map_err(io_err(src))?;
+        let ft = meta.file_type();
+        if ft.is_symlink() {
+            let target = fs::read_link(src).map_err(io_err(src))?;
+            symlink(&target, dst).map_err(io_err(dst))?;
+            self.stats.symlinks += 1;
+        } else if ft.is_dir() {
+            fs::create_dir(dst).map_err(io_err(dst))?;
+            let mut entries: Vec<_> =
+                fs::read_dir(src).map_err(io_err(src))?.collect::<Result<_, _>>().map_err(io_err(src))?;
+            entries.sort_by_key(|e| e.file_name());
+            for e in entries {
+                self.mirror(&e.path(), &dst.join(e.file_name()))?;
+            }
+            // After filling: the store's directories are read-only (0555).
+            fs::set_permissions(dst, fs::Permissions::from_mode(meta.permissions().mode() & 0o7777))
+                .map_err(io_err(dst))?;
+            self.stats.dirs += 1;
+        } else if ft.is_file() {
+            self.file(src, dst, &meta)?;
+            self.stats.files += 1;
+        }
+        // Store paths hold only directories, regular files and symlinks; anything else is
+        // left out rather than recreated.
+        Ok(())
+    }
+
+    fn file(&mut self, src: &Path, dst: &Path, meta: &fs::Metadata) -> Result<(), ViewError> {
+        if self.method == Method::HardLink {
+            match fs::hard_link(src, dst) {
+                Ok(()) => return Ok(()),
+                // Another file system (EXDEV), or one without hard links: copy from now on.
+                Err(e)
+                    if e.raw_os_error() == Some(rustix::io::Errno::XDEV.raw_os_error())
+                        || e.kind() == io::ErrorKind::Unsupported =>
+                {
+                    tracing::info!(from = %src.display(), to = %dst.display(), "closure view: hard links impossible, copying");
+                    self.method = Method::Copy;
+                }
+                Err(e) => return Err(io_err(dst)(e)),
+            }
+        }
+        fs::copy(src, dst).map_err(io_err(dst))?;
+        fs::set_permissions(dst, fs::Permissions::from_mode(meta.permissions().mode() & 0o555)).map_err(io_err(dst))?;
+        self.stats.copied += 1;
+        Ok(())
+    }
+}
+
+/// Removes a view directory (or a leftover temp/trash dir): its directories are read-only,
+/// so they are made writable on the way down (needed without CAP_DAC_OVERRIDE).
+pub fn remove_tree(dir: &Path) -> io::Result<()> {
+    match fs::symlink_metadata(dir) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+        Ok(m) if !m.is_dir() => return fs::remove_file(dir),
+        Ok(_) => {}
+    }
+    make_writable(dir)?;
+    fs::remove_dir_all(dir)
+}
+
+fn make_writable(dir: &Path) -> io::Result<()> {
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o755))?;
+    for e in fs::read_dir(dir)? {
+        let e = e?;
+        if e.file_type()?.is_dir() {
+            make_writable(&e.path())?;
+        }
+    }
+    Ok(())
+}
+
+/// Keys of the views present (complete ones; temp and trash dirs start with a dot).
+pub fn list(state_root: &Path) -> Vec<String> {
+    let Ok(entries) = fs::read_dir(views_dir(state_root)) else { return vec![] };
+    let mut keys: Vec<String> = entries
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|k| !k.starts_with('.'))
+        .collect();
+    keys.sort();
+    keys
+}
+
+/// Leftovers of view builds or removals that were killed mid-way, for keys nobody is building
+/// now (`busy` says whether a key's build is in progress).
+pub fn clean_leftovers(state_root: &Path, busy: impl Fn(&str) -> bool) {
+    let Ok(entries) = fs::read_dir(views_dir(state_root)) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix(".tmp-").or_else(|| name.strip_prefix(".gc-")) else { continue };
+        let key = rest.rsplit_once('-').map_or(rest, |(k, _pid)| k);
+        if !busy(key) {
+            let _ = remove_tree(&e.path());
+        }
+    }
+}
+
+/// Views whose key no container uses and whose environment is gone from `envs`: nothing can
+/// mount them any more.
+pub fn orphans(state_root: &Path, in_use: &HashSet<String>, env_exists: impl Fn(&str) -> bool) -> Vec<String> {
+    list(state_root).into_iter().filter(|k| !in_use.contains(k) && !env_exists(k)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    fn store_path(store: &Path, name: &str) -> StorePath {
+        std::fs::create_dir_all(store.join(name)).unwrap();
+        StorePath::parse(&format!("/nix/store/{name}")).unwrap()
+    }
+
+    #[test]
+    fn view_mirrors_exactly_the_closure_with_hard_links() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = tmp.path().join("store");
+        let a = store_path(&store, "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-a-1.0");
+        let b = store_path(&store, "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-b-1.0");
+        let _other = store_path(&store, "cccccccccccccccccccccccccccccccc-other-1.0");
+        std::fs::create_dir_all(store.join(a.base_name()).join("bin")).unwrap();
+        std::fs::write(store.join(a.base_name()).join("bin/tool"), b"#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(store.join(a.base_name()).join("bin/tool"), fs::Permissions::from_mode(0o555))
+            .unwrap();
+        symlink("tool", store.join(a.base_name()).join("bin/alias")).unwrap();
+        std::fs::write(store.join(b.base_name()).join("data"), b"x").unwrap();
+        std::fs::set_permissions(store.join(a.base_name()).join("bin"), fs::Permissions::from_mode(0o555)).unwrap();
+
+        let dest = tmp.path().join("view");
+        let stats = build(&store, &[a.clone(), b.clone()], &dest).unwrap();
+        assert_eq!(stats, ViewStats { paths: 2, dirs: 3, files: 2, symlinks: 1, copied: 0 });
+        let mut names: Vec<_> =
+            std::fs::read_dir(&dest).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        names.sort();
+        assert_eq!(names, vec![a.base_name().to_string(), b.base_name().to_string()]);
+        let src = std::fs::metadata(store.join(a.base_name()).join("bin/tool")).unwrap();
+        let got = std::fs::metadata(dest.join(a.base_name()).join("bin/tool")).unwrap();
+        assert_eq!((src.ino(), src.dev()), (got.ino(), got.dev()), "a hard link, not a copy");
+        assert_eq!(std::fs::read_link(dest.join(a.base_name()).join("bin/alias")).unwrap(), Path::new("tool"));
+        assert_eq!(std::fs::metadata(dest.join(a.base_name()).join("bin")).unwrap().mode() & 0o777, 0o555);
+        assert_eq!(std::fs::metadata(&dest).unwrap().mode() & 0o777, 0o555);
+
+        remove_tree(&dest).unwrap();
+        assert!(!dest.exists());
+        assert!(store.join(a.base_name()).join("bin/tool").exists(), "the store is untouched");
+    }
+
+    #[test]
+    fn missing_store_path_is_named() {
+        let tmp = tempfile::tempdir().unwrap();
+        let gone = StorePath::parse("/nix/store/dddddddddddddddddddddddddddddddd-gone").unwrap();
+        let err = build(tmp.path(), &[gone], &tmp.path().join("view")).unwrap_err().to_string();
+        assert!(err.contains("dddddddddddddddddddddddddddddddd-gone") && err.contains("missing"), "{err}");
+    }
+
+    #[test]
+    fn orphans_and_leftovers() {
+        let tmp = tempfile::tempdir().unwrap();
+        let views = views_dir(tmp.path());
+        for d in ["k1", "k2", "k3", ".tmp-k4-12", ".gc-k1-9"] {
+            std::fs::create_dir_all(views.join(d)).unwrap();
+        }
+        let in_use: HashSet<String> = ["k1".to_string()].into();
+        assert_eq!(orphans(tmp.path(), &in_use, |k| k == "k2"), vec!["k3".to_string()]);
+        clean_leftovers(tmp.path(), |k| k == "k4");
+        assert_eq!(list(tmp.path()), vec!["k1", "k2", "k3"]);
+        assert!(views.join(".tmp-k4-12").exists(), "a build in progress is left alone");
+        assert!(!views.join(".gc-k1-9").exists());
+    }
+}
