@@ -135,3 +135,56 @@ fn upstreams_come_from_hub_json_and_bad_ones_are_refused() {
     front.stop();
     assert_eq!(served(&upstream.stop(), &rel), 1);
 }
+
+/// The cluster case with real Nix clients: 20 separate stores (as 20 nodes have) pull one
+/// cold environment through the front hub at once; each verifies the upstream's signatures, and
+/// the upstream serves each of the closure's narinfos and NARs exactly once.
+#[test]
+fn twenty_nix_stores_pull_a_cold_environment_through_one_front_hub() {
+    let upstream_root = Root::new(true);
+    let upstream = Server::start(upstream_root.path(), &[]);
+    let front_root = Root::new(false);
+    let front = Server::start(front_root.path(), &["--upstream", &format!("{}/cache", upstream.url())]);
+    let closure = Arc::new(world_closure("flox/hello"));
+    let key = Arc::new(world_key());
+    let substituter = format!("{}/cache", front.url());
+    let barrier = Arc::new(Barrier::new(20));
+    let started = std::time::Instant::now();
+    let nodes: Vec<_> = (0..20)
+        .map(|node| {
+            let (closure, key, substituter, barrier) =
+                (closure.clone(), key.clone(), substituter.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                let store = Store::new();
+                barrier.wait();
+                nix_copy(&substituter, store.0.path(), &closure, &key, Duration::from_secs(120))
+                    .map_err(|e| format!("node {node}: {e}"))?;
+                for p in closure.iter() {
+                    if !store.0.path().join(p.trim_start_matches('/')).exists() {
+                        return Err(format!("node {node}: {p} missing"));
+                    }
+                }
+                Ok::<(), String>(())
+            })
+        })
+        .collect();
+    for n in nodes {
+        n.join().unwrap().unwrap();
+    }
+    eprintln!("20 cold pulls through the front hub: {:?}", started.elapsed());
+    front.stop();
+    let log = upstream.stop();
+    let nars: Vec<&str> = log.lines().filter(|l| l.contains("GET /cache/nar/")).collect();
+    assert!(!nars.is_empty(), "{log}");
+    for (rel, _) in upstream_root.cache_files().iter().map(|r| (r, ())) {
+        assert!(served(&log, rel) <= 1, "upstream served {rel} more than once:\n{log}");
+    }
+    // Every NAR the clients needed came from upstream once (the closure's narinfos name them).
+    for p in closure.iter() {
+        let hash = &p["/nix/store/".len().."/nix/store/".len() + 32];
+        let narinfo = std::fs::read_to_string(front_root.cache().join(format!("{hash}.narinfo"))).unwrap();
+        let url = narinfo.lines().find_map(|l| l.strip_prefix("URL: ")).unwrap();
+        assert_eq!(served(&log, url), 1, "{url}:\n{log}");
+        assert_eq!(served(&log, &format!("{hash}.narinfo")), 1, "{hash}.narinfo:\n{log}");
+    }
+}

@@ -4,6 +4,7 @@
 //! bound instead of hanging it: this is what tiny_http did about once in 30 `nix copy` runs.
 mod support;
 
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -140,4 +141,49 @@ fn consecutive_nix_copy_runs_never_stall() {
     times.sort();
     eprintln!("{NIX_COPY_RUNS} nix copy runs: median {:?}, max {:?}", times[times.len() / 2], times.last().unwrap());
     server.stop();
+}
+
+#[test]
+fn tls_from_pem_files() {
+    let root = Root::new(false);
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let out = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
+        .args(["-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("the openssl CLI makes the test certificate (Debian package openssl)");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (cert_arg, key_arg) = (cert.to_str().unwrap(), key.to_str().unwrap());
+
+    // A key that is not a key: one clear error naming the file.
+    let bad = Command::new(support::BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--tls-cert", cert_arg, "--tls-key", cert_arg, "--root"])
+        .arg(root.path())
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains(&format!("TLS file {cert_arg}")) && err.contains("PEM private key"), "{err}");
+
+    let server = Server::start(root.path(), &["--tls-cert", cert_arg, "--tls-key", key_arg]);
+    let url = format!("https://{}/cache/nix-cache-info", server.hostport);
+    for http in ["--http1.1", "--http2"] {
+        let out = Command::new("curl")
+            .args(["-sS", "--fail", "--max-time", "20", http, "-w", "\n%{http_version}", "--cacert", cert_arg, &url])
+            .output()
+            .expect("curl");
+        assert!(out.status.success(), "{http}: {}", String::from_utf8_lossy(&out.stderr));
+        let body = String::from_utf8(out.stdout).unwrap();
+        let want_version = if http == "--http2" { "2" } else { "1.1" };
+        assert_eq!(body, format!("StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 30\n\n{want_version}"), "{http}");
+    }
+    // Plain HTTP to the TLS port is not served.
+    let plain = Command::new("curl").args(["-sS", "--max-time", "10", &url.replace("https", "http")]).output().unwrap();
+    assert!(!plain.status.success());
+    let log = server.stop();
+    assert!(log.contains("GET /cache/nix-cache-info 200 -"), "{log}");
 }

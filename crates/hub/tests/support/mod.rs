@@ -115,7 +115,8 @@ impl Server {
         BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
         let hostport = first
             .trim()
-            .strip_prefix("listening on http://")
+            .strip_prefix("listening on ")
+            .and_then(|url| url.strip_prefix("http://").or_else(|| url.strip_prefix("https://")))
             .unwrap_or_else(|| panic!("first line {first:?}; log: {}", std::fs::read_to_string(&stderr_file).unwrap()))
             .to_owned();
         Server { child: Some(child), hostport, stderr_file, _stderr_dir: stderr_dir }
