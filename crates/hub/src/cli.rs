@@ -9,7 +9,7 @@ use crate::config::HubPaths;
 use crate::error::HubError;
 use crate::names::parse_env_ref;
 use crate::publish::{self, PublishRequest};
-use crate::server::HubServer;
+use crate::server::{HubServer, ServeOptions};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum HubCommand {
@@ -41,6 +41,19 @@ pub struct ServeArgs {
     /// IP:PORT to listen on; port 0 picks a free port (printed as `listening on http://ADDR`).
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: String,
+    /// PEM certificate chain: serve HTTPS (with --tls-key).
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Binary caches to fetch missing narinfo and NAR files from, in order (comma-separated);
+    /// overrides `upstream` in hub.json.
+    #[arg(long, value_delimiter = ',')]
+    pub upstream: Vec<String>,
+    /// Requests handled at once; more wait their turn.
+    #[arg(long, default_value_t = crate::server::DEFAULT_MAX_IN_FLIGHT)]
+    pub max_in_flight: usize,
 }
 
 #[derive(Debug, clap::Args)]
@@ -170,12 +183,21 @@ pub fn run(command: HubCommand) -> Result<ExitCode, HubError> {
 }
 
 fn serve(a: ServeArgs) -> Result<(), HubError> {
-    // Before any thread exists, so that every thread inherits the blocked mask.
-    crate::signals::block_termination_signals().map_err(HubError::io("<signal mask>"))?;
-    let server = HubServer::bind(HubPaths::new(a.root), &a.listen)?;
-    crate::signals::spawn_signal_waiter(server.stop_flag());
-    print_line(&format!("listening on http://{}", server.local_addr()))?;
-    server.run()
+    let paths = HubPaths::new(a.root);
+    let upstreams = if a.upstream.is_empty() { paths.load()?.upstream } else { a.upstream };
+    let options =
+        ServeOptions { listen: a.listen, tls: a.tls_cert.zip(a.tls_key), upstreams, max_in_flight: a.max_in_flight };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("hub")
+        .build()
+        .map_err(HubError::io("<tokio runtime>"))?;
+    runtime.block_on(async {
+        let signals = crate::signals::TerminationSignals::install().map_err(HubError::io("<signal handlers>"))?;
+        let server = HubServer::bind(paths, &options).await?;
+        print_line(&format!("listening on {}", server.url()))?;
+        server.run(signals.received()).await
+    })
 }
 
 #[cfg(test)]

@@ -18,6 +18,8 @@
 //!   Every environment not listed is public.
 //! - `readers`: per owner, the handles allowed to read that owner's private environments
 //!   (`hub grant`). A handle can always read its own owner's environments.
+//! - `upstream` (optional): binary cache URLs (`http(s)://HOST[:PORT]/PATH`) that `serve` pulls
+//!   narinfo and NAR files from when its own cache lacks them; read when `serve` starts.
 //!
 //! The server re-reads the file on every request, so `token`, `grant` and `publish --private`
 //! take effect without a restart. Writers hold an exclusive `flock` on `hub.json.lock` and
@@ -45,6 +47,10 @@ pub struct HubConfig {
     pub private: BTreeSet<String>,
     #[serde(default)]
     pub readers: BTreeMap<String, BTreeSet<String>>,
+    /// Binary caches `serve` pulls missing narinfo and NAR files from, in order
+    /// (`serve --upstream` overrides this).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub upstream: Vec<String>,
 }
 
 impl HubConfig {
@@ -55,6 +61,7 @@ impl HubConfig {
             tokens: BTreeMap::new(),
             private: BTreeSet::new(),
             readers: BTreeMap::new(),
+            upstream: Vec::new(),
         }
     }
 

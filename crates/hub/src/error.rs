@@ -36,6 +36,10 @@ pub enum HubError {
     #[error("environment {env}: {message}")]
     Generations { env: String, message: String },
 
+    /// A TLS certificate or key file that cannot be used (the message never holds key bytes).
+    #[error("TLS file {path}: {message}")]
+    Tls { path: PathBuf, message: String },
+
     #[error("listen address {addr:?}: {message}")]
     Listen { addr: String, message: String },
 }

@@ -1,11 +1,15 @@
 //! Floxmeta repositories over git's smart HTTP protocol, served by the real `git http-backend`
 //! through CGI. The hub decides who may see which branch; git does the protocol.
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader, Read};
+use std::io::BufRead;
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
+use std::process::Stdio;
 use std::sync::{Arc, Mutex};
+
+use axum::body::Body;
+use futures_util::StreamExt;
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio_util::io::ReaderStream;
 
 use crate::error::HubError;
 use crate::names::validate_owner;
@@ -106,59 +110,34 @@ pub struct CgiRequest<'a> {
     pub path_info: &'a str,
     pub query: &'a str,
     pub content_type: Option<&'a str>,
-    pub content_length: Option<usize>,
+    pub content_length: Option<u64>,
     pub content_encoding: Option<&'a str>,
     pub git_protocol: Option<&'a str>,
     pub remote_user: Option<&'a str>,
     pub hidden_branches: &'a [String],
 }
 
-/// Status and headers parsed from the CGI output, and the streamed body.
+/// Status and headers parsed from the CGI output, and the body still streaming from the child.
 pub struct CgiResponse {
     pub status: u16,
     pub headers: Vec<(String, String)>,
-    pub body: ChannelReader,
+    pub body: Body,
 }
 
-/// A `Read` over chunks sent by the thread that drains the child's stdout. Unbounded, so the
-/// child can never block on output while we are still feeding it the request body.
-pub struct ChannelReader {
-    rx: mpsc::Receiver<Vec<u8>>,
-    current: Vec<u8>,
-    pos: usize,
-}
+/// The most CGI header bytes read before the child is considered broken.
+const MAX_CGI_HEAD: usize = 64 * 1024;
 
-impl Read for ChannelReader {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        while self.pos >= self.current.len() {
-            match self.rx.recv() {
-                Ok(chunk) => {
-                    self.current = chunk;
-                    self.pos = 0;
-                }
-                Err(_) => return Ok(0),
-            }
-        }
-        let n = buf.len().min(self.current.len() - self.pos);
-        buf[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
-    }
-}
-
-enum StdoutEvent {
-    Head(Result<(u16, Vec<(String, String)>), String>),
-}
-
-/// Runs `git http-backend` for one request: streams `body` into it, and returns the parsed
-/// head once available; the body keeps streaming. `wait` must be called after responding.
-pub fn run_cgi(
+/// Runs `git http-backend` for one request: streams `body` into its stdin while its stdout is
+/// read, and returns once the CGI head is parsed; the response body then streams from the
+/// child's stdout. The child is reaped (and dropped from `children`) by a task of its own; a
+/// client that goes away drops stdout, so the child gets EPIPE and ends.
+pub async fn run_cgi(
     project_root: &Path,
     req: &CgiRequest<'_>,
-    body: &mut dyn Read,
+    body: Body,
     children: &ChildRegistry,
-) -> Result<(CgiResponse, RunningCgi), HubError> {
-    let mut cmd = Command::new("git");
+) -> Result<CgiResponse, HubError> {
+    let mut cmd = tokio::process::Command::new("git");
     cmd.arg("http-backend")
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()))
@@ -195,75 +174,74 @@ pub fn run_cgi(
     }
 
     let mut child = cmd.spawn().map_err(|source| HubError::Spawn { program: "git http-backend".into(), source })?;
-    let pid = child.id();
+    let pid = child.id().expect("a child not yet waited for has a pid");
     children.add(pid);
     let stdout = child.stdout.take().expect("stdout piped");
     let stderr = child.stderr.take().expect("stderr piped");
-    let mut stdin = child.stdin.take().expect("stdin piped");
+    let stdin = child.stdin.take().expect("stdin piped");
 
-    let (head_tx, head_rx) = mpsc::channel::<StdoutEvent>();
-    let (body_tx, body_rx) = mpsc::channel::<Vec<u8>>();
-    let stdout_thread = std::thread::spawn(move || drain_stdout(stdout, head_tx, body_tx));
-    let stderr_thread = std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+    let registry = children.clone();
+    tokio::spawn(async move {
+        let status = child.wait().await;
+        registry.remove(pid);
+        match status {
+            Ok(s) => tracing::debug!("git http-backend exited: {s}"),
+            Err(e) => tracing::debug!("waiting for git http-backend failed: {e}"),
+        }
+    });
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(stderr).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
             tracing::warn!(target: "imageless_hub::git", "git http-backend: {line}");
         }
     });
+    tokio::spawn(feed_stdin(body, stdin));
 
-    // A child that fails early closes its stdin; the copy error then is not the interesting one.
-    let _ = std::io::copy(body, &mut stdin);
-    drop(stdin);
-
-    let running = RunningCgi { child, pid, children: children.clone(), threads: vec![stdout_thread, stderr_thread] };
-    let head = match head_rx.recv() {
-        Ok(StdoutEvent::Head(h)) => h,
-        Err(_) => Err("git http-backend ended without output".into()),
-    };
+    let mut stdout = BufReader::with_capacity(64 * 1024, stdout);
+    let head = read_cgi_head(&mut stdout).await.and_then(|bytes| parse_cgi_head(&mut std::io::Cursor::new(bytes)));
     match head {
-        Ok((status, headers)) => Ok((
-            CgiResponse { status, headers, body: ChannelReader { rx: body_rx, current: Vec::new(), pos: 0 } },
-            running,
-        )),
+        Ok((status, headers)) => {
+            Ok(CgiResponse { status, headers, body: Body::from_stream(ReaderStream::new(stdout)) })
+        }
         Err(message) => {
-            let status = running.wait();
-            Err(HubError::CommandFailed { command: "git http-backend".into(), status, stderr: message })
+            // Dropping stdout ends a child that is still writing; the reaper task collects it.
+            Err(HubError::CommandFailed {
+                command: "git http-backend".into(),
+                status: "no valid CGI head".into(),
+                stderr: message,
+            })
         }
     }
 }
 
-/// A `git http-backend` child whose output is still being streamed.
-pub struct RunningCgi {
-    child: std::process::Child,
-    pid: u32,
-    children: ChildRegistry,
-    threads: Vec<std::thread::JoinHandle<()>>,
-}
-
-impl RunningCgi {
-    /// Reaps the child; returns its exit status as text.
-    pub fn wait(mut self) -> String {
-        let status = self.child.wait().map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
-        self.children.remove(self.pid);
-        for t in self.threads.drain(..) {
-            let _ = t.join();
+/// Copies the request body into the child's stdin, then closes it. A child that fails early
+/// closes its stdin; the copy error then is not the interesting one.
+async fn feed_stdin(body: Body, mut stdin: tokio::process::ChildStdin) {
+    let mut body = body.into_data_stream();
+    while let Some(chunk) = body.next().await {
+        let Ok(chunk) = chunk else { break };
+        if stdin.write_all(&chunk).await.is_err() {
+            break;
         }
-        status
     }
+    let _ = stdin.shutdown().await;
 }
 
-fn drain_stdout(stdout: std::process::ChildStdout, head_tx: mpsc::Sender<StdoutEvent>, body_tx: mpsc::Sender<Vec<u8>>) {
-    let mut reader = BufReader::new(stdout);
-    let _ = head_tx.send(StdoutEvent::Head(parse_cgi_head(&mut reader)));
-    let mut buf = vec![0u8; 64 * 1024];
+/// The CGI head's bytes up to and including the blank line (bounded by [`MAX_CGI_HEAD`]).
+async fn read_cgi_head(stdout: &mut (impl AsyncBufRead + Unpin)) -> Result<Vec<u8>, String> {
+    let mut head = Vec::new();
     loop {
-        match reader.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                if body_tx.send(buf[..n].to_vec()).is_err() {
-                    // The client went away: drop stdout so the child gets EPIPE and ends.
-                    break;
-                }
-            }
+        let before = head.len();
+        let n = stdout.read_until(b'\n', &mut head).await.map_err(|e| format!("reading CGI headers: {e}"))?;
+        if n == 0 {
+            return Err("git http-backend ended without output".into());
+        }
+        if head.len() > MAX_CGI_HEAD {
+            return Err(format!("CGI headers longer than {MAX_CGI_HEAD} bytes"));
+        }
+        let line = &head[before..];
+        if line == b"\n" || line == b"\r\n" {
+            return Ok(head);
         }
     }
 }
@@ -299,6 +277,7 @@ pub fn parse_cgi_head(reader: &mut impl BufRead) -> Result<(u16, Vec<(String, St
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Read;
 
     #[test]
     fn routes() {

@@ -1,7 +1,9 @@
 //! A FloxHub-compatible hub for tests, the demo and air-gapped clusters.
 //!
-//! - [`server`]: `imageless hub serve` — floxmeta git repositories over smart HTTP through
-//!   `git http-backend`, a signed Nix binary cache as static files, token auth, `/api/v1/accounts/me`.
+//! - [`server`]: `imageless hub serve` on hyper/tokio (optionally rustls); [`routes`]: floxmeta
+//!   git repositories over smart HTTP through `git http-backend`, a signed Nix binary cache as
+//!   static files, token auth, `/api/v1/accounts/me`; [`pull_through`]: missing cache files
+//!   fetched once from upstream caches.
 //! - [`publish`]: new generations and rollbacks in Flox's floxmeta layout.
 //! - [`admin`]: `init`, `token`, `grant`; [`config`]: the root layout and `hub.json`.
 //! - [`auth`], [`generations`], [`lock`], [`names`]: pure logic, unit-tested.
@@ -17,8 +19,11 @@ pub mod lock;
 pub mod names;
 mod process;
 pub mod publish;
+pub mod pull_through;
+pub mod routes;
 pub mod server;
 mod signals;
+mod tls;
 
 pub use error::HubError;
 

@@ -1,0 +1,219 @@
+//! What the hub answers: routing to the git bridge, the binary cache (static files, pulled
+//! through from upstream caches when configured) and the accounts endpoint, with one
+//! access-log line per request (`METHOD PATH STATUS HANDLE MSms`, never credentials).
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use tower::ServiceExt;
+use tower_http::services::ServeFile;
+
+use crate::auth::{self, Credential, Identity};
+use crate::cache;
+use crate::config::{HubConfig, HubPaths};
+use crate::error::HubError;
+use crate::git_backend::{self, CgiRequest, ChildRegistry, GitRoute};
+use crate::pull_through::{PullThrough, Pulled};
+
+/// What every request handler shares.
+pub struct Context {
+    pub paths: HubPaths,
+    pub children: ChildRegistry,
+    /// Set when the hub has upstream caches to pull missing files from.
+    pub pull: Option<PullThrough>,
+}
+
+/// One handler for every path: the routes are few and their rules (auth, visibility) are ours.
+pub fn router(ctx: Arc<Context>) -> Router {
+    Router::new().fallback(handle).with_state(ctx)
+}
+
+/// A response and the handle the access log names (None: anonymous or not authenticated).
+type Outcome = (Response, Option<String>);
+
+async fn handle(State(ctx): State<Arc<Context>>, request: Request) -> Response {
+    let started = Instant::now();
+    let method = request.method().clone();
+    // Only method, path (no query), status, handle and time: never credentials.
+    let path = request.uri().path().to_owned();
+    let (response, handle) = ctx.route(request).await;
+    tracing::info!(
+        target: "imageless_hub::access",
+        "{method} {path} {} {} {}ms",
+        response.status().as_u16(),
+        handle.as_deref().unwrap_or("-"),
+        started.elapsed().as_millis()
+    );
+    response
+}
+
+fn header(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn text(status: u16, body: &str) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], format!("{body}\n")).into_response()
+}
+
+fn plain(status: u16, body: &str, handle: Option<String>) -> Outcome {
+    (text(status, body), handle)
+}
+
+fn unauthorized(handle: Option<String>) -> Outcome {
+    let mut response = text(401, "authentication failed: the token is missing, invalid or expired");
+    response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"floxhub\""));
+    (response, handle)
+}
+
+/// The caller's identity; Err when a credential was sent but is not accepted.
+fn authenticate(credential: &Credential, config: &HubConfig) -> Result<Option<Identity>, ()> {
+    match credential {
+        Credential::Missing | Credential::Anonymous => Ok(None),
+        Credential::Unreadable => Err(()),
+        Credential::Token(token) => {
+            auth::identify(token, &config.secret_bytes(), &config.tokens, crate::now_unix()).map(Some).map_err(|e| {
+                // The reason is safe to log: TokenError never contains the token.
+                tracing::debug!("refused a token: {e}");
+            })
+        }
+    }
+}
+
+impl Context {
+    async fn route(&self, request: Request) -> Outcome {
+        let path = request.uri().path().to_owned();
+        let query = request.uri().query().unwrap_or("").to_owned();
+        if let Some(rest) = path.strip_prefix("/git/") {
+            self.git(request, rest, &query).await
+        } else if let Some(rest) = path.strip_prefix("/cache/") {
+            self.cache(request, rest).await
+        } else if path == "/api/v1/accounts/me" || path == "/accounts/api/v1/accounts/me" {
+            self.me(&request)
+        } else {
+            plain(404, "not found", None)
+        }
+    }
+
+    fn load_config(&self) -> Result<HubConfig, HubError> {
+        self.paths.load().inspect_err(|e| tracing::error!("{e}"))
+    }
+
+    fn me(&self, request: &Request) -> Outcome {
+        if request.method() != Method::GET {
+            return plain(405, "only GET is allowed", None);
+        }
+        let Ok(config) = self.load_config() else {
+            return plain(500, "hub configuration unreadable", None);
+        };
+        let credential = auth::parse_authorization(header(request.headers(), header::AUTHORIZATION));
+        match authenticate(&credential, &config) {
+            Ok(Some(identity)) => {
+                let body = serde_json::json!({"handle": identity.handle, "expires_at": identity.expires_at});
+                let response = ([(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response();
+                (response, Some(identity.handle))
+            }
+            _ => unauthorized(None),
+        }
+    }
+
+    /// Static files with HEAD, Range (206, 416) and conditional requests done by tower-http.
+    async fn cache(&self, request: Request, rest: &str) -> Outcome {
+        if !matches!(*request.method(), Method::GET | Method::HEAD) {
+            return plain(405, "the cache is read-only: GET and HEAD only", None);
+        }
+        let Some(file) = cache::resolve_cache_path(&self.paths.cache(), rest) else {
+            return plain(404, "not found", None);
+        };
+        let present = tokio::fs::metadata(&file).await.map(|m| m.is_file()).unwrap_or(false);
+        if !present {
+            let Some(pull) = self.pull.as_ref().filter(|_| PullThrough::pulls(rest)) else {
+                return plain(404, "not found", None);
+            };
+            match pull.pull(rest).await {
+                Pulled::Stored => {}
+                Pulled::NotFound => return plain(404, "not found", None),
+                Pulled::Unavailable => return plain(502, "no upstream cache could be reached for this file", None),
+            }
+        }
+        let mime: mime::Mime =
+            cache::content_type(rest).parse().expect("the cache's content types are valid MIME types");
+        match ServeFile::new_with_mime(&file, &mime).oneshot(request).await {
+            Ok(response) => (response.map(Body::new), None),
+            Err(never) => match never {},
+        }
+    }
+
+    async fn git(&self, request: Request, rest: &str, query: &str) -> Outcome {
+        let route = git_backend::route(rest, query);
+        let owner = match &route {
+            GitRoute::NotFound => return plain(404, "not found", None),
+            GitRoute::AdvertiseUploadPack { owner }
+            | GitRoute::UploadPack { owner }
+            | GitRoute::ReceivePack { owner }
+            | GitRoute::Dumb { owner } => owner.clone(),
+        };
+        let Ok(config) = self.load_config() else {
+            return plain(500, "hub configuration unreadable", None);
+        };
+        let credential = auth::parse_authorization(header(request.headers(), header::AUTHORIZATION));
+        let identity = match authenticate(&credential, &config) {
+            Ok(identity) => identity,
+            Err(()) => return unauthorized(None),
+        };
+        let handle = identity.map(|i| i.handle);
+        if !self.paths.floxmeta(&owner).join("HEAD").exists() {
+            return plain(404, "not found", handle);
+        }
+        match route {
+            GitRoute::ReceivePack { .. } => {
+                return plain(403, "this hub is read-only over HTTP: publish with `imageless hub publish`", handle)
+            }
+            GitRoute::Dumb { .. } => return plain(403, "only smart HTTP git-upload-pack is served", handle),
+            _ => {}
+        }
+        let hidden = config.hidden_branches(&owner, handle.as_deref());
+        if credential == Credential::Missing && !hidden.is_empty() {
+            // git sends credentials only after a 401; without this challenge a client holding a
+            // valid token would never present it and would see the private branches as missing.
+            return unauthorized(None);
+        }
+
+        let path_info = format!("/{rest}");
+        let method = request.method().to_string();
+        let (parts, body) = request.into_parts();
+        let headers = &parts.headers;
+        let content_length = header(headers, header::CONTENT_LENGTH).and_then(|v| v.parse().ok());
+        let cgi = CgiRequest {
+            method: &method,
+            path_info: &path_info,
+            query,
+            content_type: header(headers, header::CONTENT_TYPE),
+            content_length,
+            content_encoding: header(headers, header::CONTENT_ENCODING),
+            git_protocol: headers.get("git-protocol").and_then(|v| v.to_str().ok()),
+            remote_user: handle.as_deref(),
+            hidden_branches: &hidden,
+        };
+        match git_backend::run_cgi(&self.paths.git_root(), &cgi, body, &self.children).await {
+            Ok(cgi) => {
+                let mut response = Response::new(cgi.body);
+                *response.status_mut() = StatusCode::from_u16(cgi.status).unwrap_or(StatusCode::BAD_GATEWAY);
+                for (k, v) in &cgi.headers {
+                    if let (Ok(k), Ok(v)) = (header::HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_str(v)) {
+                        response.headers_mut().append(k, v);
+                    }
+                }
+                (response, handle)
+            }
+            Err(e) => {
+                tracing::error!("{e}");
+                plain(500, "git backend failed", handle)
+            }
+        }
+    }
+}
