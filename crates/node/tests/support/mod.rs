@@ -6,8 +6,7 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, Once};
+use std::sync::{Mutex, Once};
 
 use base64::Engine;
 use ed25519_dalek::{Signer, SigningKey};
@@ -262,7 +261,7 @@ pub fn served(path: &str) -> usize {
 pub struct Hub {
     pub root: tempfile::TempDir,
     pub addr: SocketAddr,
-    stop: Arc<AtomicBool>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -280,10 +279,25 @@ impl Hub {
         let paths = imageless_hub::config::HubPaths::new(root.path());
         paths.write(&imageless_hub::config::HubConfig::new(&[7; 32])).unwrap();
         std::fs::create_dir_all(paths.cache()).unwrap();
-        let server = imageless_hub::server::HubServer::bind(paths, "127.0.0.1:0").unwrap();
-        let addr = server.local_addr();
-        let stop = server.stop_flag();
-        let thread = std::thread::spawn(move || server.run().unwrap());
+        // The hub is async: it runs on its own runtime in its own thread until dropped.
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+            rt.block_on(async move {
+                let options = imageless_hub::server::ServeOptions::new("127.0.0.1:0");
+                let server = imageless_hub::server::HubServer::bind(paths, &options).await.unwrap();
+                addr_tx.send(server.local_addr()).unwrap();
+                server
+                    .run(async move {
+                        let _ = stopped.await;
+                    })
+                    .await
+                    .unwrap();
+            });
+        });
+        let addr = addr_rx.recv().expect("hub bound");
+        let stop = Some(stop);
         Hub { root, addr, stop, thread: Some(thread) }
     }
 
@@ -298,7 +312,9 @@ impl Hub {
 
 impl Drop for Hub {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
