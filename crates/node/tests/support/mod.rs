@@ -2,7 +2,8 @@
 //! tampering), served over HTTP on 127.0.0.1 by the project's hub, plus a NAR dumper to
 //! compare what the node store holds with what was published.
 #![allow(dead_code)]
-use std::io::Write;
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -195,6 +196,23 @@ pub fn compress(compression: &str, nar: &[u8]) -> (Vec<u8>, &'static str) {
     }
 }
 
+/// The NAR inside a cache file compressed with `compression` (as a narinfo names it).
+pub fn decompress(compression: &str, file: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    match compression {
+        "none" => out.extend_from_slice(file),
+        "xz" => {
+            liblzma::read::XzDecoder::new(file).read_to_end(&mut out).unwrap();
+        }
+        "zstd" => out = zstd::decode_all(file).unwrap(),
+        "bzip2" => {
+            bzip2::read::BzDecoder::new(file).read_to_end(&mut out).unwrap();
+        }
+        other => panic!("{other}"),
+    }
+    out
+}
+
 /// Writes `paths` into `<cache>/` as `nix copy` would (narinfo + nar/), signed.
 pub fn write_cache(cache: &Path, paths: &[Published], compression: &str, tamper: &dyn Fn(&StorePath) -> Tamper) {
     std::fs::create_dir_all(cache.join("nar")).unwrap();
@@ -343,22 +361,22 @@ pub fn chmod_tree_writable(p: &Path) {
     }
 }
 
-/// Copies the binary cache at `src` (NARs stored uncompressed, as the hub writes them) into
+/// Copies the binary cache at `src` (NARs in whatever compression the hub wrote them) into
 /// `dst`, recompressing every NAR with `compression` and rewriting each narinfo's URL,
 /// Compression, FileHash and FileSize (the signature does not cover them, so it stays valid).
-pub fn recompress_cache(src: &Path, dst: &Path, compression: &str) {
+/// Only the narinfos of `only` (by hash part) when given.
+pub fn recompress_cache(src: &Path, dst: &Path, compression: &str, only: Option<&BTreeSet<String>>) {
     std::fs::create_dir_all(dst.join("nar")).unwrap();
     std::fs::copy(src.join("nix-cache-info"), dst.join("nix-cache-info")).unwrap();
     for entry in std::fs::read_dir(src).unwrap() {
         let entry = entry.unwrap();
         let name = entry.file_name().into_string().unwrap();
-        if !name.ends_with(".narinfo") {
+        if !name.ends_with(".narinfo") || only.is_some_and(|o| !o.contains(name.trim_end_matches(".narinfo"))) {
             continue;
         }
         let text = std::fs::read_to_string(entry.path()).unwrap();
         let field = |k: &str| text.lines().find_map(|l| l.strip_prefix(&format!("{k}: "))).unwrap().to_string();
-        assert_eq!(field("Compression"), "none", "{name}: the hub stores NARs uncompressed");
-        let nar = std::fs::read(src.join(field("URL"))).unwrap();
+        let nar = decompress(&field("Compression"), &std::fs::read(src.join(field("URL"))).unwrap());
         let (file, ext) = compress(compression, &nar);
         let file_hash = nix32(&Sha256::digest(&file));
         let url = format!("nar/{file_hash}.nar{ext}");
