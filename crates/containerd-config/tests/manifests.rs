@@ -96,6 +96,11 @@ fn parse_all(docs: &[serde_yaml::Value]) -> Vec<String> {
                 check_images(ds.spec.unwrap().template.spec.unwrap());
             }
             "Job" => check_images(strict::<Job>(doc).spec.unwrap().template.spec.unwrap()),
+            "Deployment" => {
+                check_images(strict::<k8s_openapi::api::apps::v1::Deployment>(doc).spec.unwrap().template.spec.unwrap())
+            }
+            "Service" => drop(strict::<k8s_openapi::api::core::v1::Service>(doc)),
+            "PersistentVolumeClaim" => drop(strict::<k8s_openapi::api::core::v1::PersistentVolumeClaim>(doc)),
             other => panic!("deploy/ renders a {other}, which this test does not know"),
         }
         kinds.push(kind);
@@ -157,4 +162,18 @@ fn uninstall_kustomization_renders_and_runs_uninstall_on_the_host() {
     assert_eq!(pod.volumes.unwrap()[0].host_path.as_ref().unwrap().path, "/");
     // The label goes first, so no flox pod is scheduled onto a node being uninstalled.
     assert_eq!(init[0].command.as_deref().unwrap(), ["/opt/imageless/bin/imageless", "node", "label", "--remove"]);
+}
+
+#[test]
+fn hub_cache_kustomization_renders_and_serves_from_the_installer_image() {
+    let docs = kustomize("hub-cache");
+    let kinds = parse_all(&docs);
+    assert!(kinds.contains(&"Deployment".to_string()) && kinds.contains(&"Service".to_string()), "{kinds:?}");
+    let deployment = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
+    let pod = &deployment["spec"]["template"]["spec"];
+    let hub = &pod["containers"][0];
+    assert_eq!(hub["image"], "imageless-installer:0.1.0", "one image for the installer and the hub");
+    assert_eq!(hub["command"][0], "/opt/imageless/bin/imageless");
+    assert_eq!(hub["command"][1], "hub");
+    assert_eq!(hub["command"][2], "serve");
 }
