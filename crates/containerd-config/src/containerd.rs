@@ -25,15 +25,15 @@ pub fn node_command(root: &HostRoot, program: impl AsRef<std::ffi::OsStr>) -> Co
     if !root.is_root() {
         use std::os::unix::ffi::OsStrExt;
         use std::os::unix::process::CommandExt;
-        // Built before fork: the child only makes two system calls.
+        // Built before fork: the child only makes two system calls, with no allocation.
         let dir = std::ffi::CString::new(root.0.as_os_str().as_bytes()).unwrap_or_default();
         cmd.env("PATH", NODE_PATH);
-        // SAFETY: chroot and chdir are async-signal-safe; `dir` outlives the closure (moved in).
+        // SAFETY: chroot(2) and chdir(2) are async-signal-safe; `dir` is moved into the closure,
+        // and passing a &CStr to rustix allocates nothing in the child.
         unsafe {
             cmd.pre_exec(move || {
-                if libc::chroot(dir.as_ptr()) != 0 || libc::chdir(c"/".as_ptr()) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
+                rustix::process::chroot(dir.as_c_str())?;
+                rustix::process::chdir(c"/")?;
                 Ok(())
             });
         }
@@ -97,24 +97,9 @@ pub fn socket_address(root: &HostRoot, main: &Path) -> PathBuf {
 
 /// PID of the process serving a unix socket (SO_PEERCRED of a connection to it).
 pub fn socket_peer_pid(socket: &Path) -> std::io::Result<i32> {
-    use std::os::fd::AsRawFd;
     let stream = std::os::unix::net::UnixStream::connect(socket)?;
-    let mut cred = libc::ucred { pid: 0, uid: 0, gid: 0 };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: getsockopt writes at most `len` bytes into `cred`, a properly sized ucred.
-    let rc = unsafe {
-        libc::getsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&mut cred as *mut libc::ucred).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(cred.pid)
+    let cred = rustix::net::sockopt::socket_peercred(&stream)?;
+    Ok(cred.pid.as_raw_nonzero().get())
 }
 
 pub fn restart(root: &HostRoot, mode: RestartMode, main: &Path) -> Result<String, InstallError> {
@@ -145,12 +130,13 @@ pub fn restart(root: &HostRoot, mode: RestartMode, main: &Path) -> Result<String
                 mode: "signal",
                 reason: format!("nothing answers on {}: {e}", socket.display()),
             })?;
-            // SAFETY: plain kill(2) on a pid we just read from the socket's peer credentials.
-            if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
-                return Err(InstallError::Restart {
-                    mode: "signal",
-                    reason: format!("kill {pid}: {}", std::io::Error::last_os_error()),
-                });
+            // A pid just read from the socket's peer credentials.
+            let target = rustix::process::Pid::from_raw(pid).ok_or_else(|| InstallError::Restart {
+                mode: "signal",
+                reason: format!("the socket's peer has no pid ({pid})"),
+            })?;
+            if let Err(e) = rustix::process::kill_process(target, rustix::process::Signal::TERM) {
+                return Err(InstallError::Restart { mode: "signal", reason: format!("kill {pid}: {e}") });
             }
             Ok(format!("sent SIGTERM to containerd (pid {pid}); its supervisor must start it again"))
         }

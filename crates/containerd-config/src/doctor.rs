@@ -304,10 +304,7 @@ fn runtime_checks(
 }
 
 fn writable(p: &Path) -> bool {
-    use std::os::unix::ffi::OsStrExt;
-    let Ok(c) = std::ffi::CString::new(p.as_os_str().as_bytes()) else { return false };
-    // SAFETY: access(2) on a NUL-terminated path.
-    unsafe { libc::access(c.as_ptr(), libc::W_OK) == 0 }
+    rustix::fs::access(p, rustix::fs::Access::WRITE_OK).is_ok()
 }
 
 /// host and port of an http(s) URL.
@@ -397,21 +394,12 @@ fn token_check(path: &Path) -> Check {
 }
 
 fn disk_check(state_root: &Path) -> Check {
-    use std::os::unix::ffi::OsStrExt;
     let existing = state_root.ancestors().find(|p| p.exists()).unwrap_or(Path::new("/"));
-    let Ok(c) = std::ffi::CString::new(existing.as_os_str().as_bytes()) else {
-        return warn("disk", "state root path has a NUL byte", "fix state_root");
+    let st = match rustix::fs::statvfs(existing) {
+        Ok(st) => st,
+        Err(e) => return warn("disk", format!("statvfs {}: {e}", existing.display()), "check the state root"),
     };
-    // SAFETY: statvfs writes into a zeroed struct of the right type.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return warn(
-            "disk",
-            format!("statvfs {}: {}", existing.display(), std::io::Error::last_os_error()),
-            "check the state root",
-        );
-    }
-    let free = st.f_bavail as u64 * st.f_frsize as u64;
+    let free = st.f_bavail * st.f_frsize;
     let gib = free as f64 / (1u64 << 30) as f64;
     if free < 1 << 30 {
         warn("disk", format!("{gib:.1} GiB free under {}", existing.display()), "free space or run `imageless gc`")

@@ -27,7 +27,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::Write;
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -177,10 +176,9 @@ impl FileLock {
     pub(crate) fn exclusive(path: &Path) -> Result<FileLock, HubError> {
         let file =
             fs::OpenOptions::new().create(true).truncate(false).write(true).open(path).map_err(HubError::io(path))?;
-        // SAFETY: flock on a file descriptor we own; blocks until granted.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(HubError::Io { path: path.to_owned(), source: std::io::Error::last_os_error() });
-        }
+        // Blocks until granted.
+        rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
+            .map_err(|e| HubError::Io { path: path.to_owned(), source: e.into() })?;
         Ok(FileLock { _file: file })
     }
 }

@@ -94,9 +94,11 @@ impl ChildRegistry {
     pub fn kill_all(&self) -> usize {
         let pids: Vec<u32> = self.0.lock().unwrap_or_else(|e| e.into_inner()).iter().copied().collect();
         for pid in &pids {
-            // SAFETY: plain kill(2) on a PID we spawned and have not reaped yet (it stays in
-            // the registry until wait() returned), so it cannot have been reused.
-            unsafe { libc::kill(*pid as libc::pid_t, libc::SIGKILL) };
+            // A PID we spawned and have not reaped yet (it stays in the registry until wait()
+            // returned), so it cannot have been reused.
+            if let Some(pid) = i32::try_from(*pid).ok().and_then(rustix::process::Pid::from_raw) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            }
         }
         pids.len()
     }
