@@ -12,6 +12,7 @@ use crate::error::{KubeEvent, PodError};
 use crate::logs::Stream;
 use crate::manifest::PodManifest;
 use crate::runner::{remove_by_uid, PodRunner, RunOptions, RunningPod};
+use crate::stream_exec::ExecStreams;
 
 #[derive(Args, Debug, Clone)]
 pub struct Endpoint {
@@ -83,8 +84,15 @@ pub struct ExecArgs {
     /// Container name (default: the first app container).
     #[arg(short = 'c', long)]
     pub container: Option<String>,
+    /// Timeout of a non-streaming exec (ExecSync); not used with -i or -t.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub timeout: Option<Duration>,
+    /// Pass this process's stdin to the command (CRI Exec with streams, as `kubectl exec -i`).
+    #[arg(short = 'i', long)]
+    pub stdin: bool,
+    /// Allocate a terminal for the command (as `kubectl exec -t`).
+    #[arg(short = 't', long)]
+    pub tty: bool,
     /// Command and arguments.
     #[arg(last = true, required = true)]
     pub command: Vec<String>,
@@ -238,6 +246,20 @@ async fn run_pod(args: RunArgs) -> Result<ExitCode, PodError> {
 async fn exec(args: ExecArgs) -> Result<ExitCode, PodError> {
     let client = CriClient::connect(&args.pod.endpoint.cri).await?;
     let pod = RunningPod::find(&client, &args.pod.namespace, &args.pod.pod).await?;
+    if args.stdin || args.tty {
+        let streams = ExecStreams { cmd: args.command, tty: args.tty, size: None };
+        let stdin = args.stdin.then(tokio::io::stdin);
+        let exit = pod
+            .exec_streaming(
+                args.container.as_deref(),
+                &streams,
+                stdin,
+                &mut tokio::io::stdout(),
+                &mut tokio::io::stderr(),
+            )
+            .await?;
+        return Ok(exit_code(exit.exit_code));
+    }
     let out = pod.exec_sync(args.container.as_deref(), args.command, args.timeout).await?;
     std::io::stdout().write_all(&out.stdout).ok();
     std::io::stderr().write_all(&out.stderr).ok();

@@ -160,6 +160,11 @@ impl CriClient {
         call!(self.runtime.exec_sync(req), "ExecSync")
     }
 
+    /// The streaming server URL for an exec with streams (see [`crate::stream_exec`]).
+    pub async fn exec_url(&self, req: cri::ExecRequest) -> Result<String, PodError> {
+        Ok(call!(self.runtime.exec(req), "Exec")?.url)
+    }
+
     /// Whether the runtime already has `image`.
     pub async fn image_present(&self, image: &str) -> Result<bool, PodError> {
         let req = cri::ImageStatusRequest {

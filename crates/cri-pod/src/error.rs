@@ -30,6 +30,9 @@ pub enum PodError {
     PodNotFound { namespace: String, name: String },
     #[error("pod {pod} has no container {container:?} (containers: {known})")]
     ContainerNotFound { pod: String, container: String, known: String },
+    /// The streams of an `Exec` (the URL without its one-time token).
+    #[error("exec streams at {url}: {message}")]
+    Stream { url: String, message: String },
     #[error("{what} {path}: {source}")]
     Io { what: &'static str, path: PathBuf, source: std::io::Error },
     #[error("timed out after {} waiting for {what}", humantime::format_duration(*after))]

@@ -11,6 +11,7 @@ pub mod logs;
 pub mod manifest;
 pub mod plan;
 pub mod runner;
+pub mod stream_exec;
 
 pub use client::CriClient;
 pub use error::{KubeEvent, PodError};

@@ -367,6 +367,24 @@ impl RunningPod {
         Ok(ExecOutput { stdout: r.stdout, stderr: r.stderr, exit_code: r.exit_code })
     }
 
+    /// `kubectl exec`-style: CRI `Exec` with its streams (see [`crate::stream_exec`]).
+    pub async fn exec_streaming<R, O, E>(
+        &self,
+        container: Option<&str>,
+        streams: &crate::stream_exec::ExecStreams,
+        stdin: Option<R>,
+        stdout: &mut O,
+        stderr: &mut E,
+    ) -> Result<crate::stream_exec::ExecExit, PodError>
+    where
+        R: tokio::io::AsyncRead + Unpin,
+        O: tokio::io::AsyncWrite + Unpin,
+        E: tokio::io::AsyncWrite + Unpin,
+    {
+        let id = &self.container(container)?.id;
+        crate::stream_exec::exec_streaming(&self.client, id, streams, stdin, stdout, stderr).await
+    }
+
     /// All log lines a container wrote so far.
     pub fn logs(&self, container: Option<&str>) -> Result<Vec<LogLine>, PodError> {
         let c = self.container(container)?;

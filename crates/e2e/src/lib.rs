@@ -18,6 +18,7 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
+pub use imageless_cri_pod::stream_exec::{ExecExit, ExecStreams};
 pub use imageless_cri_pod::{CriClient, PodError, PodManifest, PodRunner, RunOptions, RunningPod};
 use toml_edit::{DocumentMut, Item, Value};
 

@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use imageless_e2e::flox_node::{self as support, FloxNode};
-use imageless_e2e::{ContainerdVersion, RunningPod};
+use imageless_e2e::{ContainerdVersion, ExecStreams, RunningPod};
 
 const BUSYBOX: &str = "busybox:local";
 
@@ -216,7 +216,69 @@ async fn tty_exec_prints_what_plain_runc_prints(node: &FloxNode) {
     let out = ctr_exec(node, &pod, "app", true, &["sh", "-c", "echo H=$HOOK_EXPORT"]);
     assert_eq!(String::from_utf8_lossy(&out), "H=from-hook-hi\r\r\n");
     assert_eq!(hook_runs(&pod).await, 1, "TTY execs attach too");
+    streamed_execs(&pod).await;
     pod.remove().await.unwrap();
+}
+
+/// CRI `Exec` with streams (what `kubectl exec [-i] [-t]` does), over the runtime's streaming
+/// server: stdout, stderr and exit codes as plain runc gives them, with and without a terminal,
+/// with the client's input held open (a person at a terminal) and at end of file (input piped
+/// from nothing); no NUL (`^@`) in flox's output; and none of it runs the hook.
+async fn streamed_execs(pod: &RunningPod) {
+    async fn run(
+        pod: &RunningPod,
+        container: &str,
+        tty: bool,
+        stdin_open: bool,
+        cmd: &[&str],
+    ) -> (i32, Vec<u8>, Vec<u8>) {
+        let streams = ExecStreams { cmd: cmd.iter().map(|s| s.to_string()).collect(), tty, size: Some((80, 24)) };
+        // The input (one line for a command that reads it, else nothing; a terminal echoes what
+        // arrives whenever it arrives) is then held open (the writer half lives until the exec
+        // ended) or at end of file.
+        let (mut writer, reader) = tokio::io::duplex(64);
+        if cmd.last().is_some_and(|c| c.starts_with("read")) {
+            tokio::io::AsyncWriteExt::write_all(&mut writer, b"ping\n").await.unwrap();
+        }
+        let writer = if stdin_open { Some(writer) } else { None };
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let exit = pod.exec_streaming(Some(container), &streams, Some(reader), &mut out, &mut err).await;
+        drop(writer);
+        let exit = exit.unwrap_or_else(|e| panic!("streamed exec {cmd:?} in {container} (tty {tty}): {e}"));
+        (exit.exit_code, out, err)
+    }
+    let commands: [&[&str]; 4] = [
+        &["echo", "hello-stream"],
+        &["sh", "-c", "echo in-sh; echo to-err >&2; exit 3"],
+        &["sh", "-c", "sleep 0.3; echo slow"],
+        &["sh", "-c", "read line; echo got=$line"],
+    ];
+    for tty in [false, true] {
+        for stdin_open in [false, true] {
+            for command in commands {
+                let plain = run(pod, "plain", tty, stdin_open, command).await;
+                let flox = run(pod, "app", tty, stdin_open, command).await;
+                assert!(
+                    !flox.1.contains(&0) && !flox.2.contains(&0),
+                    "NUL in flox output of {command:?} (tty {tty}, stdin open {stdin_open}): {flox:?}"
+                );
+                assert!(!flox.1.starts_with(b"^@"), "^@ in flox output of {command:?}: {flox:?}");
+                assert_eq!(
+                    flox, plain,
+                    "{command:?} (tty {tty}, stdin open {stdin_open}): flox prints what plain runc prints"
+                );
+            }
+        }
+    }
+    // The hook's exports reach a streamed exec too, and nothing re-ran the hook.
+    let (code, out, _) = run(pod, "app", true, true, &["sh", "-c", "echo H=$HOOK_EXPORT V=$ATTACH_VAR"]).await;
+    assert_eq!((code, String::from_utf8_lossy(&out).into_owned()), (0, "H=from-hook-hi V=from-vars\r\n".to_string()));
+    for i in 0..20 {
+        let (code, out, err) = run(pod, "app", i % 2 == 0, false, &["sh", "-c", "echo H=$HOOK_EXPORT"]).await;
+        assert_eq!(code, 0, "streamed exec {i}: {err:?}");
+        assert!(String::from_utf8_lossy(&out).starts_with("H=from-hook-hi"), "streamed exec {i}: {out:?}");
+    }
+    assert_eq!(hook_runs(pod).await, 1, "20 streamed execs ran the hook 0 times");
 }
 
 /// Not an assertion (speed goals live in the bench): ExecSync p50 into the hook env against
