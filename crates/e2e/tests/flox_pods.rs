@@ -165,7 +165,7 @@ async fn nix_read_only_closure_view_and_mutable(node: &FloxNode) {
         &[
             "bash",
             "-c",
-            "echo x > /nix/store/probe-imageless && echo wrote; test -s /nix/var/nix/db/db.sqlite && test \"$(cat /nix/var/nix/db/schema)\" = 10 && echo registered",
+            "echo x > /nix/store/probe-imageless && echo wrote; test -s /nix/var/nix/db/db.sqlite && test \"$(< /nix/var/nix/db/schema)\" = 10 && echo registered",
         ],
     );
     let (code, out, err) = node.run_to_end(&rw, &[]).await.unwrap();
