@@ -171,6 +171,9 @@ impl RefRecord {
     }
 }
 
+/// In every environment rendered against the node store (`envs/<key>/node-store`).
+const NODE_STORE_MARKER: &str = "node-store";
+
 pub struct NodeCache {
     pub config: NodeConfig,
     hub: HubClient,
@@ -395,6 +398,11 @@ impl NodeCache {
     /// Looks up a rendered environment by key.
     pub fn lookup(&self, key: &str) -> Option<Rendered> {
         let dir = self.envs_dir().join(key);
+        // Rendered before the node store (its paths in a host /nix/store): not served, so a
+        // ref record written then re-renders it into the node store; gc drops the old one.
+        if !dir.join(NODE_STORE_MARKER).exists() {
+            return None;
+        }
         let closure = std::fs::read_to_string(dir.join("closure")).ok()?;
         let generation =
             std::fs::read_to_string(dir.join("generation")).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
@@ -480,6 +488,7 @@ impl NodeCache {
         std::fs::write(tmp.join("closure"), closure_text).map_err(io(&tmp))?;
         std::fs::write(tmp.join("generation"), format!("{generation}\n")).map_err(io(&tmp))?;
         std::fs::write(tmp.join("source"), format!("{env}:{generation} {mode}\n")).map_err(io(&tmp))?;
+        std::fs::write(tmp.join(NODE_STORE_MARKER), b"").map_err(io(&tmp))?;
         let dir = envs.join(key);
         std::fs::rename(&tmp, &dir).map_err(io(&dir))?;
         tmp_guard.0 = None;
@@ -620,6 +629,20 @@ mod tests {
             overlay_dir: None,
             attach: true,
         }
+    }
+
+    /// An environment rendered before the node store (no marker) is not served.
+    #[test]
+    fn environments_from_before_the_node_store_are_not_served() {
+        let tmp = tempfile::tempdir().unwrap();
+        let config = NodeConfig { state_root: tmp.path().join("state"), ..NodeConfig::default() };
+        let cache = NodeCache::new(config, System::X86_64Linux);
+        let dir = cache.envs_dir().join("k9");
+        std::fs::create_dir_all(dir.join("env")).unwrap();
+        std::fs::write(dir.join("closure"), "/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-a-1.0\n").unwrap();
+        assert!(cache.lookup("k9").is_none(), "realized into a host /nix/store: render again");
+        std::fs::write(dir.join(NODE_STORE_MARKER), b"").unwrap();
+        assert_eq!(cache.lookup("k9").unwrap().closure.len(), 1);
     }
 
     /// A view is built once, kept while a container uses its key, removed by gc once unused.

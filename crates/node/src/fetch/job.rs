@@ -155,12 +155,7 @@ fn classify_read(
     } else if e.kind() == std::io::ErrorKind::UnexpectedEof {
         FetchError::TruncatedNar { substituter: sub, path, got, expected }
     } else {
-        FetchError::Decompress {
-            substituter: sub,
-            path,
-            compression: planned.compression.as_str().into(),
-            detail: e.to_string(),
-        }
+        FetchError::Decompress { substituter: sub, path, compression: planned.compression.as_str().into(), source: e }
     }
 }
 
