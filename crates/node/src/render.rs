@@ -340,6 +340,43 @@ mod tests {
         );
     }
 
+    /// Packages are read from the node store, links name /nix/store as the container sees it,
+    /// and an absolute link into /nix/store inside a package is followed in the node store.
+    #[test]
+    fn reads_the_node_store_and_links_the_container_paths() {
+        let t = tempfile::tempdir().unwrap();
+        let store = StoreRead::new(t.path().join("store"));
+        let (a, b, c) = (
+            "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-a-1.0",
+            "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-b-1.0",
+            "cccccccccccccccccccccccccccccccc-c-1.0",
+        );
+        pkg(&store.dir, b, &[("bin/tool", "b")]);
+        pkg(&store.dir, c, &[("bin/other", "c")]);
+        std::fs::create_dir_all(store.dir.join(a)).unwrap();
+        std::os::unix::fs::symlink(format!("/nix/store/{b}/bin"), store.dir.join(a).join("bin")).unwrap();
+        let source = |name: &str, id: &str| LinkSource {
+            install_id: id.into(),
+            output: "out".into(),
+            store_path: StorePath::parse(&format!("/nix/store/{name}")).unwrap(),
+            priority: 5,
+        };
+        let out = t.path().join("out");
+        let linked = render_tree(&[source(a, "a"), source(c, "c")], Mode::Run, &out, &store).unwrap();
+        assert_eq!(linked.len(), 2);
+        assert!(std::fs::symlink_metadata(out.join("bin")).unwrap().is_dir(), "bin/ merged through a's link");
+        assert_eq!(std::fs::read_link(out.join("bin/tool")).unwrap(), Path::new(&format!("/nix/store/{a}/bin/tool")));
+        assert_eq!(std::fs::read_link(out.join("bin/other")).unwrap(), Path::new(&format!("/nix/store/{c}/bin/other")));
+        let e = render_tree(
+            &[source("dddddddddddddddddddddddddddddddd-gone", "d")],
+            Mode::Run,
+            &t.path().join("x"),
+            &store,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("dddddddddddddddddddddddddddddddd-gone"), "{e}");
+    }
+
     #[test]
     fn generated_file_in_a_linked_dir_makes_it_real() {
         let t = tempfile::tempdir().unwrap();

@@ -5,8 +5,10 @@
 //! holding a recursive bind of every top-level entry of `/` except `/nix` (symlinks such as
 //! `/bin -> usr/bin` recreated), then `pivot_root` and the old root detached, so `/nix` is
 //! absent, not just empty. Every `nix*` program in PATH's directories (and `git*` with
-//! `--hide-git`) is covered by an empty file with no permission bits: nothing can run it,
-//! `command -v` does not find it. PATH loses its directories under a `nix` profile. Test
+//! `--hide-git`) is covered by an empty file with no permission bits: nothing can run it (exec
+//! fails with EACCES; a PATH search finds nothing it can run). Covering beats a filtered copy
+//! of /usr/bin: programs that locate their files from their own path (python) keep working.
+//! PATH loses its directories under a `nix` profile. Test
 //! fixtures that stand for the outside world (the local hub serves git over HTTP with
 //! `git http-backend`) find git in `$IMAGELESS_E2E_FIXTURE_PATH`, a bind of the real one
 //! made before hiding it; the node and everything containerd starts never look there.
