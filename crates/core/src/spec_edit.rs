@@ -87,17 +87,20 @@ pub fn token_source(spec: &Value) -> Option<TokenMount> {
     })
 }
 
-/// How /nix appears in the container.
+/// How /nix appears in the container. Every source is the node's own (its store directory
+/// or a view built from it): the host's /nix, if it has one, is never mounted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NixView {
     /// Only the environment's closure: the node's prepared view of it (a directory holding
     /// exactly the closure's store paths) bound read-only at /nix/store. One mount whatever
     /// the closure's size.
     Closure { view: String },
-    /// The whole host /nix/store, read-only.
-    WholeStore,
-    /// `flox.dev/nix-mutable`: an overlay over the host /nix, writes land in `upper` only.
-    Overlay { upper: String, work: String },
+    /// The whole node store (`store` on the host), read-only at /nix/store.
+    WholeStore { store: String },
+    /// `flox.dev/nix-mutable`: an overlay at /nix over `lower` (a directory laid out as /nix:
+    /// the closure in `store/`, its Nix registration in `var/nix/db`); writes land in `upper`
+    /// only.
+    Overlay { lower: String, upper: String, work: String },
 }
 
 /// The edit that turns a plain container into a flox one.
@@ -158,13 +161,13 @@ impl FloxEdit {
         }
         match &self.nix {
             NixView::Closure { view } => mounts.push(bind(view, STORE_DIR)),
-            NixView::WholeStore => mounts.push(bind(STORE_DIR, STORE_DIR)),
-            NixView::Overlay { upper, work } => mounts.push(json!({
+            NixView::WholeStore { store } => mounts.push(bind(store, STORE_DIR)),
+            NixView::Overlay { lower, upper, work } => mounts.push(json!({
                 "destination": "/nix",
                 "type": "overlay",
                 "source": "overlay",
                 "options": [
-                    "lowerdir=/nix",
+                    format!("lowerdir={lower}"),
                     format!("upperdir={upper}"),
                     format!("workdir={work}"),
                 ],
@@ -329,7 +332,7 @@ mod tests {
         let edit = FloxEdit {
             env_dir: "/var/lib/imageless/envs/k/env".into(),
             activator: "/usr/local/bin/flox-activate".into(),
-            nix: NixView::WholeStore,
+            nix: NixView::WholeStore { store: "/var/lib/imageless/store".into() },
             description: "flox/echoip".into(),
             disable_metrics: true,
         };
@@ -353,7 +356,7 @@ mod tests {
         let edit = FloxEdit {
             env_dir: "/e".into(),
             activator: "/a".into(),
-            nix: NixView::WholeStore,
+            nix: NixView::WholeStore { store: "/var/lib/imageless/store".into() },
             description: "flox/hooks".into(),
             disable_metrics: false,
         };

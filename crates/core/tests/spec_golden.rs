@@ -37,7 +37,7 @@ fn edit(nix: NixView) -> FloxEdit {
 }
 
 fn closure() -> NixView {
-    NixView::Closure { view: "/var/lib/imageless/views/0123456789abcdef0123456789abcdef".into() }
+    NixView::Closure { view: "/var/lib/imageless/views/0123456789abcdef0123456789abcdef/store".into() }
 }
 
 #[test]
@@ -74,6 +74,7 @@ fn plain_container_closure_view() {
 fn mutable_container_overlay() {
     let mut spec = load("container.json");
     edit(NixView::Overlay {
+        lower: "/var/lib/imageless/views/0123456789abcdef0123456789abcdef".into(),
         upper: "/var/lib/imageless/overlays/ID/upper".into(),
         work: "/var/lib/imageless/overlays/ID/work".into(),
     })

@@ -1,6 +1,6 @@
 //! A flox node for end-to-end tests: the local hub (a private copy of the package world),
 //! a node config pointing at it, and a private containerd whose `flox` runtime uses the
-//! real flox-runc, runc, Nix and git.
+//! real flox-runc and runc; the node fetches into its own store (no Nix on the node).
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
@@ -74,7 +74,15 @@ impl Hub {
     }
 
     fn serve(root: PathBuf, log: PathBuf, listen: &str) -> Hub {
-        let mut child = Command::new(imageless())
+        let mut cmd = Command::new(imageless());
+        // The hub stands for the outside world: on a node without git (`without-nix
+        // --hide-git`) it still serves git over HTTP with the git kept for fixtures.
+        if let Some(fixture) = std::env::var_os(crate::without_nix::FIXTURE_PATH_ENV) {
+            let mut dirs = vec![PathBuf::from(fixture)];
+            dirs.extend(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()));
+            cmd.env("PATH", std::env::join_paths(dirs).expect("PATH entries without ':'"));
+        }
+        let mut child = cmd
             .args(["hub", "serve", "--root"])
             .arg(&root)
             .args(["--listen", listen])
@@ -136,7 +144,6 @@ pub struct FloxNode {
     pub hub: Hub,
     pub dir: tempfile::TempDir,
     pub state_root: PathBuf,
-    pub gcroots: PathBuf,
     pub config_path: PathBuf,
 }
 
@@ -164,16 +171,14 @@ impl FloxNode {
         let dir = tempfile::Builder::new().prefix("flox-node-").tempdir().expect("tempdir");
         let hub = Hub::start(dir.path());
         let state_root = dir.path().join("state");
-        let gcroots = PathBuf::from("/nix/var/nix/gcroots/imageless-test").join(dir.path().file_name().unwrap());
         let key = std::fs::read_to_string(hub.root.join("cache-key.pub")).expect("hub key");
         let config_path = dir.path().join("node.toml");
         let config = format!(
-            "state_root = {state:?}\nhub_url = {url:?}\nsubstituters = [\"{url}/cache\"]\ntrusted_public_keys = [{key:?}]\nactivator = {act:?}\nrunc = \"/usr/bin/runc\"\ngcroots_dir = {gc:?}\nhub_timeout_secs = 10\n{extra_config}\n",
+            "state_root = {state:?}\nhub_url = {url:?}\nsubstituters = [\"{url}/cache\"]\ntrusted_public_keys = [{key:?}]\nactivator = {act:?}\nrunc = \"/usr/bin/runc\"\nhub_timeout_secs = 10\n{extra_config}\n",
             state = state_root.display().to_string(),
             url = hub.url,
             key = key.trim(),
             act = activator().display().to_string(),
-            gc = gcroots.display().to_string(),
         );
         std::fs::write(&config_path, config).expect("node config");
         let mut env = BTreeMap::new();
@@ -181,7 +186,12 @@ impl FloxNode {
         let containerd =
             Containerd::start(version, ContainerdOptions { env, before_start: hook, ..ContainerdOptions::default() })
                 .unwrap_or_else(|e| panic!("{e:#}"));
-        FloxNode { containerd, hub, dir, state_root, gcroots, config_path }
+        FloxNode { containerd, hub, dir, state_root, config_path }
+    }
+
+    /// The node's own store (the config's default, `<state_root>/store`).
+    pub fn store_dir(&self) -> PathBuf {
+        self.state_root.join("store")
     }
 
     pub async fn runner(&self) -> PodRunner {
@@ -235,12 +245,6 @@ impl FloxNode {
 
     pub fn world(&self) -> serde_json::Value {
         serde_json::from_slice(&std::fs::read(self.hub.root.join("world.json")).unwrap()).unwrap()
-    }
-}
-
-impl Drop for FloxNode {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.gcroots);
     }
 }
 

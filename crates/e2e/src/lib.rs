@@ -24,6 +24,7 @@ use toml_edit::{DocumentMut, Item, Value};
 
 pub mod config;
 pub mod flox_node;
+pub mod without_nix;
 
 /// The repository root (this crate lives in `<root>/crates/e2e`).
 pub fn repo_root() -> PathBuf {

@@ -1,5 +1,6 @@
 //! The pods of the product docs (../shared/seeds), run unchanged through the `imageless pod`
-//! CLI over CRI. The docs' own environment, `limeytexan/echoip`, is published on the local hub
+//! CLI over CRI, on containerd 1.6.20, 1.7.24 and 2.1.9, on a node without Nix (each test runs
+//! again inside `without-nix`, see imageless_e2e::without_nix). The docs' own environment, `limeytexan/echoip`, is published on the local hub
 //! with echoip's lock from the world. It is public, as the telemetry example assumes; the auth
 //! example mounts a token anyway (private environments are covered in flox_pods.rs).
 use std::path::{Path, PathBuf};
@@ -7,7 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use imageless_e2e::flox_node::{imageless, wait_for_answer, FloxNode};
-use imageless_e2e::ContainerdVersion;
+use imageless_e2e::{without_nix, ContainerdVersion};
 
 fn seeds() -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/seeds/imageless-kubernetes-configuration.md"))
@@ -34,11 +35,33 @@ fn pod_cli(node: &FloxNode, args: &[&str]) -> std::process::Output {
         .expect("imageless pod")
 }
 
+/// The docs' pods listen on port 8080 of the host network: one version at a time.
+static PORT_8080: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn docs_pods_on(name: &str, version: ContainerdVersion) {
+    let _port = PORT_8080.lock().unwrap_or_else(|e| e.into_inner());
+    without_nix::run(name, || docs_pods_run_unchanged(version));
+}
+
 #[test]
-fn docs_pods_run_unchanged() {
+fn docs_pods_on_containerd_1_6_20() {
+    docs_pods_on("docs_pods_on_containerd_1_6_20", ContainerdVersion::V1_6);
+}
+
+#[test]
+fn docs_pods_on_containerd_1_7_24() {
+    docs_pods_on("docs_pods_on_containerd_1_7_24", ContainerdVersion::V1_7);
+}
+
+#[test]
+fn docs_pods_on_containerd_2_1_9() {
+    docs_pods_on("docs_pods_on_containerd_2_1_9", ContainerdVersion::V2_1);
+}
+
+fn docs_pods_run_unchanged(version: ContainerdVersion) {
     let pods = docs_pods();
     assert_eq!(pods.len(), 2, "the docs have two complete pods (auth, telemetry)");
-    let node = FloxNode::start(ContainerdVersion::V1_7);
+    let node = FloxNode::start(version);
     let root = node.hub.root.display().to_string();
     let lock = node.hub.root.join("world/envs/flox/echoip/2/manifest.lock");
     node.hub.imageless(&[

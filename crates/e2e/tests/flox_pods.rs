@@ -1,13 +1,14 @@
 //! End to end: pods on the `flox` runtime over real CRI, on containerd 1.6.20, 1.7.24 and
-//! 2.1.9, with the real runc wrapper, runc, Nix, git and the local hub. Each version runs the
-//! same scenarios in one containerd (starting one costs seconds); a failing scenario names
-//! itself in the panic.
+//! 2.1.9, with the real runc wrapper, runc and the local hub, on a node without Nix: each
+//! version's test runs again inside `without-nix` (no /nix, no `nix*` runnable; see
+//! imageless_e2e::without_nix). Each version runs the same scenarios in one containerd
+//! (starting one costs seconds); a failing scenario names itself in the panic.
 
 use std::path::Path;
 use std::time::Duration;
 
 use imageless_e2e::flox_node::{self as support, flox_pod, free_port, wait_for_answer, FloxNode};
-use imageless_e2e::ContainerdVersion;
+use imageless_e2e::{without_nix, ContainerdVersion};
 
 const EMPTY: &str = "flox/empty:1.0.0";
 const BUSYBOX: &str = "busybox:local";
@@ -148,7 +149,8 @@ async fn dev_and_run_modes_vars_and_hook(node: &FloxNode) {
 
 async fn nix_read_only_closure_view_and_mutable(node: &FloxNode) {
     let outside = world_path(node, "flox/echoip", "1", "hello"); // realized by `generations`
-    assert!(Path::new(&outside).exists());
+    let in_node_store = node.store_dir().join(outside.trim_start_matches("/nix/store/"));
+    assert!(in_node_store.exists(), "{} fetched into the node store", in_node_store.display());
     let probe = format!(
         "(echo x > /nix/store/probe) 2>/dev/null && echo wrote || echo readonly; test -e {outside} && echo visible || echo hidden"
     );
@@ -160,11 +162,16 @@ async fn nix_read_only_closure_view_and_mutable(node: &FloxNode) {
         "rw",
         &[("flox.dev/environment", "flox/hooks"), ("flox.dev/nix-mutable", "true")],
         EMPTY,
-        &["bash", "-c", "echo x > /nix/store/probe-imageless && echo wrote"],
+        &[
+            "bash",
+            "-c",
+            "echo x > /nix/store/probe-imageless && echo wrote; test -s /nix/var/nix/db/db.sqlite && test \"$(< /nix/var/nix/db/schema)\" = 10 && echo registered",
+        ],
     );
     let (code, out, err) = node.run_to_end(&rw, &[]).await.unwrap();
-    assert_eq!((code, out.trim()), (0, "wrote"), "{err}");
+    assert_eq!((code, out.trim()), (0, "wrote\nregistered"), "{err}");
     assert!(!Path::new("/nix/store/probe-imageless").exists(), "host /nix untouched");
+    assert!(!node.store_dir().join("probe-imageless").exists(), "node store untouched");
     let overlays = node.state_root.join("overlays");
     let left: Vec<_> = std::fs::read_dir(&overlays).map(|d| d.flatten().collect()).unwrap_or_default();
     assert!(left.is_empty(), "overlay dirs removed with the pod: {left:?}");
@@ -294,17 +301,17 @@ fn all_scenarios(version: ContainerdVersion) {
 
 #[test]
 fn flox_pods_on_containerd_1_6_20() {
-    all_scenarios(ContainerdVersion::V1_6);
+    without_nix::run("flox_pods_on_containerd_1_6_20", || all_scenarios(ContainerdVersion::V1_6));
 }
 
 #[test]
 fn flox_pods_on_containerd_1_7_24() {
-    all_scenarios(ContainerdVersion::V1_7);
+    without_nix::run("flox_pods_on_containerd_1_7_24", || all_scenarios(ContainerdVersion::V1_7));
 }
 
 #[test]
 fn flox_pods_on_containerd_2_1_9() {
-    all_scenarios(ContainerdVersion::V2_1);
+    without_nix::run("flox_pods_on_containerd_2_1_9", || all_scenarios(ContainerdVersion::V2_1));
 }
 
 /// 50 create/delete cycles of flox pods (plain, nix-mutable, failing) leave no mounts, no

@@ -1,18 +1,19 @@
-//! The node cache against the local hub and real Nix, through the `imageless pull` CLI:
-//! one realization for concurrent pulls, crash safety, offline behaviour, GC roots, and the
-//! hub's failure answers.
+//! The node cache against the local hub and its binary cache, through the `imageless pull`
+//! and `imageless gc` CLIs: one realization for concurrent pulls, crash safety, offline
+//! behaviour, the node's own store and gc, and the hub's failure answers. Each node starts
+//! with an empty store of its own (`<state_root>/store`), so every pull here is cold.
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use imageless_e2e::flox_node::{imageless, Hub};
+use imageless_node::store_read::StoreRead;
 
 struct Node {
     dir: tempfile::TempDir,
     hub: Hub,
     config: PathBuf,
-    gcroots: PathBuf,
 }
 
 impl Node {
@@ -23,22 +24,20 @@ impl Node {
     fn with_hub_url(hub_url: Option<&str>) -> Node {
         let dir = tempfile::Builder::new().prefix("node-cache-").tempdir().unwrap();
         let hub = Hub::start(dir.path());
-        let gcroots = PathBuf::from("/nix/var/nix/gcroots/imageless-test").join(dir.path().file_name().unwrap());
         let key = std::fs::read_to_string(hub.root.join("cache-key.pub")).unwrap();
         let config = dir.path().join("node.toml");
         std::fs::write(
             &config,
             format!(
-                "state_root = {:?}\nhub_url = {:?}\nsubstituters = [\"{}/cache\"]\ntrusted_public_keys = [{:?}]\ngcroots_dir = {:?}\nhub_timeout_secs = 5\nhub_answer_ttl_secs = 0\n",
+                "state_root = {:?}\nhub_url = {:?}\nsubstituters = [\"{}/cache\"]\ntrusted_public_keys = [{:?}]\nhub_timeout_secs = 5\nhub_answer_ttl_secs = 0\n",
                 dir.path().join("state").display().to_string(),
                 hub_url.unwrap_or(&hub.url),
                 hub.url,
                 key.trim(),
-                gcroots.display().to_string(),
             ),
         )
         .unwrap();
-        Node { dir, hub, config, gcroots }
+        Node { dir, hub, config }
     }
 
     fn pull_cmd(&self, args: &[&str]) -> Command {
@@ -75,40 +74,51 @@ impl Node {
     }
 }
 
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.gcroots);
+impl Node {
+    fn gc(&self, args: &[&str]) -> Output {
+        let out =
+            Command::new(imageless()).arg("gc").args(args).env("IMAGELESS_CONFIG", &self.config).output().unwrap();
+        assert!(out.status.success(), "imageless gc: {}", stderr(&out));
+        out
     }
+
+    /// Base names in the node store (temp and trash entries excluded).
+    fn store(&self) -> std::collections::BTreeSet<String> {
+        std::fs::read_dir(self.dir.path().join("state/store"))
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| !n.starts_with('.'))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// A container of the environment rendered at `env_dir` (what flox-runc saves at create).
+    fn container_uses(&self, id: &str, env_dir: &str) {
+        let key = PathBuf::from(env_dir).parent().unwrap().file_name().unwrap().to_string_lossy().into_owned();
+        let state = serde_json::json!({
+            "id": id, "env_key": key, "env_dir": env_dir, "activator": "/a", "description": "test",
+            "disable_metrics": false, "skip_exec": false, "overlay_dir": null, "attach": true,
+        });
+        let dir = self.dir.path().join("state/containers");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(format!("{id}.json")), state.to_string()).unwrap();
+    }
+}
+
+fn base_names(paths: &[String]) -> std::collections::BTreeSet<String> {
+    paths.iter().map(|p| p.trim_start_matches("/nix/store/").to_string()).collect()
 }
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-/// Removes store paths so the next pull must substitute them. Paths other users of this
-/// machine's store keep alive (e.g. busybox, rooted by another node) stay; at least the
-/// environment's own top package must go. Returns the paths that are now absent.
-fn make_cold(paths: &[String]) -> Vec<String> {
-    // One path at a time, in passes: referrers go first, live paths simply stay.
-    for _ in 0..paths.len() {
-        let mut progress = false;
-        for p in paths.iter().filter(|p| Path::new(p).exists()) {
-            let out = Command::new("nix-store").args(["--delete", p]).output().unwrap();
-            progress |= out.status.success() && !Path::new(p).exists();
-        }
-        if !progress {
-            break;
-        }
-    }
-    let cold: Vec<String> = paths.iter().filter(|p| !Path::new(p).exists()).cloned().collect();
-    assert!(!cold.is_empty(), "nothing of {paths:?} could be made cold");
-    cold
-}
-
 #[test]
 fn twenty_concurrent_cold_pulls_realize_once() {
     let node = Node::new();
-    let cold = make_cold(&node.world_closure("flox/hello", "1"));
+    let cold = node.world_closure("flox/hello", "1");
     let children: Vec<_> = (0..20)
         .map(|_| node.pull_cmd(&["flox/hello"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap())
         .collect();
@@ -121,15 +131,14 @@ fn twenty_concurrent_cold_pulls_realize_once() {
     let paths: std::collections::HashSet<String> =
         outputs.iter().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).collect();
     assert_eq!(paths.len(), 1, "all 20 got the same environment: {paths:?}");
-    // Nix asks for a narinfo several times per path, but downloads each NAR once.
     let nars = node.hub.access_log().matches("GET /cache/nar/").count();
-    assert_eq!(nars, cold.len(), "each missing closure path downloaded once from the hub");
+    assert_eq!(nars, cold.len(), "each closure path downloaded once from the hub");
+    assert_eq!(node.store(), base_names(&cold), "exactly the closure is in the node store");
 }
 
 #[test]
 fn killed_pull_leaves_nothing_half_visible() {
     let node = Node::new();
-    make_cold(&node.world_closure("flox/devtools", "1"));
     let mut child =
         node.pull_cmd(&["flox/devtools", "--mode", "dev"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
     // Kill it somewhere in fetch/realize/render; whatever the moment, no env may be visible
@@ -147,8 +156,12 @@ fn killed_pull_leaves_nothing_half_visible() {
     let o = node.pull(&["flox/devtools", "--mode", "dev"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let env = PathBuf::from(String::from_utf8_lossy(&o.stdout).trim());
-    assert!(env.join("include/devlib.h").exists(), "dev mode links the propagated devlib");
+    // The tree links into /nix/store as the container sees it; on the node that is the node store.
+    let store = StoreRead::new(node.dir.path().join("state/store"));
+    let devlib = store.resolve(&env.join("include/devlib.h"));
+    assert!(devlib.is_ok_and(|p| p.is_file()), "dev mode links the propagated devlib");
     assert!(!node.envs().iter().any(|k| k.starts_with(".tmp-")), "stale temp dirs cleaned: {:?}", node.envs());
+    assert_eq!(node.store(), base_names(&node.world_closure("flox/devtools", "1")), "the whole closure, once");
 }
 
 #[test]
@@ -156,6 +169,9 @@ fn offline_hub_pinned_cached_resolves_and_private_needs_the_same_token() {
     let mut node = Node::new();
     let alice = node.token_file("alice");
     let o = node.pull(&["flox/echoip:1"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // The live generation too: offline, nothing can be fetched into the node store.
+    let o = node.pull(&["flox/echoip"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let o = node.pull(&["acme/private", "--token-file", alice.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -174,21 +190,43 @@ fn offline_hub_pinned_cached_resolves_and_private_needs_the_same_token() {
     assert!(stderr(&o).contains("is unreachable"), "never cached + offline: {}", stderr(&o));
 }
 
+/// `imageless gc` drops environments no container uses, then every store path no remaining
+/// environment references; what a used environment needs stays, shared paths included.
 #[test]
-fn nix_garbage_collection_keeps_cached_environments() {
+fn gc_sweeps_the_node_store_but_keeps_what_containers_use() {
     let node = Node::new();
-    let o = node.pull(&["flox/hello"]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let gc = Command::new("nix-collect-garbage").output().unwrap();
-    assert!(gc.status.success(), "{}", String::from_utf8_lossy(&gc.stderr));
-    for p in node.world_closure("flox/hello", "1") {
-        assert!(Path::new(&p).exists(), "{p} collected although a cached env uses it");
-    }
-    // `imageless gc` drops the env and its roots; then Nix may collect the paths.
-    let out = Command::new(imageless()).args(["gc"]).env("IMAGELESS_CONFIG", &node.config).output().unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
+    let hello = node.pull(&["flox/hello"]);
+    assert!(hello.status.success(), "{}", stderr(&hello));
+    let echoip = node.pull(&["flox/echoip:1"]);
+    assert!(echoip.status.success(), "{}", stderr(&echoip));
+    let (hello_closure, echoip_closure) =
+        (base_names(&node.world_closure("flox/hello", "1")), base_names(&node.world_closure("flox/echoip", "1")));
+    let both: std::collections::BTreeSet<String> = hello_closure.union(&echoip_closure).cloned().collect();
+    assert_eq!(node.store(), both);
+
+    // Recently used: `--older-than` keeps both.
+    node.gc(&["--older-than", "1h"]);
+    assert_eq!(node.envs().len(), 2);
+    assert_eq!(node.store(), both);
+
+    // A container uses echoip: hello goes, and with it the paths only hello needed.
+    node.container_uses("c1", String::from_utf8_lossy(&echoip.stdout).trim());
+    let out = node.gc(&[]);
+    assert!(stderr(&out).contains("1 environments removed, 1 in use kept"), "{}", stderr(&out));
+    assert_eq!(node.envs().len(), 1);
+    assert_eq!(node.store(), echoip_closure, "exactly echoip's closure is left");
+    assert!(!hello_closure.is_subset(&echoip_closure), "the test needs a path only hello uses");
+    let env = PathBuf::from(String::from_utf8_lossy(&echoip.stdout).trim());
+    assert!(env.join("bin/echoip").exists(), "echoip is still whole");
+
+    // Unused now: everything goes, and a pull brings it back.
+    std::fs::remove_file(node.dir.path().join("state/containers/c1.json")).unwrap();
+    node.gc(&[]);
     assert!(node.envs().is_empty(), "{:?}", node.envs());
-    assert!(std::fs::read_dir(&node.gcroots).map(|d| d.count()).unwrap_or(0) == 0);
+    assert!(node.store().is_empty(), "{:?}", node.store());
+    let again = node.pull(&["flox/echoip:1"]);
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert_eq!(node.store(), echoip_closure);
 }
 
 /// A hub that answers every request with HTTP 500 (only the status matters here).

@@ -7,7 +7,6 @@ use imageless_core::activation::Mode;
 use imageless_core::decide::{decide, Decision};
 use imageless_core::env_ref::EnvRef;
 use imageless_core::spec_edit::{self, FloxEdit, NixView};
-use imageless_core::store_path::STORE_DIR;
 use imageless_core::system::System;
 use imageless_node::cache::NodeCache;
 use imageless_node::config::{NodeConfig, StoreView};
@@ -60,6 +59,8 @@ fn prepare(config: &NodeConfig, config_path: &Path, id: &str, log: &ErrorLog) ->
     };
     let system = System::host().map_err(|e| format!("flox: {e}"))?;
     let cache = NodeCache::new(config.clone(), system);
+    // Held until the view is built: gc never sweeps what this container is about to mount.
+    let _store = cache.store_use().map_err(|e| e.to_string())?;
     let rendered = cache.ensure(&opts.environment, opts.mode, token.as_ref()).map_err(|e| e.to_string())?;
     if let Some(w) = &rendered.warning {
         log.warn(w);
@@ -89,15 +90,17 @@ fn prepare(config: &NodeConfig, config_path: &Path, id: &str, log: &ErrorLog) ->
     // Saved before the closure view is looked up: the state is what keeps gc from removing
     // the environment's view (and the environment) while this container uses it.
     state.save(&config.state_root).map_err(|e| format!("flox: saving container state: {e}"))?;
+    // Every mount source is the node's own store or a view of it, never the host's /nix.
     let nix = match (&overlay_dir, config.store_view) {
         (Some(dir), _) => NixView::Overlay {
+            lower: cache.ensure_view(&rendered).map_err(|e| e.to_string())?.display().to_string(),
             upper: dir.join("upper").display().to_string(),
             work: dir.join("work").display().to_string(),
         },
-        (None, StoreView::Store) => NixView::WholeStore,
+        (None, StoreView::Store) => NixView::WholeStore { store: config.store_dir().display().to_string() },
         (None, StoreView::Closure) => {
-            let view = cache.ensure_view(&rendered, Path::new(STORE_DIR)).map_err(|e| e.to_string())?;
-            NixView::Closure { view: view.display().to_string() }
+            let view = cache.ensure_view(&rendered).map_err(|e| e.to_string())?;
+            NixView::Closure { view: view.join("store").display().to_string() }
         }
     };
     let edit = FloxEdit {
@@ -162,13 +165,7 @@ pub fn prefetch_main(args: &[String]) -> i32 {
     let view = config.store_view == StoreView::Closure;
     let cache = NodeCache::new(config, system);
     // The closure view too, so the app container's create finds it ready.
-    match cache.ensure(&env, mode, None).and_then(|r| {
-        if view {
-            cache.ensure_view(&r, Path::new(STORE_DIR)).map(drop)
-        } else {
-            Ok(())
-        }
-    }) {
+    match cache.ensure(&env, mode, None).and_then(|r| if view { cache.ensure_view(&r).map(drop) } else { Ok(()) }) {
         Ok(()) => 0,
         Err(e) => {
             tracing::info!("prefetch of {env} did not complete: {e}");

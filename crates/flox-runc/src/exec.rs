@@ -29,7 +29,7 @@ pub fn wrap_exec_process(config: &NodeConfig, process_file: &str, id: &str) -> R
     let edit = FloxEdit {
         env_dir: state.env_dir,
         activator: state.activator,
-        nix: NixView::WholeStore, // mounts are not part of a process; unused here
+        nix: NixView::WholeStore { store: String::new() }, // mounts are not part of a process; unused here
         description: state.description,
         disable_metrics: state.disable_metrics,
     };

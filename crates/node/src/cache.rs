@@ -5,9 +5,14 @@
 //! - `refs/<owner>/<name>.json` what the hub said last (commit, which token fetched it);
 //! - `envs/<key>/` rendered environments keyed by content (lock + system + mode), published
 //!   by renaming a finished temp dir, so a killed pull never leaves a half-visible one;
-//! - `views/<key>/` the closure view of `envs/<key>` (see [`crate::view`]), built on first use;
+//! - `store/` (or `store_dir`), `store-info/` the node store the closures are fetched into
+//!   ([`crate::fetch`]); no Nix and no /nix on the node;
+//! - `views/<key>/` what a container of `envs/<key>` mounts (see [`crate::view`]): `store/`
+//!   (the closure, bound at /nix/store) and `var/nix/db` (its Nix registration, for
+//!   nix-mutable's overlay at /nix, see [`crate::registration`]), built on first use;
 //! - `locks/<key>.lock` one realization (and one view build) per key: concurrent pods wait and
-//!   reuse.
+//!   reuse; `store.lock` keeps pulls and creates (shared) apart from gc's sweep (exclusive),
+//!   see [`crate::gc`].
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -17,7 +22,7 @@ use imageless_core::activation::{ActivationData, Mode};
 use imageless_core::container_paths::ACTIVATION_DATA_REL;
 use imageless_core::env_ref::EnvRef;
 use imageless_core::generations::{GenerationsError, GenerationsMetadata};
-use imageless_core::lockfile::Lockfile;
+use imageless_core::lockfile::{Lockfile, LockfileError, SelectError};
 use imageless_core::store_path::StorePath;
 use imageless_core::system::System;
 use imageless_core::token::Token;
@@ -25,25 +30,46 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::config::NodeConfig;
+use crate::fetch::{FetchError, Fetcher, NodeStore, Progress};
+use crate::gc::StoreLock;
 use crate::hub::{self, HubClient, HubError};
-use crate::realize::{self, Nix, RealizeError};
+use crate::registration::{self, RegistrationError};
 use crate::render::{self, LinkSource, RenderError};
+use crate::store_read::StoreRead;
 use crate::view::{self, ViewError};
+
+/// Why a generation's manifest.lock cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum LockProblem {
+    #[error(transparent)]
+    Parse(#[from] LockfileError),
+    #[error(transparent)]
+    Select(#[from] SelectError),
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
     #[error(transparent)]
     Hub(#[from] HubError),
+    /// Boxed: a fetch error names substituter, path and URL, and would make every
+    /// `Result<_, NodeError>` that large.
     #[error(transparent)]
-    Realize(#[from] RealizeError),
+    Fetch(Box<FetchError>),
+    #[error(transparent)]
+    Registration(Box<RegistrationError>),
     #[error(transparent)]
     Render(#[from] RenderError),
     #[error(transparent)]
     View(#[from] ViewError),
     #[error("flox: {error}")]
     Generations { env: String, error: GenerationsError },
-    #[error("flox: {env} generation {generation}: manifest.lock is not valid: {message}")]
-    Lockfile { env: String, generation: u32, message: String },
+    #[error("flox: {env} generation {generation}: manifest.lock is not valid: {source}")]
+    Lockfile {
+        env: String,
+        generation: u32,
+        #[source]
+        source: Box<LockProblem>,
+    },
     #[error("flox: {env} generation {generation} has no {path} on the hub")]
     MissingFile { env: String, generation: u32, path: String },
     #[error("flox: FloxHub token (secret floxhub-token) expired at {at}; create a new secret with `flox auth token`")]
@@ -56,16 +82,27 @@ pub enum NodeError {
     NoSpace { state_root: String, env: String },
 }
 
+impl From<FetchError> for NodeError {
+    fn from(e: FetchError) -> NodeError {
+        NodeError::Fetch(Box::new(e))
+    }
+}
+
+impl From<RegistrationError> for NodeError {
+    fn from(e: RegistrationError) -> NodeError {
+        NodeError::Registration(Box::new(e))
+    }
+}
+
 impl NodeError {
-    /// Whether the state root (not the Nix store: realization errors are its own) ran out of
-    /// space or quota. Git reports it on stderr, our own writes as an `io::Error`.
+    /// Whether the state root (or the node store) ran out of space or quota. Git reports it
+    /// on stderr, our own writes as an `io::Error` somewhere in the source chain.
     fn is_state_root_full(&self) -> bool {
         let full = |e: &std::io::Error| {
             let errno = e.raw_os_error().map(rustix::io::Errno::from_raw_os_error);
             matches!(errno, Some(rustix::io::Errno::NOSPC | rustix::io::Errno::DQUOT))
         };
         match self {
-            NodeError::Realize(_) => false,
             NodeError::Hub(e) => {
                 let text = e.to_string();
                 text.contains("No space left on device") || text.contains("Disk quota exceeded")
@@ -98,7 +135,8 @@ pub struct Rendered {
     pub env_dir: PathBuf,
     pub closure: Vec<StorePath>,
     pub generation: u32,
-    /// Store paths this call had to realize (0 when the cache or the store had everything).
+    /// Store paths this call downloaded into the node store (0 when the cache or the store
+    /// had everything).
     pub realized: usize,
     /// A warning for the user (e.g. hub unreachable, last known generation used).
     pub warning: Option<String>,
@@ -133,10 +171,15 @@ impl RefRecord {
     }
 }
 
+/// In every environment rendered against the node store (`envs/<key>/node-store`).
+const NODE_STORE_MARKER: &str = "node-store";
+
 pub struct NodeCache {
     pub config: NodeConfig,
     hub: HubClient,
     system: System,
+    /// Told how a fetch into the node store goes (`imageless pull`'s progress bar).
+    progress: Option<std::sync::Arc<dyn Progress>>,
 }
 
 fn now() -> u64 {
@@ -147,7 +190,7 @@ fn format_unix(secs: u64) -> String {
     humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string()
 }
 
-fn lock_file(path: &Path) -> Result<File, NodeError> {
+pub(crate) fn lock_file(path: &Path) -> Result<File, NodeError> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(io(parent))?;
     }
@@ -160,11 +203,29 @@ impl NodeCache {
     pub fn new(config: NodeConfig, system: System) -> NodeCache {
         let git_url = config.git_url.clone().unwrap_or_else(|| hub::git_url_for_hub(&config.hub_url));
         let hub = HubClient::new(git_url, Duration::from_secs(config.hub_timeout_secs));
-        NodeCache { config, hub, system }
+        NodeCache { config, hub, system, progress: None }
     }
 
-    fn root(&self) -> &Path {
+    /// Reports fetch progress to `progress`.
+    pub fn with_progress(mut self, progress: std::sync::Arc<dyn Progress>) -> NodeCache {
+        self.progress = Some(progress);
+        self
+    }
+
+    pub(crate) fn root(&self) -> &Path {
         &self.config.state_root
+    }
+
+    /// The node store (`store_dir`, records and locks under the state root).
+    pub fn store(&self) -> NodeStore {
+        NodeStore::new(self.config.store_dir(), self.root())
+    }
+
+    /// A shared hold on the node store: gc's sweep waits until it is dropped. A container
+    /// create holds one from `ensure` until its state is saved and its view built, so nothing
+    /// it is about to mount can be swept in between.
+    pub fn store_use(&self) -> Result<StoreLock, NodeError> {
+        StoreLock::shared(self.root())
     }
 
     pub fn envs_dir(&self) -> PathBuf {
@@ -324,7 +385,8 @@ impl NodeCache {
 
     fn key(&self, lock: &[u8], mode: Mode) -> String {
         let mut h = Sha256::new();
-        h.update(b"imageless-env-v1\0");
+        // v2: closures live in the node store, views hold `store/` and `var/nix/db`.
+        h.update(b"imageless-env-v2\0");
         h.update(lock);
         h.update(b"\0");
         h.update(self.system.as_str().as_bytes());
@@ -336,6 +398,11 @@ impl NodeCache {
     /// Looks up a rendered environment by key.
     pub fn lookup(&self, key: &str) -> Option<Rendered> {
         let dir = self.envs_dir().join(key);
+        // Rendered before the node store (its paths in a host /nix/store): not served, so a
+        // ref record written then re-renders it into the node store; gc drops the old one.
+        if !dir.join(NODE_STORE_MARKER).exists() {
+            return None;
+        }
         let closure = std::fs::read_to_string(dir.join("closure")).ok()?;
         let generation =
             std::fs::read_to_string(dir.join("generation")).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
@@ -362,14 +429,18 @@ impl NodeCache {
             touch(&r.dir);
             return Ok(r);
         }
+        // Store first, key second (gc takes them in the same order): the fetched paths stay
+        // until the environment that references them is published.
+        let _store = self.store_use()?;
         let _guard = lock_file(&self.root().join("locks").join(format!("{key}.lock")))?;
         if let Some(r) = self.lookup(key) {
             touch(&r.dir);
             return Ok(r);
         }
-        let lock_err = |message: String| NodeError::Lockfile { env: env.to_string(), generation, message };
-        let lockfile = Lockfile::parse(lock_bytes).map_err(|e| lock_err(e.to_string()))?;
-        let selection = lockfile.select(self.system).map_err(|e| lock_err(e.to_string()))?;
+        let lock_err =
+            |source: LockProblem| NodeError::Lockfile { env: env.to_string(), generation, source: Box::new(source) };
+        let lockfile = Lockfile::parse(lock_bytes).map_err(|e| lock_err(e.into()))?;
+        let selection = lockfile.select(self.system).map_err(|e| lock_err(e.into()))?;
         let sources: Vec<LinkSource> = selection
             .outputs
             .iter()
@@ -383,8 +454,13 @@ impl NodeCache {
         let mut wanted: Vec<StorePath> = sources.iter().map(|s| s.store_path.clone()).collect();
         wanted.sort_by(|a, b| a.as_str().cmp(b.as_str()));
         wanted.dedup();
-        let nix = Nix { config: &self.config };
-        let realized = nix.realize(env, &wanted)?;
+        let mut fetcher = Fetcher::from_config(&self.config)?;
+        if let Some(p) = &self.progress {
+            fetcher = fetcher.with_progress(p.clone());
+        }
+        let report = fetcher.realize(&wanted)?;
+        let realized = report.downloaded;
+        let store = StoreRead::new(fetcher.store.dir.clone());
 
         let envs = self.envs_dir();
         std::fs::create_dir_all(&envs).map_err(io(&envs))?;
@@ -393,24 +469,26 @@ impl NodeCache {
         // A render that fails (a full disk, a bad lock) takes its half-made tree with it.
         let mut tmp_guard = RemoveOnDrop(Some(tmp.clone()));
         let tree = tmp.join("env");
-        let linked = render::render_tree(&sources, mode, &tree)?;
+        let linked = render::render_tree(&sources, mode, &tree, &store)?;
         let data = ActivationData {
             version: ActivationData::VERSION,
             mode,
-            vars: lockfile.vars_in_order().map_err(|e| lock_err(e.to_string()))?,
+            vars: lockfile.vars_in_order().map_err(|e| lock_err(e.into()))?,
             hook_on_activate: lockfile.hook_on_activate(),
             profile: lockfile.profile(),
             cuda_detection: lockfile.cuda_detection(),
             add_sbin: lockfile.add_sbin(),
         };
-        render::write_generated(&tree, ACTIVATION_DATA_REL, &serde_json::to_vec_pretty(&data).expect("serializable"))?;
-        render::write_generated(&tree, "manifest.lock", lock_bytes)?;
-        let closure = nix.closure(&linked)?;
+        let activation = serde_json::to_vec_pretty(&data).expect("serializable");
+        render::write_generated(&tree, ACTIVATION_DATA_REL, &activation, &store)?;
+        render::write_generated(&tree, "manifest.lock", lock_bytes, &store)?;
+        // From the records of the fetched narinfos (References): no Nix involved.
+        let closure = fetcher.store.closure(&linked)?;
         let closure_text: String = closure.iter().map(|p| format!("{p}\n")).collect();
         std::fs::write(tmp.join("closure"), closure_text).map_err(io(&tmp))?;
         std::fs::write(tmp.join("generation"), format!("{generation}\n")).map_err(io(&tmp))?;
         std::fs::write(tmp.join("source"), format!("{env}:{generation} {mode}\n")).map_err(io(&tmp))?;
-        realize::add_gc_roots(&self.config.gcroots_dir, key, &linked)?;
+        std::fs::write(tmp.join(NODE_STORE_MARKER), b"").map_err(io(&tmp))?;
         let dir = envs.join(key);
         std::fs::rename(&tmp, &dir).map_err(io(&dir))?;
         tmp_guard.0 = None;
@@ -427,14 +505,17 @@ impl NodeCache {
         })
     }
 
-    /// The closure view of `rendered` (built now if needed), for one read-only bind at
-    /// /nix/store. `store_dir` holds the store paths' contents. The caller records the key in
-    /// its container state before calling, so a concurrent gc (which re-reads the container
-    /// states under the key's lock) never removes a view that is about to be mounted.
-    pub fn ensure_view(&self, rendered: &Rendered, store_dir: &Path) -> Result<PathBuf, NodeError> {
+    /// The view of `rendered` (built now if needed) from the node store: `<view>/store` is
+    /// bound read-only at /nix/store, `<view>` is the lower layer of nix-mutable's overlay at
+    /// /nix. The caller records the key in its container state before calling, so a
+    /// concurrent gc (which re-reads the container states under the key's lock) never removes
+    /// a view that is about to be mounted.
+    pub fn ensure_view(&self, rendered: &Rendered) -> Result<PathBuf, NodeError> {
         let key = &rendered.key;
         let dir = view::view_dir(self.root(), key);
-        // Under the key's lock even when it exists: gc removes views under the same lock.
+        // Store first (gc sweeps under it), then the key's lock even when the view exists:
+        // gc removes views under the same lock.
+        let _store = self.store_use()?;
         let _guard = lock_file(&self.root().join("locks").join(format!("{key}.lock")))?;
         if dir.is_dir() {
             return Ok(dir);
@@ -445,11 +526,11 @@ impl NodeCache {
         view::clean_leftovers(self.root(), |k| k != key);
         let tmp = views.join(format!("{prefix}{}", std::process::id()));
         let started = std::time::Instant::now();
-        let stats = match view::build(store_dir, &rendered.closure, &tmp) {
+        let stats = match self.build_view(&rendered.closure, &tmp) {
             Ok(stats) => stats,
             Err(e) => {
                 let _ = view::remove_tree(&tmp);
-                return Err(e.into());
+                return Err(e);
             }
         };
         if let Err(e) = std::fs::rename(&tmp, &dir) {
@@ -468,77 +549,15 @@ impl NodeCache {
         Ok(dir)
     }
 
-    /// Removes a view under the key's lock unless a container uses the key now.
-    fn remove_view_if_unused(&self, key: &str) -> Result<bool, NodeError> {
-        let _guard = lock_file(&self.root().join("locks").join(format!("{key}.lock")))?;
-        if crate::containers::keys_in_use(self.root()).contains(key) {
-            return Ok(false);
-        }
-        self.remove_view(key)?;
-        Ok(true)
-    }
-
-    /// Removes `views/<key>` (the caller holds the key's lock): renamed away first, so a
-    /// removal killed half-way leaves a dot-dir for the next gc, never a partial view.
-    fn remove_view(&self, key: &str) -> Result<(), NodeError> {
-        let dir = view::view_dir(self.root(), key);
-        if !dir.exists() {
-            return Ok(());
-        }
-        let trash = view::views_dir(self.root()).join(format!(".gc-{key}-{}", std::process::id()));
-        std::fs::rename(&dir, &trash).map_err(io(&trash))?;
-        view::remove_tree(&trash).map_err(io(&trash))
-    }
-
-    /// Removes cached environments (and their closure views) not in `in_use` and unused for
-    /// `older_than`, views whose environment is gone and no container uses, and leftovers of
-    /// killed view builds.
-    pub fn gc(
-        &self,
-        in_use: &std::collections::HashSet<String>,
-        older_than: Duration,
-    ) -> Result<Vec<String>, NodeError> {
-        let envs = self.envs_dir();
-        let mut removed = Vec::new();
-        let entries: Vec<std::fs::DirEntry> =
-            std::fs::read_dir(&envs).map(|d| d.flatten().collect()).unwrap_or_default();
-        for entry in entries {
-            let key = entry.file_name().to_string_lossy().into_owned();
-            if key.starts_with('.') || in_use.contains(&key) {
-                continue;
-            }
-            let last_used = std::fs::metadata(entry.path().join("last-used")).and_then(|m| m.modified()).ok();
-            if last_used.is_some_and(|t| t.elapsed().unwrap_or_default() < older_than) {
-                continue;
-            }
-            let _guard = lock_file(&self.root().join("locks").join(format!("{key}.lock")))?;
-            // A container may have been created since `in_use` was read.
-            if crate::containers::keys_in_use(self.root()).contains(&key) {
-                continue;
-            }
-            self.remove_view(&key)?;
-            let trash = envs.join(format!(".gc-{key}-{}", std::process::id()));
-            std::fs::rename(entry.path(), &trash).map_err(io(&trash))?;
-            std::fs::remove_dir_all(&trash).map_err(io(&trash))?;
-            realize::remove_gc_roots(&self.config.gcroots_dir, &key).map_err(io(&self.config.gcroots_dir))?;
-            removed.push(key);
-        }
-        for key in view::orphans(self.root(), in_use, |k| envs.join(k).is_dir()) {
-            if self.remove_view_if_unused(&key)? {
-                tracing::info!(key, "orphan closure view removed");
-            }
-        }
-        view::clean_leftovers(self.root(), |k| self.key_busy(k));
-        Ok(removed)
-    }
-
-    /// Whether someone holds the key's lock (a realization or a view build in progress).
-    fn key_busy(&self, key: &str) -> bool {
-        let path = self.root().join("locks").join(format!("{key}.lock"));
-        match File::options().write(true).open(&path) {
-            Ok(f) => f.try_lock_exclusive().map(|locked| !locked).unwrap_or(true),
-            Err(_) => false,
-        }
+    /// `<dest>/store` (the closure's paths, hard links into the node store) and the closure's
+    /// Nix registration under `<dest>/var/nix`.
+    fn build_view(&self, closure: &[StorePath], dest: &Path) -> Result<view::ViewStats, NodeError> {
+        let store = self.store();
+        std::fs::create_dir(dest).map_err(io(dest))?;
+        let stats = view::build(&store.dir, closure, &dest.join("store"))?;
+        let infos = closure.iter().map(|p| store.record(p)).collect::<Result<Vec<_>, _>>()?;
+        registration::write(dest, &infos, now() as i64)?;
+        Ok(stats)
     }
 }
 
@@ -574,15 +593,28 @@ mod tests {
     use super::*;
     use crate::containers::ContainerState;
 
-    fn fake_store(store: &Path, names: &[&str]) -> Vec<StorePath> {
-        names
-            .iter()
-            .map(|n| {
-                std::fs::create_dir_all(store.join(n).join("bin")).unwrap();
-                std::fs::write(store.join(n).join("bin/tool"), n.as_bytes()).unwrap();
-                StorePath::parse(&format!("/nix/store/{n}")).unwrap()
-            })
-            .collect()
+    /// Publishes `names` (a closure: A references B) into the node store.
+    fn fake_store(store: &NodeStore, names: &[&str]) -> Vec<StorePath> {
+        store.create_dirs().unwrap();
+        let paths: Vec<StorePath> =
+            names.iter().map(|n| StorePath::parse(&format!("/nix/store/{n}")).unwrap()).collect();
+        for (i, p) in paths.iter().enumerate() {
+            let unpacked = store.dir.join(format!(".tmp-{}-1", p.base_name()));
+            std::fs::create_dir_all(unpacked.join("bin")).unwrap();
+            std::fs::write(unpacked.join("bin/tool"), p.base_name().as_bytes()).unwrap();
+            let info = crate::fetch::narinfo::NarInfo {
+                store_path: p.clone(),
+                url: "nar/x.nar".into(),
+                compression: "none".into(),
+                nar_hash: crate::fetch::narinfo::NarHash([1; 32]),
+                nar_size: 1,
+                references: paths[i..].to_vec(),
+                deriver: None,
+                sigs: vec![],
+            };
+            store.publish(&info, &unpacked).unwrap();
+        }
+        paths
     }
 
     fn container(id: &str, key: &str) -> ContainerState {
@@ -599,20 +631,30 @@ mod tests {
         }
     }
 
+    /// An environment rendered before the node store (no marker) is not served.
+    #[test]
+    fn environments_from_before_the_node_store_are_not_served() {
+        let tmp = tempfile::tempdir().unwrap();
+        let config = NodeConfig { state_root: tmp.path().join("state"), ..NodeConfig::default() };
+        let cache = NodeCache::new(config, System::X86_64Linux);
+        let dir = cache.envs_dir().join("k9");
+        std::fs::create_dir_all(dir.join("env")).unwrap();
+        std::fs::write(dir.join("closure"), "/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-a-1.0\n").unwrap();
+        assert!(cache.lookup("k9").is_none(), "realized into a host /nix/store: render again");
+        std::fs::write(dir.join(NODE_STORE_MARKER), b"").unwrap();
+        assert_eq!(cache.lookup("k9").unwrap().closure.len(), 1);
+    }
+
     /// A view is built once, kept while a container uses its key, removed by gc once unused.
     #[test]
     fn view_lifecycle() {
         let tmp = tempfile::tempdir().unwrap();
-        let store = tmp.path().join("store");
-        let closure =
-            fake_store(&store, &["aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-a-1.0", "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-b-1.0"]);
-        let config = NodeConfig {
-            state_root: tmp.path().join("state"),
-            gcroots_dir: tmp.path().join("gcroots"),
-            ..NodeConfig::default()
-        };
+        let config = NodeConfig { state_root: tmp.path().join("state"), ..NodeConfig::default() };
         let root = config.state_root.clone();
         let cache = NodeCache::new(config, System::X86_64Linux);
+        let store = cache.store();
+        let closure =
+            fake_store(&store, &["aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-a-1.0", "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-b-1.0"]);
         let rendered = Rendered {
             key: "k1".into(),
             dir: root.join("envs/k1"),
@@ -624,15 +666,18 @@ mod tests {
         };
         // A build killed half-way left a temp dir behind.
         std::fs::create_dir_all(root.join("views/.tmp-k1-999999/junk")).unwrap();
-        let dir = cache.ensure_view(&rendered, &store).unwrap();
+        let dir = cache.ensure_view(&rendered).unwrap();
         assert_eq!(dir, root.join("views/k1"));
-        assert!(dir.join("aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-a-1.0/bin/tool").is_file());
+        assert!(dir.join("store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-a-1.0/bin/tool").is_file());
+        assert!(dir.join("var/nix/db/db.sqlite").is_file(), "the closure's Nix registration");
+        let registration = std::fs::read_to_string(dir.join("var/nix/registration")).unwrap();
+        assert!(registration.contains("/nix/store/bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-b-1.0\n"), "{registration}");
         assert_eq!(view::list(&root), vec!["k1"]);
         assert!(!root.join("views/.tmp-k1-999999").exists(), "stale temp removed");
         // Built once: a second call reuses the same directory.
         let ino = |p: &Path| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).unwrap());
         let first = ino(&dir);
-        assert_eq!(cache.ensure_view(&rendered, &store).unwrap(), dir);
+        assert_eq!(cache.ensure_view(&rendered).unwrap(), dir);
         assert_eq!(ino(&dir), first);
 
         // In use by a container: gc keeps it (the environment dir is gone, so it is an orphan).
@@ -652,6 +697,7 @@ mod tests {
         assert!(view::list(&root).is_empty());
         let left: Vec<_> = std::fs::read_dir(root.join("views")).unwrap().collect();
         assert!(left.is_empty(), "no trash left: {left:?}");
-        assert!(store.join("aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-a-1.0/bin/tool").is_file(), "store untouched");
+        // No environment references the store paths any more: the sweep took them.
+        assert!(!store.dir.join("aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-a-1.0").exists(), "store swept");
     }
 }

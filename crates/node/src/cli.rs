@@ -81,20 +81,18 @@ pub fn pull(args: PullArgs) -> Result<ExitCode, CliError> {
     };
     let mode = if args.mode == "dev" { Mode::Dev } else { Mode::Run };
     let config = NodeConfig::load(args.config.as_deref())?;
-    let cache = NodeCache::new(config, system(None)?);
-    let spinner = indicatif::ProgressBar::new_spinner();
-    spinner.set_message(format!("pulling {env} ({mode})"));
-    spinner.enable_steady_tick(Duration::from_millis(120));
+    let progress = std::sync::Arc::new(crate::pull_progress::PullProgress::new(format!("{env} ({mode})")));
+    let cache = NodeCache::new(config, system(None)?).with_progress(progress.clone());
     let start = Instant::now();
     let result = cache.ensure(&env, mode, token.as_ref());
-    spinner.finish_and_clear();
+    progress.finish();
     let rendered = result?;
     if let Some(w) = &rendered.warning {
         eprintln!("warning: {w}");
     }
     println!("{}", rendered.env_dir.display());
     eprintln!(
-        "{env}: generation {}, {} store paths in closure, {} realized, {:.2}s",
+        "{env}: generation {}, {} store paths in closure, {} fetched, {:.2}s",
         rendered.generation,
         rendered.closure.len(),
         rendered.realized,
@@ -143,10 +141,15 @@ pub fn gc(args: GcArgs) -> Result<ExitCode, CliError> {
     let config = NodeConfig::load(args.config.as_deref())?;
     let in_use: HashSet<String> = crate::containers::keys_in_use(&config.state_root);
     let cache = NodeCache::new(config, system(None)?);
-    let removed = cache.gc(&in_use, args.older_than.unwrap_or_default())?;
-    for key in &removed {
+    let report = cache.gc(&in_use, args.older_than.unwrap_or_default())?;
+    for key in &report.envs {
         println!("removed {key}");
     }
-    eprintln!("{} environments removed, {} in use kept", removed.len(), in_use.len());
+    eprintln!(
+        "{} environments removed, {} in use kept; {} store paths removed",
+        report.envs.len(),
+        in_use.len(),
+        report.store_paths.len()
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -15,7 +15,7 @@ pub enum StoreView {
     /// Only the environment's closure is visible under /nix/store in the container.
     #[default]
     Closure,
-    /// The whole host /nix/store, read-only.
+    /// The whole node store (`store_dir`), read-only.
     Store,
 }
 
@@ -33,8 +33,10 @@ pub struct NodeConfig {
     pub runc: Option<PathBuf>,
     pub activator: PathBuf,
     pub store_view: StoreView,
+    /// No longer used: the node keeps its own store and gc (no Nix GC roots). Accepted so
+    /// configs written for earlier versions still load.
     pub gcroots_dir: PathBuf,
-    /// Directory holding `nix-store` (default: PATH).
+    /// No longer used: the node runs no Nix. Accepted so earlier configs still load.
     pub nix_bin_dir: Option<PathBuf>,
     /// Seconds a hub request may take before the hub counts as unreachable.
     pub hub_timeout_secs: u64,
@@ -103,14 +105,6 @@ impl NodeConfig {
     /// The node store directory: `store_dir`, else `<state_root>/store`.
     pub fn store_dir(&self) -> PathBuf {
         self.store_dir.clone().unwrap_or_else(|| self.state_root.join("store"))
-    }
-
-    /// Where `nix-store` and `nix` are run from.
-    pub fn nix_program(&self, name: &str) -> PathBuf {
-        match &self.nix_bin_dir {
-            Some(dir) => dir.join(name),
-            None => PathBuf::from(name),
-        }
     }
 }
 

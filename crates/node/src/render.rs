@@ -5,13 +5,17 @@
 //! merged. On a file conflict the lower priority number wins; equal priorities are an error
 //! naming both packages and the path, as `flox` reports it. `dev` additionally follows
 //! `nix-support/propagated-build-inputs`. We render outside the Nix store (no derivation to
-//! evaluate, no nixpkgs needed on the node); GC roots keep the link targets alive.
+//! evaluate, no nixpkgs needed on the node). Packages are read from the node store through
+//! [`StoreRead`]; the links name `/nix/store/…`, as the container sees them. The rendered
+//! environment's closure (kept by [`crate::gc`]) keeps the link targets alive.
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 use imageless_core::activation::Mode;
 use imageless_core::store_path::StorePath;
+
+use crate::store_read::StoreRead;
 
 /// One store path to link, with where it came from (for conflict messages).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,37 +66,46 @@ fn skipped(rel: &Path) -> bool {
         || name == "log"
 }
 
-#[derive(Default)]
+/// The tree being planned; paths in it are container paths (`/nix/store/…`), read through
+/// `store`.
 struct Plan {
     root: BTreeMap<OsString, Node>,
+    store: StoreRead,
 }
 
 impl Plan {
+    fn new(store: StoreRead) -> Plan {
+        Plan { root: BTreeMap::new(), store }
+    }
+
     fn add_package(&mut self, root: &Path, origin: &Origin) -> Result<(), RenderError> {
-        if !root.is_dir() {
+        if !self.store.is_dir(root) {
             return Err(RenderError::NotADirectory(root.display().to_string()));
         }
-        add_dir_entries(&mut self.root, Path::new(""), root, origin)
+        add_dir_entries(&self.store, &mut self.root, Path::new(""), root, origin)
     }
 }
 
 fn add_dir_entries(
+    store: &StoreRead,
     map: &mut BTreeMap<OsString, Node>,
     rel: &Path,
     src_dir: &Path,
     origin: &Origin,
 ) -> Result<(), RenderError> {
+    let host = store.resolve(src_dir).map_err(io(src_dir))?;
     let mut entries: Vec<_> =
-        std::fs::read_dir(src_dir).map_err(io(src_dir))?.filter_map(Result::ok).map(|e| e.file_name()).collect();
+        std::fs::read_dir(&host).map_err(io(src_dir))?.filter_map(Result::ok).map(|e| e.file_name()).collect();
     entries.sort();
     for name in entries {
         let src = src_dir.join(&name);
-        add_entry(map, &rel.join(&name), name, &src, origin)?;
+        add_entry(store, map, &rel.join(&name), name, &src, origin)?;
     }
     Ok(())
 }
 
 fn add_entry(
+    store: &StoreRead,
     map: &mut BTreeMap<OsString, Node>,
     rel: &Path,
     name: OsString,
@@ -102,24 +115,23 @@ fn add_entry(
     if skipped(rel) {
         return Ok(());
     }
-    let src_is_dir = src.is_dir();
+    let src_is_dir = store.is_dir(src);
     match map.get_mut(&name) {
         None => {
             map.insert(name, Node::Link { target: src.to_path_buf(), is_dir: src_is_dir, origin: origin.clone() });
         }
-        Some(Node::Dir(children)) if src_is_dir => add_dir_entries(children, rel, src, origin)?,
+        Some(Node::Dir(children)) if src_is_dir => add_dir_entries(store, children, rel, src, origin)?,
         Some(node @ Node::Link { is_dir: true, .. }) if src_is_dir => {
             // A second package shares this directory: make it real and merge both.
             let Node::Link { target, origin: old, .. } = std::mem::replace(node, Node::Dir(BTreeMap::new())) else {
                 unreachable!()
             };
             let Node::Dir(children) = node else { unreachable!() };
-            add_dir_entries(children, rel, &target, &old)?;
-            add_dir_entries(children, rel, src, origin)?;
+            add_dir_entries(store, children, rel, &target, &old)?;
+            add_dir_entries(store, children, rel, src, origin)?;
         }
         Some(Node::Link { target, is_dir: false, origin: old }) if !src_is_dir => {
-            let same_file =
-                std::fs::canonicalize(&*target).ok().is_some_and(|a| std::fs::canonicalize(src).ok() == Some(a));
+            let same_file = store.resolve(target).ok().is_some_and(|a| store.resolve(src).ok() == Some(a));
             if same_file || origin.priority > old.priority || origin.propagated {
                 return Ok(());
             }
@@ -183,18 +195,25 @@ fn materialize(map: &BTreeMap<OsString, Node>, dir: &Path) -> Result<(), RenderE
 }
 
 /// Store paths named in a package's `nix-support/<file>`.
-fn propagated_from(store_path: &Path, file: &str) -> Vec<StorePath> {
-    std::fs::read_to_string(store_path.join("nix-support").join(file))
+fn propagated_from(store: &StoreRead, store_path: &Path, file: &str) -> Vec<StorePath> {
+    store
+        .resolve(&store_path.join("nix-support").join(file))
+        .and_then(std::fs::read_to_string)
         .unwrap_or_default()
         .split_whitespace()
         .filter_map(|p| StorePath::parse(p).ok())
         .collect()
 }
 
-/// Renders `sources` for `mode` into `dest` (which must not exist). Returns every store path
-/// linked, propagated ones included, for the closure and GC roots.
-pub fn render_tree(sources: &[LinkSource], mode: Mode, dest: &Path) -> Result<Vec<StorePath>, RenderError> {
-    let mut plan = Plan::default();
+/// Renders `sources` for `mode` into `dest` (which must not exist), reading the packages
+/// from `store`. Returns every store path linked, propagated ones included, for the closure.
+pub fn render_tree(
+    sources: &[LinkSource],
+    mode: Mode,
+    dest: &Path,
+    store: &StoreRead,
+) -> Result<Vec<StorePath>, RenderError> {
+    let mut plan = Plan::new(store.clone());
     let mut linked: Vec<StorePath> = Vec::new();
     for s in sources {
         let origin = Origin {
@@ -211,16 +230,16 @@ pub fn render_tree(sources: &[LinkSource], mode: Mode, dest: &Path) -> Result<Ve
         sources.iter().map(|s| (s.store_path.clone(), s.priority, s.install_id.clone())).collect();
     let mut counter = 0u64;
     while let Some((path, priority, id)) = queue.pop() {
-        let mut next = propagated_from(Path::new(path.as_str()), "propagated-user-env-packages");
+        let mut next = propagated_from(store, Path::new(path.as_str()), "propagated-user-env-packages");
         if mode == Mode::Dev {
             next.extend(
-                propagated_from(Path::new(path.as_str()), "propagated-build-inputs")
+                propagated_from(store, Path::new(path.as_str()), "propagated-build-inputs")
                     .into_iter()
                     .filter(|p| !p.as_str().ends_with("-stubs")),
             );
         }
         for p in next {
-            if linked.contains(&p) || !Path::new(p.as_str()).is_dir() {
+            if linked.contains(&p) || !store.is_dir(Path::new(p.as_str())) {
                 continue;
             }
             counter += 1;
@@ -237,8 +256,8 @@ pub fn render_tree(sources: &[LinkSource], mode: Mode, dest: &Path) -> Result<Ve
 }
 
 /// Writes a generated file into a rendered tree, turning a linked `activate.d` directory (if a
-/// package ships one) into a real directory first.
-pub fn write_generated(tree: &Path, rel: &str, contents: &[u8]) -> Result<(), RenderError> {
+/// package ships one, read through `store`) into a real directory first.
+pub fn write_generated(tree: &Path, rel: &str, contents: &[u8], store: &StoreRead) -> Result<(), RenderError> {
     let path = tree.join(rel);
     let mut cur = tree.to_path_buf();
     for comp in Path::new(rel).parent().into_iter().flat_map(|p| p.components()) {
@@ -246,10 +265,12 @@ pub fn write_generated(tree: &Path, rel: &str, contents: &[u8]) -> Result<(), Re
         if let Ok(meta) = std::fs::symlink_metadata(&cur) {
             if meta.file_type().is_symlink() {
                 let target = std::fs::read_link(&cur).map_err(io(&cur))?;
+                let host = store.resolve(&target).map_err(io(&target))?;
                 std::fs::remove_file(&cur).map_err(io(&cur))?;
                 std::fs::create_dir(&cur).map_err(io(&cur))?;
-                for e in std::fs::read_dir(&target).map_err(io(&target))?.flatten() {
-                    std::os::unix::fs::symlink(e.path(), cur.join(e.file_name())).map_err(io(&cur))?;
+                for e in std::fs::read_dir(&host).map_err(io(&target))?.flatten() {
+                    let link = target.join(e.file_name());
+                    std::os::unix::fs::symlink(&link, cur.join(e.file_name())).map_err(io(&cur))?;
                 }
             }
         } else {
@@ -278,7 +299,8 @@ mod tests {
     }
 
     fn render_dirs(pkgs: &[(&Path, &str, u64)], dest: &Path) -> Result<(), RenderError> {
-        let mut plan = Plan::default();
+        // Paths outside /nix/store are read as they are.
+        let mut plan = Plan::new(StoreRead::new("/nonexistent-store"));
         for (dir, id, prio) in pkgs {
             let origin =
                 Origin { install_id: id.to_string(), output: "out".into(), priority: *prio, propagated: false };
@@ -318,13 +340,50 @@ mod tests {
         );
     }
 
+    /// Packages are read from the node store, links name /nix/store as the container sees it,
+    /// and an absolute link into /nix/store inside a package is followed in the node store.
+    #[test]
+    fn reads_the_node_store_and_links_the_container_paths() {
+        let t = tempfile::tempdir().unwrap();
+        let store = StoreRead::new(t.path().join("store"));
+        let (a, b, c) = (
+            "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-a-1.0",
+            "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-b-1.0",
+            "cccccccccccccccccccccccccccccccc-c-1.0",
+        );
+        pkg(&store.dir, b, &[("bin/tool", "b")]);
+        pkg(&store.dir, c, &[("bin/other", "c")]);
+        std::fs::create_dir_all(store.dir.join(a)).unwrap();
+        std::os::unix::fs::symlink(format!("/nix/store/{b}/bin"), store.dir.join(a).join("bin")).unwrap();
+        let source = |name: &str, id: &str| LinkSource {
+            install_id: id.into(),
+            output: "out".into(),
+            store_path: StorePath::parse(&format!("/nix/store/{name}")).unwrap(),
+            priority: 5,
+        };
+        let out = t.path().join("out");
+        let linked = render_tree(&[source(a, "a"), source(c, "c")], Mode::Run, &out, &store).unwrap();
+        assert_eq!(linked.len(), 2);
+        assert!(std::fs::symlink_metadata(out.join("bin")).unwrap().is_dir(), "bin/ merged through a's link");
+        assert_eq!(std::fs::read_link(out.join("bin/tool")).unwrap(), Path::new(&format!("/nix/store/{a}/bin/tool")));
+        assert_eq!(std::fs::read_link(out.join("bin/other")).unwrap(), Path::new(&format!("/nix/store/{c}/bin/other")));
+        let e = render_tree(
+            &[source("dddddddddddddddddddddddddddddddd-gone", "d")],
+            Mode::Run,
+            &t.path().join("x"),
+            &store,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("dddddddddddddddddddddddddddddddd-gone"), "{e}");
+    }
+
     #[test]
     fn generated_file_in_a_linked_dir_makes_it_real() {
         let t = tempfile::tempdir().unwrap();
         let a = pkg(t.path(), "a", &[("activate.d/theirs", "x")]);
         let out = t.path().join("out");
         render_dirs(&[(&a, "a", 5)], &out).unwrap();
-        write_generated(&out, "activate.d/imageless.json", b"{}").unwrap();
+        write_generated(&out, "activate.d/imageless.json", b"{}", &StoreRead::new("/nonexistent-store")).unwrap();
         assert_eq!(std::fs::read_to_string(out.join("activate.d/theirs")).unwrap(), "x");
         assert_eq!(std::fs::read_to_string(out.join("activate.d/imageless.json")).unwrap(), "{}");
         assert_eq!(std::fs::read_to_string(a.join("activate.d/imageless.json")).ok(), None, "package untouched");

@@ -22,8 +22,8 @@ pub enum FetchError {
     BadSignature { substituter: String, path: String, key: String },
     #[error("flox: substituter {substituter}: {path}: unsupported compression {compression:?} (accepted: xz, zstd, bzip2, none)")]
     UnsupportedCompression { substituter: String, path: String, compression: String },
-    #[error("flox: substituter {substituter}: {path}: NAR ({compression}) does not decompress: {detail}")]
-    Decompress { substituter: String, path: String, compression: String, detail: String },
+    #[error("flox: substituter {substituter}: {path}: NAR ({compression}) does not decompress: {source}")]
+    Decompress { substituter: String, path: String, compression: String, source: std::io::Error },
     #[error(
         "flox: substituter {substituter}: {path}: truncated NAR: the stream ended after {got} of {expected} bytes"
     )]

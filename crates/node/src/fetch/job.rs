@@ -4,6 +4,7 @@
 //! jobs run at once (bounded), so download, decompression and unpacking overlap across paths.
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use super::decompress::decoder;
 use super::error::FetchError;
@@ -12,6 +13,7 @@ use super::http::{error_chain, Http};
 use super::nar::{self, NarError};
 use super::narinfo::NarHash;
 use super::pipe::{self, BodyFailed};
+use super::progress::{Counting, Progress};
 use super::store::{NodeStore, PathLock};
 use super::walk::Planned;
 
@@ -26,6 +28,7 @@ pub async fn fetch_one(
     store: &NodeStore,
     planned: Planned,
     cancel: &AtomicBool,
+    progress: Option<Arc<dyn Progress>>,
 ) -> Result<Done, FetchError> {
     let path = planned.info.store_path.clone();
     if cancel.load(Ordering::SeqCst) {
@@ -39,7 +42,7 @@ pub async fn fetch_one(
         return Ok(Done { downloaded: false, nar_bytes: 0 });
     }
     let temp = store.fresh_temp(&path)?;
-    let nar_bytes = download_and_unpack(http, store, &planned, temp, lock, cancel).await?;
+    let nar_bytes = download_and_unpack(http, store, &planned, temp, lock, cancel, progress).await?;
     tracing::debug!(path = %path, substituter = %planned.substituter, nar_bytes, "fetched");
     Ok(Done { downloaded: true, nar_bytes })
 }
@@ -54,6 +57,7 @@ async fn download_and_unpack(
     temp: PathBuf,
     lock: PathLock,
     cancel: &AtomicBool,
+    progress: Option<Arc<dyn Progress>>,
 ) -> Result<u64, FetchError> {
     let sub = planned.substituter.clone();
     let url = format!("{}/{}", sub.trim_end_matches('/'), planned.info.url);
@@ -68,6 +72,12 @@ async fn download_and_unpack(
     let unpacker = tokio::task::spawn_blocking(move || {
         let result = decoder(compression, reader)
             .map_err(|e| Failure::Read(e, 0))
+            .map(|source| -> Box<dyn std::io::Read> {
+                match progress {
+                    Some(progress) => Box::new(Counting { inner: source, progress }),
+                    None => source,
+                }
+            })
             .and_then(|source| unpack_checked(source, info.nar_size, &info.nar_hash, &temp))
             .and_then(|bytes| store.publish(&info, &temp).map(|()| bytes).map_err(Failure::Store));
         if result.is_err() {
@@ -145,12 +155,7 @@ fn classify_read(
     } else if e.kind() == std::io::ErrorKind::UnexpectedEof {
         FetchError::TruncatedNar { substituter: sub, path, got, expected }
     } else {
-        FetchError::Decompress {
-            substituter: sub,
-            path,
-            compression: planned.compression.as_str().into(),
-            detail: e.to_string(),
-        }
+        FetchError::Decompress { substituter: sub, path, compression: planned.compression.as_str().into(), source: e }
     }
 }
 

@@ -7,7 +7,8 @@
 //! path at a time (flock), publishing by rename. Files, one idea each: [`narinfo`] (format),
 //! [`signature`] (trust), [`http`] (the network edge), [`pipe`] (download → blocking unpack),
 //! [`decompress`], [`hashing`] (NarHash/NarSize while streaming), [`nar`] (unpacking),
-//! [`store`] (layout, records, locks), [`error`].
+//! [`store`] (layout, records, locks), [`progress`] (the observer a caller may pass),
+//! [`error`].
 pub mod decompress;
 pub mod error;
 pub mod hashing;
@@ -16,6 +17,7 @@ pub mod job;
 pub mod nar;
 pub mod narinfo;
 pub mod pipe;
+pub mod progress;
 pub mod signature;
 pub mod store;
 pub mod walk;
@@ -27,6 +29,7 @@ use imageless_core::store_path::StorePath;
 use tokio::task::JoinSet;
 
 pub use error::FetchError;
+pub use progress::Progress;
 pub use store::NodeStore;
 
 use crate::config::NodeConfig;
@@ -53,6 +56,7 @@ pub struct Fetcher {
     keys: Arc<TrustedKeys>,
     pub store: NodeStore,
     jobs: usize,
+    progress: Option<Arc<dyn Progress>>,
 }
 
 impl Fetcher {
@@ -77,11 +81,18 @@ impl Fetcher {
             keys: Arc::new(keys),
             store: NodeStore::new(config.store_dir(), &config.state_root),
             jobs: DEFAULT_JOBS,
+            progress: None,
         })
     }
 
     pub fn with_jobs(mut self, jobs: usize) -> Fetcher {
         self.jobs = jobs.max(1);
+        self
+    }
+
+    /// Reports the fetch to `progress`.
+    pub fn with_progress(mut self, progress: Arc<dyn Progress>) -> Fetcher {
+        self.progress = Some(progress);
         self
     }
 
@@ -117,14 +128,23 @@ impl Fetcher {
         };
         let plan = walker.plan(wanted).await?;
         let mut report = FetchReport { closure: plan.closure, ..FetchReport::default() };
+        if let Some(p) = &self.progress {
+            p.planned(plan.missing.len(), plan.missing.iter().map(|m| m.info.nar_size).sum());
+        }
         let permits = Arc::new(tokio::sync::Semaphore::new(self.jobs));
         let cancel = Arc::new(AtomicBool::new(false));
         let mut jobs = JoinSet::new();
         for planned in plan.missing {
             let (http, store, permits, cancel) = (http.clone(), self.store.clone(), permits.clone(), cancel.clone());
+            let progress = self.progress.clone();
             jobs.spawn(async move {
                 let _permit = permits.acquire_owned().await.expect("semaphore is never closed");
-                job::fetch_one(&http, &store, planned, &cancel).await
+                let path = planned.info.store_path.clone();
+                let done = job::fetch_one(&http, &store, planned, &cancel, progress.clone()).await;
+                if let (Ok(_), Some(p)) = (&done, &progress) {
+                    p.path_done(&path);
+                }
+                done
             });
         }
         // The first error wins. The other jobs are told to stop and awaited (not aborted),

@@ -98,6 +98,14 @@ impl NodeStore {
             .map_err(FetchError::store(&self.dir, format!("renaming into {}", dest.display())))
     }
 
+    /// Drops the record of a path that is no longer valid (gc, after renaming it away).
+    pub fn remove_record(&self, p: &StorePath) -> std::io::Result<()> {
+        match std::fs::remove_file(self.record_path(p)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
     /// The closure of `roots` over the records of valid paths, sorted.
     pub fn closure(&self, roots: &[StorePath]) -> Result<Vec<StorePath>, FetchError> {
         let mut seen = std::collections::BTreeSet::new();

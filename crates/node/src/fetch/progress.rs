@@ -1,0 +1,56 @@
+//! How a fetch tells its caller what it is doing (e.g. `imageless pull`'s progress bar). The
+//! fetch only calls a [`Progress`]; drawing is the caller's business.
+use std::io::{self, Read};
+use std::sync::Arc;
+
+use imageless_core::store_path::StorePath;
+
+/// An observer of one realization. Called from the fetch's threads, so cheap and `Sync`.
+pub trait Progress: Send + Sync {
+    /// The walk is done: `paths` store paths of `nar_bytes` (uncompressed) are to download.
+    fn planned(&self, paths: usize, nar_bytes: u64);
+    /// `bytes` more of some NAR were unpacked.
+    fn advanced(&self, bytes: u64);
+    /// `path` is in the node store (downloaded now, or by a concurrent fetch).
+    fn path_done(&self, path: &StorePath);
+}
+
+/// A reader that reports what passes through it to a [`Progress`].
+pub struct Counting<R> {
+    pub inner: R,
+    pub progress: Arc<dyn Progress>,
+}
+
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.progress.advanced(n as u64);
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    #[derive(Default)]
+    struct Sum(AtomicU64);
+
+    impl Progress for Sum {
+        fn planned(&self, _: usize, _: u64) {}
+        fn advanced(&self, bytes: u64) {
+            self.0.fetch_add(bytes, Ordering::SeqCst);
+        }
+        fn path_done(&self, _: &StorePath) {}
+    }
+
+    #[test]
+    fn counts_every_byte_read() {
+        let sum = Arc::new(Sum::default());
+        let mut r = Counting { inner: &[7u8; 10_000][..], progress: sum.clone() };
+        let mut out = Vec::new();
+        r.read_to_end(&mut out).unwrap();
+        assert_eq!(sum.0.load(Ordering::SeqCst), 10_000);
+    }
+}
