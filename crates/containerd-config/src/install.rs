@@ -17,6 +17,9 @@ pub const DEFAULT_SOCKET: &str = "/run/containerd/containerd.sock";
 pub const NODE_CONFIG: &str = imageless_node::config::DEFAULT_PATH;
 /// Binaries install copies from the bin dir into `<prefix>/bin`.
 pub const BINARIES: [&str; 4] = ["flox-runc", "containerd-shim-flox-v2", "flox-activate", "imageless"];
+/// The directory `containerd-shim-flox-v2` makes next to itself on first use, holding a `runc`
+/// link to `flox-runc` (crates/shim-launcher); uninstall removes it with the launcher.
+pub const LAUNCHER_RUNC_DIR: &str = "flox-runc-path";
 
 #[derive(Debug, thiserror::Error)]
 pub enum InstallError {
@@ -59,6 +62,10 @@ impl HostRoot {
     pub fn is_root(&self) -> bool {
         self.0 == Path::new("/")
     }
+    /// The node path of a host path beneath this root (the inverse of [`HostRoot::join`]).
+    pub fn node_path(&self, host_path: &Path) -> PathBuf {
+        Path::new("/").join(host_path.strip_prefix(&self.0).unwrap_or(host_path))
+    }
 }
 
 /// One file install wrote, with what was there before.
@@ -82,6 +89,10 @@ pub struct InstallRecord {
     pub created_binaries: Vec<PathBuf>,
     /// The node config, when install created it, with the content it wrote.
     pub node_config: Option<FileRecord>,
+    /// Directories install created (node paths, parents first), e.g. /etc/imageless and the
+    /// state dir: uninstall removes them when empty. (Absent in records of older installs.)
+    #[serde(default)]
+    pub created_dirs: Vec<PathBuf>,
 }
 
 pub fn record_path(root: &HostRoot, state_dir: &Path) -> PathBuf {
@@ -206,6 +217,13 @@ fn apply(
         return Ok(());
     }
     verify_installed(plan, survey, out)?;
+    // The record's own directory is created by the write below: count it in first.
+    for dir in journal.created_dirs().into_iter().chain(crate::journal::missing_parents(&survey.record_file)) {
+        let node_dir = plan.root.node_path(&dir);
+        if !survey.record.created_dirs.contains(&node_dir) {
+            survey.record.created_dirs.push(node_dir);
+        }
+    }
     let json = serde_json::to_vec_pretty(&survey.record).expect("record serializes");
     journal.write(&survey.record_file, &json, FileMode::KeepOr(0o600))
 }
@@ -526,11 +544,45 @@ pub fn uninstall(root: &HostRoot, state_dir: &Path, dry_run: bool) -> Result<Vec
         } else if std::fs::remove_file(root.join(bin)).is_ok() {
             lines.push(format!("removed {}", bin.display()));
         }
+        if bin.file_name().is_some_and(|n| n == "containerd-shim-flox-v2") {
+            if let Some(dir) = bin.parent().map(|d| d.join(LAUNCHER_RUNC_DIR)) {
+                remove_launcher_dir(root, &dir, dry_run, &mut lines);
+            }
+        }
     }
-    if !dry_run {
-        std::fs::remove_file(&record_file).map_err(io("removing", &record_file))?;
+    if dry_run {
+        lines.extend(record.created_dirs.iter().rev().map(|d| format!("would remove {} if empty", d.display())));
+        return Ok(lines);
+    }
+    std::fs::remove_file(&record_file).map_err(io("removing", &record_file))?;
+    for dir in record.created_dirs.iter().rev() {
+        match std::fs::remove_dir(root.join(dir)) {
+            Ok(()) => lines.push(format!("removed {}", dir.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) if e.kind() == std::io::ErrorKind::DirectoryNotEmpty => {
+                lines.push(format!("kept {}: not empty", dir.display()))
+            }
+            Err(e) => return Err(io("removing", dir)(e)),
+        }
     }
     Ok(lines)
+}
+
+/// The launcher's `runc` link directory: its link (only a symlink, never a file someone put
+/// there) and the directory when that leaves it empty.
+fn remove_launcher_dir(root: &HostRoot, dir: &Path, dry_run: bool, lines: &mut Vec<String>) {
+    let host_dir = root.join(dir);
+    let link = host_dir.join("runc");
+    if !std::fs::symlink_metadata(&link).is_ok_and(|m| m.file_type().is_symlink()) {
+        return;
+    }
+    if dry_run {
+        lines.push(format!("would remove {}", dir.display()));
+        return;
+    }
+    if std::fs::remove_file(&link).is_ok() && std::fs::remove_dir(&host_dir).is_ok() {
+        lines.push(format!("removed {}", dir.display()));
+    }
 }
 
 #[cfg(test)]

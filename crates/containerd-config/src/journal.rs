@@ -41,12 +41,7 @@ impl Journal {
     /// Writes `bytes` to `path` atomically, remembering the previous state of the file and the
     /// directories this creates.
     pub fn write(&mut self, path: &Path, bytes: &[u8], mode: FileMode) -> Result<(), InstallError> {
-        let mut missing = Vec::new();
-        let mut dir = path.parent();
-        while let Some(d) = dir.filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
-            missing.push(d.to_owned());
-            dir = d.parent();
-        }
+        let missing = missing_parents(path);
         let known = self.entries.iter().any(|e| matches!(e, Entry::File { path: p, .. } if p == path));
         if !known {
             let before = match std::fs::symlink_metadata(path) {
@@ -60,10 +55,15 @@ impl Journal {
                 Err(e) => return Err(io("reading", path)(e)),
             };
             // Directories are created top-down; rollback walks the entries backwards.
-            self.entries.extend(missing.into_iter().rev().map(Entry::Dir));
+            self.entries.extend(missing.into_iter().map(Entry::Dir));
             self.entries.push(Entry::File { path: path.to_owned(), before });
         }
         write_atomic(path, bytes, mode)
+    }
+
+    /// The directories the writes so far created, parents first.
+    pub fn created_dirs(&self) -> Vec<PathBuf> {
+        self.entries.iter().filter_map(|e| if let Entry::Dir(d) = e { Some(d.clone()) } else { None }).collect()
     }
 
     /// Puts every file back as it was and removes the directories install created. Returns what
@@ -94,6 +94,18 @@ impl Journal {
         }
         problems
     }
+}
+
+/// The parent directories of `path` that do not exist yet, parents first.
+pub fn missing_parents(path: &Path) -> Vec<PathBuf> {
+    let mut missing = Vec::new();
+    let mut dir = path.parent();
+    while let Some(d) = dir.filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
+        missing.push(d.to_owned());
+        dir = d.parent();
+    }
+    missing.reverse();
+    missing
 }
 
 /// The mode a written file gets.

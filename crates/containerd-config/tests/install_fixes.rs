@@ -353,3 +353,29 @@ fn upgrade_replaces_running_binaries_atomically_and_keeps_the_node_config() {
         .collect();
     assert_eq!(left, ["config.toml"], "uninstall left the backup install made");
 }
+
+/// Uninstall leaves nothing install (or the installed launcher) added: the directories install
+/// created (the prefix, /etc/imageless, the state dir) and the launcher's `runc` link directory
+/// go too, so the node is as it was, path for path.
+#[test]
+fn uninstall_removes_the_directories_install_created_and_the_launchers_link() {
+    let node = Node::new();
+    let config = node.put("etc/containerd/config.toml", &data("containerd-1.6.20-default.toml"));
+    let before = node.snapshot();
+    let plan = node.plan(&config, Path::new(CONTAINERD_1_6), node.bins("v1"));
+    install::install(&plan).unwrap_or_else(|e| panic!("{e}"));
+    let record = install::load_record(&plan.state_dir.join("install.json")).unwrap().unwrap();
+    assert!(record.created_dirs.contains(&plan.state_dir), "{:?}", record.created_dirs);
+    assert!(record.created_dirs.contains(&node.path("etc/imageless")), "{:?}", record.created_dirs);
+    // What containerd-shim-flox-v2 makes next to itself on its first start.
+    let bin = plan.prefix.join("bin");
+    std::fs::create_dir(bin.join(install::LAUNCHER_RUNC_DIR)).unwrap();
+    std::os::unix::fs::symlink(bin.join("flox-runc"), bin.join(install::LAUNCHER_RUNC_DIR).join("runc")).unwrap();
+
+    let lines = install::uninstall(&HostRoot("/".into()), &plan.state_dir, false).unwrap();
+    assert!(lines.iter().any(|l| l.contains("removed") && l.ends_with(install::LAUNCHER_RUNC_DIR)), "{lines:?}");
+    let after = node.snapshot();
+    let left: Vec<_> = after.keys().filter(|p| !before.contains_key(*p)).collect();
+    assert!(left.is_empty(), "uninstall left {left:?}");
+    assert_eq!(std::fs::read(&config).unwrap(), data("containerd-1.6.20-default.toml").as_bytes());
+}

@@ -65,6 +65,14 @@ pub struct RunArgs {
     /// Keep the pod after the main container exits (default: remove it).
     #[arg(long)]
     pub keep: bool,
+    /// Take every hostPath volume beneath DIR (hostPath `/` is DIR, `/etc` is DIR/etc): runs a
+    /// node-level pod, such as the installer DaemonSet, against a prepared node root.
+    #[arg(long, value_name = "DIR")]
+    pub host_path_root: Option<PathBuf>,
+    /// Do not run this container of the pod (init or app; repeatable), e.g. one that needs an
+    /// API server where there is none. At least one app container must remain.
+    #[arg(long = "skip-container", value_name = "NAME")]
+    pub skip_containers: Vec<String>,
 }
 
 #[derive(Args, Debug)]
@@ -178,6 +186,8 @@ async fn run_pod(args: RunArgs) -> Result<ExitCode, PodError> {
         uid: Some(uid.clone()),
         stream_logs: !args.detach,
         init_timeout: args.timeout,
+        host_path_root: args.host_path_root.clone(),
+        skip_containers: args.skip_containers.iter().cloned().collect(),
     };
     let runner = PodRunner::new(client.clone());
     let started = tokio::select! {
@@ -331,10 +341,18 @@ mod tests {
             "--timeout",
             "90s",
             "--host-network",
+            "--host-path-root",
+            "/tmp/node",
+            "--skip-container",
+            "a",
+            "--skip-container",
+            "b",
         ])
         .unwrap();
         let PodCommand::Run(r) = top.cmd else { panic!() };
         assert_eq!(r.secrets, [("tok".to_string(), PathBuf::from("/d"))]);
+        assert_eq!(r.host_path_root.as_deref(), Some(std::path::Path::new("/tmp/node")));
+        assert_eq!(r.skip_containers, ["a", "b"]);
         assert_eq!(r.timeout, Some(Duration::from_secs(90)));
         assert!(r.host_network && !r.detach);
 

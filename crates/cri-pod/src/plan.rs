@@ -1,7 +1,7 @@
 //! Translating a pod manifest into the CRI requests kubelet would send: the sandbox config with
 //! its runtime handler, and one container config per init and app container. Pure, except that
 //! `secretKeyRef` values are read through the caller's `read_secret`.
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use k8s_cri::v1 as cri;
@@ -32,6 +32,14 @@ pub struct PlanOptions {
     pub secrets_root: PathBuf,
     /// `--host-network`: run in the node's network namespace even if the manifest does not ask.
     pub force_host_network: bool,
+    /// `--host-path-root DIR`: every hostPath volume's path is taken beneath DIR (hostPath `/`
+    /// is DIR itself, `/var/lib` is DIR/var/lib), so a node-level pod such as an installer
+    /// DaemonSet runs against a prepared node root instead of the machine's own.
+    pub host_path_root: Option<PathBuf>,
+    /// `--skip-container NAME`: containers (init or app) not to run, e.g. a DaemonSet's
+    /// containers that need an API server where there is none. Each must name a container of
+    /// the pod, and at least one app container must remain.
+    pub skip_containers: BTreeSet<String>,
 }
 
 impl PlanOptions {
@@ -86,7 +94,10 @@ pub fn plan(
         ..Default::default()
     };
 
-    let all_containers: Vec<&Container> = spec.init_containers.iter().flatten().chain(spec.containers.iter()).collect();
+    check_skipped(pod, &opts.skip_containers)?;
+    let runs = |c: &&Container| !opts.skip_containers.contains(&c.name);
+    let all_containers: Vec<&Container> =
+        spec.init_containers.iter().flatten().chain(spec.containers.iter()).filter(runs).collect();
     let any_privileged =
         all_containers.iter().any(|c| c.security_context.as_ref().and_then(|s| s.privileged).unwrap_or(false));
     let pod_sc = spec.security_context.clone().unwrap_or_default();
@@ -132,12 +143,14 @@ pub fn plan(
         .iter()
         .flatten()
         .enumerate()
+        .filter(|(_, c)| runs(c))
         .map(|(i, c)| ctx.container(c, &format!("spec.initContainers[{i}]"), true))
         .collect::<Result<_, _>>()?;
     let containers = spec
         .containers
         .iter()
         .enumerate()
+        .filter(|(_, c)| runs(c))
         .map(|(i, c)| ctx.container(c, &format!("spec.containers[{i}]"), false))
         .collect::<Result<_, _>>()?;
 
@@ -149,6 +162,45 @@ pub fn plan(
         dirs_to_create,
         host_network,
     })
+}
+
+/// Every skipped name is a container of the pod (a typo must not run the container after all),
+/// and at least one app container is left to run.
+fn check_skipped(pod: &PodManifest, skip: &BTreeSet<String>) -> Result<(), PodError> {
+    let spec = &pod.spec;
+    let names: Vec<&str> =
+        spec.init_containers.iter().flatten().chain(spec.containers.iter()).map(|c| c.name.as_str()).collect();
+    if let Some(unknown) = skip.iter().find(|s| !names.contains(&s.as_str())) {
+        return Err(PodError::InvalidField {
+            field: "--skip-container".into(),
+            value: unknown.clone(),
+            accepted: format!("the name of a container of pod {} ({})", pod.name, names.join(", ")),
+        });
+    }
+    if spec.containers.iter().all(|c| skip.contains(&c.name)) {
+        return Err(PodError::InvalidField {
+            field: "--skip-container".into(),
+            value: skip.iter().cloned().collect::<Vec<_>>().join(","),
+            accepted: "names that leave at least one app container (spec.containers) to run".into(),
+        });
+    }
+    Ok(())
+}
+
+/// A hostPath volume's path on this machine: as written, or beneath `--host-path-root`. Beneath
+/// a root the path must be absolute and free of `..`, so it cannot name anything outside it.
+fn host_path(path: &str, root: Option<&Path>, field: &str) -> Result<PathBuf, PodError> {
+    let Some(root) = root else { return Ok(PathBuf::from(path)) };
+    let p = Path::new(path);
+    if !p.is_absolute() || p.components().any(|c| c == std::path::Component::ParentDir) {
+        return Err(PodError::InvalidField {
+            field: format!("{field}.hostPath.path"),
+            value: path.into(),
+            accepted: "an absolute path without '..' (it is taken beneath --host-path-root)".into(),
+        });
+    }
+    let relative = p.strip_prefix("/").unwrap_or(p);
+    Ok(if relative.as_os_str().is_empty() { root.to_path_buf() } else { root.join(relative) })
 }
 
 fn resolve_volumes(
@@ -179,7 +231,7 @@ fn resolve_volumes(
             dirs.push(path.clone());
             HostVolume { path, read_only: false }
         } else if let Some(hp) = &v.host_path {
-            let path = PathBuf::from(&hp.path);
+            let path = host_path(&hp.path, opts.host_path_root.as_deref(), &field)?;
             match hp.type_.as_deref().unwrap_or("") {
                 "DirectoryOrCreate" => dirs.push(path.clone()),
                 "" | "Directory" | "File" | "FileOrCreate" | "Socket" | "CharDevice" | "BlockDevice" => {}
@@ -410,6 +462,8 @@ mod tests {
             secrets: BTreeMap::from([("tok".to_string(), PathBuf::from("/given/tok"))]),
             secrets_root: "/state/secrets".into(),
             force_host_network: false,
+            host_path_root: None,
+            skip_containers: BTreeSet::new(),
         }
     }
 
@@ -551,5 +605,57 @@ spec:
         let vars = HashMap::from([("A", "1")]);
         assert_eq!(expand_vars("$(A)-$(B)-$$(A)-$(A", &vars), "1-$(B)-$(A)-$(A");
         assert_eq!(expand_vars("cost $5", &vars), "cost $5");
+    }
+
+    /// The installer DaemonSet's shape: hostPath `/` at /host, beneath a prepared node root.
+    #[test]
+    fn host_path_root_puts_every_host_path_beneath_it() {
+        let pod = PodManifest::from_yaml(
+            "kind: Pod\nmetadata: {name: p}\nspec:\n  volumes:\n  - {name: host, hostPath: {path: /, type: Directory}}\n  - {name: lib, hostPath: {path: /var/lib/x, type: DirectoryOrCreate}}\n  containers: [{name: c, image: i, volumeMounts: [{name: host, mountPath: /host}, {name: lib, mountPath: /lib-x}]}]\n",
+        )
+        .unwrap();
+        let root = PlanOptions { host_path_root: Some("/tmp/node-root".into()), ..opts() };
+        let p = plan(&pod, &root, &no_secrets).unwrap();
+        let mounts: Vec<_> =
+            p.containers[0].config.mounts.iter().map(|m| (m.container_path.as_str(), m.host_path.as_str())).collect();
+        assert_eq!(mounts, [("/host", "/tmp/node-root"), ("/lib-x", "/tmp/node-root/var/lib/x")]);
+        assert_eq!(p.dirs_to_create, [PathBuf::from("/tmp/node-root/var/lib/x")]);
+        // Without the option the paths are the machine's own.
+        let p = plan(&pod, &opts(), &no_secrets).unwrap();
+        assert_eq!(p.containers[0].config.mounts[0].host_path, "/");
+
+        for escape in ["/var/../../etc", "relative/dir"] {
+            let pod = PodManifest::from_yaml(&format!(
+                "kind: Pod\nmetadata: {{name: p}}\nspec:\n  volumes: [{{name: h, hostPath: {{path: \"{escape}\"}}}}]\n  containers: [{{name: c, image: i}}]\n"
+            ))
+            .unwrap();
+            let err = plan(&pod, &root, &no_secrets).unwrap_err().to_string();
+            assert_eq!(
+                err,
+                format!("spec.volumes[0].hostPath.path: \"{escape}\" is not accepted; an absolute path without '..' (it is taken beneath --host-path-root)")
+            );
+        }
+    }
+
+    #[test]
+    fn skipped_containers_are_not_planned_and_must_exist() {
+        let pod = PodManifest::from_yaml(
+            "kind: Pod\nmetadata: {name: p}\nspec:\n  initContainers: [{name: unlabel, image: i}, {name: work, image: i, securityContext: {privileged: true}}]\n  containers: [{name: done, image: i}]\n",
+        )
+        .unwrap();
+        let skip =
+            |names: &[&str]| PlanOptions { skip_containers: names.iter().map(|n| n.to_string()).collect(), ..opts() };
+        let p = plan(&pod, &skip(&["unlabel"]), &no_secrets).unwrap();
+        let init: Vec<_> = p.init_containers.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(init, ["work"]);
+        assert_eq!(p.containers[0].name, "done");
+
+        let err = plan(&pod, &skip(&["unlabell"]), &no_secrets).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "--skip-container: \"unlabell\" is not accepted; the name of a container of pod p (unlabel, work, done)"
+        );
+        let err = plan(&pod, &skip(&["done"]), &no_secrets).unwrap_err().to_string();
+        assert!(err.contains("leave at least one app container"), "{err}");
     }
 }

@@ -1,6 +1,6 @@
 //! Running a planned pod over CRI the way kubelet does: sandbox, images, init containers to
 //! completion, then the app containers; waiting, exec, logs and removal.
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -34,6 +34,10 @@ pub struct RunOptions {
     pub stream_logs: bool,
     /// Limit for each init container to finish.
     pub init_timeout: Option<Duration>,
+    /// hostPath volumes beneath this directory (see [`PlanOptions::host_path_root`]).
+    pub host_path_root: Option<PathBuf>,
+    /// Containers not to run (see [`PlanOptions::skip_containers`]).
+    pub skip_containers: BTreeSet<String>,
 }
 
 impl RunOptions {
@@ -45,6 +49,8 @@ impl RunOptions {
             uid: None,
             stream_logs: false,
             init_timeout: None,
+            host_path_root: None,
+            skip_containers: BTreeSet::new(),
         }
     }
 }
@@ -122,6 +128,8 @@ impl PodRunner {
             secrets: opts.secrets.clone(),
             secrets_root: opts.state_root.join("secrets"),
             force_host_network: opts.force_host_network,
+            host_path_root: opts.host_path_root.clone(),
+            skip_containers: opts.skip_containers.clone(),
         };
         let mut plan = plan::plan(pod, &plan_opts, &read_secret)?;
         plan.sandbox.labels.insert(POD_DIR_LABEL.into(), pod_dir.to_string_lossy().into_owned());
