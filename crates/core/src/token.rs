@@ -46,7 +46,7 @@ pub struct Token {
 
 /// Why a string is not a usable FloxHub token. Messages never contain the token itself.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum TokenError {
+pub enum TokenParseError {
     #[error("floxhub-token is empty; expected a FloxHub access token (flox_...) or a JWT")]
     Empty,
     #[error("floxhub-token is neither a FloxHub access token (flox_...) nor a JWT: {reason}")]
@@ -58,14 +58,14 @@ pub enum TokenError {
 impl Token {
     /// Recognise a token as read from a file or secret (surrounding whitespace and the
     /// trailing newline of a file are removed).
-    pub fn parse(raw: &str) -> Result<Token, TokenError> {
+    pub fn parse(raw: &str) -> Result<Token, TokenParseError> {
         let secret = raw.trim();
         if secret.is_empty() {
-            return Err(TokenError::Empty);
+            return Err(TokenParseError::Empty);
         }
         if secret.chars().any(|c| c.is_whitespace() || c.is_control()) {
             // A token goes into an HTTP header; inner whitespace means two values were pasted.
-            return Err(TokenError::Unrecognised { reason: "it contains whitespace or control characters" });
+            return Err(TokenParseError::Unrecognised { reason: "it contains whitespace or control characters" });
         }
         let kind = if secret.starts_with(ACCESS_TOKEN_PREFIX) { TokenKind::Opaque } else { jwt_claims(secret)? };
         Ok(Token { secret: secret.to_string(), kind })
@@ -117,33 +117,33 @@ impl Token {
 }
 
 /// Decode the payload of a `header.payload.signature` JWT and read the FloxHub claims.
-fn jwt_claims(secret: &str) -> Result<TokenKind, TokenError> {
+fn jwt_claims(secret: &str) -> Result<TokenKind, TokenParseError> {
     let parts: Vec<&str> = secret.split('.').collect();
     if parts.len() != 3 {
-        return Err(TokenError::Unrecognised {
+        return Err(TokenParseError::Unrecognised {
             reason: "it does not start with flox_ and does not have the three dot-separated parts of a JWT",
         });
     }
-    let payload =
-        decode_base64url(parts[1]).ok_or(TokenError::Unrecognised { reason: "the JWT payload is not base64url" })?;
+    let payload = decode_base64url(parts[1])
+        .ok_or(TokenParseError::Unrecognised { reason: "the JWT payload is not base64url" })?;
     let claims: serde_json::Value = serde_json::from_slice(&payload)
-        .map_err(|_| TokenError::Unrecognised { reason: "the JWT payload is not a JSON object" })?;
+        .map_err(|_| TokenParseError::Unrecognised { reason: "the JWT payload is not a JSON object" })?;
     let claims =
-        claims.as_object().ok_or(TokenError::Unrecognised { reason: "the JWT payload is not a JSON object" })?;
+        claims.as_object().ok_or(TokenParseError::Unrecognised { reason: "the JWT payload is not a JSON object" })?;
     let handle = match claims.get(HANDLE_CLAIM) {
         Some(serde_json::Value::String(handle)) if !handle.is_empty() => handle.clone(),
         Some(_) => {
-            return Err(TokenError::MissingClaims {
+            return Err(TokenParseError::MissingClaims {
                 reason: "claim 'https://flox.dev/handle' is not a non-empty string",
             })
         }
-        None => return Err(TokenError::MissingClaims { reason: "claim 'https://flox.dev/handle' is missing" }),
+        None => return Err(TokenParseError::MissingClaims { reason: "claim 'https://flox.dev/handle' is missing" }),
     };
     let exp = match claims.get("exp") {
         Some(value) => value
             .as_i64()
-            .ok_or(TokenError::MissingClaims { reason: "claim 'exp' is not an integer number of Unix seconds" })?,
-        None => return Err(TokenError::MissingClaims { reason: "claim 'exp' is missing" }),
+            .ok_or(TokenParseError::MissingClaims { reason: "claim 'exp' is not an integer number of Unix seconds" })?,
+        None => return Err(TokenParseError::MissingClaims { reason: "claim 'exp' is missing" }),
     };
     Ok(TokenKind::Jwt { handle, exp })
 }
@@ -231,7 +231,7 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("neither a FloxHub access token (flox_...) nor a JWT"));
-        assert_eq!(Token::parse(" \n\t").unwrap_err(), TokenError::Empty);
+        assert_eq!(Token::parse(" \n\t").unwrap_err(), TokenParseError::Empty);
     }
 
     #[test]

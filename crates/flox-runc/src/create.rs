@@ -1,4 +1,5 @@
 //! `runc create`: the decision for this container, the environment, the spec edit.
+use std::io;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -6,22 +7,54 @@ use std::process::{Command, Stdio};
 use imageless_core::activation::Mode;
 use imageless_core::decide::{decide, Decision};
 use imageless_core::env_ref::EnvRef;
-use imageless_core::spec_edit::{self, FloxEdit, NixView};
-use imageless_core::system::System;
-use imageless_node::cache::NodeCache;
+use imageless_core::pod_options::OptionsError;
+use imageless_core::spec_edit::{self, FloxEdit, NixView, SpecError};
+use imageless_core::system::{System, SystemError};
+use imageless_node::cache::{NodeCache, NodeError};
 use imageless_node::config::{NodeConfig, StoreView};
 use imageless_node::containers::{self, ContainerState};
-use imageless_node::secret_volume::SecretVolume;
+use imageless_node::secret_volume::{SecretVolume, TokenFileError};
 
 use crate::{real_runc, ErrorLog, PREFETCH_ARG};
+
+/// Why a container's create was refused before the real runc ran. The text is what the pod's
+/// events show (through runc's log and CRI), so each variant is worded for the pod's owner.
+#[derive(Debug, thiserror::Error)]
+pub enum CreateError {
+    #[error("flox: reading {}: {source}", path.display())]
+    ReadSpec { path: PathBuf, source: io::Error },
+    #[error("flox: {} is not JSON: {source}", path.display())]
+    SpecNotJson { path: PathBuf, source: serde_json::Error },
+    /// A bad `flox.dev/*` annotation (core's message names the annotation and what is accepted).
+    #[error(transparent)]
+    Options(#[from] OptionsError),
+    /// The pod's token file (worded in container paths).
+    #[error(transparent)]
+    Token(#[from] TokenFileError),
+    #[error("flox: {0}")]
+    System(#[from] SystemError),
+    /// Resolving, fetching or rendering the environment, or its closure view.
+    #[error(transparent)]
+    Environment(#[from] NodeError),
+    #[error("flox: container id {0:?} is not valid")]
+    ContainerId(String),
+    #[error("flox: creating {}: {source}", path.display())]
+    Overlay { path: PathBuf, source: io::Error },
+    #[error("flox: saving container state: {0}")]
+    SaveState(#[source] io::Error),
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    #[error("flox: writing {}: {source}", path.display())]
+    WriteSpec { path: PathBuf, source: io::Error },
+}
 
 pub fn create(config: &NodeConfig, runc: &Path, args: &[String], bundle: &str, id: &str, log: &ErrorLog) -> i32 {
     let config_path = Path::new(bundle).join("config.json");
     match prepare(config, &config_path, id, log) {
         Ok(()) => {}
-        Err(msg) => {
+        Err(e) => {
             cleanup(config, id);
-            log.error(&msg);
+            log.error(&e.to_string());
             return 1;
         }
     }
@@ -35,13 +68,14 @@ pub fn create(config: &NodeConfig, runc: &Path, args: &[String], bundle: &str, i
 
 /// Decides and, for a flox container, edits config.json in place. Pass-through cases return
 /// without touching the file, so those containers get exactly what plain runc would.
-fn prepare(config: &NodeConfig, config_path: &Path, id: &str, log: &ErrorLog) -> Result<(), String> {
-    let bytes = std::fs::read(config_path).map_err(|e| format!("flox: reading {}: {e}", config_path.display()))?;
-    let mut spec: serde_json::Value =
-        serde_json::from_slice(&bytes).map_err(|e| format!("flox: {} is not JSON: {e}", config_path.display()))?;
+fn prepare(config: &NodeConfig, config_path: &Path, id: &str, log: &ErrorLog) -> Result<(), CreateError> {
+    let bytes =
+        std::fs::read(config_path).map_err(|source| CreateError::ReadSpec { path: config_path.into(), source })?;
+    let mut spec: serde_json::Value = serde_json::from_slice(&bytes)
+        .map_err(|source| CreateError::SpecNotJson { path: config_path.into(), source })?;
     let info = spec_edit::container_info(&spec);
     let name = info.name.clone().unwrap_or_default();
-    let opts = match decide(&info).map_err(|e| e.to_string())? {
+    let opts = match decide(&info)? {
         Decision::PassThrough => return Ok(()),
         Decision::Prefetch { environment, mode } => {
             // Start pulling while images and the sandbox are being set up.
@@ -52,24 +86,25 @@ fn prepare(config: &NodeConfig, config_path: &Path, id: &str, log: &ErrorLog) ->
     };
     // The pod controls what is in that volume: read beneath it, bounded, errors in its terms.
     let token = match spec_edit::token_source(&spec) {
-        Some(mount) => SecretVolume { host_dir: Path::new(&mount.host_dir), container_dir: &mount.container_dir }
-            .read_token()
-            .map_err(|e| e.to_string())?,
+        Some(mount) => {
+            SecretVolume { host_dir: Path::new(&mount.host_dir), container_dir: &mount.container_dir }.read_token()?
+        }
         None => None,
     };
-    let system = System::host().map_err(|e| format!("flox: {e}"))?;
+    let system = System::host()?;
     let cache = NodeCache::new(config.clone(), system);
     // Held until the view is built: gc never sweeps what this container is about to mount.
-    let _store = cache.store_use().map_err(|e| e.to_string())?;
-    let rendered = cache.ensure(&opts.environment, opts.mode, token.as_ref()).map_err(|e| e.to_string())?;
+    let _store = cache.store_use()?;
+    let rendered = cache.ensure(&opts.environment, opts.mode, token.as_ref())?;
     if let Some(w) = &rendered.warning {
         log.warn(w);
     }
     let overlay_dir = if opts.nix_mutable {
-        let dir = containers::overlay_dir(&config.state_root, id)
-            .ok_or_else(|| format!("flox: container id {id:?} is not valid"))?;
+        let dir =
+            containers::overlay_dir(&config.state_root, id).ok_or_else(|| CreateError::ContainerId(id.to_string()))?;
         for sub in ["upper", "work"] {
-            std::fs::create_dir_all(dir.join(sub)).map_err(|e| format!("flox: creating {}: {e}", dir.display()))?;
+            std::fs::create_dir_all(dir.join(sub))
+                .map_err(|source| CreateError::Overlay { path: dir.clone(), source })?;
         }
         Some(dir)
     } else {
@@ -89,17 +124,17 @@ fn prepare(config: &NodeConfig, config_path: &Path, id: &str, log: &ErrorLog) ->
     };
     // Saved before the closure view is looked up: the state is what keeps gc from removing
     // the environment's view (and the environment) while this container uses it.
-    state.save(&config.state_root).map_err(|e| format!("flox: saving container state: {e}"))?;
+    state.save(&config.state_root).map_err(CreateError::SaveState)?;
     // Every mount source is the node's own store or a view of it, never the host's /nix.
     let nix = match (&overlay_dir, config.store_view) {
         (Some(dir), _) => NixView::Overlay {
-            lower: cache.ensure_view(&rendered).map_err(|e| e.to_string())?.display().to_string(),
+            lower: cache.ensure_view(&rendered)?.display().to_string(),
             upper: dir.join("upper").display().to_string(),
             work: dir.join("work").display().to_string(),
         },
         (None, StoreView::Store) => NixView::WholeStore { store: config.store_dir().display().to_string() },
         (None, StoreView::Closure) => {
-            let view = cache.ensure_view(&rendered).map_err(|e| e.to_string())?;
+            let view = cache.ensure_view(&rendered)?;
             NixView::Closure { view: view.join("store").display().to_string() }
         }
     };
@@ -110,14 +145,14 @@ fn prepare(config: &NodeConfig, config_path: &Path, id: &str, log: &ErrorLog) ->
         description: state.description.clone(),
         disable_metrics: state.disable_metrics,
     };
-    edit.apply_to_spec(&mut spec).map_err(|e| e.to_string())?;
+    edit.apply_to_spec(&mut spec)?;
     write_atomic(config_path, &serde_json::to_vec(&spec).expect("serializable"))
-        .map_err(|e| format!("flox: writing {}: {e}", config_path.display()))?;
+        .map_err(|source| CreateError::WriteSpec { path: config_path.into(), source })?;
     tracing::info!(id, env = %opts.environment, key = rendered.key, "flox container prepared");
     Ok(())
 }
 
-fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let tmp: PathBuf = path.with_extension("json.flox-tmp");
     std::fs::write(&tmp, bytes)?;
     std::fs::rename(tmp, path)
@@ -171,5 +206,28 @@ pub fn prefetch_main(args: &[String]) -> i32 {
             tracing::info!("prefetch of {env} did not complete: {e}");
             1
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error;
+
+    use super::*;
+
+    #[test]
+    fn messages_keep_their_text_and_chain_the_cause() {
+        assert_eq!(CreateError::ContainerId("a/b".into()).to_string(), "flox: container id \"a/b\" is not valid");
+        let err = CreateError::SaveState(io::Error::from_raw_os_error(28));
+        assert_eq!(err.to_string(), "flox: saving container state: No space left on device (os error 28)");
+        assert!(err.source().is_some());
+        let tmp = tempfile::tempdir().unwrap();
+        let spec = tmp.path().join("config.json");
+        std::fs::write(&spec, b"{not json").unwrap();
+        let config = NodeConfig { state_root: tmp.path().join("state"), ..NodeConfig::default() };
+        let err = prepare(&config, &spec, "c1", &ErrorLog::new(None)).unwrap_err();
+        assert!(matches!(err, CreateError::SpecNotJson { .. }), "{err:?}");
+        assert!(err.to_string().starts_with(&format!("flox: {} is not JSON: key must be a string", spec.display())));
+        assert!(err.source().is_some());
     }
 }

@@ -7,25 +7,38 @@
 //! a regular file only, bounded; errors never name the host path.
 use std::path::Path;
 
-use imageless_core::spec_edit::{FloxEdit, NixView};
+use imageless_core::spec_edit::{FloxEdit, NixView, SpecError};
 use imageless_node::config::NodeConfig;
 use imageless_node::containers::ContainerState;
-use imageless_node::pod_file::NoFollowFile;
+use imageless_node::pod_file::{NoFollowFile, PodFileError};
 
 /// Far above what CRI lets through (its messages are capped at 16 MiB as a whole).
 const PROCESS_FILE_LIMIT: u64 = 16 * 1024 * 1024;
 
-pub fn wrap_exec_process(config: &NodeConfig, process_file: &str, id: &str) -> Result<(), String> {
+/// Why an exec was refused. Never names the host path of the process file (the pod chose its
+/// contents; the path is the shim's), nor any of its bytes.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    #[error("flox: the exec process file {0}")]
+    ProcessFile(#[source] PodFileError),
+    #[error("flox: the exec process is not JSON: {0}")]
+    NotJson(#[source] serde_json::Error),
+    #[error(transparent)]
+    Edit(#[from] SpecError),
+    #[error("flox: writing the exec process file: {0}")]
+    Write(#[source] PodFileError),
+}
+
+pub fn wrap_exec_process(config: &NodeConfig, process_file: &str, id: &str) -> Result<(), ExecError> {
     let Some(state) = ContainerState::load(&config.state_root, id) else {
         return Ok(()); // not a flox container
     };
     if state.skip_exec {
         return Ok(());
     }
-    let file = NoFollowFile::open(Path::new(process_file)).map_err(|e| format!("flox: the exec process file {e}"))?;
-    let bytes = file.read(PROCESS_FILE_LIMIT).map_err(|e| format!("flox: the exec process file {e}"))?;
-    let mut process: serde_json::Value =
-        serde_json::from_slice(&bytes).map_err(|e| format!("flox: the exec process is not JSON: {e}"))?;
+    let file = NoFollowFile::open(Path::new(process_file)).map_err(ExecError::ProcessFile)?;
+    let bytes = file.read(PROCESS_FILE_LIMIT).map_err(ExecError::ProcessFile)?;
+    let mut process: serde_json::Value = serde_json::from_slice(&bytes).map_err(ExecError::NotJson)?;
     let edit = FloxEdit {
         env_dir: state.env_dir,
         activator: state.activator,
@@ -35,7 +48,6 @@ pub fn wrap_exec_process(config: &NodeConfig, process_file: &str, id: &str) -> R
     };
     let edited =
         if state.attach { edit.apply_to_exec_process(&mut process) } else { edit.apply_to_process(&mut process) };
-    edited.map_err(|e| e.to_string())?;
-    file.replace(&serde_json::to_vec(&process).expect("serializable"))
-        .map_err(|e| format!("flox: writing the exec process file: {e}"))
+    edited?;
+    file.replace(&serde_json::to_vec(&process).expect("serializable")).map_err(ExecError::Write)
 }

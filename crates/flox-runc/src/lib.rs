@@ -13,7 +13,10 @@ mod real_runc;
 use imageless_core::runc_args::{Command, RuncInvocation};
 use imageless_node::config::NodeConfig;
 
+pub use create::CreateError;
 pub use error_log::ErrorLog;
+pub use exec::ExecError;
+pub use real_runc::RuncError;
 
 /// Hidden first argument for the detached prefetch started at sandbox create.
 pub const PREFETCH_ARG: &str = "--flox-prefetch";
@@ -42,7 +45,7 @@ pub fn run(args: Vec<String>) -> i32 {
     let runc = match real_runc::find(&config) {
         Ok(r) => r,
         Err(e) => {
-            log.error(&e);
+            log.error(&e.to_string());
             return 1;
         }
     };
@@ -52,7 +55,7 @@ pub fn run(args: Vec<String>) -> i32 {
         }
         Command::Exec { process: Some(process), id } => {
             if let Err(e) = exec::wrap_exec_process(&config, process, id) {
-                log.error(&e);
+                log.error(&e.to_string());
                 return 1;
             }
             real_runc::exec(&runc, &args, &log)

@@ -7,9 +7,18 @@ use imageless_node::config::NodeConfig;
 
 use crate::ErrorLog;
 
+/// Why the real runc could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum RuncError {
+    #[error("flox: cannot find the real runc: none on PATH besides flox-runc; set `runc = \"/path/to/runc\"` in /etc/imageless/config.toml")]
+    NotFound,
+    #[error("flox: cannot run {}: {source}", runc.display())]
+    Run { runc: PathBuf, source: std::io::Error },
+}
+
 /// The configured runc, else the first `runc` on PATH that is not this wrapper (the shim
 /// launcher puts us first on PATH under the name `runc`).
-pub fn find(config: &NodeConfig) -> Result<PathBuf, String> {
+pub fn find(config: &NodeConfig) -> Result<PathBuf, RuncError> {
     if let Some(path) = &config.runc {
         return Ok(path.clone());
     }
@@ -22,7 +31,7 @@ pub fn find(config: &NodeConfig) -> Result<PathBuf, String> {
             return Ok(candidate);
         }
     }
-    Err("flox: cannot find the real runc: none on PATH besides flox-runc; set `runc = \"/path/to/runc\"` in /etc/imageless/config.toml".into())
+    Err(RuncError::NotFound)
 }
 
 fn is_executable(p: &Path) -> bool {
@@ -32,8 +41,8 @@ fn is_executable(p: &Path) -> bool {
 
 /// Replaces this process with the real runc (same argv, stdio, env).
 pub fn exec(runc: &Path, args: &[String], log: &ErrorLog) -> i32 {
-    let err = Command::new(runc).args(args).exec();
-    log.error(&format!("flox: cannot run {}: {err}", runc.display()));
+    let source = Command::new(runc).args(args).exec();
+    log.error(&RuncError::Run { runc: runc.into(), source }.to_string());
     1
 }
 
@@ -42,9 +51,28 @@ pub fn exec(runc: &Path, args: &[String], log: &ErrorLog) -> i32 {
 pub fn spawn_wait(runc: &Path, args: &[String], log: &ErrorLog) -> i32 {
     match Command::new(runc).args(args).status() {
         Ok(s) => s.code().unwrap_or(1),
-        Err(err) => {
-            log.error(&format!("flox: cannot run {}: {err}", runc.display()));
+        Err(source) => {
+            log.error(&RuncError::Run { runc: runc.into(), source }.to_string());
             1
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error;
+
+    use super::*;
+
+    #[test]
+    fn messages_keep_their_text_and_chain_the_cause() {
+        assert_eq!(
+            RuncError::NotFound.to_string(),
+            "flox: cannot find the real runc: none on PATH besides flox-runc; set `runc = \"/path/to/runc\"` in \
+             /etc/imageless/config.toml"
+        );
+        let err = RuncError::Run { runc: "/x/runc".into(), source: std::io::Error::from_raw_os_error(2) };
+        assert_eq!(err.to_string(), "flox: cannot run /x/runc: No such file or directory (os error 2)");
+        assert_eq!(err.source().unwrap().to_string(), "No such file or directory (os error 2)");
     }
 }

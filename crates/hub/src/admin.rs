@@ -5,23 +5,23 @@ use std::time::Duration;
 use crate::auth;
 use crate::cache;
 use crate::config::{random_bytes, HubConfig, HubPaths};
-use crate::error::HubError;
+use crate::error::HubServerError;
 use crate::names::validate_owner;
 
 /// Creates what is missing of a hub root; keeps everything that exists (idempotent).
-pub fn init(paths: &HubPaths) -> Result<(), HubError> {
+pub fn init(paths: &HubPaths) -> Result<(), HubServerError> {
     for dir in [paths.root.clone(), paths.git_root(), paths.cache()] {
-        fs::create_dir_all(&dir).map_err(HubError::io(&dir))?;
+        fs::create_dir_all(&dir).map_err(HubServerError::io(&dir))?;
     }
     let info = paths.cache().join("nix-cache-info");
     if !info.exists() {
-        fs::write(&info, cache::NIX_CACHE_INFO).map_err(HubError::io(&info))?;
+        fs::write(&info, cache::NIX_CACHE_INFO).map_err(HubServerError::io(&info))?;
     }
     if !paths.secret_key().exists() || !paths.public_key().exists() {
         cache::generate_key(&paths.secret_key(), &paths.public_key())?;
         use std::os::unix::fs::PermissionsExt;
         fs::set_permissions(paths.secret_key(), fs::Permissions::from_mode(0o600))
-            .map_err(HubError::io(paths.secret_key()))?;
+            .map_err(HubServerError::io(paths.secret_key()))?;
     }
     if !paths.hub_json().exists() {
         paths.write(&HubConfig::new(&random_bytes()?))?;
@@ -41,7 +41,7 @@ pub enum Lifetime {
 }
 
 /// Mints a token for `handle`: an HS256 JWT, or an opaque `flox_...` token recorded in hub.json.
-pub fn mint_token(paths: &HubPaths, handle: &str, lifetime: Lifetime, opaque: bool) -> Result<String, HubError> {
+pub fn mint_token(paths: &HubPaths, handle: &str, lifetime: Lifetime, opaque: bool) -> Result<String, HubServerError> {
     validate_handle(handle)?;
     let now = crate::now_unix();
     let exp = match lifetime {
@@ -65,13 +65,13 @@ pub fn mint_token(paths: &HubPaths, handle: &str, lifetime: Lifetime, opaque: bo
 }
 
 /// A handle is an owner name (FloxHub users own environments under their handle).
-fn validate_handle(handle: &str) -> Result<(), HubError> {
+fn validate_handle(handle: &str) -> Result<(), HubServerError> {
     imageless_core::env_ref::validate_owner(handle)
-        .map_err(|source| HubError::Handle { value: handle.to_owned(), source })
+        .map_err(|source| HubServerError::Handle { value: handle.to_owned(), source })
 }
 
 /// Lets `handle` read `owner`'s private environments.
-pub fn grant(paths: &HubPaths, owner: &str, handle: &str) -> Result<(), HubError> {
+pub fn grant(paths: &HubPaths, owner: &str, handle: &str) -> Result<(), HubServerError> {
     validate_owner(owner)?;
     validate_handle(handle)?;
     paths.update(|c| {

@@ -12,7 +12,7 @@ use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use imageless_core::token::{Token, TokenError as ClaimsError};
+use imageless_core::token::{Token, TokenParseError as ClaimsError};
 /// The claim FloxHub uses for the user's handle, and the prefix of opaque access tokens: the
 /// node's definitions, so that the hub mints what the node reads.
 pub use imageless_core::token::{ACCESS_TOKEN_PREFIX as OPAQUE_PREFIX, HANDLE_CLAIM};
@@ -37,7 +37,7 @@ pub struct OpaqueTokenRecord {
 
 /// Why a token was refused. Deliberately says nothing about the token's content.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum TokenError {
+pub enum TokenVerifyError {
     #[error("token is not a valid JWT or known access token")]
     Malformed,
     #[error("token signature does not verify")]
@@ -123,38 +123,38 @@ fn hmac_sha256(secret: &[u8], data: &[u8]) -> Vec<u8> {
 }
 
 /// Verifies an HS256 JWT's signature (constant-time) and reads handle and expiry.
-pub fn verify_jwt(secret: &[u8], token: &str, now: i64) -> Result<Identity, TokenError> {
+pub fn verify_jwt(secret: &[u8], token: &str, now: i64) -> Result<Identity, TokenVerifyError> {
     let mut parts = token.split('.');
     let (Some(header), Some(claims), Some(signature), None) = (parts.next(), parts.next(), parts.next(), parts.next())
     else {
-        return Err(TokenError::Malformed);
+        return Err(TokenVerifyError::Malformed);
     };
     let header_json: serde_json::Value = decode_json_part(header)?;
     if header_json.get("alg").and_then(|a| a.as_str()) != Some("HS256") {
-        return Err(TokenError::Malformed);
+        return Err(TokenVerifyError::Malformed);
     }
-    let signature = URL_SAFE_NO_PAD.decode(signature).map_err(|_| TokenError::Malformed)?;
+    let signature = URL_SAFE_NO_PAD.decode(signature).map_err(|_| TokenVerifyError::Malformed)?;
     let mut mac = HmacSha256::new_from_slice(secret).expect("HMAC takes any key length");
     mac.update(format!("{header}.{claims}").as_bytes());
-    mac.verify_slice(&signature).map_err(|_| TokenError::BadSignature)?;
+    mac.verify_slice(&signature).map_err(|_| TokenVerifyError::BadSignature)?;
     // The claims are read as the node reads them (core's Token), once the signature holds.
     let parsed = Token::parse(token).map_err(|e| match e {
-        ClaimsError::MissingClaims { reason } => TokenError::MissingClaim(reason),
-        ClaimsError::Empty | ClaimsError::Unrecognised { .. } => TokenError::Malformed,
+        ClaimsError::MissingClaims { reason } => TokenVerifyError::MissingClaim(reason),
+        ClaimsError::Empty | ClaimsError::Unrecognised { .. } => TokenVerifyError::Malformed,
     })?;
     let (Some(handle), Some(exp)) = (parsed.handle(), parsed.exp()) else {
-        return Err(TokenError::Malformed);
+        return Err(TokenVerifyError::Malformed);
     };
     // Core's rule, the Flox CLI's: expired iff exp < now.
     if parsed.expired_at(u64::try_from(now).unwrap_or(0)).is_some() {
-        return Err(TokenError::Expired(exp));
+        return Err(TokenVerifyError::Expired(exp));
     }
     Ok(Identity { handle: handle.to_owned(), expires_at: Some(exp) })
 }
 
-fn decode_json_part(part: &str) -> Result<serde_json::Value, TokenError> {
-    let bytes = URL_SAFE_NO_PAD.decode(part).map_err(|_| TokenError::Malformed)?;
-    serde_json::from_slice(&bytes).map_err(|_| TokenError::Malformed)
+fn decode_json_part(part: &str) -> Result<serde_json::Value, TokenVerifyError> {
+    let bytes = URL_SAFE_NO_PAD.decode(part).map_err(|_| TokenVerifyError::Malformed)?;
+    serde_json::from_slice(&bytes).map_err(|_| TokenVerifyError::Malformed)
 }
 
 /// Resolves any token: `flox_...` through the opaque table, anything else as a JWT.
@@ -163,12 +163,12 @@ pub fn identify(
     secret: &[u8],
     opaque: &BTreeMap<String, OpaqueTokenRecord>,
     now: i64,
-) -> Result<Identity, TokenError> {
+) -> Result<Identity, TokenVerifyError> {
     if token.starts_with(OPAQUE_PREFIX) {
-        let record = opaque.get(&opaque_token_key(token)).ok_or(TokenError::UnknownOpaque)?;
+        let record = opaque.get(&opaque_token_key(token)).ok_or(TokenVerifyError::UnknownOpaque)?;
         if let Some(exp) = record.expires_at {
             if exp < now {
-                return Err(TokenError::Expired(exp));
+                return Err(TokenVerifyError::Expired(exp));
             }
         }
         return Ok(Identity { handle: record.handle.clone(), expires_at: record.expires_at });
@@ -200,15 +200,15 @@ mod tests {
     fn jwt_expiry_signature_and_shape() {
         let t = mint_jwt(SECRET, "alice", 2_000, 1_000);
         assert_eq!(verify_jwt(SECRET, &t, 2_000).unwrap().handle, "alice");
-        assert_eq!(verify_jwt(SECRET, &t, 2_001), Err(TokenError::Expired(2_000)));
-        assert_eq!(verify_jwt(b"other secret", &t, 1_500), Err(TokenError::BadSignature));
+        assert_eq!(verify_jwt(SECRET, &t, 2_001), Err(TokenVerifyError::Expired(2_000)));
+        assert_eq!(verify_jwt(b"other secret", &t, 1_500), Err(TokenVerifyError::BadSignature));
         // A tampered payload with the old signature.
         let mut parts: Vec<&str> = t.split('.').collect();
         let forged = URL_SAFE_NO_PAD.encode(br#"{"https://flox.dev/handle":"root","exp":9999999999}"#);
         parts[1] = &forged;
-        assert_eq!(verify_jwt(SECRET, &parts.join("."), 1_500), Err(TokenError::BadSignature));
-        assert_eq!(verify_jwt(SECRET, "a.b", 0), Err(TokenError::Malformed));
-        assert_eq!(verify_jwt(SECRET, "not a token", 0), Err(TokenError::Malformed));
+        assert_eq!(verify_jwt(SECRET, &parts.join("."), 1_500), Err(TokenVerifyError::BadSignature));
+        assert_eq!(verify_jwt(SECRET, "a.b", 0), Err(TokenVerifyError::Malformed));
+        assert_eq!(verify_jwt(SECRET, "not a token", 0), Err(TokenVerifyError::Malformed));
     }
 
     #[test]
@@ -218,14 +218,14 @@ mod tests {
         let input = format!("{header}.{claims}");
         let sig = URL_SAFE_NO_PAD.encode(hmac_sha256(SECRET, input.as_bytes()));
         let err = verify_jwt(SECRET, &format!("{input}.{sig}"), 0);
-        assert!(matches!(err, Err(TokenError::MissingClaim(reason)) if reason.contains(HANDLE_CLAIM)), "{err:?}");
+        assert!(matches!(err, Err(TokenVerifyError::MissingClaim(reason)) if reason.contains(HANDLE_CLAIM)), "{err:?}");
     }
 
     #[test]
     fn alg_none_is_refused() {
         let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"none"}"#);
         let claims = URL_SAFE_NO_PAD.encode(br#"{"https://flox.dev/handle":"a","exp":5}"#);
-        assert_eq!(verify_jwt(SECRET, &format!("{header}.{claims}."), 0), Err(TokenError::Malformed));
+        assert_eq!(verify_jwt(SECRET, &format!("{header}.{claims}."), 0), Err(TokenVerifyError::Malformed));
     }
 
     #[test]
@@ -235,8 +235,8 @@ mod tests {
         let mut table = BTreeMap::new();
         table.insert(opaque_token_key(&token), OpaqueTokenRecord { handle: "bob".into(), expires_at: Some(100) });
         assert_eq!(identify(&token, SECRET, &table, 50).unwrap().handle, "bob");
-        assert_eq!(identify(&token, SECRET, &table, 101), Err(TokenError::Expired(100)));
-        assert_eq!(identify("flox_other", SECRET, &table, 50), Err(TokenError::UnknownOpaque));
+        assert_eq!(identify(&token, SECRET, &table, 101), Err(TokenVerifyError::Expired(100)));
+        assert_eq!(identify("flox_other", SECRET, &table, 50), Err(TokenVerifyError::UnknownOpaque));
     }
 
     #[test]

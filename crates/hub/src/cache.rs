@@ -5,7 +5,7 @@ use std::process::Command;
 
 use imageless_core::store_path::StorePath;
 
-use crate::error::HubError;
+use crate::error::HubServerError;
 use crate::process::run;
 
 /// The `nix-cache-info` the hub writes at init.
@@ -47,7 +47,7 @@ pub fn content_type(rel: &str) -> &'static str {
 }
 
 /// `nix-store --generate-binary-cache-key imageless-hub-1 sec pub`.
-pub fn generate_key(secret: &Path, public: &Path) -> Result<(), HubError> {
+pub fn generate_key(secret: &Path, public: &Path) -> Result<(), HubServerError> {
     run(Command::new("nix-store").arg("--generate-binary-cache-key").arg(KEY_NAME).arg(secret).arg(public), None)?;
     Ok(())
 }
@@ -58,13 +58,13 @@ fn cache_url(cache: &Path) -> String {
 
 /// Copies the closure of `paths` into the cache (NARs compressed with [`NAR_COMPRESSION`])
 /// and signs every path of that closure in the cache with the hub's key.
-pub fn copy_and_sign(cache: &Path, secret_key: &Path, paths: &[StorePath]) -> Result<(), HubError> {
+pub fn copy_and_sign(cache: &Path, secret_key: &Path, paths: &[StorePath]) -> Result<(), HubServerError> {
     if paths.is_empty() {
         return Ok(());
     }
     for p in paths {
         if !Path::new(p.as_str()).exists() {
-            return Err(HubError::InvalidInput {
+            return Err(HubServerError::InvalidInput {
                 what: "store path",
                 value: p.to_string(),
                 accepted:

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::admin::{self, Lifetime};
 use crate::config::HubPaths;
-use crate::error::HubError;
+use crate::error::HubServerError;
 use crate::names::parse_env_ref;
 use crate::publish::{self, PublishRequest};
 use crate::server::{HubServer, ServeOptions};
@@ -124,16 +124,16 @@ fn parse_lifetime(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-fn read_file(path: &PathBuf) -> Result<Vec<u8>, HubError> {
-    std::fs::read(path).map_err(HubError::io(path))
+fn read_file(path: &PathBuf) -> Result<Vec<u8>, HubServerError> {
+    std::fs::read(path).map_err(HubServerError::io(path))
 }
 
-fn print_line(line: &str) -> Result<(), HubError> {
+fn print_line(line: &str) -> Result<(), HubServerError> {
     let mut out = std::io::stdout().lock();
-    writeln!(out, "{line}").and_then(|_| out.flush()).map_err(HubError::io("<stdout>"))
+    writeln!(out, "{line}").and_then(|_| out.flush()).map_err(HubServerError::io("<stdout>"))
 }
 
-pub fn run(command: HubCommand) -> Result<ExitCode, HubError> {
+pub fn run(command: HubCommand) -> Result<ExitCode, HubServerError> {
     match command {
         HubCommand::Init(a) => {
             let paths = HubPaths::new(a.root);
@@ -155,7 +155,7 @@ pub fn run(command: HubCommand) -> Result<ExitCode, HubError> {
         HubCommand::Publish(a) => {
             let (owner, name) = parse_env_ref(&a.env)?;
             let manifest_toml = match &a.manifest {
-                Some(p) => Some(String::from_utf8(read_file(p)?).map_err(|_| HubError::InvalidInput {
+                Some(p) => Some(String::from_utf8(read_file(p)?).map_err(|_| HubServerError::InvalidInput {
                     what: "--manifest",
                     value: p.display().to_string(),
                     accepted: "a UTF-8 manifest.toml",
@@ -182,7 +182,7 @@ pub fn run(command: HubCommand) -> Result<ExitCode, HubError> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn serve(a: ServeArgs) -> Result<(), HubError> {
+fn serve(a: ServeArgs) -> Result<(), HubServerError> {
     let paths = HubPaths::new(a.root);
     let upstreams = if a.upstream.is_empty() { paths.load()?.upstream } else { a.upstream };
     let options =
@@ -191,9 +191,9 @@ fn serve(a: ServeArgs) -> Result<(), HubError> {
         .enable_all()
         .thread_name("hub")
         .build()
-        .map_err(HubError::io("<tokio runtime>"))?;
+        .map_err(HubServerError::io("<tokio runtime>"))?;
     runtime.block_on(async {
-        let signals = crate::signals::TerminationSignals::install().map_err(HubError::io("<signal handlers>"))?;
+        let signals = crate::signals::TerminationSignals::install().map_err(HubServerError::io("<signal handlers>"))?;
         let server = HubServer::bind(paths, &options).await?;
         print_line(&format!("listening on {}", server.url()))?;
         server.run(signals.received()).await

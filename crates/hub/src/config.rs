@@ -32,7 +32,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::auth::OpaqueTokenRecord;
-use crate::error::HubError;
+use crate::error::HubServerError;
 
 /// The parsed hub.json. See the module documentation for the format.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -127,20 +127,23 @@ impl HubPaths {
         self.root.join("hub.json.lock")
     }
 
-    pub fn load(&self) -> Result<HubConfig, HubError> {
+    pub fn load(&self) -> Result<HubConfig, HubServerError> {
         let path = self.hub_json();
         let bytes = match fs::read(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(HubError::NotInitialized { path, root: self.root.display().to_string() })
+                return Err(HubServerError::NotInitialized { path, root: self.root.display().to_string() })
             }
-            Err(e) => return Err(HubError::Io { path, source: e }),
+            Err(e) => return Err(HubServerError::Io { path, source: e }),
         };
-        serde_json::from_slice(&bytes).map_err(|source| HubError::ConfigFormat { path, source })
+        serde_json::from_slice(&bytes).map_err(|source| HubServerError::ConfigFormat { path, source })
     }
 
     /// Read-modify-write of hub.json under an exclusive lock, replaced by atomic rename.
-    pub fn update<T>(&self, change: impl FnOnce(&mut HubConfig) -> Result<T, HubError>) -> Result<T, HubError> {
+    pub fn update<T>(
+        &self,
+        change: impl FnOnce(&mut HubConfig) -> Result<T, HubServerError>,
+    ) -> Result<T, HubServerError> {
         let _lock = FileLock::exclusive(&self.hub_json_lock())?;
         let mut config = self.load()?;
         let out = change(&mut config)?;
@@ -149,7 +152,7 @@ impl HubPaths {
     }
 
     /// Writes hub.json atomically, mode 0600 (it holds the JWT secret).
-    pub fn write(&self, config: &HubConfig) -> Result<(), HubError> {
+    pub fn write(&self, config: &HubConfig) -> Result<(), HubServerError> {
         use std::os::unix::fs::OpenOptionsExt;
         let path = self.hub_json();
         let tmp = self.root.join(".hub.json.tmp");
@@ -161,9 +164,9 @@ impl HubPaths {
             .truncate(true)
             .mode(0o600)
             .open(&tmp)
-            .map_err(HubError::io(&tmp))?;
-        f.write_all(&json).and_then(|_| f.sync_all()).map_err(HubError::io(&tmp))?;
-        fs::rename(&tmp, &path).map_err(HubError::io(&path))
+            .map_err(HubServerError::io(&tmp))?;
+        f.write_all(&json).and_then(|_| f.sync_all()).map_err(HubServerError::io(&tmp))?;
+        fs::rename(&tmp, &path).map_err(HubServerError::io(&path))
     }
 }
 
@@ -173,21 +176,27 @@ pub(crate) struct FileLock {
 }
 
 impl FileLock {
-    pub(crate) fn exclusive(path: &Path) -> Result<FileLock, HubError> {
-        let file =
-            fs::OpenOptions::new().create(true).truncate(false).write(true).open(path).map_err(HubError::io(path))?;
+    pub(crate) fn exclusive(path: &Path) -> Result<FileLock, HubServerError> {
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .map_err(HubServerError::io(path))?;
         // Blocks until granted.
         rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
-            .map_err(|e| HubError::Io { path: path.to_owned(), source: e.into() })?;
+            .map_err(|e| HubServerError::Io { path: path.to_owned(), source: e.into() })?;
         Ok(FileLock { _file: file })
     }
 }
 
 /// 32 bytes from the kernel's CSPRNG.
-pub fn random_bytes() -> Result<[u8; 32], HubError> {
+pub fn random_bytes() -> Result<[u8; 32], HubServerError> {
     use std::io::Read;
     let mut buf = [0u8; 32];
-    fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut buf)).map_err(HubError::io("/dev/urandom"))?;
+    fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut buf))
+        .map_err(HubServerError::io("/dev/urandom"))?;
     Ok(buf)
 }
 

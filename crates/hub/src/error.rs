@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
-pub enum HubError {
+pub enum HubServerError {
     #[error("{what} {value:?} is invalid: {accepted}")]
     InvalidInput { what: &'static str, value: String, accepted: &'static str },
 
@@ -44,9 +44,9 @@ pub enum HubError {
     Listen { addr: String, message: String },
 }
 
-impl HubError {
-    pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> HubError {
+impl HubServerError {
+    pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> HubServerError {
         let path = path.into();
-        move |source| HubError::Io { path, source }
+        move |source| HubServerError::Io { path, source }
     }
 }

@@ -11,7 +11,7 @@ use futures_util::StreamExt;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio_util::io::ReaderStream;
 
-use crate::error::HubError;
+use crate::error::HubServerError;
 use crate::names::validate_owner;
 
 /// What a request below `/git/` asks for.
@@ -138,7 +138,7 @@ pub async fn run_cgi(
     req: &CgiRequest<'_>,
     body: Body,
     children: &ChildRegistry,
-) -> Result<CgiResponse, HubError> {
+) -> Result<CgiResponse, HubServerError> {
     let mut cmd = tokio::process::Command::new("git");
     cmd.arg("http-backend")
         .env_clear()
@@ -175,7 +175,8 @@ pub async fn run_cgi(
         cmd.env(format!("GIT_CONFIG_KEY_{i}"), k).env(format!("GIT_CONFIG_VALUE_{i}"), v);
     }
 
-    let mut child = cmd.spawn().map_err(|source| HubError::Spawn { program: "git http-backend".into(), source })?;
+    let mut child =
+        cmd.spawn().map_err(|source| HubServerError::Spawn { program: "git http-backend".into(), source })?;
     let pid = child.id().expect("a child not yet waited for has a pid");
     children.add(pid);
     let stdout = child.stdout.take().expect("stdout piped");
@@ -207,7 +208,7 @@ pub async fn run_cgi(
         }
         Err(message) => {
             // Dropping stdout ends a child that is still writing; the reaper task collects it.
-            Err(HubError::CommandFailed {
+            Err(HubServerError::CommandFailed {
                 command: "git http-backend".into(),
                 status: "no valid CGI head".into(),
                 stderr: message,

@@ -25,7 +25,7 @@ pub mod server;
 mod signals;
 mod tls;
 
-pub use error::HubError;
+pub use error::HubServerError;
 
 /// Unix seconds now.
 pub fn now_unix() -> i64 {

@@ -3,22 +3,22 @@
 //! hub never serves an environment a pod could not name.
 use imageless_core::env_ref;
 
-use crate::error::HubError;
+use crate::error::HubServerError;
 
 /// A FloxHub owner (user or organisation handle).
-pub fn validate_owner(owner: &str) -> Result<(), HubError> {
+pub fn validate_owner(owner: &str) -> Result<(), HubServerError> {
     Ok(env_ref::validate_owner(owner)?)
 }
 
 /// An environment name, which is also the floxmeta branch name.
-pub fn validate_env_name(name: &str) -> Result<(), HubError> {
+pub fn validate_env_name(name: &str) -> Result<(), HubServerError> {
     Ok(env_ref::validate_name(name)?)
 }
 
 /// Splits and validates `owner/name`.
-pub fn parse_env_ref(s: &str) -> Result<(String, String), HubError> {
+pub fn parse_env_ref(s: &str) -> Result<(String, String), HubServerError> {
     let Some((owner, name)) = s.split_once('/') else {
-        return Err(HubError::InvalidInput {
+        return Err(HubServerError::InvalidInput {
             what: "environment",
             value: s.to_owned(),
             accepted: "OWNER/NAME, e.g. alice/hello",

@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use crate::error::HubError;
+use crate::error::HubServerError;
 
 pub(crate) fn describe(cmd: &Command) -> String {
     let mut s = cmd.get_program().to_string_lossy().into_owned();
@@ -15,13 +15,14 @@ pub(crate) fn describe(cmd: &Command) -> String {
 }
 
 /// Runs `cmd`, feeding `stdin` when given; returns stdout, or an error with stderr.
-pub(crate) fn run(cmd: &mut Command, stdin: Option<&[u8]>) -> Result<Vec<u8>, HubError> {
+pub(crate) fn run(cmd: &mut Command, stdin: Option<&[u8]>) -> Result<Vec<u8>, HubServerError> {
     cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut child = cmd
-        .spawn()
-        .map_err(|source| HubError::Spawn { program: cmd.get_program().to_string_lossy().into_owned(), source })?;
+    let mut child = cmd.spawn().map_err(|source| HubServerError::Spawn {
+        program: cmd.get_program().to_string_lossy().into_owned(),
+        source,
+    })?;
     if let Some(input) = stdin {
         let mut pipe = child.stdin.take().expect("stdin piped");
         // Write from a thread so a child that writes much before reading cannot deadlock us.
@@ -30,13 +31,14 @@ pub(crate) fn run(cmd: &mut Command, stdin: Option<&[u8]>) -> Result<Vec<u8>, Hu
             let _ = pipe.write_all(&input);
         });
     }
-    let out = child
-        .wait_with_output()
-        .map_err(|source| HubError::Spawn { program: cmd.get_program().to_string_lossy().into_owned(), source })?;
+    let out = child.wait_with_output().map_err(|source| HubServerError::Spawn {
+        program: cmd.get_program().to_string_lossy().into_owned(),
+        source,
+    })?;
     if out.status.success() {
         Ok(out.stdout)
     } else {
-        Err(HubError::CommandFailed {
+        Err(HubServerError::CommandFailed {
             command: describe(cmd),
             status: out.status.to_string(),
             stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),

@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use crate::cache;
 use crate::config::{FileLock, HubPaths};
-use crate::error::HubError;
+use crate::error::HubServerError;
 use crate::generations::{self, EventAuthor};
 use crate::lock;
 use crate::names::{validate_env_name, validate_owner};
@@ -38,10 +38,10 @@ pub struct PublishRequest {
 }
 
 /// Publishes a new generation; returns its number.
-pub fn publish(paths: &HubPaths, req: &PublishRequest) -> Result<u64, HubError> {
+pub fn publish(paths: &HubPaths, req: &PublishRequest) -> Result<u64, HubServerError> {
     validate_owner(&req.owner)?;
     validate_env_name(&req.name)?;
-    let lock_err = |message: String| HubError::Lockfile { path: req.lock_path.clone(), message };
+    let lock_err = |message: String| HubServerError::Lockfile { path: req.lock_path.clone(), message };
     // The node's parser: a lock it would refuse is not published.
     let lock = Lockfile::parse(&req.lock_bytes).map_err(|e| lock_err(e.to_string()))?;
     let system = System::host().map_err(|e| lock_err(e.to_string()))?;
@@ -68,7 +68,7 @@ pub fn publish(paths: &HubPaths, req: &PublishRequest) -> Result<u64, HubError> 
     };
     let mut metadata = read_metadata(&repo, &head, &env)?;
     let (generation, summary) = generations::add_generation(&mut metadata, &event_author())
-        .map_err(|message| HubError::Generations { env: env.clone(), message })?;
+        .map_err(|message| HubServerError::Generations { env: env.clone(), message })?;
     let mut files = vec![(format!("{generation}/env/manifest.lock"), req.lock_bytes.clone())];
     if let Some(m) = manifest {
         files.push((format!("{generation}/env/manifest.toml"), m.into_bytes()));
@@ -89,20 +89,25 @@ pub fn publish(paths: &HubPaths, req: &PublishRequest) -> Result<u64, HubError> 
 }
 
 /// Makes generation `target` live again (a `switch_generation` history entry, no new files).
-pub fn switch(paths: &HubPaths, owner: &str, name: &str, target: u64) -> Result<(), HubError> {
+pub fn switch(paths: &HubPaths, owner: &str, name: &str, target: u64) -> Result<(), HubServerError> {
     validate_owner(owner)?;
     validate_env_name(name)?;
     let env = format!("{owner}/{name}");
     let repo = paths.floxmeta(owner);
     if !repo.exists() {
-        return Err(HubError::Generations { env, message: format!("owner {owner:?} has no floxmeta repository") });
+        return Err(HubServerError::Generations {
+            env,
+            message: format!("owner {owner:?} has no floxmeta repository"),
+        });
     }
     let _guard = FileLock::exclusive(&repo_lock_path(paths, owner))?;
-    let head = branch_head(&repo, name)?
-        .ok_or_else(|| HubError::Generations { env: env.clone(), message: "environment does not exist".into() })?;
+    let head = branch_head(&repo, name)?.ok_or_else(|| HubServerError::Generations {
+        env: env.clone(),
+        message: "environment does not exist".into(),
+    })?;
     let mut metadata = read_metadata(&repo, &head, &env)?;
     let message = generations::switch_generation(&mut metadata, target, &event_author())
-        .map_err(|message| HubError::Generations { env: env.clone(), message })?;
+        .map_err(|message| HubServerError::Generations { env: env.clone(), message })?;
     let commit = commit_files(&repo, Some(&head), &[("metadata.json".into(), metadata_bytes(&metadata))], &message)?;
     move_branch(&repo, name, &commit, Some(&head))?;
     tracing::info!(env, generation = target, "switched generation");
@@ -113,13 +118,13 @@ fn repo_lock_path(paths: &HubPaths, owner: &str) -> PathBuf {
     paths.git_root().join(owner).join("floxmeta.publish.lock")
 }
 
-fn ensure_repo(paths: &HubPaths, owner: &str) -> Result<PathBuf, HubError> {
+fn ensure_repo(paths: &HubPaths, owner: &str) -> Result<PathBuf, HubServerError> {
     let repo = paths.floxmeta(owner);
     if repo.join("HEAD").exists() {
         return Ok(repo);
     }
     let owner_dir = paths.git_root().join(owner);
-    std::fs::create_dir_all(&owner_dir).map_err(HubError::io(&owner_dir))?;
+    std::fs::create_dir_all(&owner_dir).map_err(HubServerError::io(&owner_dir))?;
     let _guard = FileLock::exclusive(&repo_lock_path(paths, owner))?;
     if !repo.join("HEAD").exists() {
         let mut cmd = std::process::Command::new("git");
@@ -129,23 +134,23 @@ fn ensure_repo(paths: &HubPaths, owner: &str) -> Result<PathBuf, HubError> {
     Ok(repo)
 }
 
-fn branch_head(repo: &Path, name: &str) -> Result<Option<String>, HubError> {
+fn branch_head(repo: &Path, name: &str) -> Result<Option<String>, HubServerError> {
     let out = run(git(repo).args(["for-each-ref", "--format=%(objectname)"]).arg(format!("refs/heads/{name}")), None)?;
     let head = stdout_string(out);
     Ok((!head.is_empty()).then_some(head))
 }
 
 /// The branch's first commit: only an empty-history metadata.json, as `flox` creates it.
-fn init_branch(repo: &Path, name: &str) -> Result<String, HubError> {
+fn init_branch(repo: &Path, name: &str) -> Result<String, HubServerError> {
     let files = [("metadata.json".to_string(), metadata_bytes(&generations::initial_metadata()))];
     let commit = commit_files(repo, None, &files, &format!("Initialize generations branch for environment '{name}'"))?;
     move_branch(repo, name, &commit, None)?;
     Ok(commit)
 }
 
-fn read_metadata(repo: &Path, commit: &str, env: &str) -> Result<Value, HubError> {
+fn read_metadata(repo: &Path, commit: &str, env: &str) -> Result<Value, HubServerError> {
     let bytes = run(git(repo).args(["cat-file", "blob"]).arg(format!("{commit}:metadata.json")), None)?;
-    generations::parse_metadata(&bytes).map_err(|message| HubError::Generations { env: env.to_owned(), message })
+    generations::parse_metadata(&bytes).map_err(|message| HubServerError::Generations { env: env.to_owned(), message })
 }
 
 fn metadata_bytes(metadata: &Value) -> Vec<u8> {
@@ -167,7 +172,7 @@ fn commit_files(
     parent: Option<&str>,
     files: &[(String, Vec<u8>)],
     message: &str,
-) -> Result<String, HubError> {
+) -> Result<String, HubServerError> {
     let nonce = hex::encode(&crate::config::random_bytes()?[..8]);
     let index = TempIndex(repo.join(format!("imageless-index-{}-{nonce}", std::process::id())));
     let with_index = |cmd: &mut std::process::Command| {
@@ -203,7 +208,7 @@ fn commit_files(
 }
 
 /// Compare-and-swap of `refs/heads/<name>`: fails if someone else moved it meanwhile.
-fn move_branch(repo: &Path, name: &str, new: &str, old: Option<&str>) -> Result<(), HubError> {
+fn move_branch(repo: &Path, name: &str, new: &str, old: Option<&str>) -> Result<(), HubServerError> {
     // An empty old value means "must not exist yet".
     run(git(repo).args(["update-ref", &format!("refs/heads/{name}"), new, old.unwrap_or("")]), None)?;
     Ok(())

@@ -19,7 +19,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::OnceCell;
 use tokio_rustls::rustls;
 
-use crate::error::HubError;
+use crate::error::HubServerError;
 
 /// The longest an upstream may take to answer with a response head.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
@@ -50,8 +50,8 @@ pub struct PullThrough {
 }
 
 /// Checks one `--upstream` value: an absolute http(s) URL without query; the trailing `/` is dropped.
-pub fn parse_upstream(url: &str) -> Result<String, HubError> {
-    let invalid = || HubError::InvalidInput {
+pub fn parse_upstream(url: &str) -> Result<String, HubServerError> {
+    let invalid = || HubServerError::InvalidInput {
         what: "upstream cache URL",
         value: url.to_owned(),
         accepted: "http://HOST[:PORT][/PATH] or https://HOST[:PORT][/PATH] (a Nix binary cache), no query",
@@ -66,7 +66,7 @@ pub fn parse_upstream(url: &str) -> Result<String, HubError> {
 
 impl PullThrough {
     /// None when there are no upstreams.
-    pub fn new(upstreams: &[String], cache_dir: PathBuf) -> Result<Option<PullThrough>, HubError> {
+    pub fn new(upstreams: &[String], cache_dir: PathBuf) -> Result<Option<PullThrough>, HubServerError> {
         if upstreams.is_empty() {
             return Ok(None);
         }
@@ -80,7 +80,7 @@ impl PullThrough {
                 tracing::warn!("no system CA certificates ({e}): HTTPS upstreams cannot be verified");
                 let config = rustls::ClientConfig::builder_with_provider(provider)
                     .with_safe_default_protocol_versions()
-                    .map_err(|e| HubError::InvalidInput {
+                    .map_err(|e| HubServerError::InvalidInput {
                         what: "TLS client configuration",
                         value: e.to_string(),
                         accepted: "rustls defaults",

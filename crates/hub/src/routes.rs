@@ -15,7 +15,7 @@ use tower_http::services::ServeFile;
 use crate::auth::{self, Credential, Identity};
 use crate::cache;
 use crate::config::{HubConfig, HubPaths};
-use crate::error::HubError;
+use crate::error::HubServerError;
 use crate::git_backend::{self, CgiRequest, ChildRegistry, GitRoute};
 use crate::pull_through::{PullThrough, Pulled};
 
@@ -77,7 +77,7 @@ fn authenticate(credential: &Credential, config: &HubConfig) -> Result<Option<Id
         Credential::Unreadable => Err(()),
         Credential::Token(token) => {
             auth::identify(token, &config.secret_bytes(), &config.tokens, crate::now_unix()).map(Some).map_err(|e| {
-                // The reason is safe to log: TokenError never contains the token.
+                // The reason is safe to log: TokenVerifyError never contains the token.
                 tracing::debug!("refused a token: {e}");
             })
         }
@@ -99,7 +99,7 @@ impl Context {
         }
     }
 
-    fn load_config(&self) -> Result<HubConfig, HubError> {
+    fn load_config(&self) -> Result<HubConfig, HubServerError> {
         self.paths.load().inspect_err(|e| tracing::error!("{e}"))
     }
 

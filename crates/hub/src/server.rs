@@ -18,7 +18,7 @@ use tower::limit::GlobalConcurrencyLimitLayer;
 use tower::ServiceBuilder;
 
 use crate::config::HubPaths;
-use crate::error::HubError;
+use crate::error::HubServerError;
 use crate::git_backend::ChildRegistry;
 use crate::pull_through::PullThrough;
 use crate::routes::{self, Context};
@@ -60,10 +60,10 @@ pub struct HubServer {
 
 impl HubServer {
     /// Binds the listen address (the root must be initialised). Call inside a tokio runtime.
-    pub async fn bind(paths: HubPaths, options: &ServeOptions) -> Result<HubServer, HubError> {
+    pub async fn bind(paths: HubPaths, options: &ServeOptions) -> Result<HubServer, HubServerError> {
         paths.load()?;
         let listen = &options.listen;
-        let addr: SocketAddr = listen.parse().map_err(|_| HubError::Listen {
+        let addr: SocketAddr = listen.parse().map_err(|_| HubServerError::Listen {
             addr: listen.to_owned(),
             message: "accepted: IP:PORT, e.g. 127.0.0.1:8080 or 127.0.0.1:0".into(),
         })?;
@@ -74,9 +74,10 @@ impl HubServer {
         let pull = PullThrough::new(&options.upstreams, paths.cache())?;
         let listener = TcpListener::bind(addr)
             .await
-            .map_err(|e| HubError::Listen { addr: listen.to_owned(), message: e.to_string() })?;
-        let addr =
-            listener.local_addr().map_err(|e| HubError::Listen { addr: listen.to_owned(), message: e.to_string() })?;
+            .map_err(|e| HubServerError::Listen { addr: listen.to_owned(), message: e.to_string() })?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| HubServerError::Listen { addr: listen.to_owned(), message: e.to_string() })?;
         let ctx = Arc::new(Context { paths, children: ChildRegistry::default(), pull });
         Ok(HubServer { listener, addr, tls, ctx, max_in_flight: options.max_in_flight.max(1) })
     }
@@ -92,7 +93,7 @@ impl HubServer {
     }
 
     /// Serves until `shutdown` completes, then drains.
-    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), HubError> {
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), HubServerError> {
         let service = ServiceBuilder::new()
             .layer(GlobalConcurrencyLimitLayer::new(self.max_in_flight))
             .service(routes::router(self.ctx.clone()));

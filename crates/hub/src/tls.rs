@@ -8,14 +8,14 @@ use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::rustls::{self, ServerConfig};
 use tokio_rustls::TlsAcceptor;
 
-use crate::error::HubError;
+use crate::error::HubServerError;
 
-fn tls_error(path: &Path, message: String) -> HubError {
-    HubError::Tls { path: path.to_owned(), message }
+fn tls_error(path: &Path, message: String) -> HubServerError {
+    HubServerError::Tls { path: path.to_owned(), message }
 }
 
 /// A TLS acceptor offering HTTP/2 and HTTP/1.1 through ALPN.
-pub fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, HubError> {
+pub fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, HubServerError> {
     let chain = CertificateDer::pem_file_iter(cert)
         .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
         .map_err(|e| tls_error(cert, format!("{e}; accepted: a PEM file of one or more CERTIFICATE blocks")))?;

@@ -157,6 +157,10 @@ fn reopen(path_fd: &OwnedFd, access: OFlags) -> Result<File, PodFileError> {
 /// rename), which flattens it: at most two descriptors are open at any time and nothing
 /// recurses. Entries are opened `O_NOFOLLOW | O_DIRECTORY` relative to their parent's
 /// descriptor, so a planted symlink is unlinked, never entered.
+///
+/// Read-only directories (a closure view's, or ones a pod chmodded) are made writable through
+/// their own descriptor before they are emptied or moved, so a caller without
+/// `CAP_DAC_OVERRIDE` can remove them too; no mode is changed through a path.
 pub fn remove_tree(root: &Path) -> std::io::Result<()> {
     let top = match rustix::fs::open(
         root,
@@ -177,6 +181,7 @@ pub fn remove_tree(root: &Path) -> std::io::Result<()> {
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::empty(),
         )?;
+        make_writable(&dir);
         let mut subdirs = Vec::new();
         {
             let mut entries = rustix::fs::Dir::read_from(&dir)?;
@@ -211,12 +216,25 @@ pub fn remove_tree(root: &Path) -> std::io::Result<()> {
         pending.push(name);
         for child in subdirs {
             // The pod may have made a directory of the same name up there: never replace one.
+            let mut made_writable = false;
             let up = loop {
                 flattened += 1;
                 let up: std::ffi::OsString = format!(".flox-rm-{flattened}").into();
                 match rustix::fs::renameat_with(&dir, child.as_os_str(), &top, up.as_os_str(), RenameFlags::NOREPLACE) {
                     Ok(()) => break up,
                     Err(Errno::EXIST) => continue,
+                    // Moving a directory rewrites its `..`: it must be writable itself.
+                    Err(Errno::ACCESS) if !made_writable => {
+                        let sub = rustix::fs::openat(
+                            &dir,
+                            child.as_os_str(),
+                            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                            Mode::empty(),
+                        )?;
+                        make_writable(&sub);
+                        made_writable = true;
+                        flattened -= 1;
+                    }
                     Err(e) => return Err(e.into()),
                 }
             };
@@ -225,6 +243,15 @@ pub fn remove_tree(root: &Path) -> std::io::Result<()> {
     }
     drop(top);
     std::fs::remove_dir(root)
+}
+
+/// Best effort `chmod u+rwx` on an open directory; a failure shows up as the removal's error.
+fn make_writable(dir: &OwnedFd) {
+    if let Ok(st) = rustix::fs::fstat(dir) {
+        if st.st_mode & 0o700 != 0o700 {
+            let _ = rustix::fs::fchmod(dir, Mode::from_raw_mode((st.st_mode | 0o700) & 0o7777));
+        }
+    }
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@
 use std::path::Path;
 
 use imageless_core::container_paths::TOKEN_FILE;
-use imageless_core::token::{Token, TokenError};
+use imageless_core::token::{Token, TokenParseError};
 
 use crate::pod_file::{self, PodFileError};
 
@@ -31,15 +31,15 @@ pub enum TokenFileError {
     #[error("flox: {path} {problem}; mount the FloxHub token secret (a file holding the token) at {volume}")]
     Unreadable { path: String, volume: String, problem: PodFileError },
     #[error("flox: {path} is not a FloxHub token (an access token flox_... or a JWT): {}; create the secret from `flox auth token`", why_not(.reason))]
-    NotAToken { path: String, reason: TokenError },
+    NotAToken { path: String, reason: TokenParseError },
 }
 
-/// The reason alone, without TokenError's own "floxhub-token is …" preamble.
-fn why_not(e: &TokenError) -> String {
+/// The reason alone, without TokenParseError's own "floxhub-token is …" preamble.
+fn why_not(e: &TokenParseError) -> String {
     match e {
-        TokenError::Empty => "it is empty".into(),
-        TokenError::Unrecognised { reason } => (*reason).into(),
-        TokenError::MissingClaims { reason } => format!("it is a JWT without the FloxHub claims: {reason}"),
+        TokenParseError::Empty => "it is empty".into(),
+        TokenParseError::Unrecognised { reason } => (*reason).into(),
+        TokenParseError::MissingClaims { reason } => format!("it is a JWT without the FloxHub claims: {reason}"),
     }
 }
 
@@ -60,7 +60,7 @@ impl SecretVolume<'_> {
         };
         // Not UTF-8 is just another way of not being a token; the bytes are never shown.
         let text = String::from_utf8(bytes)
-            .map_err(|_| TokenError::Unrecognised { reason: "it is not UTF-8 text" })
+            .map_err(|_| TokenParseError::Unrecognised { reason: "it is not UTF-8 text" })
             .map_err(|reason| TokenFileError::NotAToken { path: path.clone(), reason })?;
         Token::parse(&text).map(Some).map_err(|reason| TokenFileError::NotAToken { path, reason })
     }

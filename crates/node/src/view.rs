@@ -147,29 +147,9 @@ impl Builder {
     }
 }
 
-/// Removes a view directory (or a leftover temp/trash dir): its directories are read-only,
-/// so they are made writable on the way down (needed without CAP_DAC_OVERRIDE).
-pub fn remove_tree(dir: &Path) -> io::Result<()> {
-    match fs::symlink_metadata(dir) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e),
-        Ok(m) if !m.is_dir() => return fs::remove_file(dir),
-        Ok(_) => {}
-    }
-    make_writable(dir)?;
-    fs::remove_dir_all(dir)
-}
-
-fn make_writable(dir: &Path) -> io::Result<()> {
-    fs::set_permissions(dir, fs::Permissions::from_mode(0o755))?;
-    for e in fs::read_dir(dir)? {
-        let e = e?;
-        if e.file_type()?.is_dir() {
-            make_writable(&e.path())?;
-        }
-    }
-    Ok(())
-}
+/// Removes a view directory (or a leftover temp/trash dir): its directories are read-only and
+/// a view can be as deep as a store path, so this is the depth-safe remover.
+pub use crate::pod_file::remove_tree;
 
 /// Keys of the views present (complete ones; temp and trash dirs start with a dot).
 pub fn list(state_root: &Path) -> Vec<String> {

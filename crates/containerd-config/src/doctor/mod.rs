@@ -4,7 +4,7 @@ use std::net::{TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use imageless_core::token::{Token, TokenError, TokenKind};
+use imageless_core::token::{Token, TokenKind, TokenParseError};
 use imageless_node::config::NodeConfig;
 
 use crate::edit;
@@ -360,7 +360,7 @@ fn token_check(path: &Path) -> Check {
     // The node reads the token with the same parser, so what doctor accepts the node accepts.
     let token = match Token::parse(&raw) {
         Ok(token) => token,
-        Err(TokenError::Empty) => {
+        Err(TokenParseError::Empty) => {
             return fail("token", format!("token file {} is empty", path.display()), "write a FloxHub token into it")
         }
         Err(e) => {
