@@ -229,6 +229,35 @@ fn gc_sweeps_the_node_store_but_keeps_what_containers_use() {
     assert_eq!(node.store(), echoip_closure);
 }
 
+/// gc and pulls never race: gc runs over and over while cold pulls of several environments
+/// go on; every pull succeeds, and every environment left has its whole closure in the store.
+#[test]
+fn gc_during_pulls_never_breaks_an_environment() {
+    let node = Node::new();
+    let envs: [&[&str]; 5] =
+        [&["flox/hello"], &["flox/echoip:1"], &["flox/echoip"], &["flox/hooks"], &["flox/devtools", "--mode", "dev"]];
+    let mut pulls: Vec<_> =
+        envs.iter().map(|a| node.pull_cmd(a).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap()).collect();
+    let mut gcs = 0;
+    while pulls.iter_mut().any(|c| c.try_wait().unwrap().is_none()) {
+        node.gc(&[]);
+        gcs += 1;
+    }
+    assert!(gcs >= 1, "gc never ran during the pulls");
+    for (o, args) in pulls.into_iter().map(|c| c.wait_with_output().unwrap()).zip(envs) {
+        assert!(o.status.success(), "pull {args:?} during gc: {}", stderr(&o));
+    }
+    let store = node.store();
+    for key in node.envs().iter().filter(|k| !k.starts_with('.')) {
+        let closure = std::fs::read_to_string(node.dir.path().join("state/envs").join(key).join("closure")).unwrap();
+        for p in closure.lines() {
+            assert!(store.contains(p.trim_start_matches("/nix/store/")), "{key}: {p} swept under its environment");
+        }
+    }
+    node.gc(&[]);
+    assert!(node.envs().is_empty() && node.store().is_empty(), "{:?} {:?}", node.envs(), node.store());
+}
+
 /// A hub that answers every request with HTTP 500 (only the status matters here).
 fn broken_hub() -> String {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
