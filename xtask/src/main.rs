@@ -1,7 +1,8 @@
 //! `cargo xtask`: the project's entry points for people and CI.
 //!
-//! - `cargo xtask test`  — installs what is needed, builds, builds the package world, runs
-//!   every unit test and the end-to-end suite on containerd 1.6.20, 1.7.24 and 2.1.9.
+//! - `cargo xtask test`  — installs what is needed, builds, builds the package world and the
+//!   installer image, runs every unit test and the end-to-end suite on containerd 1.6.20,
+//!   1.7.24 and 2.1.9.
 //! - `cargo xtask demo`  — the docs' echoip pod on a private containerd and a local hub.
 //! - `cargo xtask bench` — start-time and overhead figures against plain runc and `nix copy`.
 //! - `cargo xtask build` — just the binaries (debug) and the static activator.
@@ -170,6 +171,9 @@ fn main() -> Result<()> {
             }
             build()?;
             world()?;
+            // The installer image archive: the e2e suite runs the DaemonSet from it
+            // (crates/e2e/tests/daemonset_install.rs).
+            image(None)?;
             // Unit and integration tests of every crate but the e2e suite, in parallel.
             run(with_layout(&mut cargo()).args([
                 "test",

@@ -23,6 +23,7 @@ pub use imageless_cri_pod::{CriClient, PodError, PodManifest, PodRunner, RunOpti
 use toml_edit::{DocumentMut, Item, Value};
 
 pub mod config;
+pub mod docs;
 pub mod flox_node;
 pub mod without_nix;
 
@@ -155,6 +156,12 @@ pub struct ContainerdOptions {
     /// Runs on the written config before the daemon starts (e.g. `imageless install
     /// --containerd-config`, as the demo does): `(config path, daemon dir)`.
     pub before_start: Option<ConfigHook>,
+    /// `(source, target)` pairs: the daemon runs in its own mount namespace (private
+    /// propagation) in which each source directory is bind-mounted over its target, so it, its
+    /// shims, runc and the runtime see e.g. a prepared node root's /usr/local/bin at
+    /// /usr/local/bin while the machine's own stays as it is. The mounts go away with the last
+    /// process of that namespace.
+    pub bind_mounts: Vec<(PathBuf, PathBuf)>,
 }
 
 /// A step that edits a daemon's config file before it starts.
@@ -178,6 +185,7 @@ impl Default for ContainerdOptions {
             import_local_images: true,
             start_timeout: Duration::from_secs(60),
             before_start: None,
+            bind_mounts: Vec::new(),
         }
     }
 }
@@ -260,10 +268,79 @@ fn spawn_daemon(
     unsafe {
         cmd.pre_exec(|| rustix::process::setsid().map(drop).map_err(std::io::Error::from));
     }
+    if !opts.bind_mounts.is_empty() {
+        let binds = opts
+            .bind_mounts
+            .iter()
+            .map(|(source, target)| Ok((c_path(source)?, c_path(target)?)))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        // SAFETY: unshare(2) and mount(2) are async-signal-safe system calls; the paths are
+        // CStrings built before fork and only borrowed in the child (no allocation there).
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::unshare(libc::CLONE_NEWNS) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // Nothing mounted in the new namespace may reach the machine's.
+                rustix::mount::mount_change(
+                    c"/",
+                    rustix::mount::MountPropagationFlags::PRIVATE | rustix::mount::MountPropagationFlags::REC,
+                )?;
+                for (source, target) in &binds {
+                    rustix::mount::mount_bind_recursive(source.as_c_str(), target.as_c_str())?;
+                }
+                Ok(())
+            });
+        }
+    }
     cmd.spawn().with_context(|| format!("starting {}", version.containerd().display()))
 }
 
+fn c_path(path: &Path) -> anyhow::Result<std::ffi::CString> {
+    std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).with_context(|| format!("NUL in {}", path.display()))
+}
+
 impl Containerd {
+    /// A temp dir for a daemon started with [`Containerd::start_with_config`]: its config names
+    /// root, state and sockets below it, and teardown cleans up whatever is below it.
+    pub fn new_dir() -> anyhow::Result<tempfile::TempDir> {
+        tempfile::Builder::new().prefix("imageless-ctrd-").tempdir().context("creating temp dir")
+    }
+
+    /// Starts a daemon on a config written elsewhere (e.g. a prepared node's
+    /// /etc/containerd/config.toml), used as it is: no private paths or runtime are added.
+    /// Its root, state and `[grpc] address` must lie below `dir` (see [`Containerd::new_dir`]).
+    pub fn start_with_config(
+        version: ContainerdVersion,
+        dir: tempfile::TempDir,
+        config_path: &Path,
+        opts: ContainerdOptions,
+    ) -> anyhow::Result<Containerd> {
+        version.ensure_available()?;
+        let text =
+            std::fs::read_to_string(config_path).with_context(|| format!("reading {}", config_path.display()))?;
+        let doc = parse_doc(&text)?;
+        let socket = doc
+            .get("grpc")
+            .and_then(|g| g.get("address"))
+            .and_then(|a| a.as_str())
+            .map(PathBuf::from)
+            .with_context(|| format!("{} has no [grpc] address", config_path.display()))?;
+        if !socket.starts_with(dir.path()) {
+            bail!(
+                "{}: [grpc] address {} is not below {}",
+                config_path.display(),
+                socket.display(),
+                dir.path().display()
+            );
+        }
+        let log_path = dir.path().join("containerd.log");
+        let child = spawn_daemon(version, config_path, &log_path, dir.path(), &opts)?;
+        let config_path = config_path.to_path_buf();
+        let ctrd = Containerd { version, dir: Some(dir), child, socket, config_path, log_path, opts };
+        ctrd.finish_start()
+    }
+
     pub fn start(version: ContainerdVersion, opts: ContainerdOptions) -> anyhow::Result<Containerd> {
         if !version.is_available() {
             bail!(
@@ -271,7 +348,7 @@ impl Containerd {
                 version.bin_dir().display()
             );
         }
-        let dir = tempfile::Builder::new().prefix("imageless-ctrd-").tempdir().context("creating temp dir")?;
+        let dir = Self::new_dir()?;
         let base = dir.path().to_path_buf();
         let socket = base.join("containerd.sock");
         let default_config = Command::new(version.containerd())
@@ -295,16 +372,20 @@ impl Containerd {
 
         let log_path = base.join("containerd.log");
         let child = spawn_daemon(version, &config_path, &log_path, &base, &opts)?;
-        let mut ctrd = Containerd { version, dir: Some(dir), child, socket, config_path, log_path, opts: opts.clone() };
-        ctrd.wait_ready(opts.start_timeout)?;
-        if opts.import_local_images {
+        Containerd { version, dir: Some(dir), child, socket, config_path, log_path, opts }.finish_start()
+    }
+
+    /// Waits for CRI to answer, then imports the local images if asked.
+    fn finish_start(mut self) -> anyhow::Result<Containerd> {
+        self.wait_ready(self.opts.start_timeout)?;
+        if self.opts.import_local_images {
             let images = local_images()?;
             for archive in images.all() {
-                ctrd.import_image(archive)?;
+                self.import_image(archive)?;
             }
-            ctrd.wait_images_visible(&[PAUSE_IMAGE, BUSYBOX_IMAGE, FLOX_EMPTY_IMAGE], Duration::from_secs(20))?;
+            self.wait_images_visible(&[PAUSE_IMAGE, BUSYBOX_IMAGE, FLOX_EMPTY_IMAGE], Duration::from_secs(20))?;
         }
-        Ok(ctrd)
+        Ok(self)
     }
 
     fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {

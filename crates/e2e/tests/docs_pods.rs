@@ -3,27 +3,13 @@
 //! again inside `without-nix`, see imageless_e2e::without_nix). The docs' own environment, `limeytexan/echoip`, is published on the local hub
 //! with echoip's lock from the world. It is public, as the telemetry example assumes; the auth
 //! example mounts a token anyway (private environments are covered in flox_pods.rs).
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use imageless_e2e::docs::{docs_pods, publish_docs_environment, ECHOIP_ADDR};
 use imageless_e2e::flox_node::{imageless, wait_for_answer, FloxNode};
 use imageless_e2e::{without_nix, ContainerdVersion};
-
-fn seeds() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/seeds/imageless-kubernetes-configuration.md"))
-}
-
-/// The complete Pod manifests among the docs' YAML blocks (some are excerpts with `...`).
-fn docs_pods() -> Vec<String> {
-    let text = std::fs::read_to_string(seeds()).expect("the product docs beside the repository");
-    text.split("```yaml\n")
-        .skip(1)
-        .filter_map(|rest| rest.split("```").next())
-        .filter(|yaml| !yaml.contains("\n...") && yaml.contains("kind: Pod"))
-        .map(String::from)
-        .collect()
-}
 
 fn pod_cli(node: &FloxNode, args: &[&str]) -> std::process::Output {
     Command::new(imageless())
@@ -62,18 +48,7 @@ fn docs_pods_run_unchanged(version: ContainerdVersion) {
     let pods = docs_pods();
     assert_eq!(pods.len(), 2, "the docs have two complete pods (auth, telemetry)");
     let node = FloxNode::start(version);
-    let root = node.hub.root.display().to_string();
-    let lock = node.hub.root.join("world/envs/flox/echoip/2/manifest.lock");
-    node.hub.imageless(&[
-        "hub",
-        "publish",
-        "--root",
-        &root,
-        "limeytexan/echoip",
-        "--lock",
-        lock.to_str().unwrap(),
-        "--no-paths",
-    ]);
+    publish_docs_environment(&node.hub);
     let token = node.hub.token("limeytexan", &[]);
     let secret = node.token_secret("floxhub-token", &token);
 
@@ -84,7 +59,7 @@ fn docs_pods_run_unchanged(version: ContainerdVersion) {
         let out =
             pod_cli(&node, &["run", file.to_str().unwrap(), "--detach", "--host-network", "--secret", &secret_arg]);
         assert!(out.status.success(), "docs pod {i}: {}", String::from_utf8_lossy(&out.stderr));
-        let answer = wait_for_answer("127.0.0.1:8080", Duration::from_secs(5));
+        let answer = wait_for_answer(ECHOIP_ADDR, Duration::from_secs(5));
         assert_eq!(answer, "127.0.0.1", "docs pod {i} serves echoip");
         let logs = pod_cli(&node, &["logs", "flox-containerd-demo"]);
         assert!(

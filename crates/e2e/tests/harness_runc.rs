@@ -151,6 +151,8 @@ fn cli_run(ctrd: &Containerd) {
         ctr: ctrd.version().ctr(),
         host_network: true,
         keep: false,
+        host_path_root: None,
+        skip_containers: vec![],
     }))
     .unwrap();
     assert_eq!(code, std::process::ExitCode::from(5));
