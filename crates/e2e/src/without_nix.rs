@@ -1,14 +1,14 @@
 //! Running an e2e test on a node without Nix (issue 12's first "Done when"): the test binary
 //! runs one of its own tests again inside `without-nix` (src/bin/without-nix.rs), a mount
-//! namespace whose root has no /nix and whose PATH runs no `nix*` (nor `git`, once
-//! [`HIDE_GIT`] is set), with containerd, the shim, runc and flox-runc started in there.
+//! namespace whose root has no /nix and whose PATH runs no `nix*` and no `git`
+//! ([`HIDE_GIT`]), with containerd, the shim, runc and flox-runc started in there.
 use std::process::Command;
 
 use crate::flox_node;
 
-/// Whether git is hidden from the node too. The node still runs `git` to fetch floxmeta until
-/// the in-process fetch (crates/node/src/resolve/) is merged; flip this then.
-pub const HIDE_GIT: bool = false;
+/// Whether git is hidden from the node too: the node fetches floxmeta in-process
+/// (crates/node/src/resolve/), so it is; only the test hub's `git http-backend` keeps one.
+pub const HIDE_GIT: bool = true;
 
 /// Where `without-nix` puts the programs it hides from the node but that test fixtures (the
 /// local hub's `git http-backend`) still need.

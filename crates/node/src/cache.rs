@@ -1,8 +1,8 @@
 //! The node cache: from `owner/name[:N]` + token to a rendered environment on disk.
 //!
 //! Layout under the state root:
-//! - `meta/<owner>.git` bare floxmeta cache, `meta/<owner>.lock` serializes fetches per owner;
-//! - `refs/<owner>/<name>.json` what the hub said last (commit, which token fetched it);
+//! - `meta/<owner>.git` bare floxmeta cache, `meta/<owner>.lock` serializes fetches per owner,
+//!   `refs/<owner>/<name>.json` what the hub said last: the resolve step's (see [`crate::resolve`]);
 //! - `envs/<key>/` rendered environments keyed by content (lock + system + mode), published
 //!   by renaming a finished temp dir, so a killed pull never leaves a half-visible one;
 //! - `store/` (or `store_dir`), `store-info/` the node store the closures are fetched into
@@ -15,26 +15,23 @@
 //!   see [`crate::gc`].
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use fs4::fs_std::FileExt;
 use imageless_core::activation::{ActivationData, Mode};
 use imageless_core::container_paths::ACTIVATION_DATA_REL;
 use imageless_core::env_ref::EnvRef;
-use imageless_core::generations::{GenerationsError, GenerationsMetadata};
 use imageless_core::lockfile::{Lockfile, LockfileError, SelectError};
 use imageless_core::store_path::StorePath;
 use imageless_core::system::System;
 use imageless_core::token::Token;
-use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::config::NodeConfig;
 use crate::fetch::{FetchError, Fetcher, NodeStore, Progress};
 use crate::gc::StoreLock;
-use crate::hub::{self, HubClient, HubError};
 use crate::registration::{self, RegistrationError};
 use crate::render::{self, LinkSource, RenderError};
+use crate::resolve::{self, GitRemote, Remote, ResolveError, Resolver};
 use crate::store_read::StoreRead;
 use crate::view::{self, ViewError};
 
@@ -50,7 +47,7 @@ pub enum LockProblem {
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
     #[error(transparent)]
-    Hub(#[from] HubError),
+    Resolve(#[from] ResolveError),
     /// Boxed: a fetch error names substituter, path and URL, and would make every
     /// `Result<_, NodeError>` that large.
     #[error(transparent)]
@@ -61,8 +58,6 @@ pub enum NodeError {
     Render(#[from] RenderError),
     #[error(transparent)]
     View(#[from] ViewError),
-    #[error("flox: {error}")]
-    Generations { env: String, error: GenerationsError },
     #[error("flox: {env} generation {generation}: manifest.lock is not valid: {source}")]
     Lockfile {
         env: String,
@@ -70,12 +65,6 @@ pub enum NodeError {
         #[source]
         source: Box<LockProblem>,
     },
-    #[error("flox: {env} generation {generation} has no {path} on the hub")]
-    MissingFile { env: String, generation: u32, path: String },
-    #[error("flox: FloxHub token (secret floxhub-token) expired at {at}; create a new secret with `flox auth token`")]
-    TokenExpired { at: String },
-    #[error("flox: hub is unreachable and {env} was cached with a different FloxHub token (or with one when none is given now); refusing to serve a private environment")]
-    OfflineTokenMismatch { env: String },
     #[error("flox: node cache {path}: {source}")]
     Io { path: String, source: std::io::Error },
     #[error("flox: no space left on the node's state root {state_root} while pulling {env}; free space there (`imageless gc` drops environments no container uses) and retry")]
@@ -95,29 +84,26 @@ impl From<RegistrationError> for NodeError {
 }
 
 impl NodeError {
-    /// Whether the state root (or the node store) ran out of space or quota. Git reports it
-    /// on stderr, our own writes as an `io::Error` somewhere in the source chain.
+    /// Whether the state root (or the node store) ran out of space or quota: an `io::Error`
+    /// somewhere in the chain (gix's errors carry theirs as text only, so their texts are
+    /// checked too).
     fn is_state_root_full(&self) -> bool {
         let full = |e: &std::io::Error| {
             let errno = e.raw_os_error().map(rustix::io::Errno::from_raw_os_error);
             matches!(errno, Some(rustix::io::Errno::NOSPC | rustix::io::Errno::DQUOT))
         };
-        match self {
-            NodeError::Hub(e) => {
-                let text = e.to_string();
-                text.contains("No space left on device") || text.contains("Disk quota exceeded")
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(self);
+        while let Some(e) = source {
+            let text = e.to_string();
+            if e.downcast_ref::<std::io::Error>().is_some_and(full)
+                || text.contains("No space left on device")
+                || text.contains("Disk quota exceeded")
+            {
+                return true;
             }
-            other => {
-                let mut source: Option<&(dyn std::error::Error + 'static)> = Some(other);
-                while let Some(e) = source {
-                    if e.downcast_ref::<std::io::Error>().is_some_and(full) {
-                        return true;
-                    }
-                    source = e.source();
-                }
-                false
-            }
+            source = e.source();
         }
+        false
     }
 }
 
@@ -142,52 +128,15 @@ pub struct Rendered {
     pub warning: Option<String>,
 }
 
-/// What the hub told us last about one environment.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct RefRecord {
-    commit: String,
-    /// Fingerprint of the token that fetched it; None = fetched anonymously (public).
-    token_fingerprint: Option<String>,
-    fetched_at: u64,
-    /// Live generation at `commit` (filled once metadata.json was read).
-    #[serde(default)]
-    live_generation: Option<u32>,
-    /// `"<generation>:<mode>"` → rendered key at `commit`: a warm start needs no git read.
-    #[serde(default)]
-    keys: std::collections::BTreeMap<String, String>,
-}
-
-impl RefRecord {
-    /// A record for `commit`, keeping what `previous` knew when it is the same commit.
-    fn at(commit: &str, token_fingerprint: Option<String>, previous: Option<&RefRecord>) -> RefRecord {
-        let same = previous.filter(|p| p.commit == commit);
-        RefRecord {
-            commit: commit.to_string(),
-            token_fingerprint,
-            fetched_at: now(),
-            live_generation: same.and_then(|p| p.live_generation),
-            keys: same.map(|p| p.keys.clone()).unwrap_or_default(),
-        }
-    }
-}
-
 /// In every environment rendered against the node store (`envs/<key>/node-store`).
 const NODE_STORE_MARKER: &str = "node-store";
 
 pub struct NodeCache {
     pub config: NodeConfig,
-    hub: HubClient,
+    remote: Box<dyn Remote + Send + Sync>,
     system: System,
     /// Told how a fetch into the node store goes (`imageless pull`'s progress bar).
     progress: Option<std::sync::Arc<dyn Progress>>,
-}
-
-fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
-}
-
-fn format_unix(secs: u64) -> String {
-    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string()
 }
 
 pub(crate) fn lock_file(path: &Path) -> Result<File, NodeError> {
@@ -201,9 +150,14 @@ pub(crate) fn lock_file(path: &Path) -> Result<File, NodeError> {
 
 impl NodeCache {
     pub fn new(config: NodeConfig, system: System) -> NodeCache {
-        let git_url = config.git_url.clone().unwrap_or_else(|| hub::git_url_for_hub(&config.hub_url));
-        let hub = HubClient::new(git_url, Duration::from_secs(config.hub_timeout_secs));
-        NodeCache { config, hub, system, progress: None }
+        let git_url = config.git_url.clone().unwrap_or_else(|| resolve::git_url_for_hub(&config.hub_url));
+        let remote = GitRemote::new(git_url, Duration::from_secs(config.hub_timeout_secs));
+        NodeCache::with_remote(config, system, Box::new(remote))
+    }
+
+    /// A cache that asks `remote` for floxmeta (a test double in unit tests).
+    pub fn with_remote(config: NodeConfig, system: System, remote: Box<dyn Remote + Send + Sync>) -> NodeCache {
+        NodeCache { config, remote, system, progress: None }
     }
 
     /// Reports fetch progress to `progress`.
@@ -245,154 +199,30 @@ impl NodeCache {
     }
 
     fn ensure_uncategorized(&self, env: &EnvRef, mode: Mode, token: Option<&Token>) -> Result<Rendered, NodeError> {
-        if let Some(token) = token {
-            if let Some(at) = token.expired_at(now()) {
-                return Err(NodeError::TokenExpired { at: format_unix(at) });
+        let resolver = Resolver {
+            remote: &*self.remote,
+            state_root: self.root(),
+            answer_ttl_secs: self.config.hub_answer_ttl_secs,
+            system: self.system,
+        };
+        let mut resolved = resolver.resolve(env, mode, token, &|key| self.lookup(key).is_some())?;
+        let lock = match resolved.lock.take() {
+            Some(lock) => lock,
+            None => {
+                // Warm path: rendered before, nothing read from git.
+                if let Some(mut rendered) = self.lookup(&resolved.key) {
+                    touch(&rendered.dir);
+                    rendered.warning = resolved.warning;
+                    return Ok(rendered);
+                }
+                // Removed (gc) since resolve looked: read the lock after all.
+                resolved = resolver.resolve(env, mode, token, &|_| false)?;
+                resolved.lock.take().expect("resolve reads the lock when nothing is rendered")
             }
-        }
-        let (mut record, warning) = self.resolve_commit(env, token)?;
-        let commit = record.commit.clone();
-        let repo = self.repo(&env.owner);
-        let full = env.full_name();
-        // Warm path: this commit was read before; no git process at all.
-        if let Some(generation) = env.generation.or(record.live_generation) {
-            if let Some(mut rendered) = record.keys.get(&format!("{generation}:{mode}")).and_then(|k| self.lookup(k)) {
-                touch(&rendered.dir);
-                rendered.warning = warning;
-                return Ok(rendered);
-            }
-        }
-        let metadata = hub::read_blob(&repo, &commit, "metadata.json")?.ok_or_else(|| NodeError::MissingFile {
-            env: full.clone(),
-            generation: 0,
-            path: "metadata.json".into(),
-        })?;
-        let metadata = GenerationsMetadata::parse(&metadata)
-            .map_err(|error| NodeError::Generations { env: full.clone(), error })?;
-        let generation = metadata
-            .resolve(env.generation, &full)
-            .map_err(|error| NodeError::Generations { env: full.clone(), error })?;
-        let lock_path = format!("{generation}/env/manifest.lock");
-        let lock_bytes = hub::read_blob(&repo, &commit, &lock_path)?.ok_or_else(|| NodeError::MissingFile {
-            env: full.clone(),
-            generation,
-            path: lock_path.clone(),
-        })?;
-        let key = self.key(&lock_bytes, mode);
-        let mut rendered = self.ensure_rendered(&full, generation, &lock_bytes, mode, &key)?;
-        rendered.warning = warning;
-        record.live_generation = metadata.live();
-        record.keys.insert(format!("{generation}:{mode}"), key);
-        // Only a cache: a lost race between two writers costs one git read later.
-        let _ = self.write_record(env, &record);
+        };
+        let mut rendered = self.ensure_rendered(&env.full_name(), resolved.generation, &lock, mode, &resolved.key)?;
+        rendered.warning = resolved.warning;
         Ok(rendered)
-    }
-
-    fn repo(&self, owner: &str) -> PathBuf {
-        self.root().join("meta").join(format!("{owner}.git"))
-    }
-
-    fn ref_record_path(&self, env: &EnvRef) -> PathBuf {
-        self.root().join("refs").join(&env.owner).join(format!("{}.json", env.name))
-    }
-
-    fn read_record(&self, env: &EnvRef) -> Option<RefRecord> {
-        let bytes = std::fs::read(self.ref_record_path(env)).ok()?;
-        serde_json::from_slice(&bytes).ok()
-    }
-
-    fn write_record(&self, env: &EnvRef, record: &RefRecord) -> Result<(), NodeError> {
-        let path = self.ref_record_path(env);
-        let dir = path.parent().expect("has parent");
-        std::fs::create_dir_all(dir).map_err(io(dir))?;
-        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-        let written = std::fs::write(&tmp, serde_json::to_vec(record).expect("serializable"))
-            .map_err(io(&tmp))
-            .and_then(|()| std::fs::rename(&tmp, &path).map_err(io(&path)));
-        if written.is_err() {
-            // A full disk must not leave a partial record file behind.
-            let _ = std::fs::remove_file(&tmp);
-        }
-        written
-    }
-
-    /// The floxmeta commit to read. Asks the hub with the caller's token every time a
-    /// token is involved, so a cached private environment is only served to tokens the hub
-    /// accepts now; a pinned public environment already cached needs no hub at all.
-    /// Returns the record as it now stands on disk (its commit is the one to read) and a
-    /// warning for the user, if any.
-    fn resolve_commit(&self, env: &EnvRef, token: Option<&Token>) -> Result<(RefRecord, Option<String>), NodeError> {
-        let repo = self.repo(&env.owner);
-        let record = self.read_record(env);
-        if let Some(r) = &record {
-            // The record is written after a completed fetch: its commit is in the repo.
-            if env.generation.is_some() && token.is_none() && r.token_fingerprint.is_none() {
-                return Ok((r.clone(), None));
-            }
-        }
-        let fingerprint = token.map(Token::fingerprint);
-        if let Some(r) = &record {
-            if r.token_fingerprint == fingerprint
-                && now().saturating_sub(r.fetched_at) < self.config.hub_answer_ttl_secs
-            {
-                return Ok((r.clone(), None));
-            }
-        }
-        match self.hub.remote_head(&env.owner, &env.name, token) {
-            Ok(head) => {
-                // The record is written only after a fetch completed, so a matching record
-                // means the commit's files are all there; an object alone may be mid-fetch.
-                let fetched =
-                    |r: Option<&RefRecord>| r.is_some_and(|r| r.commit == head) && hub::has_commit(&repo, &head);
-                let updated = if !fetched(record.as_ref()) {
-                    let _guard = lock_file(&self.root().join("meta").join(format!("{}.lock", env.owner)))?;
-                    // Another process may have fetched while we waited for the lock.
-                    let latest = self.read_record(env);
-                    if !fetched(latest.as_ref()) {
-                        self.hub.fetch(&repo, &env.owner, &env.name, token)?;
-                    }
-                    RefRecord::at(&head, fingerprint, latest.as_ref())
-                } else {
-                    // Refresh the answer's time (and which token it was given to).
-                    RefRecord::at(&head, fingerprint, record.as_ref())
-                };
-                self.write_record(env, &updated)?;
-                Ok((updated, None))
-            }
-            Err(e) if e.is_unreachable() => {
-                let Some(r) = record.filter(|r| hub::has_commit(&repo, &r.commit)) else {
-                    return Err(e.into());
-                };
-                if r.token_fingerprint.is_some() && r.token_fingerprint != fingerprint {
-                    return Err(NodeError::OfflineTokenMismatch { env: env.full_name() });
-                }
-                let warning = match env.generation {
-                    Some(_) => None,
-                    None => Some(format!(
-                        "{e}; using the last known live generation of {} (fetched {})",
-                        env.full_name(),
-                        format_unix(r.fetched_at)
-                    )),
-                };
-                if let Some(w) = &warning {
-                    tracing::warn!("{w}");
-                }
-                Ok((r, warning))
-            }
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    fn key(&self, lock: &[u8], mode: Mode) -> String {
-        let mut h = Sha256::new();
-        // v2: closures live in the node store, views hold `store/` and `var/nix/db`.
-        h.update(b"imageless-env-v2\0");
-        h.update(lock);
-        h.update(b"\0");
-        h.update(self.system.as_str().as_bytes());
-        h.update(b"\0");
-        h.update(mode.as_str().as_bytes());
-        hex::encode(&h.finalize()[..16])
     }
 
     /// Looks up a rendered environment by key.
@@ -556,7 +386,7 @@ impl NodeCache {
         std::fs::create_dir(dest).map_err(io(dest))?;
         let stats = view::build(&store.dir, closure, &dest.join("store"))?;
         let infos = closure.iter().map(|p| store.record(p)).collect::<Result<Vec<_>, _>>()?;
-        registration::write(dest, &infos, now() as i64)?;
+        registration::write(dest, &infos, resolve::now() as i64)?;
         Ok(stats)
     }
 }
