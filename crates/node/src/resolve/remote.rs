@@ -7,6 +7,11 @@
 //! credential helpers, no proxy variables. The token travels only in the `Authorization` header
 //! (Basic `oauth:<token>`, as the Flox CLI sends it) and never in a URL, a config, a log or an
 //! error.
+//!
+//! Known gap: over protocol v0 (what the hub speaks to a caller who has hidden branches) the
+//! depth-1 fetch brings the branch's whole history: gix sends `deepen 1` (seen in the request
+//! body), yet the hub's v0 upload-pack answers with an empty shallow section and every commit.
+//! The files read are the same, only more objects land in the cache. Over v2 it is one commit.
 use std::num::NonZeroU32;
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
