@@ -207,7 +207,7 @@ fn main() -> Result<()> {
                 "imageless",
             ]))?;
             run(with_layout(&mut cargo())
-                .args(["run", "--quiet", "-p", "imageless-e2e", "--bin", "bench"])
+                .args(["run", "--quiet", "-p", "imageless-bench", "--bin", "bench"])
                 .env("IMAGELESS_BENCH_BIN_DIR", root().join("target/release")))
         }
     }
