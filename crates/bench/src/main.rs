@@ -13,18 +13,27 @@
 //! - P5 wrapper: `flox-runc state` vs `runc state`; peak RSS of flox-runc during create.
 //! - P6 a large environment (`flox/large`, 300+ store paths): warm start vs `flox/hello` and
 //!   vs runc + busybox, host mounts of 50 running pods, delete time.
+//! - P7 serving flox/large's cache files to 16 clients at once: the hub vs nginx.
+//! - P8 20 cold pulls at once through a pull-through hub vs straight from its upstream.
+//! - P9 cold `imageless pull` of flox/large (and a small env) vs `nix copy` into empty stores.
 //!
 //! Environment: IMAGELESS_BENCH_BIN_DIR (release binaries, default target/release),
 //! IMAGELESS_ACTIVATOR, IMAGELESS_HUB_ROOT (as for the e2e tests); IMAGELESS_BENCH_STRACE=DIR
 //! adds strace.rs's profiling run; IMAGELESS_BENCH_ONLY=P1,P3 runs just those figures.
+mod cache_files;
 mod context;
+mod cri_steps;
 mod nixns;
+mod p1_breakdown;
 mod p1_warm_start;
 mod p2_cold_realization;
 mod p3_cold_burst;
 mod p4_activation;
 mod p5_wrapper;
 mod p6_large;
+mod p7_cache_serving;
+mod p8_pull_through;
+mod p9_cold_pull;
 mod probe;
 mod report;
 mod stats;
@@ -41,8 +50,10 @@ use report::Results;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) == Some(probe::PROBE_ARG) {
-        probe::main(&args[2..]);
+    match args.get(1).map(String::as_str) {
+        Some(probe::PROBE_ARG) => probe::main(&args[2..]),
+        Some(probe::STEP_PROBE_ARG) => probe::step_main(&args[2..]),
+        _ => {}
     }
     match run() {
         Ok(()) => ExitCode::SUCCESS,
@@ -115,6 +126,20 @@ fn run_figures(
     }
     if wanted("P6") {
         rt.block_on(p6_large::run(bench, results))?;
+    }
+    let large = bench.node.hub.world()?["environments"][p6_large::LARGE_ENV].clone();
+    let large_closure = closure_of(&large);
+    if large_closure.is_empty() {
+        anyhow::bail!("world.json has no {} closure: run `cargo xtask world`", p6_large::LARGE_ENV);
+    }
+    if wanted("P7") {
+        p7_cache_serving::run(bench, p6_large::LARGE_ENV, &large_closure, results)?;
+    }
+    if wanted("P8") {
+        p8_pull_through::run(bench, small_env, small_closure, results)?;
+    }
+    if wanted("P9") {
+        p9_cold_pull::run(bench, (p6_large::LARGE_ENV, &large_closure), (small_env, small_closure), results)?;
     }
     if let Some(dir) = std::env::var_os("IMAGELESS_BENCH_STRACE") {
         rt.block_on(strace::warm_starts(bench, Path::new(&dir)))?;

@@ -5,6 +5,7 @@ use imageless_e2e::flox_node::{env_pod, runc_pod};
 use imageless_e2e::{BUSYBOX_IMAGE, FLOX_EMPTY_IMAGE};
 
 use crate::context::Bench;
+use crate::p1_breakdown;
 use crate::report::{figure, Results};
 use crate::stats::{summarize, Summary, Target};
 use crate::timing::{rotating_starts, start_and_check};
@@ -27,7 +28,10 @@ pub async fn run(bench: &Bench, results: &mut Results) -> anyhow::Result<()> {
         start_and_check(&runner, yaml, &opts, HELLO_TEXT).await?;
     }
     bench.say(&format!("P1: {STARTS} warm starts each: flox ({WARM_ENV}), flox pinned ({WARM_ENV_PINNED}), runc"));
+    let log_mark = std::fs::metadata(bench.node.containerd.log_path()).map(|m| m.len()).unwrap_or(0);
     let s = rotating_starts(&runner, &opts, &[&flox, &pinned, &plain], STARTS).await?;
+    let log = std::fs::read(bench.node.containerd.log_path()).unwrap_or_default();
+    let log_since = String::from_utf8_lossy(&log[(log_mark as usize).min(log.len())..]).into_owned();
     for (idx, kind) in KINDS.iter().enumerate() {
         results.samples(&format!("P1.{kind}.running"), &s.running[idx]);
         results.samples(&format!("P1.{kind}.first_output"), &s.first_output[idx]);
@@ -36,7 +40,8 @@ pub async fn run(bench: &Bench, results: &mut Results) -> anyhow::Result<()> {
     let running: Vec<Summary> = s.running.iter().map(sum).collect();
     let first: Vec<Summary> = s.first_output.iter().map(sum).collect();
     add_figures(results, &running, &first);
-    Ok(())
+    p1_breakdown::cri_figures(&log_since, results);
+    p1_breakdown::probe_pass(bench, results).await
 }
 
 /// `running` and `first`: summaries of flox, pinned, runc.

@@ -89,7 +89,7 @@ async fn state_times(bench: &Bench, runner: &PodRunner, results: &mut Results) -
 async fn create_rss(bench: &Bench, runner: &PodRunner, results: &mut Results) -> anyhow::Result<()> {
     bench.say("P5: peak RSS of flox-runc during the creates of a warm flox pod");
     let log = bench.dir.join("rss-probe.log");
-    let script = probe::write_script(&bench.dir, &log, &bench.bins.flox_runc())?;
+    let script = probe::write_script(&bench.dir, probe::PROBE_ARG, &log, &bench.bins.flox_runc())?;
     bench.set_wrapper(&script)?;
     let yaml = env_pod("p5-rss", WARM_ENV, FLOX_EMPTY_IMAGE, &["hello"]);
     let measured = start_timed(runner, &yaml, &bench.run_options(), Instant::now()).await;

@@ -83,14 +83,21 @@ impl Hub {
         if !status.success() {
             bail!("copying {} to {} failed", world.display(), root.display());
         }
-        Self::serve(program, root, dir.join("hub.log"), "127.0.0.1:0")
+        Self::serve(program, root, dir.join("hub.log"), "127.0.0.1:0", &[])
     }
 
-    fn serve(program: &Path, root: PathBuf, log: PathBuf, listen: &str) -> anyhow::Result<Hub> {
+    /// `program hub serve` on a free port over `root` as it is (e.g. an empty root made by
+    /// `hub init`), with more serve arguments (e.g. `--upstream URL`); its log in `log`.
+    pub fn serve_root(program: &Path, root: &Path, log: &Path, extra: &[&str]) -> anyhow::Result<Hub> {
+        Self::serve(program, root.to_path_buf(), log.to_path_buf(), "127.0.0.1:0", extra)
+    }
+
+    fn serve(program: &Path, root: PathBuf, log: PathBuf, listen: &str, extra: &[&str]) -> anyhow::Result<Hub> {
         let mut child = Command::new(program)
             .args(["hub", "serve", "--root"])
             .arg(&root)
             .args(["--listen", listen])
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?)
             .spawn()
@@ -118,8 +125,8 @@ impl Hub {
     pub fn restart(&mut self) {
         self.stop();
         let addr = self.addr();
-        let fresh =
-            Hub::serve(&self.program, self.root.clone(), self.log.clone(), &addr).unwrap_or_else(|e| panic!("{e:#}"));
+        let fresh = Hub::serve(&self.program, self.root.clone(), self.log.clone(), &addr, &[])
+            .unwrap_or_else(|e| panic!("{e:#}"));
         let old = std::mem::replace(self, fresh);
         std::mem::forget(old);
     }

@@ -14,11 +14,20 @@ use imageless_node::config::{NodeConfig, StoreView};
 use imageless_node::containers::{self, ContainerState};
 use imageless_node::secret_volume::SecretVolume;
 
+use crate::steps::Steps;
 use crate::{real_runc, ErrorLog, PREFETCH_ARG};
 
-pub fn create(config: &NodeConfig, runc: &Path, args: &[String], bundle: &str, id: &str, log: &ErrorLog) -> i32 {
+pub fn create(
+    config: &NodeConfig,
+    runc: &Path,
+    args: &[String],
+    bundle: &str,
+    id: &str,
+    log: &ErrorLog,
+    mut steps: Steps,
+) -> i32 {
     let config_path = Path::new(bundle).join("config.json");
-    match prepare(config, &config_path, id, log) {
+    match prepare(config, &config_path, id, log, &mut steps) {
         Ok(()) => {}
         Err(msg) => {
             cleanup(config, id);
@@ -27,26 +36,30 @@ pub fn create(config: &NodeConfig, runc: &Path, args: &[String], bundle: &str, i
         }
     }
     let status = real_runc::spawn_wait(runc, args, log);
+    steps.mark("runc_create");
     if status != 0 {
         // runc failed half-way: nothing of ours may outlive it.
         cleanup(config, id);
     }
+    steps.log("create", id);
     status
 }
 
 /// Decides and, for a flox container, edits config.json in place. Pass-through cases return
 /// without touching the file, so those containers get exactly what plain runc would.
-fn prepare(config: &NodeConfig, config_path: &Path, id: &str, log: &ErrorLog) -> Result<(), String> {
+fn prepare(config: &NodeConfig, config_path: &Path, id: &str, log: &ErrorLog, steps: &mut Steps) -> Result<(), String> {
     let bytes = std::fs::read(config_path).map_err(|e| format!("flox: reading {}: {e}", config_path.display()))?;
     let mut spec: serde_json::Value =
         serde_json::from_slice(&bytes).map_err(|e| format!("flox: {} is not JSON: {e}", config_path.display()))?;
     let info = spec_edit::container_info(&spec);
     let name = info.name.clone().unwrap_or_default();
+    steps.mark("read_spec");
     let opts = match decide(&info).map_err(|e| e.to_string())? {
         Decision::PassThrough => return Ok(()),
         Decision::Prefetch { environment, mode } => {
             // Start pulling while images and the sandbox are being set up.
             spawn_prefetch(&environment, mode);
+            steps.mark("spawn_prefetch");
             return Ok(());
         }
         Decision::Wrap(opts) => opts,
@@ -60,7 +73,9 @@ fn prepare(config: &NodeConfig, config_path: &Path, id: &str, log: &ErrorLog) ->
     };
     let system = System::host().map_err(|e| format!("flox: {e}"))?;
     let cache = NodeCache::new(config.clone(), system);
+    steps.mark("token_system");
     let rendered = cache.ensure(&opts.environment, opts.mode, token.as_ref()).map_err(|e| e.to_string())?;
+    steps.mark("ensure");
     if let Some(w) = &rendered.warning {
         log.warn(w);
     }
@@ -89,6 +104,7 @@ fn prepare(config: &NodeConfig, config_path: &Path, id: &str, log: &ErrorLog) ->
     // Saved before the closure view is looked up: the state is what keeps gc from removing
     // the environment's view (and the environment) while this container uses it.
     state.save(&config.state_root).map_err(|e| format!("flox: saving container state: {e}"))?;
+    steps.mark("save_state");
     let nix = match (&overlay_dir, config.store_view) {
         (Some(dir), _) => NixView::Overlay {
             upper: dir.join("upper").display().to_string(),
@@ -100,6 +116,7 @@ fn prepare(config: &NodeConfig, config_path: &Path, id: &str, log: &ErrorLog) ->
             NixView::Closure { view: view.display().to_string() }
         }
     };
+    steps.mark("view");
     let edit = FloxEdit {
         env_dir,
         activator: state.activator.clone(),
@@ -110,6 +127,7 @@ fn prepare(config: &NodeConfig, config_path: &Path, id: &str, log: &ErrorLog) ->
     edit.apply_to_spec(&mut spec).map_err(|e| e.to_string())?;
     write_atomic(config_path, &serde_json::to_vec(&spec).expect("serializable"))
         .map_err(|e| format!("flox: writing {}: {e}", config_path.display()))?;
+    steps.mark("edit_spec");
     tracing::info!(id, env = %opts.environment, key = rendered.key, "flox container prepared");
     Ok(())
 }
