@@ -97,9 +97,11 @@ fn run() -> anyhow::Result<()> {
     drop(rt);
     let teardown = bench.node.containerd.remove_all_pods();
     drop(bench);
+    // The figures measured so far are written even when a later one failed.
+    report::write(&results, VERSION.as_str(), elapsed)?;
     outcome?;
     teardown?;
-    report::write(&results, VERSION.as_str(), elapsed)
+    Ok(())
 }
 
 fn run_figures(
