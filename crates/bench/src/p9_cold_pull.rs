@@ -35,7 +35,12 @@ fn remove(dir: &Path) {
 }
 
 fn one_run(bench: &Bench, side: Side, env: &str, closure: &[String], turn: usize) -> anyhow::Result<Duration> {
-    nixns::delete_closure(closure, &[&bench.node.gcroots, &bench.dir.join("p9-gcroots")])?;
+    let own_roots = bench.dir.join("p9-gcroots");
+    if own_roots.exists() {
+        std::fs::remove_dir_all(&own_roots)?;
+    }
+    // The node's rendered environments root shared paths (e.g. busybox-static) too.
+    bench.make_cold(closure)?;
     let scratch = bench.dir.join(format!("p9-{turn}"));
     std::fs::create_dir_all(&scratch)?;
     let store_line = format!("store_dir = {:?}", scratch.join("store"));
