@@ -4,7 +4,8 @@
 # Idempotent: safe to run before every test run.
 set -euo pipefail
 
-need=(containerd runc nix-bin busybox-static bash-static protobuf-compiler git iproute2 util-linux)
+# nginx: the benchmark's baseline for serving a binary cache as static files (P7).
+need=(containerd runc nix-bin busybox-static bash-static protobuf-compiler git iproute2 util-linux nginx)
 missing=()
 for p in "${need[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

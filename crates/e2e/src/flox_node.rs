@@ -8,8 +8,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use anyhow::{bail, Context};
+
 use crate::{
-    repo_root, Containerd, ContainerdOptions, ContainerdVersion, PodError, PodManifest, PodRunner, RunningPod,
+    repo_root, Containerd, ContainerdOptions, ContainerdVersion, FloxBinaries, PodError, PodManifest, PodRunner,
+    RunningPod,
 };
 
 fn env_path(var: &str, default: &str) -> PathBuf {
@@ -60,40 +63,61 @@ pub fn world_root() -> PathBuf {
 /// `imageless hub serve` on a free port over a private copy of the world.
 pub struct Hub {
     child: Child,
+    /// The `imageless` binary serving it (the tests' debug build, or the bench's release one).
+    program: PathBuf,
     pub root: PathBuf,
     pub url: String,
     pub log: PathBuf,
 }
 
 impl Hub {
+    /// The tests' hub: the debug `imageless` over a copy of the (built) world; panics on failure.
     pub fn start(dir: &Path) -> Hub {
-        let root = dir.join("hub");
-        let status = Command::new("cp").arg("-a").arg(world_root()).arg(&root).status().expect("cp");
-        assert!(status.success());
-        Self::serve(root, dir.join("hub.log"), "127.0.0.1:0")
+        Self::start_from(&world_root(), &imageless(), dir).unwrap_or_else(|e| panic!("{e:#}"))
     }
 
-    fn serve(root: PathBuf, log: PathBuf, listen: &str) -> Hub {
-        let mut cmd = Command::new(imageless());
+    /// A hub served by `program` over a private copy (`<dir>/hub`) of the hub root `world`.
+    pub fn start_from(world: &Path, program: &Path, dir: &Path) -> anyhow::Result<Hub> {
+        let root = dir.join("hub");
+        let status = Command::new("cp").arg("-a").arg(world).arg(&root).status().context("running cp")?;
+        if !status.success() {
+            bail!("copying {} to {} failed", world.display(), root.display());
+        }
+        Self::serve(program, root, dir.join("hub.log"), "127.0.0.1:0", &[])
+    }
+
+    /// `program hub serve` on a free port over `root` as it is (e.g. an empty root made by
+    /// `hub init`), with more serve arguments (e.g. `--upstream URL`); its log in `log`.
+    pub fn serve_root(program: &Path, root: &Path, log: &Path, extra: &[&str]) -> anyhow::Result<Hub> {
+        Self::serve(program, root.to_path_buf(), log.to_path_buf(), "127.0.0.1:0", extra)
+    }
+
+    fn serve(program: &Path, root: PathBuf, log: PathBuf, listen: &str, extra: &[&str]) -> anyhow::Result<Hub> {
+        let mut cmd = Command::new(program);
         // The hub stands for the outside world: on a node without git (`without-nix
         // --hide-git`) it still serves git over HTTP with the git kept for fixtures.
         if let Some(fixture) = std::env::var_os(crate::without_nix::FIXTURE_PATH_ENV) {
             let mut dirs = vec![PathBuf::from(fixture)];
             dirs.extend(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()));
-            cmd.env("PATH", std::env::join_paths(dirs).expect("PATH entries without ':'"));
+            cmd.env("PATH", std::env::join_paths(dirs).context("PATH entries without ':'")?);
         }
         let mut child = cmd
             .args(["hub", "serve", "--root"])
             .arg(&root)
             .args(["--listen", listen])
+            .args(extra)
             .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).expect("hub log"))
+            .stderr(std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?)
             .spawn()
-            .expect("starting the hub");
+            .with_context(|| format!("starting the hub ({})", program.display()))?;
         let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("piped")).read_line(&mut line).expect("hub stdout");
-        let url = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("hub said {line:?}")).to_string();
-        Hub { child, root, url, log }
+        BufReader::new(child.stdout.take().expect("piped")).read_line(&mut line).context("reading the hub's stdout")?;
+        let Some(url) = line.trim().strip_prefix("listening on ").map(String::from) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("the hub said {line:?}; log:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+        };
+        Ok(Hub { child, program: program.to_path_buf(), root, url, log })
     }
 
     pub fn addr(&self) -> String {
@@ -109,13 +133,14 @@ impl Hub {
     pub fn restart(&mut self) {
         self.stop();
         let addr = self.addr();
-        let fresh = Hub::serve(self.root.clone(), self.log.clone(), &addr);
+        let fresh = Hub::serve(&self.program, self.root.clone(), self.log.clone(), &addr, &[])
+            .unwrap_or_else(|e| panic!("{e:#}"));
         let old = std::mem::replace(self, fresh);
         std::mem::forget(old);
     }
 
     pub fn imageless(&self, args: &[&str]) -> String {
-        let out = Command::new(imageless()).args(args).output().expect("imageless");
+        let out = Command::new(&self.program).args(args).output().expect("imageless");
         assert!(out.status.success(), "imageless {args:?}: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
@@ -130,12 +155,86 @@ impl Hub {
     pub fn access_log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// Length of the access log now, to count requests made after this mark.
+    pub fn log_mark(&self) -> usize {
+        std::fs::read(&self.log).map(|b| b.len()).unwrap_or(0)
+    }
+
+    /// (narinfo GETs, NAR GETs) of the binary cache logged since `mark`.
+    pub fn cache_gets_since(&self, mark: usize) -> (usize, usize) {
+        let bytes = std::fs::read(&self.log).unwrap_or_default();
+        let text = String::from_utf8_lossy(&bytes[mark.min(bytes.len())..]).into_owned();
+        let narinfo = text.lines().filter(|l| l.contains("GET /cache/") && l.contains(".narinfo ")).count();
+        let nar = text.lines().filter(|l| l.contains("GET /cache/nar/")).count();
+        (narinfo, nar)
+    }
+
+    /// The cache's signing key as nodes trust it (`name:base64`).
+    pub fn public_key(&self) -> anyhow::Result<String> {
+        let path = self.root.join("cache-key.pub");
+        Ok(std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?.trim().to_string())
+    }
+
+    /// The hub's world.json (environments, generations, closures).
+    pub fn world(&self) -> anyhow::Result<serde_json::Value> {
+        let path = self.root.join("world.json");
+        serde_json::from_slice(&std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?)
+            .with_context(|| format!("parsing {}", path.display()))
+    }
 }
 
 impl Drop for Hub {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// What a node is made of: the binaries, the world it serves and extra config.
+pub struct NodeSetup {
+    /// The `imageless` that serves the hub.
+    pub imageless: PathBuf,
+    /// The static activator the node config names.
+    pub activator: PathBuf,
+    /// The hub root to copy (world/build.sh's output).
+    pub world: PathBuf,
+    /// What the `flox` runtime handler runs.
+    pub flox: FloxBinaries,
+    /// More node config lines (e.g. `store_view = "store"`).
+    pub extra_config: String,
+    /// Edits the containerd config before the daemon starts.
+    pub hook: Option<crate::ConfigHook>,
+}
+
+impl NodeSetup {
+    /// The tests' parts: debug binaries (IMAGELESS_BIN_DIR) and the world, built if needed.
+    pub fn for_tests() -> NodeSetup {
+        NodeSetup {
+            imageless: imageless(),
+            activator: activator(),
+            world: world_root(),
+            flox: crate::FloxBinaries::default(),
+            extra_config: String::new(),
+            hook: None,
+        }
+    }
+}
+
+/// Node config text: `state_root` (its store is the default `<state_root>/store`), the hub and
+/// its cache with its key, the activator, runc, then `extra` lines.
+pub fn node_config(
+    hub: &Hub,
+    activator: &Path,
+    state_root: &Path,
+    extra: &str,
+) -> anyhow::Result<String> {
+    Ok(format!(
+        "state_root = {state:?}\nhub_url = {url:?}\nsubstituters = [\"{url}/cache\"]\ntrusted_public_keys = [{key:?}]\nactivator = {act:?}\nrunc = \"/usr/bin/runc\"\nhub_timeout_secs = 10\n{extra}\n",
+        state = state_root.display().to_string(),
+        url = hub.url,
+        key = hub.public_key()?,
+        act = activator.display().to_string(),
+    ))
 }
 
 /// A node: hub + node config + containerd with the flox runtime.
@@ -168,25 +267,24 @@ impl FloxNode {
         if let Err(why) = version.ensure_available() {
             panic!("containerd {version} is needed and not available: {why:#}");
         }
-        let dir = tempfile::Builder::new().prefix("flox-node-").tempdir().expect("tempdir");
-        let hub = Hub::start(dir.path());
+        let setup = NodeSetup { extra_config: extra_config.to_string(), hook, ..NodeSetup::for_tests() };
+        Self::start_setup(version, setup).unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
+    /// A node from explicit parts (the benchmark's release binaries, its own GC roots).
+    pub fn start_setup(version: ContainerdVersion, setup: NodeSetup) -> anyhow::Result<FloxNode> {
+        version.ensure_available()?;
+        let dir = tempfile::Builder::new().prefix("flox-node-").tempdir().context("creating the node's temp dir")?;
+        let hub = Hub::start_from(&setup.world, &setup.imageless, dir.path())?;
         let state_root = dir.path().join("state");
-        let key = std::fs::read_to_string(hub.root.join("cache-key.pub")).expect("hub key");
         let config_path = dir.path().join("node.toml");
-        let config = format!(
-            "state_root = {state:?}\nhub_url = {url:?}\nsubstituters = [\"{url}/cache\"]\ntrusted_public_keys = [{key:?}]\nactivator = {act:?}\nrunc = \"/usr/bin/runc\"\nhub_timeout_secs = 10\n{extra_config}\n",
-            state = state_root.display().to_string(),
-            url = hub.url,
-            key = key.trim(),
-            act = activator().display().to_string(),
-        );
-        std::fs::write(&config_path, config).expect("node config");
+        let config = node_config(&hub, &setup.activator, &state_root, &setup.extra_config)?;
+        std::fs::write(&config_path, config).with_context(|| format!("writing {}", config_path.display()))?;
         let mut env = BTreeMap::new();
         env.insert("IMAGELESS_CONFIG".to_string(), config_path.display().to_string());
-        let containerd =
-            Containerd::start(version, ContainerdOptions { env, before_start: hook, ..ContainerdOptions::default() })
-                .unwrap_or_else(|e| panic!("{e:#}"));
-        FloxNode { containerd, hub, dir, state_root, config_path }
+        let opts = ContainerdOptions { env, flox: Some(setup.flox), before_start: setup.hook, ..Default::default() };
+        let containerd = Containerd::start(version, opts)?;
+        Ok(FloxNode { containerd, hub, dir, state_root, config_path })
     }
 
     /// The node's own store (the config's default, `<state_root>/store`).
@@ -248,13 +346,39 @@ impl FloxNode {
     }
 }
 
+/// The annotation naming a pod's environment.
+pub const ENV_ANNOTATION: &str = "flox.dev/environment";
+
+/// A one-container pod manifest: `runtime` None = the default runc handler.
+pub fn pod_yaml(
+    name: &str,
+    runtime: Option<&str>,
+    annotations: &[(&str, &str)],
+    image: &str,
+    command: &[&str],
+) -> String {
+    let ann: String = annotations.iter().map(|(k, v)| format!("    {k}: {v:?}\n")).collect();
+    let ann = if ann.is_empty() { ann } else { format!("  annotations:\n{ann}") };
+    let rc = runtime.map(|r| format!("  runtimeClassName: {r}\n")).unwrap_or_default();
+    let cmd = serde_json::to_string(command).expect("strings");
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n{ann}spec:\n{rc}  containers:\n  - name: main\n    image: {image}\n    command: {cmd}\n"
+    )
+}
+
 /// A one-container pod on the flox runtime.
 pub fn flox_pod(name: &str, annotations: &[(&str, &str)], image: &str, command: &[&str]) -> String {
-    let ann: String = annotations.iter().map(|(k, v)| format!("    {k}: {v:?}\n")).collect();
-    let cmd = serde_json::to_string(command).unwrap();
-    format!(
-        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  annotations:\n{ann}spec:\n  runtimeClassName: flox\n  containers:\n  - name: main\n    image: {image}\n    command: {cmd}\n"
-    )
+    pod_yaml(name, Some("flox"), annotations, image, command)
+}
+
+/// A one-container pod of environment `env` (the annotation) on the flox runtime.
+pub fn env_pod(name: &str, env: &str, image: &str, command: &[&str]) -> String {
+    flox_pod(name, &[(ENV_ANNOTATION, env)], image, command)
+}
+
+/// A one-container pod on the default runc handler.
+pub fn runc_pod(name: &str, image: &str, command: &[&str]) -> String {
+    pod_yaml(name, None, &[], image, command)
 }
 
 /// One HTTP GET over loopback, returning the body.

@@ -15,6 +15,7 @@ use imageless_node::config::{NodeConfig, StoreView};
 use imageless_node::containers::{self, ContainerState};
 use imageless_node::secret_volume::{SecretVolume, TokenFileError};
 
+use crate::steps::Steps;
 use crate::{real_runc, ErrorLog, PREFETCH_ARG};
 
 /// Why a container's create was refused before the real runc ran. The text is what the pod's
@@ -48,9 +49,17 @@ pub enum CreateError {
     WriteSpec { path: PathBuf, source: io::Error },
 }
 
-pub fn create(config: &NodeConfig, runc: &Path, args: &[String], bundle: &str, id: &str, log: &ErrorLog) -> i32 {
+pub fn create(
+    config: &NodeConfig,
+    runc: &Path,
+    args: &[String],
+    bundle: &str,
+    id: &str,
+    log: &ErrorLog,
+    mut steps: Steps,
+) -> i32 {
     let config_path = Path::new(bundle).join("config.json");
-    match prepare(config, &config_path, id, log) {
+    match prepare(config, &config_path, id, log, &mut steps) {
         Ok(()) => {}
         Err(e) => {
             cleanup(config, id);
@@ -59,27 +68,37 @@ pub fn create(config: &NodeConfig, runc: &Path, args: &[String], bundle: &str, i
         }
     }
     let status = real_runc::spawn_wait(runc, args, log);
+    steps.mark("runc_create");
     if status != 0 {
         // runc failed half-way: nothing of ours may outlive it.
         cleanup(config, id);
     }
+    steps.log("create", id);
     status
 }
 
 /// Decides and, for a flox container, edits config.json in place. Pass-through cases return
 /// without touching the file, so those containers get exactly what plain runc would.
-fn prepare(config: &NodeConfig, config_path: &Path, id: &str, log: &ErrorLog) -> Result<(), CreateError> {
+fn prepare(
+    config: &NodeConfig,
+    config_path: &Path,
+    id: &str,
+    log: &ErrorLog,
+    steps: &mut Steps,
+) -> Result<(), CreateError> {
     let bytes =
         std::fs::read(config_path).map_err(|source| CreateError::ReadSpec { path: config_path.into(), source })?;
     let mut spec: serde_json::Value = serde_json::from_slice(&bytes)
         .map_err(|source| CreateError::SpecNotJson { path: config_path.into(), source })?;
     let info = spec_edit::container_info(&spec);
     let name = info.name.clone().unwrap_or_default();
+    steps.mark("read_spec");
     let opts = match decide(&info)? {
         Decision::PassThrough => return Ok(()),
         Decision::Prefetch { environment, mode } => {
             // Start pulling while images and the sandbox are being set up.
             spawn_prefetch(&environment, mode);
+            steps.mark("spawn_prefetch");
             return Ok(());
         }
         Decision::Wrap(opts) => opts,
@@ -93,9 +112,11 @@ fn prepare(config: &NodeConfig, config_path: &Path, id: &str, log: &ErrorLog) ->
     };
     let system = System::host()?;
     let cache = NodeCache::new(config.clone(), system);
+    steps.mark("token_system");
     // Held until the view is built: gc never sweeps what this container is about to mount.
     let _store = cache.store_use()?;
     let rendered = cache.ensure(&opts.environment, opts.mode, token.as_ref())?;
+    steps.mark("ensure");
     if let Some(w) = &rendered.warning {
         log.warn(w);
     }
@@ -126,6 +147,7 @@ fn prepare(config: &NodeConfig, config_path: &Path, id: &str, log: &ErrorLog) ->
     // the environment's view (and the environment) while this container uses it.
     state.save(&config.state_root).map_err(CreateError::SaveState)?;
     // Every mount source is the node's own store or a view of it, never the host's /nix.
+    steps.mark("save_state");
     let nix = match (&overlay_dir, config.store_view) {
         (Some(dir), _) => NixView::Overlay {
             lower: cache.ensure_view(&rendered)?.display().to_string(),
@@ -138,6 +160,7 @@ fn prepare(config: &NodeConfig, config_path: &Path, id: &str, log: &ErrorLog) ->
             NixView::Closure { view: view.join("store").display().to_string() }
         }
     };
+    steps.mark("view");
     let edit = FloxEdit {
         env_dir,
         activator: state.activator.clone(),
@@ -148,6 +171,7 @@ fn prepare(config: &NodeConfig, config_path: &Path, id: &str, log: &ErrorLog) ->
     edit.apply_to_spec(&mut spec)?;
     write_atomic(config_path, &serde_json::to_vec(&spec).expect("serializable"))
         .map_err(|source| CreateError::WriteSpec { path: config_path.into(), source })?;
+    steps.mark("edit_spec");
     tracing::info!(id, env = %opts.environment, key = rendered.key, "flox container prepared");
     Ok(())
 }
@@ -225,7 +249,7 @@ mod tests {
         let spec = tmp.path().join("config.json");
         std::fs::write(&spec, b"{not json").unwrap();
         let config = NodeConfig { state_root: tmp.path().join("state"), ..NodeConfig::default() };
-        let err = prepare(&config, &spec, "c1", &ErrorLog::new(None)).unwrap_err();
+        let err = prepare(&config, &spec, "c1", &ErrorLog::new(None), &mut Steps::start()).unwrap_err();
         assert!(matches!(err, CreateError::SpecNotJson { .. }), "{err:?}");
         assert!(err.to_string().starts_with(&format!("flox: {} is not JSON: key must be a string", spec.display())));
         assert!(err.source().is_some());

@@ -9,6 +9,7 @@ mod create;
 mod error_log;
 mod exec;
 mod real_runc;
+mod steps;
 
 use imageless_core::runc_args::{Command, RuncInvocation};
 use imageless_node::config::NodeConfig;
@@ -32,6 +33,7 @@ pub fn run(args: Vec<String>) -> i32 {
     if args.first().map(String::as_str) == Some(PREFETCH_ARG) {
         return create::prefetch_main(&args[1..]);
     }
+    let mut steps = steps::Steps::start();
     let inv = RuncInvocation::parse(&args);
     let log = ErrorLog::new(inv.log.as_deref());
     let config = match NodeConfig::load(None) {
@@ -51,7 +53,8 @@ pub fn run(args: Vec<String>) -> i32 {
     };
     match &inv.command {
         Command::Create { bundle, id } | Command::Run { bundle, id } => {
-            create::create(&config, &runc, &args, bundle, id, &log)
+            steps.mark("config");
+            create::create(&config, &runc, &args, bundle, id, &log, steps)
         }
         Command::Exec { process: Some(process), id } => {
             if let Err(e) = exec::wrap_exec_process(&config, process, id) {

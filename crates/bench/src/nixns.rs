@@ -7,44 +7,25 @@
 //! `/nix`: everything it starts (hub, containerd, shims, runc, flox-runc, nix) sees only that
 //! store, where deleting paths is safe and "cold" really means "not in the store". The
 //! namespace and its mounts disappear with the last process in it.
-use std::ffi::CString;
-use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context};
-
-fn cstr(p: &Path) -> CString {
-    CString::new(p.as_os_str().as_bytes()).expect("no NUL in path")
-}
+use rustix::mount::{mount_bind, mount_change, MountPropagationFlags};
+use rustix::thread::{unshare_unsafe, UnshareFlags};
 
 /// Moves this process into a new mount namespace whose `/nix` is `empty_dir`.
 /// Must run before any thread is started: unshare applies to the calling thread only, and
 /// threads started later inherit it.
 pub fn enter_private_nix(empty_dir: &Path) -> anyhow::Result<()> {
-    unsafe {
-        if libc::unshare(libc::CLONE_NEWNS) != 0 {
-            bail!("unshare(CLONE_NEWNS): {} (the benchmark needs root)", std::io::Error::last_os_error());
-        }
-        // Nothing we mount may propagate back to the host's namespace.
-        let root = cstr(Path::new("/"));
-        if libc::mount(
-            std::ptr::null(),
-            root.as_ptr(),
-            std::ptr::null(),
-            libc::MS_REC | libc::MS_PRIVATE,
-            std::ptr::null(),
-        ) != 0
-        {
-            bail!("making / private in the benchmark's mount namespace: {}", std::io::Error::last_os_error());
-        }
-        std::fs::create_dir_all("/nix").context("creating /nix")?;
-        let src = cstr(empty_dir);
-        let dst = cstr(Path::new("/nix"));
-        if libc::mount(src.as_ptr(), dst.as_ptr(), std::ptr::null(), libc::MS_BIND, std::ptr::null()) != 0 {
-            bail!("bind-mounting {} on /nix: {}", empty_dir.display(), std::io::Error::last_os_error());
-        }
-    }
+    // SAFETY: only the mount namespace is unshared (not FILES, the flag that could leave
+    // threads with file descriptors of another table), and no other thread exists yet.
+    unsafe { unshare_unsafe(UnshareFlags::NEWNS) }.context("unshare(CLONE_NEWNS) (the benchmark needs root)")?;
+    // Nothing we mount may propagate back to the host's namespace.
+    mount_change("/", MountPropagationFlags::REC | MountPropagationFlags::PRIVATE)
+        .context("making / private in the benchmark's mount namespace")?;
+    std::fs::create_dir_all("/nix").context("creating /nix")?;
+    mount_bind(empty_dir, "/nix").with_context(|| format!("bind-mounting {} on /nix", empty_dir.display()))?;
     // Let Nix create its database now, so no measured command pays for it.
     let out = Command::new("nix-store")
         .args(["--check-validity", "--print-invalid", "/nix/store/00000000000000000000000000000000-none"])

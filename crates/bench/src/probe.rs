@@ -1,4 +1,6 @@
-//! Peak RSS of flox-runc during `create`, as containerd's shim runs it.
+//! Probes slipped between containerd's shim and flox-runc (through the runtime's
+//! `BinaryName` link): the peak RSS of flox-runc during `create`, and the wall time of each
+//! runc call with flox-runc's own step timings (see `step_main`).
 //!
 //! For the measurement the runtime's `BinaryName` link points at a tiny script that runs this
 //! benchmark binary as `bench --rss-probe LOG REAL ARGS...`. For a `create` the probe starts the
@@ -12,6 +14,7 @@ use std::process::Command;
 use std::time::Duration;
 
 pub const PROBE_ARG: &str = "--rss-probe";
+pub const STEP_PROBE_ARG: &str = "--step-probe";
 
 /// `VmHWM` in kB from a /proc/PID/status text.
 pub fn vm_hwm_kb(status: &str) -> Option<u64> {
@@ -21,15 +24,17 @@ pub fn vm_hwm_kb(status: &str) -> Option<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
-/// Writes the probe script for `real` (logging to `log`) and returns its path.
-pub fn write_script(dir: &Path, log: &Path, real: &Path) -> std::io::Result<std::path::PathBuf> {
+/// Writes the probe script for `real` (logging to `log`) and returns its path; `kind` is
+/// PROBE_ARG or STEP_PROBE_ARG.
+pub fn write_script(dir: &Path, kind: &str, log: &Path, real: &Path) -> std::io::Result<std::path::PathBuf> {
     use std::os::unix::fs::PermissionsExt;
     // A private copy: a concurrent cargo build may replace the one in target/ at any moment.
-    let me = dir.join("bench-rss-probe");
-    std::fs::copy("/proc/self/exe", &me)?;
-    let script = dir.join("flox-runc-rss-probe");
-    let text =
-        format!("#!/bin/sh\nexec '{}' {PROBE_ARG} '{}' '{}' \"$@\"\n", me.display(), log.display(), real.display());
+    let me = dir.join("bench-probe");
+    if !me.exists() {
+        std::fs::copy("/proc/self/exe", &me)?;
+    }
+    let script = dir.join(format!("flox-runc{kind}"));
+    let text = format!("#!/bin/sh\nexec '{}' {kind} '{}' '{}' \"$@\"\n", me.display(), log.display(), real.display());
     std::fs::write(&script, text)?;
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))?;
     Ok(script)
@@ -78,6 +83,41 @@ pub fn main(args: &[String]) -> ! {
     }
     std::process::exit(code)
 }
+
+/// `bench --step-probe LOG REAL ARGS...`: runs REAL with flox-runc's step timings on
+/// (`IMAGELESS_LOG=flox_runc::timing=debug`, its stderr appended to LOG) and appends
+/// `call <runc command> <wall µs>` to LOG. Never returns.
+pub fn step_main(args: &[String]) -> ! {
+    let [log, real, rest @ ..] = args else {
+        eprintln!("usage: bench {STEP_PROBE_ARG} LOG REAL [ARGS...]");
+        std::process::exit(2)
+    };
+    let file = std::fs::OpenOptions::new().create(true).append(true).open(log);
+    let mut cmd = Command::new(real);
+    cmd.args(rest).env("IMAGELESS_LOG", "flox_runc::timing=debug");
+    if let Ok(f) = &file {
+        if let Ok(f) = f.try_clone() {
+            cmd.stderr(f);
+        }
+    }
+    let t0 = std::time::Instant::now();
+    let code = match cmd.status() {
+        Ok(s) => s.code().unwrap_or(1),
+        Err(e) => {
+            eprintln!("step probe: cannot run {real}: {e}");
+            1
+        }
+    };
+    let took = t0.elapsed().as_micros();
+    let what = rest.iter().find(|a| RUNC_COMMANDS.contains(&a.as_str())).map(String::as_str).unwrap_or("other");
+    if let Ok(mut f) = file {
+        let _ = writeln!(f, "call {what} {took}");
+    }
+    std::process::exit(code)
+}
+
+/// runc's subcommands a shim uses (the first of these in argv is the command).
+const RUNC_COMMANDS: [&str; 9] = ["create", "start", "state", "delete", "kill", "exec", "run", "update", "events"];
 
 /// Peaks (kB) the probe logged, one per create.
 pub fn read_log(log: &Path) -> Vec<u64> {

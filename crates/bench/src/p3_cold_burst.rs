@@ -1,0 +1,125 @@
+//! P3 a burst of cold pods: 20 pods of one cold environment started at once on the flox
+//! handler vs 20 runc + busybox pods at once (what containerd itself costs for a burst),
+//! in alternating rounds; the hub's access log shows the 20 made one realization. Context:
+//! the burst vs one cold flox pod, and 20 runc pods vs one.
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use imageless_e2e::flox_node::{env_pod, runc_pod};
+use imageless_e2e::{BUSYBOX_IMAGE, FLOX_EMPTY_IMAGE};
+
+use crate::context::Bench;
+use crate::p1_warm_start::HELLO_TEXT;
+use crate::report::{figure, Results};
+use crate::stats::{ms, summarize, Target};
+use crate::timing::{start_many, start_timed};
+
+const PODS: usize = 20;
+/// Bursts of each kind, alternating which goes first.
+const ROUNDS: usize = 3;
+
+/// What the bursts measured.
+#[derive(Default)]
+struct Bursts {
+    flox: Vec<f64>,
+    runc: Vec<f64>,
+    /// NAR GETs of each flox burst.
+    flox_nars: Vec<usize>,
+}
+
+pub async fn run(bench: &Bench, env: &str, closure: &[String], results: &mut Results) -> anyhow::Result<()> {
+    let flox = |name: &str| env_pod(name, env, FLOX_EMPTY_IMAGE, &["hello"]);
+    let plain = |name: &str| runc_pod(name, BUSYBOX_IMAGE, &["echo", HELLO_TEXT]);
+    let runner = bench.runner().await?;
+    let opts = bench.run_options();
+
+    bench.say(&format!("P3: one cold pod of {env}, one runc pod"));
+    bench.make_cold(closure)?;
+    let mark = bench.node.hub.log_mark();
+    let one = start_timed(&runner, &flox("p3-single"), &opts, Instant::now()).await?;
+    let single = one.first_output;
+    let out = one.pod.stdout(None)?;
+    one.pod.remove().await?;
+    if !out.contains("Hello, world!") {
+        bail!("P3 pod printed {out:?}");
+    }
+    let (_, single_nar) = bench.node.hub.cache_gets_since(mark);
+    if single_nar == 0 {
+        bail!("the cold pod fetched no NAR from the hub: the environment was not cold");
+    }
+    let one = start_timed(&runner, &plain("p3-runc-single"), &opts, Instant::now()).await?;
+    let runc_single = one.first_output;
+    one.pod.remove().await?;
+
+    let mut b = Bursts::default();
+    let endpoint = bench.node.containerd.endpoint();
+    for round in 0..ROUNDS {
+        bench.say(&format!(
+            "P3: round {} of {ROUNDS}: {PODS} cold flox pods at once, {PODS} runc pods at once",
+            round + 1
+        ));
+        for flox_turn in if round % 2 == 0 { [true, false] } else { [false, true] } {
+            if flox_turn {
+                bench.make_cold(closure)?;
+                let mark = bench.node.hub.log_mark();
+                let yamls = (0..PODS).map(|i| flox(&format!("p3-{round}-{i}"))).collect();
+                b.flox.push(ms(start_many(&endpoint, &opts, yamls).await?));
+                b.flox_nars.push(bench.node.hub.cache_gets_since(mark).1);
+            } else {
+                let yamls = (0..PODS).map(|i| plain(&format!("p3-runc-{round}-{i}"))).collect();
+                b.runc.push(ms(start_many(&endpoint, &opts, yamls).await?));
+            }
+        }
+    }
+    add_figures(results, &b, single_nar, single, runc_single);
+    Ok(())
+}
+
+fn add_figures(results: &mut Results, b: &Bursts, single_nar: usize, single: Duration, runc_single: Duration) {
+    results.samples("P3.single_cold_ms", &[ms(single)]);
+    results.samples("P3.single_runc_ms", &[ms(runc_single)]);
+    results.samples("P3.many_cold_wall_ms", &b.flox);
+    results.samples("P3.many_runc_wall_ms", &b.runc);
+    results.samples("P3.nar_gets_per_burst", &b.flox_nars.iter().map(|n| *n as f64).collect::<Vec<_>>());
+    let worst = b.flox_nars.iter().copied().max().unwrap_or(0);
+    let flox = summarize(&b.flox).expect("samples").median / 1000.0;
+    let runc = summarize(&b.runc).expect("samples").median / 1000.0;
+    results.add(figure(
+        "P3.realizations",
+        &format!(
+            "P3 realizations for {PODS} cold pods at once (most NAR GETs of {ROUNDS} bursts {worst} / {single_nar} of one cold pod)"
+        ),
+        "count",
+        worst as f64 / single_nar as f64,
+        None,
+        "",
+        Target::Exactly(1.0),
+    ));
+    results.add(figure(
+        "P3.wall",
+        &format!("P3 {PODS} cold flox pods at once vs {PODS} runc pods at once: wall to all first outputs, median of {ROUNDS}"),
+        "s",
+        flox,
+        Some(runc),
+        &format!("{PODS} runc pods at once"),
+        Target::RatioAtMost(1.05),
+    ));
+    results.add(figure(
+        "P3.context.vs_one_cold_pod",
+        &format!("P3 context: {PODS} cold flox pods at once vs one cold flox pod"),
+        "s",
+        flox,
+        Some(single.as_secs_f64()),
+        "1 cold pod",
+        Target::None,
+    ));
+    results.add(figure(
+        "P3.context.runc",
+        &format!("P3 context: {PODS} runc pods at once vs one (containerd's own cost)"),
+        "s",
+        runc,
+        Some(runc_single.as_secs_f64()),
+        "1 runc pod",
+        Target::None,
+    ));
+}

@@ -1,0 +1,144 @@
+//! P6: an environment of a realistic size. `flox/large` (300+ store paths, 200+ MB) reaches
+//! its containers through one closure view mount, so its warm start, its host mounts and its
+//! delete time must not depend on the closure's size:
+//! - warm start of a `flox/large` pod vs a `flox/hello` pod (6 paths) and vs runc + busybox,
+//!   20 starts each in rotating order;
+//! - host mounts added by 50 running `flox/large` pods vs 50 running runc + busybox pods;
+//! - deleting those 50 pods, one after the other: median per pod, flox vs runc.
+use std::time::Instant;
+
+use anyhow::bail;
+use imageless_e2e::flox_node::{env_pod, runc_pod};
+use imageless_e2e::{PodRunner, RunOptions, RunningPod, BUSYBOX_IMAGE, FLOX_EMPTY_IMAGE};
+
+use crate::context::Bench;
+use crate::report::{figure, Results};
+use crate::stats::{ms, summarize, Summary, Target};
+use crate::timing::{rotating_starts, start_and_check};
+
+pub const LARGE_ENV: &str = "flox/large";
+const SMALL_ENV: &str = "flox/hello";
+const STARTS: usize = 20;
+const RUNNING: usize = 50;
+const TEXT: &str = "Hello, world! (hello 2.12)";
+/// Runs until SIGTERM and then exits at once (a bare `sleep` as PID 1 ignores SIGTERM, and
+/// the delete would measure the stop grace period instead).
+const SLEEPER: &str = "trap 'exit 0' TERM; sleep 600 & wait";
+
+fn mount_count() -> usize {
+    std::fs::read_to_string("/proc/self/mountinfo").map(|t| t.lines().count()).unwrap_or(0)
+}
+
+pub async fn run(bench: &Bench, results: &mut Results) -> anyhow::Result<()> {
+    let runner = bench.runner().await?;
+    let opts = bench.run_options();
+    // Both flox pods print the same line: coreutils' echo in flox/large, hello in flox/hello.
+    let large = env_pod("p6-large", LARGE_ENV, FLOX_EMPTY_IMAGE, &["echo", TEXT]);
+    let small = env_pod("p6-hello", SMALL_ENV, FLOX_EMPTY_IMAGE, &["hello"]);
+    let plain = runc_pod("p6-runc", BUSYBOX_IMAGE, &["echo", TEXT]);
+    bench.say(&format!("P6: cold start of {LARGE_ENV} (realization + closure view), warming {SMALL_ENV} and runc"));
+    for (i, yaml) in [&large, &small, &plain].into_iter().enumerate() {
+        let first_output = start_and_check(&runner, yaml, &opts, TEXT).await?;
+        if i == 0 {
+            results.add(figure(
+                "P6.large.cold_start",
+                &format!("P6 cold start of {LARGE_ENV} → first output (realize + view)"),
+                "ms",
+                ms(first_output),
+                None,
+                "",
+                Target::None,
+            ));
+        }
+    }
+
+    bench.say(&format!("P6: {STARTS} warm starts each: {LARGE_ENV}, {SMALL_ENV}, runc"));
+    let s = rotating_starts(&runner, &opts, &[&large, &small, &plain], STARTS).await?;
+    for (idx, kind) in ["large", "hello", "runc"].iter().enumerate() {
+        results.samples(&format!("P6.{kind}.running"), &s.running[idx]);
+        results.samples(&format!("P6.{kind}.first_output"), &s.first_output[idx]);
+    }
+    let sum = |v: &Vec<f64>| summarize(v).expect("samples");
+    let running: Vec<Summary> = s.running.iter().map(sum).collect();
+    let first: Vec<Summary> = s.first_output.iter().map(sum).collect();
+    add_start_figures(results, &running, &first);
+    many_pods(bench, &runner, &opts, results).await
+}
+
+/// `running` and `first`: summaries of large, hello, runc.
+fn add_start_figures(results: &mut Results, running: &[Summary], first: &[Summary]) {
+    let vs_small = Target::RatioAtMost(1.02);
+    let vs_runc = Target::RatioAtMost(1.05);
+    let small_name = format!("{SMALL_ENV} pod");
+    let rows = [
+        ("P6.large_vs_hello.running.median", format!("P6 warm start {LARGE_ENV} → running, median of {STARTS}"), 0, 1),
+        ("P6.large_vs_hello.first_output.median", format!("P6 warm start {LARGE_ENV} → first output, median"), 0, 1),
+        ("P6.large_vs_runc.running.median", format!("P6 warm start {LARGE_ENV} → running, median"), 0, 2),
+        ("P6.large_vs_runc.first_output.median", format!("P6 warm start {LARGE_ENV} → first output, median"), 0, 2),
+    ];
+    for (id, name, ours, base) in rows {
+        let of = if id.ends_with("running.median") { running } else { first };
+        let (base_name, target) = if base == 1 { (small_name.as_str(), vs_small) } else { ("runc + busybox", vs_runc) };
+        results.add(figure(id, &name, "ms", of[ours].median, Some(of[base].median), base_name, target));
+    }
+}
+
+/// Host mounts and delete times of RUNNING running pods, flox/large vs runc + busybox.
+async fn many_pods(bench: &Bench, runner: &PodRunner, opts: &RunOptions, results: &mut Results) -> anyhow::Result<()> {
+    bench.say(&format!("P6: {RUNNING} running pods each: {LARGE_ENV}, then runc + busybox"));
+    let (flox_mounts, flox_deletes) = run_many(runner, opts, Some(LARGE_ENV)).await?;
+    let (runc_mounts, runc_deletes) = run_many(runner, opts, None).await?;
+    results.samples("P6.large.delete", &flox_deletes);
+    results.samples("P6.runc.delete", &runc_deletes);
+    results.add(figure(
+        "P6.host_mounts",
+        &format!("P6 host mounts added by {RUNNING} running {LARGE_ENV} pods"),
+        "mounts",
+        flox_mounts as f64,
+        Some(runc_mounts as f64),
+        &format!("{RUNNING} runc + busybox pods"),
+        Target::RatioAtMost(1.0),
+    ));
+    let (fd, rd) = (summarize(&flox_deletes).expect("samples"), summarize(&runc_deletes).expect("samples"));
+    results.add(figure(
+        "P6.delete.median",
+        &format!("P6 delete of a running {LARGE_ENV} pod, median of {RUNNING}"),
+        "ms",
+        fd.median,
+        Some(rd.median),
+        "runc + busybox pod",
+        Target::RatioAtMost(1.05),
+    ));
+    Ok(())
+}
+
+/// Starts RUNNING sleeping pods (flox with `env`, or runc + busybox), counts the host mounts
+/// they add, then deletes them one by one: (mounts added, delete times in ms).
+async fn run_many(runner: &PodRunner, opts: &RunOptions, env: Option<&str>) -> anyhow::Result<(usize, Vec<f64>)> {
+    let before = mount_count();
+    let mut pods: Vec<RunningPod> = Vec::new();
+    for i in 0..RUNNING {
+        let yaml = match env {
+            Some(e) => env_pod(&format!("p6-many-{i}"), e, FLOX_EMPTY_IMAGE, &["bash", "-c", SLEEPER]),
+            None => runc_pod(&format!("p6-many-runc-{i}"), BUSYBOX_IMAGE, &["sh", "-c", SLEEPER]),
+        };
+        let manifest = imageless_e2e::PodManifest::from_yaml(&yaml).map_err(|e| anyhow::anyhow!("{e}"))?;
+        match runner.run(&manifest, opts).await {
+            Ok(p) => pods.push(p),
+            Err(e) => {
+                for p in pods {
+                    let _ = p.remove().await;
+                }
+                bail!("P6: pod {i} of {RUNNING} failed to start: {e}");
+            }
+        }
+    }
+    let added = mount_count().saturating_sub(before);
+    let mut deletes = Vec::new();
+    for p in pods {
+        let t = Instant::now();
+        p.remove().await?;
+        deletes.push(ms(t.elapsed()));
+    }
+    Ok((added, deletes))
+}
