@@ -130,6 +130,74 @@ impl Drop for Hub {
     }
 }
 
+/// A node's `/etc/imageless/config.toml` for tests: its state root and gcroots, the hub it
+/// pulls from and trusts (the hub's own cache as substituter and key), and what else a test
+/// needs. One writer for every test that runs a node, with or without containerd.
+#[derive(Debug, Clone)]
+pub struct NodeConfigFile {
+    pub state_root: PathBuf,
+    pub hub_url: String,
+    /// The hub's cache signing key (`cache-key.pub` of its root).
+    pub trusted_key: String,
+    pub gcroots: PathBuf,
+    /// The static activator and the real runc, for nodes whose containerd runs pods.
+    pub activator: Option<PathBuf>,
+    pub runc: Option<PathBuf>,
+    pub hub_timeout_secs: u32,
+    /// More lines, verbatim (e.g. `store_view = "store"`).
+    pub extra: String,
+}
+
+impl NodeConfigFile {
+    /// A node living in `dir` (state in `dir/state`) that pulls from `hub`; no activator or runc.
+    pub fn new(dir: &Path, hub: &Hub) -> NodeConfigFile {
+        let key = std::fs::read_to_string(hub.root.join("cache-key.pub")).expect("hub key");
+        NodeConfigFile {
+            state_root: dir.join("state"),
+            hub_url: hub.url.clone(),
+            trusted_key: key.trim().to_string(),
+            gcroots: test_gcroots(dir),
+            activator: None,
+            runc: None,
+            hub_timeout_secs: 10,
+            extra: String::new(),
+        }
+    }
+
+    pub fn text(&self) -> String {
+        let q = |p: &Path| format!("{:?}", p.display().to_string());
+        let mut text = format!(
+            "state_root = {state}\nhub_url = {url:?}\nsubstituters = [\"{url}/cache\"]\ntrusted_public_keys = [{key:?}]\n",
+            state = q(&self.state_root),
+            url = self.hub_url,
+            key = self.trusted_key,
+        );
+        if let Some(activator) = &self.activator {
+            text.push_str(&format!("activator = {}\n", q(activator)));
+        }
+        if let Some(runc) = &self.runc {
+            text.push_str(&format!("runc = {}\n", q(runc)));
+        }
+        text.push_str(&format!(
+            "gcroots_dir = {}\nhub_timeout_secs = {}\n{}\n",
+            q(&self.gcroots),
+            self.hub_timeout_secs,
+            self.extra
+        ));
+        text
+    }
+
+    pub fn write(&self, path: &Path) {
+        std::fs::write(path, self.text()).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+    }
+}
+
+/// The Nix gcroots directory of a test node living in `dir` (unique per test directory; the
+/// test removes it when done).
+pub fn test_gcroots(dir: &Path) -> PathBuf {
+    PathBuf::from("/nix/var/nix/gcroots/imageless-test").join(dir.file_name().expect("a named test dir"))
+}
+
 /// A node: hub + node config + containerd with the flox runtime.
 pub struct FloxNode {
     pub containerd: Containerd,
@@ -163,19 +231,15 @@ impl FloxNode {
         }
         let dir = tempfile::Builder::new().prefix("flox-node-").tempdir().expect("tempdir");
         let hub = Hub::start(dir.path());
-        let state_root = dir.path().join("state");
-        let gcroots = PathBuf::from("/nix/var/nix/gcroots/imageless-test").join(dir.path().file_name().unwrap());
-        let key = std::fs::read_to_string(hub.root.join("cache-key.pub")).expect("hub key");
+        let config = NodeConfigFile {
+            activator: Some(activator()),
+            runc: Some("/usr/bin/runc".into()),
+            extra: extra_config.to_string(),
+            ..NodeConfigFile::new(dir.path(), &hub)
+        };
         let config_path = dir.path().join("node.toml");
-        let config = format!(
-            "state_root = {state:?}\nhub_url = {url:?}\nsubstituters = [\"{url}/cache\"]\ntrusted_public_keys = [{key:?}]\nactivator = {act:?}\nrunc = \"/usr/bin/runc\"\ngcroots_dir = {gc:?}\nhub_timeout_secs = 10\n{extra_config}\n",
-            state = state_root.display().to_string(),
-            url = hub.url,
-            key = key.trim(),
-            act = activator().display().to_string(),
-            gc = gcroots.display().to_string(),
-        );
-        std::fs::write(&config_path, config).expect("node config");
+        config.write(&config_path);
+        let NodeConfigFile { state_root, gcroots, .. } = config;
         let mut env = BTreeMap::new();
         env.insert("IMAGELESS_CONFIG".to_string(), config_path.display().to_string());
         let containerd =
