@@ -188,18 +188,96 @@ fn doctor_reports_binary_name_missing() {
     assert!(failure(&checks, "BinaryName").detail.contains("no options.BinaryName"));
 }
 
+fn check<'a>(checks: &'a [doctor::Check], name: &str) -> &'a doctor::Check {
+    checks.iter().find(|c| c.name == name).unwrap_or_else(|| panic!("no check {name}: {checks:#?}"))
+}
+
+/// A tmpfs mounted at `dir` (read-only when asked) for as long as the value lives.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, read_only: bool) -> Tmpfs {
+        std::fs::create_dir_all(dir).unwrap();
+        let mut options = "size=4m".to_string();
+        if read_only {
+            options.push_str(",ro");
+        }
+        let status =
+            std::process::Command::new("mount").args(["-t", "tmpfs", "-o", &options, "tmpfs"]).arg(dir).status();
+        assert!(status.unwrap().success(), "mount a tmpfs at {} (the test runs as root)", dir.display());
+        Tmpfs(dir.to_owned())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Nix is no longer a node requirement: doctor does not look for it, and checks the node
+/// store instead — creatable and writable, hard links into the state root, an overlay under
+/// the state root, free space — each by trying it, and leaves nothing behind.
 #[test]
-fn doctor_reports_nix_missing() {
+fn doctor_checks_the_node_store_not_nix() {
     let dir = tempfile::tempdir().unwrap();
     let empty = dir.path().join("empty-path");
     std::fs::create_dir_all(&empty).unwrap();
     let mut c = ctx(dir.path(), FLOX_V2);
-    c.path_env = empty.into_os_string();
+    c.path_env = empty.into_os_string(); // no nix-store, no git
+    let state = dir.path().join("state");
+    let node = |extra: &str| {
+        std::fs::write(
+            &c.node_config_path,
+            format!(
+                "hub_url = \"http://127.0.0.1:1\"\nsubstituters = []\nstate_root = {:?}\n{extra}",
+                state.display().to_string()
+            ),
+        )
+        .unwrap();
+    };
+    node("");
     let checks = doctor::run(&c);
-    assert!(failure(&checks, "nix").detail.contains("Nix is not installed"));
-    // With the real PATH, Nix is found (the check can pass).
-    let checks = doctor::run(&ctx(dir.path(), FLOX_V2));
-    assert!(checks.iter().any(|c| c.name == "nix" && c.status == Status::Ok), "{checks:#?}");
+    assert!(
+        !checks.iter().any(|c| c.name.contains("nix") || c.name.contains("git") || c.name == "gc roots"),
+        "{checks:#?}"
+    );
+    let store = check(&checks, "node store");
+    assert_eq!(store.status, Status::Ok, "{store}");
+    assert!(
+        store.detail.contains(&state.join("store").display().to_string()),
+        "the default is <state_root>/store: {store}"
+    );
+    assert_eq!(check(&checks, "store filesystem").status, Status::Ok, "{checks:#?}");
+    assert_eq!(check(&checks, "overlay").status, Status::Ok, "{checks:#?}");
+    assert!(check(&checks, "disk").detail.contains("GiB free for the node store"), "{checks:#?}");
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert!(!left.iter().any(|n| n.to_string_lossy().contains("imageless-doctor")), "scratch dirs left: {left:?}");
+    assert!(!state.exists(), "doctor created the state root");
+
+    // A store_dir that is a file.
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "").unwrap();
+    node(&format!("store_dir = {:?}\n", file.display().to_string()));
+    let c1 = doctor::run(&c);
+    assert!(failure(&c1, "node store").detail.ends_with("is not a directory"), "{c1:#?}");
+
+    // A store on another filesystem than the state root: views would copy, not link.
+    let _other = Tmpfs::mount(&dir.path().join("other-fs"), false);
+    node(&format!("store_dir = {:?}\n", dir.path().join("other-fs/store").display().to_string()));
+    let c2 = doctor::run(&c);
+    let fs = check(&c2, "store filesystem");
+    assert_eq!(fs.status, Status::Warn, "{fs}");
+    assert!(fs.detail.contains("different filesystems"), "{fs}");
+    assert_eq!(check(&c2, "node store").status, Status::Ok, "{c2:#?}");
+
+    // A read-only state root: nothing can be created, linked or mounted there.
+    let _ro = Tmpfs::mount(&state, true);
+    node("");
+    let c3 = doctor::run(&c);
+    assert!(failure(&c3, "node store").detail.contains("cannot be created"), "{c3:#?}");
+    assert!(failure(&c3, "store filesystem").detail.contains("cannot hard-link"), "{c3:#?}");
+    assert!(failure(&c3, "overlay").detail.contains("does not mount"), "{c3:#?}");
 }
 
 #[test]

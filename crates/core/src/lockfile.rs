@@ -10,6 +10,7 @@
 //! the node links the same store paths at the same priorities as `flox activate` would.
 
 mod error;
+mod manifest;
 mod model;
 mod outdent;
 mod parse;
@@ -62,7 +63,7 @@ impl Lockfile {
             Some(version) if version.as_u64() == Some(1) => {}
             Some(other) => return Err(LockfileError::UnsupportedLockfileVersion(other.to_string())),
         }
-        let manifest = parse::parse_manifest(top.get("manifest").ok_or(LockfileError::MissingKey("manifest"))?)?;
+        let manifest = manifest::parse_manifest(top.get("manifest").ok_or(LockfileError::MissingKey("manifest"))?)?;
         let packages = top
             .get("packages")
             .ok_or(LockfileError::MissingKey("packages"))?

@@ -220,21 +220,75 @@ impl NodeSetup {
     }
 }
 
-/// Node config text: `state_root` (its store is the default `<state_root>/store`), the hub and
-/// its cache with its key, the activator, runc, then `extra` lines.
-pub fn node_config(
-    hub: &Hub,
-    activator: &Path,
-    state_root: &Path,
-    extra: &str,
-) -> anyhow::Result<String> {
-    Ok(format!(
-        "state_root = {state:?}\nhub_url = {url:?}\nsubstituters = [\"{url}/cache\"]\ntrusted_public_keys = [{key:?}]\nactivator = {act:?}\nrunc = \"/usr/bin/runc\"\nhub_timeout_secs = 10\n{extra}\n",
-        state = state_root.display().to_string(),
-        url = hub.url,
-        key = hub.public_key()?,
-        act = activator.display().to_string(),
-    ))
+/// A node's `/etc/imageless/config.toml` for tests: its state root (its store is the default
+/// `<state_root>/store`), the hub it
+/// pulls from and trusts (the hub's own cache as substituter and key), and what else a test
+/// needs. One writer for every test that runs a node, with or without containerd.
+#[derive(Debug, Clone)]
+pub struct NodeConfigFile {
+    pub state_root: PathBuf,
+    pub hub_url: String,
+    /// The hub's cache signing key (`cache-key.pub` of its root).
+    pub trusted_key: String,
+    /// The static activator and the real runc, for nodes whose containerd runs pods.
+    pub activator: Option<PathBuf>,
+    pub runc: Option<PathBuf>,
+    pub hub_timeout_secs: u32,
+    /// More lines, verbatim (e.g. `store_view = "store"`).
+    pub extra: String,
+}
+
+impl NodeConfigFile {
+    /// A node living in `dir` (state in `dir/state`) that pulls from `hub`; no activator or runc.
+    pub fn new(dir: &Path, hub: &Hub) -> NodeConfigFile {
+        let key = std::fs::read_to_string(hub.root.join("cache-key.pub")).expect("hub key");
+        NodeConfigFile {
+            state_root: dir.join("state"),
+            hub_url: hub.url.clone(),
+            trusted_key: key.trim().to_string(),
+            activator: None,
+            runc: None,
+            hub_timeout_secs: 10,
+            extra: String::new(),
+        }
+    }
+
+    pub fn text(&self) -> String {
+        let q = |p: &Path| format!("{:?}", p.display().to_string());
+        let mut text = format!(
+            "state_root = {state}\nhub_url = {url:?}\nsubstituters = [\"{url}/cache\"]\ntrusted_public_keys = [{key:?}]\n",
+            state = q(&self.state_root),
+            url = self.hub_url,
+            key = self.trusted_key,
+        );
+        if let Some(activator) = &self.activator {
+            text.push_str(&format!("activator = {}\n", q(activator)));
+        }
+        if let Some(runc) = &self.runc {
+            text.push_str(&format!("runc = {}\n", q(runc)));
+        }
+        text.push_str(&format!("hub_timeout_secs = {}\n{}\n", self.hub_timeout_secs, self.extra));
+        text
+    }
+
+    pub fn write(&self, path: &Path) {
+        std::fs::write(path, self.text()).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+    }
+}
+
+/// Node config text of a node whose containerd runs pods: state in `state_root`, pulling
+/// from `hub`, with `activator`, the real runc and `extra` lines.
+pub fn node_config(hub: &Hub, activator: &Path, state_root: &Path, extra: &str) -> anyhow::Result<String> {
+    Ok(NodeConfigFile {
+        state_root: state_root.to_path_buf(),
+        hub_url: hub.url.clone(),
+        trusted_key: hub.public_key()?,
+        activator: Some(activator.to_path_buf()),
+        runc: Some("/usr/bin/runc".into()),
+        hub_timeout_secs: 10,
+        extra: extra.to_string(),
+    }
+    .text())
 }
 
 /// A node: hub + node config + containerd with the flox runtime.

@@ -122,18 +122,9 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-/// The GC roots the second node's flox pods make live outside every temp dir.
-struct GcRoots(PathBuf);
-
-impl Drop for GcRoots {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// The node config the second containerd's runtime reads: install's (kept as written, so its
 /// `activator` is the installed one) plus what an operator adds for a hub.
-fn node_config(installed: &str, hub: &Hub, state: &Path, gcroots: &Path) -> String {
+fn node_config(installed: &str, hub: &Hub, state: &Path) -> String {
     let mut doc = installed.parse::<toml_edit::DocumentMut>().expect("install wrote TOML");
     let key = std::fs::read_to_string(hub.root.join("cache-key.pub")).unwrap();
     let cache = format!("{}/cache", hub.url);
@@ -141,7 +132,6 @@ fn node_config(installed: &str, hub: &Hub, state: &Path, gcroots: &Path) -> Stri
     doc["hub_url"] = toml_edit::value(hub.url.as_str());
     doc["substituters"] = toml_edit::value(toml_edit::Array::from_iter([cache.as_str()]));
     doc["trusted_public_keys"] = toml_edit::value(toml_edit::Array::from_iter([key.trim()]));
-    doc["gcroots_dir"] = toml_edit::value(gcroots.to_string_lossy().as_ref());
     doc["hub_timeout_secs"] = toml_edit::value(10i64);
     doc.to_string()
 }
@@ -208,13 +198,8 @@ fn daemonset_installs_runs_echoip_and_uninstalls(version: ContainerdVersion) {
     let secret = work.path().join("secrets/floxhub-token");
     std::fs::create_dir_all(&secret).unwrap();
     std::fs::write(secret.join("floxhub-token"), format!("{token}\n")).unwrap();
-    let gcroots = GcRoots(PathBuf::from("/nix/var/nix/gcroots/imageless-test").join(work.path().file_name().unwrap()));
     let node_config_path = work.path().join("node.toml");
-    std::fs::write(
-        &node_config_path,
-        node_config(&installed_node_config, &hub, &work.path().join("state"), &gcroots.0),
-    )
-    .unwrap();
+    std::fs::write(&node_config_path, node_config(&installed_node_config, &hub, &work.path().join("state"))).unwrap();
     let node_ctrd = Containerd::start_with_config(
         version,
         node_daemon_dir,
@@ -294,7 +279,6 @@ fn daemonset_installs_runs_echoip_and_uninstalls(version: ContainerdVersion) {
         changed.is_empty(),
         "install + uninstall changed the node root: {changed:?}\nuninstall said:\n{uninstall_log}"
     );
-    drop(gcroots);
 }
 
 #[test]

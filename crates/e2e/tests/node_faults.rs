@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
-use imageless_e2e::flox_node::{self as support, flox_pod, imageless, FloxNode, Hub};
+use imageless_e2e::flox_node::{self as support, flox_pod, imageless, FloxNode, Hub, NodeConfigFile};
 use imageless_e2e::ContainerdVersion;
 
 const EMPTY: &str = "flox/empty:1.0.0";
@@ -136,21 +136,10 @@ fn full_state_disk_during_pull() {
         }
     }
     let _unmount = Unmount(state.clone());
-    let gcroots = PathBuf::from("/nix/var/nix/gcroots/imageless-test").join(dir.path().file_name().unwrap());
-    let key = std::fs::read_to_string(hub.root.join("cache-key.pub")).unwrap();
+    let node_config = NodeConfigFile { hub_timeout_secs: 5, ..NodeConfigFile::new(dir.path(), &hub) };
+    assert_eq!(node_config.state_root, state);
     let config = dir.path().join("node.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "state_root = {:?}\nhub_url = {:?}\nsubstituters = [\"{}/cache\"]\ntrusted_public_keys = [{:?}]\ngcroots_dir = {:?}\nhub_timeout_secs = 5\n",
-            state.display().to_string(),
-            hub.url,
-            hub.url,
-            key.trim(),
-            gcroots.display().to_string(),
-        ),
-    )
-    .unwrap();
+    node_config.write(&config);
     let pull =
         || Command::new(imageless()).args(["pull", "flox/echoip"]).env("IMAGELESS_CONFIG", &config).output().unwrap();
     let out = pull();
@@ -184,7 +173,6 @@ fn full_state_disk_during_pull() {
     assert!(grown.unwrap().success());
     let out = pull();
     assert!(out.status.success(), "the pull succeeds once there is space: {}", String::from_utf8_lossy(&out.stderr));
-    let _ = std::fs::remove_dir_all(&gcroots);
 }
 
 /// 500 create/delete cycles (plain, nix-mutable, failing) leave nothing behind. Four workers

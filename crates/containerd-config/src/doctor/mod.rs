@@ -1,6 +1,13 @@
 //! `imageless doctor`: a checklist of what a node needs, each failure with its fix.
+//!
+//! A node needs containerd, runc and our binaries, nothing else (no Nix, no git): the checks
+//! here are containerd and its `flox` runtime, the binaries, the node store ([`store`]: where
+//! environments are fetched to, and whether its filesystem does what the views need), the
+//! substituters and the keys the node trusts ([`network`]), the hub and the token.
+mod network;
+mod store;
+
 use std::ffi::OsString;
-use std::net::{TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -9,6 +16,8 @@ use imageless_node::config::NodeConfig;
 
 use crate::edit;
 use crate::install::{self, HostRoot};
+
+pub use network::{reachable, url_host_port};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
@@ -144,53 +153,9 @@ pub fn run(ctx: &DoctorContext) -> Vec<Check> {
         )
     });
 
-    // Nix.
-    match which("nix-store", &ctx.path_env) {
-        Some(p) => checks.push(ok("nix", p.display().to_string())),
-        None => checks.push(fail(
-            "nix",
-            "Nix is not installed (nix-store not on PATH)",
-            "install Nix (Debian: `apt-get install nix-bin`)",
-        )),
-    }
-    checks.push(if writable(Path::new("/nix/store")) {
-        ok("nix store", "/nix/store is writable")
-    } else {
-        fail(
-            "nix store",
-            "/nix/store is missing or not writable",
-            "install Nix as root (single-user) so the node can realize environments",
-        )
-    });
-    let gcroots_parent = node.gcroots_dir.parent().unwrap_or(Path::new("/"));
-    checks.push(if node.gcroots_dir.is_dir() || writable(gcroots_parent) {
-        ok("gc roots", node.gcroots_dir.display().to_string())
-    } else {
-        fail(
-            "gc roots",
-            format!("{} cannot be created", node.gcroots_dir.display()),
-            format!("create {}", node.gcroots_dir.display()),
-        )
-    });
-
-    // Substituters and keys.
-    for sub in &node.substituters {
-        checks.push(match reachable(sub, ctx.network_timeout) {
-            Ok(()) => ok("substituter", format!("{sub} reachable")),
-            Err(e) => fail(
-                "substituter",
-                format!("{sub} is unreachable: {e}"),
-                "check the node's network/proxy, or fix `substituters` in the node config",
-            ),
-        });
-    }
-    if !node.substituters.is_empty() && node.trusted_public_keys.is_empty() {
-        checks.push(fail(
-            "substituter keys",
-            "substituters are set but trusted_public_keys is empty: Nix refuses unsigned paths",
-            "add each cache's public key to `trusted_public_keys` in the node config",
-        ));
-    }
+    // The node store, and the binary caches it is filled from.
+    checks.extend(store::checks(&node));
+    checks.extend(network::substituter_checks(&node, ctx.network_timeout));
 
     // Hub and token.
     checks.push(match reachable(&node.hub_url, ctx.network_timeout) {
@@ -205,8 +170,7 @@ pub fn run(ctx: &DoctorContext) -> Vec<Check> {
         checks.push(token_check(token_file));
     }
 
-    // Disk and stale state.
-    checks.push(disk_check(&node.state_root));
+    // Stale state.
     checks.push(mounts_check(&node.state_root));
     checks
 }
@@ -303,49 +267,6 @@ fn runtime_checks(
     checks
 }
 
-fn writable(p: &Path) -> bool {
-    rustix::fs::access(p, rustix::fs::Access::WRITE_OK).is_ok()
-}
-
-/// host and port of an http(s) URL.
-pub fn url_host_port(url: &str) -> Result<(String, u16), String> {
-    let (scheme, rest) = url
-        .split_once("://")
-        .ok_or_else(|| format!("{url:?} is not a URL (expected http://HOST[:PORT] or https://...)"))?;
-    let default_port = match scheme {
-        "http" => 80,
-        "https" => 443,
-        other => return Err(format!("scheme {other:?} in {url:?}: accepted are http and https")),
-    };
-    let authority = rest.split('/').next().unwrap_or("");
-    let authority = authority.rsplit('@').next().unwrap_or(authority);
-    if let Some(v6) = authority.strip_prefix('[') {
-        let (host, after) = v6.split_once(']').ok_or_else(|| format!("bad IPv6 host in {url:?}"))?;
-        let port =
-            after.strip_prefix(':').map(|p| p.parse().map_err(|_| format!("bad port in {url:?}"))).transpose()?;
-        return Ok((host.to_owned(), port.unwrap_or(default_port)));
-    }
-    match authority.rsplit_once(':') {
-        Some((host, port)) => Ok((host.to_owned(), port.parse().map_err(|_| format!("bad port {port:?} in {url:?}"))?)),
-        None => Ok((authority.to_owned(), default_port)),
-    }
-}
-
-/// A TCP connection to the URL's host and port succeeds (TLS and HTTP are not checked).
-pub fn reachable(url: &str, timeout: Duration) -> Result<(), String> {
-    let (host, port) = url_host_port(url)?;
-    let addrs: Vec<_> =
-        (host.as_str(), port).to_socket_addrs().map_err(|e| format!("resolving {host}: {e}"))?.collect();
-    let mut last = format!("{host} has no addresses");
-    for addr in addrs {
-        match TcpStream::connect_timeout(&addr, timeout) {
-            Ok(_) => return Ok(()),
-            Err(e) => last = format!("connecting to {addr}: {e}"),
-        }
-    }
-    Err(last)
-}
-
 fn token_check(path: &Path) -> Check {
     let raw = match std::fs::read_to_string(path) {
         Ok(t) => t,
@@ -390,21 +311,6 @@ fn token_check(path: &Path) -> Check {
         )
     } else {
         ok("token", format!("valid until {when}"))
-    }
-}
-
-fn disk_check(state_root: &Path) -> Check {
-    let existing = state_root.ancestors().find(|p| p.exists()).unwrap_or(Path::new("/"));
-    let st = match rustix::fs::statvfs(existing) {
-        Ok(st) => st,
-        Err(e) => return warn("disk", format!("statvfs {}: {e}", existing.display()), "check the state root"),
-    };
-    let free = st.f_bavail * st.f_frsize;
-    let gib = free as f64 / (1u64 << 30) as f64;
-    if free < 1 << 30 {
-        warn("disk", format!("{gib:.1} GiB free under {}", existing.display()), "free space or run `imageless gc`")
-    } else {
-        ok("disk", format!("{gib:.1} GiB free under {}", existing.display()))
     }
 }
 

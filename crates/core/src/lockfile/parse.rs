@@ -1,7 +1,6 @@
-//! Reading a `manifest.lock`'s JSON into the typed model: strict where a wrong guess would
-//! build a different environment, lenient where Flox is lenient.
-use std::collections::BTreeMap;
-
+//! Reading a `manifest.lock`'s locked package entries into the typed model: strict where a
+//! wrong guess would build a different environment, lenient where Flox is lenient. (The
+//! manifest itself is read in `manifest`.)
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -22,30 +21,6 @@ fn describe(value: &Value) -> &'static str {
     }
 }
 
-/// An optional object section; `null` counts as absent (Flox writes nulls for empty sections).
-fn section<'a>(
-    manifest: &'a serde_json::Map<String, Value>,
-    key: &str,
-) -> Result<Option<&'a serde_json::Map<String, Value>>, LockfileError> {
-    match manifest.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Object(map)) => Ok(Some(map)),
-        Some(other) => Err(invalid(format!("manifest.{key}"), format!("expected a table, got {}", describe(other)))),
-    }
-}
-
-fn optional_string(
-    map: &serde_json::Map<String, Value>,
-    key: &str,
-    field: &str,
-) -> Result<Option<String>, LockfileError> {
-    match map.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(other) => Err(invalid(format!("{field}.{key}"), format!("expected a string, got {}", describe(other)))),
-    }
-}
-
 fn optional_strings(value: Option<&Value>, field: &str) -> Result<Option<Vec<String>>, LockfileError> {
     match value {
         None | Some(Value::Null) => Ok(None),
@@ -60,142 +35,6 @@ fn optional_strings(value: Option<&Value>, field: &str) -> Result<Option<Vec<Str
             .map(Some),
         Some(other) => Err(invalid(field, format!("expected a list of strings, got {}", describe(other)))),
     }
-}
-
-pub(super) fn parse_manifest(value: &Value) -> Result<Manifest, LockfileError> {
-    let map =
-        value.as_object().ok_or_else(|| invalid("manifest", format!("expected an object, got {}", describe(value))))?;
-
-    let version = match (map.get("version"), map.get("schema-version")) {
-        (Some(_), Some(_)) => {
-            return Err(invalid("manifest", "it has both 'version' and 'schema-version'; accepted: exactly one"))
-        }
-        (Some(v), None) if v.as_u64() == Some(1) => ManifestVersion::V1,
-        (Some(v), None) => return Err(LockfileError::UnsupportedManifestVersion(v.to_string())),
-        (None, Some(Value::String(s))) if KNOWN_SCHEMA_VERSIONS.contains(&s.as_str()) => {
-            ManifestVersion::Schema(s.clone())
-        }
-        (None, Some(Value::String(s))) => return Err(LockfileError::UnsupportedSchemaVersion(s.clone())),
-        (None, Some(v)) => return Err(LockfileError::UnsupportedSchemaVersion(v.to_string())),
-        (None, None) => return Err(LockfileError::MissingManifestVersion),
-    };
-    if let Some(key) = map.keys().find(|k| !KNOWN_MANIFEST_KEYS.contains(&k.as_str())) {
-        return Err(LockfileError::UnknownManifestKey { key: key.clone() });
-    }
-
-    let mut install = BTreeMap::new();
-    if let Some(entries) = section(map, "install")? {
-        for (id, descriptor) in entries {
-            install.insert(id.clone(), parse_descriptor(id, descriptor)?);
-        }
-    }
-
-    let mut vars = BTreeMap::new();
-    if let Some(entries) = section(map, "vars")? {
-        for (name, value) in entries {
-            let value = value.as_str().ok_or_else(|| {
-                invalid(format!("manifest.vars.{name}"), format!("expected a string, got {}", describe(value)))
-            })?;
-            vars.insert(name.clone(), value.to_string());
-        }
-    }
-
-    let hook = match section(map, "hook")? {
-        Some(h) => Hook {
-            on_activate: optional_string(h, "on-activate", "manifest.hook")?,
-            on_deactivate: optional_string(h, "on-deactivate", "manifest.hook")?,
-        },
-        None => Hook::default(),
-    };
-
-    let profile = match section(map, "profile")? {
-        Some(p) => Profile {
-            common: optional_string(p, "common", "manifest.profile")?,
-            bash: optional_string(p, "bash", "manifest.profile")?,
-            zsh: optional_string(p, "zsh", "manifest.profile")?,
-            fish: optional_string(p, "fish", "manifest.profile")?,
-            tcsh: optional_string(p, "tcsh", "manifest.profile")?,
-        },
-        None => Profile::default(),
-    };
-
-    let options = match section(map, "options")? {
-        Some(o) => parse_options(o)?,
-        None => Options::default(),
-    };
-
-    Ok(Manifest { version, install, vars, hook, profile, options, raw: value.clone() })
-}
-
-fn parse_options(o: &serde_json::Map<String, Value>) -> Result<Options, LockfileError> {
-    let systems = optional_strings(o.get("systems"), "manifest.options.systems")?;
-    let cuda_detection = optional_bool(o.get("cuda-detection"), "manifest.options.cuda-detection")?;
-    let add_sbin = match o.get("activate") {
-        Some(Value::Object(activate)) => optional_bool(activate.get("add-sbin"), "manifest.options.activate.add-sbin")?,
-        _ => None,
-    };
-    let activate_mode = match o.get("activate") {
-        None | Some(Value::Null) => None,
-        Some(Value::Object(activate)) => match activate.get("mode") {
-            None | Some(Value::Null) => None,
-            Some(Value::String(mode)) if mode == "run" || mode == "dev" => Some(mode.clone()),
-            Some(other) => {
-                return Err(invalid(
-                    "manifest.options.activate.mode",
-                    format!("got {other}; accepted: \"run\" or \"dev\""),
-                ))
-            }
-        },
-        Some(other) => {
-            return Err(invalid("manifest.options.activate", format!("expected a table, got {}", describe(other))))
-        }
-    };
-    Ok(Options { systems, activate_mode, cuda_detection, add_sbin })
-}
-
-fn optional_bool(value: Option<&Value>, field: &str) -> Result<Option<bool>, LockfileError> {
-    match value {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Bool(b)) => Ok(Some(*b)),
-        Some(other) => Err(invalid(field, format!("expected true or false, got {}", describe(other)))),
-    }
-}
-
-fn parse_descriptor(id: &str, value: &Value) -> Result<InstallDescriptor, LockfileError> {
-    let field = format!("manifest.install.{id}");
-    let map = value.as_object().ok_or_else(|| invalid(&field, format!("expected a table, got {}", describe(value))))?;
-    let text = |key: &str| optional_string(map, key, &field);
-    let source = if let Some(pkg_path) = text("pkg-path")? {
-        DescriptorSource::Catalog { pkg_path }
-    } else if let Some(flake) = text("flake")? {
-        DescriptorSource::Flake { flake }
-    } else if let Some(store_path) = text("store-path")? {
-        DescriptorSource::StorePath { store_path }
-    } else {
-        return Err(invalid(&field, "it has none of 'pkg-path', 'flake' or 'store-path'"));
-    };
-    let systems = optional_strings(map.get("systems"), &format!("{field}.systems"))?;
-    let outputs = match map.get("outputs") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) if s == "all" => Some(DescriptorOutputs::All),
-        Some(Value::Array(_)) => Some(DescriptorOutputs::List(
-            optional_strings(map.get("outputs"), &format!("{field}.outputs"))?.unwrap_or_default(),
-        )),
-        Some(other) => {
-            return Err(invalid(
-                format!("{field}.outputs"),
-                format!("got {other}; outputs must either be 'all' or a list of output names"),
-            ))
-        }
-    };
-    let priority =
-        match map.get("priority") {
-            None | Some(Value::Null) => None,
-            Some(v) => Some(v.as_u64().ok_or_else(|| {
-                invalid(format!("{field}.priority"), format!("got {v}; expected an unsigned integer"))
-            })?),
-        };
-    Ok(InstallDescriptor { source, systems, outputs, priority })
 }
 
 /// The shape of an `outputs` object; deserialised in file order (serde_json keeps it).

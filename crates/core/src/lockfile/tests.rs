@@ -243,3 +243,46 @@ fn hooks_are_outdented_on_the_way_out() {
     assert_eq!(l.profile().bash.as_deref(), Some("echo hi\n"));
     assert_eq!(l.manifest.hook.on_activate.as_deref(), Some("  a\n    b\n"), "raw text kept");
 }
+
+/// Each wrong manifest field is named in full with what was found, in the texts the
+/// hand-written reader gave before the manifest went through serde types.
+#[test]
+fn manifest_field_errors_name_the_field_and_what_was_there() {
+    let cases = [
+        (json!({"version": 1, "vars": {"N": 1}}), "'manifest.vars.N' in manifest.lock is invalid: expected a string, got a number"),
+        (json!({"version": 1, "vars": ["A"]}), "'manifest.vars' in manifest.lock is invalid: expected a table, got an array"),
+        (json!({"version": 1, "hook": {"on-activate": true}}), "'manifest.hook.on-activate' in manifest.lock is invalid: expected a string, got a boolean"),
+        (json!({"version": 1, "profile": {"zsh": {"a": 1}}}), "'manifest.profile.zsh' in manifest.lock is invalid: expected a string, got an object"),
+        (json!({"version": 1, "options": {"systems": ["a", 2]}}), "'manifest.options.systems' in manifest.lock is invalid: expected a list of strings, found a number"),
+        (json!({"version": 1, "options": {"systems": "a"}}), "'manifest.options.systems' in manifest.lock is invalid: expected a list of strings, got a string"),
+        (json!({"version": 1, "options": {"cuda-detection": "yes"}}), "'manifest.options.cuda-detection' in manifest.lock is invalid: expected true or false, got a string"),
+        (json!({"version": 1, "options": {"activate": 1}}), "'manifest.options.activate' in manifest.lock is invalid: expected a table, got a number"),
+        (json!({"version": 1, "options": {"activate": {"mode": "prod"}}}), "'manifest.options.activate.mode' in manifest.lock is invalid: got \"prod\"; accepted: \"run\" or \"dev\""),
+        (json!({"version": 1, "install": {"p": null}}), "'manifest.install.p' in manifest.lock is invalid: expected a table, got null"),
+        (json!({"version": 1, "install": {"p": {"systems": []}}}), "'manifest.install.p' in manifest.lock is invalid: it has none of 'pkg-path', 'flake' or 'store-path'"),
+        (json!({"version": 1, "install": {"p": {"pkg-path": 1}}}), "'manifest.install.p.pkg-path' in manifest.lock is invalid: expected a string, got a number"),
+        (json!({"version": 1, "install": {"p": {"pkg-path": "x", "priority": -1}}}), "'manifest.install.p.priority' in manifest.lock is invalid: got -1; expected an unsigned integer"),
+        (json!({"version": 1, "install": {"p": {"pkg-path": "x", "outputs": ["out", 1]}}}), "'manifest.install.p.outputs' in manifest.lock is invalid: expected a list of strings, found a number"),
+        (json!({"version": 1, "install": {"p": {"pkg-path": "x", "outputs": "some"}}}), "'manifest.install.p.outputs' in manifest.lock is invalid: got \"some\"; outputs must either be 'all' or a list of output names"),
+        (json!([]), "'manifest' in manifest.lock is invalid: expected an object, got an array"),
+        (json!({"version": 1, "schema-version": "1.15.0"}), "'manifest' in manifest.lock is invalid: it has both 'version' and 'schema-version'; accepted: exactly one"),
+    ];
+    for (manifest, expected) in cases {
+        let err = lockfile(manifest.clone(), json!([])).unwrap_err().to_string();
+        assert_eq!(err, expected, "{manifest}");
+    }
+    assert_eq!(
+        lockfile(json!({"version": null}), json!([])).unwrap_err(),
+        LockfileError::UnsupportedManifestVersion("null".into()),
+        "a null version is a bad version, not a missing one"
+    );
+    assert_eq!(lockfile(json!({}), json!([])).unwrap_err(), LockfileError::MissingManifestVersion);
+    assert_eq!(
+        lockfile(json!({"schema-version": 1}), json!([])).unwrap_err(),
+        LockfileError::UnsupportedSchemaVersion("1".into())
+    );
+    assert_eq!(
+        lockfile(json!({"version": 1, "services": {}, "newer": {}}), json!([])).unwrap_err(),
+        LockfileError::UnknownManifestKey { key: "newer".into() }
+    );
+}

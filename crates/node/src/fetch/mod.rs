@@ -5,10 +5,11 @@
 //! missing path of the closure (all substituters asked at once, configured order wins), then
 //! bounded parallel [`job`]s download, decompress, check and unpack each NAR, one process per
 //! path at a time (flock), publishing by rename. Files, one idea each: [`narinfo`] (format),
-//! [`signature`] (trust), [`http`] (the network edge), [`pipe`] (download → blocking unpack),
+//! [`signature`] (trust), [`http`] (the network edge), [`cache_info`] (is it a cache for /nix/store), [`pipe`] (download → blocking unpack),
 //! [`decompress`], [`hashing`] (NarHash/NarSize while streaming), [`nar`] (unpacking),
 //! [`store`] (layout, records, locks), [`progress`] (the observer a caller may pass),
 //! [`error`].
+pub mod cache_info;
 pub mod decompress;
 pub mod error;
 pub mod hashing;

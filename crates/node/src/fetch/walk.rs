@@ -88,26 +88,7 @@ impl Walker {
 
     /// Every substituter must be a binary cache for /nix/store (asked concurrently).
     async fn check_cache_infos(&self) -> Result<(), FetchError> {
-        let mut set = JoinSet::new();
-        for sub in self.substituters.iter().cloned() {
-            let http = self.http.clone();
-            set.spawn(async move {
-                let text = http.get_text(&sub, "nix-cache-info").await?.ok_or_else(|| FetchError::Http {
-                    substituter: sub.clone(),
-                    url: format!("{}/nix-cache-info", sub.trim_end_matches('/')),
-                    status: 404,
-                })?;
-                let dir = text.lines().find_map(|l| l.strip_prefix("StoreDir: ")).unwrap_or("/nix/store").trim();
-                if dir != imageless_core::store_path::STORE_DIR {
-                    return Err(FetchError::WrongStoreDir { substituter: sub, found: dir.to_string() });
-                }
-                Ok(())
-            });
-        }
-        while let Some(r) = set.join_next().await {
-            r.expect("nix-cache-info task panicked")?;
-        }
-        Ok(())
+        super::cache_info::check_all(&self.http, &self.substituters).await
     }
 }
 
