@@ -16,6 +16,7 @@
 //! - P7 serving flox/large's cache files to 16 clients at once: the hub vs nginx.
 //! - P8 20 cold pulls at once through a pull-through hub vs straight from its upstream.
 //! - P9 cold `imageless pull` of flox/large (and a small env) vs `nix copy` into empty stores.
+//! - P10 ExecSync into a hook environment's pod vs a hook-less one (execs attach: ≤ 2 ms added).
 //!
 //! Environment: IMAGELESS_BENCH_BIN_DIR (release binaries, default target/release),
 //! IMAGELESS_ACTIVATOR, IMAGELESS_HUB_ROOT (as for the e2e tests); IMAGELESS_BENCH_STRACE=DIR
@@ -24,6 +25,7 @@ mod cache_files;
 mod context;
 mod cri_steps;
 mod nixns;
+mod p10_exec_attach;
 mod p1_breakdown;
 mod p1_warm_start;
 mod p2_cold_realization;
@@ -142,6 +144,9 @@ fn run_figures(
     }
     if wanted("P9") {
         p9_cold_pull::run(bench, (p6_large::LARGE_ENV, &large_closure), (small_env, small_closure), results)?;
+    }
+    if wanted("P10") {
+        rt.block_on(p10_exec_attach::run(bench, results))?;
     }
     if let Some(dir) = std::env::var_os("IMAGELESS_BENCH_STRACE") {
         rt.block_on(strace::warm_starts(bench, Path::new(&dir)))?;
