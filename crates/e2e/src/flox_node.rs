@@ -228,6 +228,8 @@ impl NodeSetup {
 pub struct NodeConfigFile {
     pub state_root: PathBuf,
     pub hub_url: String,
+    /// The one substituter (the hub's own binary cache, `<hub>/cache`).
+    pub cache_url: String,
     /// The hub's cache signing key (`cache-key.pub` of its root).
     pub trusted_key: String,
     /// The static activator and the real runc, for nodes whose containerd runs pods.
@@ -245,6 +247,7 @@ impl NodeConfigFile {
         NodeConfigFile {
             state_root: dir.join("state"),
             hub_url: hub.url.clone(),
+            cache_url: format!("{}/cache", hub.url),
             trusted_key: key.trim().to_string(),
             activator: None,
             runc: None,
@@ -256,9 +259,10 @@ impl NodeConfigFile {
     pub fn text(&self) -> String {
         let q = |p: &Path| format!("{:?}", p.display().to_string());
         let mut text = format!(
-            "state_root = {state}\nhub_url = {url:?}\nsubstituters = [\"{url}/cache\"]\ntrusted_public_keys = [{key:?}]\n",
+            "state_root = {state}\nhub_url = {url:?}\nsubstituters = [{cache:?}]\ntrusted_public_keys = [{key:?}]\n",
             state = q(&self.state_root),
             url = self.hub_url,
+            cache = self.cache_url,
             key = self.trusted_key,
         );
         if let Some(activator) = &self.activator {
@@ -282,6 +286,7 @@ pub fn node_config(hub: &Hub, activator: &Path, state_root: &Path, extra: &str) 
     Ok(NodeConfigFile {
         state_root: state_root.to_path_buf(),
         hub_url: hub.url.clone(),
+        cache_url: format!("{}/cache", hub.url),
         trusted_key: hub.public_key()?,
         activator: Some(activator.to_path_buf()),
         runc: Some("/usr/bin/runc".into()),

@@ -7,9 +7,11 @@ use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use imageless_e2e::flox_node::{imageless, Hub};
+use imageless_e2e::flox_node::{imageless, Hub, NodeConfigFile};
 use imageless_node::store_read::StoreRead;
 
+/// A node without containerd, driven through the `imageless pull`/`gc` CLIs: the harness's
+/// hub and node config (a `hub_url` of its own for the unreachable-hub cases).
 struct Node {
     dir: tempfile::TempDir,
     hub: Hub,
@@ -24,19 +26,15 @@ impl Node {
     fn with_hub_url(hub_url: Option<&str>) -> Node {
         let dir = tempfile::Builder::new().prefix("node-cache-").tempdir().unwrap();
         let hub = Hub::start(dir.path());
-        let key = std::fs::read_to_string(hub.root.join("cache-key.pub")).unwrap();
+        let defaults = NodeConfigFile::new(dir.path(), &hub);
+        let file = NodeConfigFile {
+            hub_url: hub_url.map(String::from).unwrap_or(defaults.hub_url.clone()),
+            hub_timeout_secs: 5,
+            extra: "hub_answer_ttl_secs = 0".into(),
+            ..defaults
+        };
         let config = dir.path().join("node.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "state_root = {:?}\nhub_url = {:?}\nsubstituters = [\"{}/cache\"]\ntrusted_public_keys = [{:?}]\nhub_timeout_secs = 5\nhub_answer_ttl_secs = 0\n",
-                dir.path().join("state").display().to_string(),
-                hub_url.unwrap_or(&hub.url),
-                hub.url,
-                key.trim(),
-            ),
-        )
-        .unwrap();
+        file.write(&config);
         Node { dir, hub, config }
     }
 
