@@ -12,18 +12,18 @@ use imageless_node::store_read::StoreRead;
 
 /// A node without containerd, driven through the `imageless pull`/`gc` CLIs: the harness's
 /// hub and node config (a `hub_url` of its own for the unreachable-hub cases).
-struct Node {
+struct CliNode {
     dir: tempfile::TempDir,
     hub: Hub,
     config: PathBuf,
 }
 
-impl Node {
-    fn new() -> Node {
+impl CliNode {
+    fn new() -> CliNode {
         Self::with_hub_url(None)
     }
 
-    fn with_hub_url(hub_url: Option<&str>) -> Node {
+    fn with_hub_url(hub_url: Option<&str>) -> CliNode {
         let dir = tempfile::Builder::new().prefix("node-cache-").tempdir().unwrap();
         let hub = Hub::start(dir.path());
         let defaults = NodeConfigFile::new(dir.path(), &hub);
@@ -35,7 +35,7 @@ impl Node {
         };
         let config = dir.path().join("node.toml");
         file.write(&config);
-        Node { dir, hub, config }
+        CliNode { dir, hub, config }
     }
 
     fn pull_cmd(&self, args: &[&str]) -> Command {
@@ -72,7 +72,7 @@ impl Node {
     }
 }
 
-impl Node {
+impl CliNode {
     fn gc(&self, args: &[&str]) -> Output {
         let out =
             Command::new(imageless()).arg("gc").args(args).env("IMAGELESS_CONFIG", &self.config).output().unwrap();
@@ -115,7 +115,7 @@ fn stderr(o: &Output) -> String {
 
 #[test]
 fn twenty_concurrent_cold_pulls_realize_once() {
-    let node = Node::new();
+    let node = CliNode::new();
     let cold = node.world_closure("flox/hello", "1");
     let children: Vec<_> = (0..20)
         .map(|_| node.pull_cmd(&["flox/hello"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap())
@@ -136,7 +136,7 @@ fn twenty_concurrent_cold_pulls_realize_once() {
 
 #[test]
 fn killed_pull_leaves_nothing_half_visible() {
-    let node = Node::new();
+    let node = CliNode::new();
     let mut child =
         node.pull_cmd(&["flox/devtools", "--mode", "dev"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
     // Kill it somewhere in fetch/realize/render; whatever the moment, no env may be visible
@@ -164,7 +164,7 @@ fn killed_pull_leaves_nothing_half_visible() {
 
 #[test]
 fn offline_hub_pinned_cached_resolves_and_private_needs_the_same_token() {
-    let mut node = Node::new();
+    let mut node = CliNode::new();
     let alice = node.token_file("alice");
     let o = node.pull(&["flox/echoip:1"]);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -192,7 +192,7 @@ fn offline_hub_pinned_cached_resolves_and_private_needs_the_same_token() {
 /// environment references; what a used environment needs stays, shared paths included.
 #[test]
 fn gc_sweeps_the_node_store_but_keeps_what_containers_use() {
-    let node = Node::new();
+    let node = CliNode::new();
     let hello = node.pull(&["flox/hello"]);
     assert!(hello.status.success(), "{}", stderr(&hello));
     let echoip = node.pull(&["flox/echoip:1"]);
@@ -231,7 +231,7 @@ fn gc_sweeps_the_node_store_but_keeps_what_containers_use() {
 /// go on; every pull succeeds, and every environment left has its whole closure in the store.
 #[test]
 fn gc_during_pulls_never_breaks_an_environment() {
-    let node = Node::new();
+    let node = CliNode::new();
     let envs: [&[&str]; 5] =
         [&["flox/hello"], &["flox/echoip:1"], &["flox/echoip"], &["flox/hooks"], &["flox/devtools", "--mode", "dev"]];
     let mut pulls: Vec<_> =
@@ -273,7 +273,7 @@ fn broken_hub() -> String {
 
 #[test]
 fn hub_failures_are_precise() {
-    let node = Node::new();
+    let node = CliNode::new();
     let cases = [
         ("flox/echoip:7", "flox: generation 7 of flox/echoip does not exist; available: 1, 2 (live: 2)"),
         ("flox/nope", "flox: environment flox/nope not found on"),
@@ -294,7 +294,7 @@ fn hub_failures_are_precise() {
     assert!(stderr(&o).contains("rejected the FloxHub token"), "{}", stderr(&o));
     assert!(!stderr(&o).contains("flox_notarealtoken"), "token never printed");
 
-    let broken = Node::with_hub_url(Some(&broken_hub()));
+    let broken = CliNode::with_hub_url(Some(&broken_hub()));
     let o = broken.pull(&["flox/echoip"]);
     assert!(stderr(&o).contains("answered HTTP 500 for flox/echoip"), "{}", stderr(&o));
 }
