@@ -14,6 +14,7 @@ use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::parse::{describe, invalid};
 use super::*;
 
 /// The top level of the manifest. Keys not modelled here are collected to be checked against
@@ -160,21 +161,6 @@ impl<T> Table<T> {
             Table::Present(t) => Ok(Some(t)),
             Table::Wrong(kind) => Err(invalid(field, format!("expected a table, got {kind}"))),
         }
-    }
-}
-
-fn invalid(field: impl Into<String>, reason: impl Into<String>) -> LockfileError {
-    LockfileError::InvalidField { field: field.into(), reason: reason.into() }
-}
-
-fn describe(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
     }
 }
 

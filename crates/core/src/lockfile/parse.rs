@@ -6,11 +6,13 @@ use serde_json::Value;
 
 use super::*;
 
-fn invalid(field: impl Into<String>, reason: impl Into<String>) -> LockfileError {
+/// A field holds something the lockfile model does not accept (also the manifest's reader).
+pub(super) fn invalid(field: impl Into<String>, reason: impl Into<String>) -> LockfileError {
     LockfileError::InvalidField { field: field.into(), reason: reason.into() }
 }
 
-fn describe(value: &Value) -> &'static str {
+/// What kind of JSON value this is, for error texts.
+pub(super) fn describe(value: &Value) -> &'static str {
     match value {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",
