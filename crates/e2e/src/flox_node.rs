@@ -70,6 +70,18 @@ pub struct Hub {
     pub log: PathBuf,
 }
 
+/// `program` run as the hub: it stands for the outside world, so on a node without git
+/// (`without-nix --hide-git`) it still serves and publishes git with the git kept for fixtures.
+fn hub_command(program: &Path) -> anyhow::Result<Command> {
+    let mut cmd = Command::new(program);
+    if let Some(fixture) = std::env::var_os(crate::without_nix::FIXTURE_PATH_ENV) {
+        let mut dirs = vec![PathBuf::from(fixture)];
+        dirs.extend(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()));
+        cmd.env("PATH", std::env::join_paths(dirs).context("PATH entries without ':'")?);
+    }
+    Ok(cmd)
+}
+
 impl Hub {
     /// The tests' hub: the debug `imageless` over a copy of the (built) world; panics on failure.
     pub fn start(dir: &Path) -> Hub {
@@ -93,15 +105,7 @@ impl Hub {
     }
 
     fn serve(program: &Path, root: PathBuf, log: PathBuf, listen: &str, extra: &[&str]) -> anyhow::Result<Hub> {
-        let mut cmd = Command::new(program);
-        // The hub stands for the outside world: on a node without git (`without-nix
-        // --hide-git`) it still serves git over HTTP with the git kept for fixtures.
-        if let Some(fixture) = std::env::var_os(crate::without_nix::FIXTURE_PATH_ENV) {
-            let mut dirs = vec![PathBuf::from(fixture)];
-            dirs.extend(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()));
-            cmd.env("PATH", std::env::join_paths(dirs).context("PATH entries without ':'")?);
-        }
-        let mut child = cmd
+        let mut child = hub_command(program)?
             .args(["hub", "serve", "--root"])
             .arg(&root)
             .args(["--listen", listen])
@@ -140,7 +144,7 @@ impl Hub {
     }
 
     pub fn imageless(&self, args: &[&str]) -> String {
-        let out = Command::new(&self.program).args(args).output().expect("imageless");
+        let out = hub_command(&self.program).expect("hub command").args(args).output().expect("imageless");
         assert!(out.status.success(), "imageless {args:?}: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
