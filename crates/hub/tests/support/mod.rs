@@ -133,7 +133,7 @@ impl Server {
     /// SIGTERM; asserts a clean exit 0 and returns the log.
     pub fn stop(mut self) -> String {
         let mut child = self.child.take().unwrap();
-        unsafe { libc_kill(child.id() as i32, 15) };
+        sigterm(child.id());
         let status = child.wait().unwrap();
         assert!(status.success(), "hub exited with {status}");
         self.log()
@@ -143,15 +143,17 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            unsafe { libc_kill(child.id() as i32, 15) };
+            sigterm(child.id());
             let _ = child.wait();
         }
     }
 }
 
-extern "C" {
-    #[link_name = "kill"]
-    fn libc_kill(pid: i32, sig: i32) -> i32;
+/// SIGTERM to a child we started (it may have exited already).
+fn sigterm(pid: u32) {
+    if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+    }
 }
 
 /// One response: status, headers (lowercased names), body.
