@@ -160,6 +160,16 @@ fn killed_pull_leaves_nothing_half_visible() {
     assert!(devlib.is_ok_and(|p| p.is_file()), "dev mode links the propagated devlib");
     assert!(!node.envs().iter().any(|k| k.starts_with(".tmp-")), "stale temp dirs cleaned: {:?}", node.envs());
     assert_eq!(node.store(), base_names(&node.world_closure("flox/devtools", "1")), "the whole closure, once");
+
+    // A kill inside the git fetch leaves gix's lock files; plant them so that moment is always
+    // covered, not only when the timing above happens to hit it. The next fetch of the owner's
+    // repository (hello is a branch not fetched yet) must not trip over them.
+    let meta = node.dir.path().join("state/meta/flox.git");
+    std::fs::write(meta.join("shallow.lock"), b"").unwrap();
+    std::fs::write(meta.join("refs/heads/hello.lock"), b"").unwrap();
+    let o = node.pull(&["flox/hello"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!meta.join("shallow.lock").exists(), "the stale git lock is gone");
 }
 
 #[test]

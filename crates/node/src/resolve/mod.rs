@@ -223,6 +223,10 @@ impl Resolver<'_> {
                 // Another process may have fetched while we waited for the lock.
                 let latest = record::read(&record::path(self.state_root, &env.owner, &env.name));
                 if !fetched(latest.as_ref()) {
+                    let stale = repo::clear_stale_locks(&repo)?;
+                    if stale > 0 {
+                        tracing::warn!(env = %env.full_name(), stale, "removed lock files a killed fetch left");
+                    }
                     let got = self.remote.fetch(&repo, &env.owner, &env.name, token)?;
                     if got != head {
                         // The branch moved between the two questions: read what was fetched.

@@ -77,6 +77,44 @@ fn init_bare(path: &Path) -> Result<(), RepoError> {
     Ok(())
 }
 
+/// Removes git lock files (`shallow.lock`, `packed-refs.lock`, `refs/**/*.lock`) a killed
+/// fetch left behind; gix would refuse every later fetch while one exists.
+///
+/// Call only while holding the owner's fetch lock: every writer of the repository holds it, so
+/// a `*.lock` seen then belongs to a process that is gone. `objects/` is skipped: gix writes
+/// packs through temporary files there, never lock files, and it is the large part of the tree.
+/// The repository is node state under the state root, never a path a pod can influence.
+pub fn clear_stale_locks(path: &Path) -> Result<usize, RepoError> {
+    fn walk(dir: &Path, top: bool, removed: &mut usize) -> std::io::Result<()> {
+        let entries = match std::fs::read_dir(dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let name = entry.file_name();
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
+                if !(top && name == "objects") {
+                    walk(&entry.path(), false, removed)?;
+                }
+            } else if name.to_string_lossy().ends_with(".lock") {
+                std::fs::remove_file(entry.path())?;
+                *removed += 1;
+            }
+        }
+        Ok(())
+    }
+    let mut removed = 0;
+    walk(path, true, &mut removed).map_err(|source| RepoError::Io {
+        path: path.to_path_buf(),
+        io_action: "remove stale lock files",
+        source,
+    })?;
+    Ok(removed)
+}
+
 fn object_id(path: &Path, commit: &str) -> Result<gix::ObjectId, RepoError> {
     gix::ObjectId::from_hex(commit.as_bytes()).map_err(|e| git(path, "parse a commit id")(gix::Error::from_error(e)))
 }

@@ -202,6 +202,22 @@ fn cold_resolve_fetches_once_reads_the_live_lock_and_writes_the_record_once() {
 }
 
 #[test]
+fn lock_files_a_killed_fetch_left_are_cleared_before_the_next_fetch() {
+    let s = Setup::new(None);
+    let repo = s.state.path().join("meta/acme.git");
+    repo::open_or_init(&repo).unwrap();
+    std::fs::write(repo.join("shallow.lock"), b"").unwrap();
+    std::fs::create_dir_all(repo.join("refs/heads")).unwrap();
+    std::fs::write(repo.join("refs/heads/app.lock"), b"").unwrap();
+    std::fs::create_dir_all(repo.join("objects/pack")).unwrap();
+    std::fs::write(repo.join("objects/pack/keep.lock"), b"").unwrap();
+    s.resolve("acme/app", None).unwrap();
+    assert!(!repo.join("shallow.lock").exists());
+    assert!(!repo.join("refs/heads/app.lock").exists());
+    assert!(repo.join("objects/pack/keep.lock").exists(), "objects/ is not walked");
+}
+
+#[test]
 fn a_new_commit_on_the_hub_is_fetched_and_its_live_generation_used() {
     let s = Setup::new(None);
     assert_eq!(s.resolve("acme/app", None).unwrap().generation, 2);
