@@ -60,7 +60,13 @@ pub fn create(
 ) -> i32 {
     let config_path = Path::new(bundle).join("config.json");
     match prepare(config, &config_path, id, log, &mut steps) {
-        Ok(()) => {}
+        Ok(Prepared::Flox) => {}
+        Ok(Prepared::Untouched) => {
+            // Nothing of ours exists for this container, so nothing to undo if runc fails:
+            // become runc, as a plain container's create costs no second process.
+            steps.log("create", id);
+            return real_runc::exec(runc, args, log);
+        }
         Err(e) => {
             cleanup(config, id);
             log.error(&e.to_string());
@@ -77,6 +83,16 @@ pub fn create(
     status
 }
 
+/// What `prepare` left for the real runc's create.
+#[derive(Debug, PartialEq, Eq)]
+enum Prepared {
+    /// A pass-through container or a pod sandbox: config.json as it was, no state of ours.
+    Untouched,
+    /// A flox container: edited spec, saved container state (and maybe an overlay dir) that a
+    /// failed create must remove.
+    Flox,
+}
+
 /// Decides and, for a flox container, edits config.json in place. Pass-through cases return
 /// without touching the file, so those containers get exactly what plain runc would.
 fn prepare(
@@ -85,7 +101,7 @@ fn prepare(
     id: &str,
     log: &ErrorLog,
     steps: &mut Steps,
-) -> Result<(), CreateError> {
+) -> Result<Prepared, CreateError> {
     let bytes =
         std::fs::read(config_path).map_err(|source| CreateError::ReadSpec { path: config_path.into(), source })?;
     let mut spec: serde_json::Value = serde_json::from_slice(&bytes)
@@ -94,12 +110,22 @@ fn prepare(
     let name = info.name.clone().unwrap_or_default();
     steps.mark("read_spec");
     let opts = match decide(&info)? {
-        Decision::PassThrough => return Ok(()),
+        Decision::PassThrough => return Ok(Prepared::Untouched),
         Decision::Prefetch { environment, mode } => {
-            // Start pulling while images and the sandbox are being set up.
-            spawn_prefetch(&environment, mode);
-            steps.mark("spawn_prefetch");
-            return Ok(());
+            // Start pulling while images and the sandbox are being set up, unless there is
+            // nothing to pull: a warm start then costs no extra process competing with
+            // containerd and runc for the CPU.
+            let useful = System::host()
+                .map(|system| NodeCache::new(config.clone(), system).prefetch_useful(&environment, mode))
+                .unwrap_or(true);
+            if useful {
+                spawn_prefetch(&environment, mode);
+                steps.mark("spawn_prefetch");
+            } else {
+                tracing::debug!(env = %environment, "warm: no prefetch");
+                steps.mark("warm_no_prefetch");
+            }
+            return Ok(Prepared::Untouched);
         }
         Decision::Wrap(opts) => opts,
     };
@@ -173,7 +199,7 @@ fn prepare(
         .map_err(|source| CreateError::WriteSpec { path: config_path.into(), source })?;
     steps.mark("edit_spec");
     tracing::info!(id, env = %opts.environment, key = rendered.key, "flox container prepared");
-    Ok(())
+    Ok(Prepared::Flox)
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
@@ -253,5 +279,18 @@ mod tests {
         assert!(matches!(err, CreateError::SpecNotJson { .. }), "{err:?}");
         assert!(err.to_string().starts_with(&format!("flox: {} is not JSON: key must be a string", spec.display())));
         assert!(err.source().is_some());
+    }
+
+    #[test]
+    fn a_plain_container_is_left_untouched_so_create_can_become_runc() {
+        let tmp = tempfile::tempdir().unwrap();
+        let spec = tmp.path().join("config.json");
+        let bytes = br#"{"ociVersion":"1.0.2","process":{"args":["sh"]},"annotations":{}}"#;
+        std::fs::write(&spec, bytes).unwrap();
+        let config = NodeConfig { state_root: tmp.path().join("state"), ..NodeConfig::default() };
+        let prepared = prepare(&config, &spec, "c1", &ErrorLog::new(None), &mut Steps::start()).unwrap();
+        assert_eq!(prepared, Prepared::Untouched);
+        assert_eq!(std::fs::read(&spec).unwrap(), bytes, "config.json unchanged");
+        assert!(!config.state_root.exists(), "no state of ours to clean up");
     }
 }

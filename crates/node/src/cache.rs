@@ -26,12 +26,12 @@ use imageless_core::store_path::StorePath;
 use imageless_core::system::System;
 use imageless_core::token::Token;
 
-use crate::config::NodeConfig;
+use crate::config::{NodeConfig, StoreView};
 use crate::fetch::{FetchError, Fetcher, NodeStore, Progress};
 use crate::gc::StoreLock;
 use crate::registration::{self, RegistrationError};
 use crate::render::{self, LinkSource, RenderError};
-use crate::resolve::{self, GitRemote, Remote, ResolveError, Resolver};
+use crate::resolve::{self, AnonymousPull, GitRemote, Remote, ResolveError, Resolver};
 use crate::store_read::StoreRead;
 use crate::view::{self, ViewError};
 
@@ -223,6 +223,25 @@ impl NodeCache {
         let mut rendered = self.ensure_rendered(&env.full_name(), resolved.generation, &lock, mode, &resolved.key)?;
         rendered.warning = resolved.warning;
         Ok(rendered)
+    }
+
+    /// Whether a sandbox's anonymous background pull of `env` would do anything: not when the
+    /// environment is warm (the record needs no hub answer, it is rendered, and its closure view
+    /// is built when containers get closure views), nor when only a token can see it. Reads the
+    /// ref record and stats two directories; takes no lock and writes nothing.
+    pub fn prefetch_useful(&self, env: &EnvRef, mode: Mode) -> bool {
+        let resolver = Resolver {
+            remote: &*self.remote,
+            state_root: self.root(),
+            answer_ttl_secs: self.config.hub_answer_ttl_secs,
+            system: self.system,
+        };
+        let needs_view = self.config.store_view == StoreView::Closure;
+        match resolver.anonymous_pull(env, mode, &|key| self.lookup(key).is_some()) {
+            AnonymousPull::Warm { key } => needs_view && !view::view_dir(self.root(), &key).is_dir(),
+            AnonymousPull::Private => false,
+            AnonymousPull::Needed => true,
+        }
     }
 
     /// Looks up a rendered environment by key.

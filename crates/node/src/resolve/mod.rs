@@ -62,6 +62,18 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ResolveError + '_ {
     move |source| ResolveError::Io { path: path.to_path_buf(), source }
 }
 
+/// What an anonymous pull of an environment would have to do, judged from its ref record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AnonymousPull {
+    /// Pinned, or answered within the TTL, and rendered under `key`: nothing to ask or fetch.
+    Warm { key: String },
+    /// Last fetched with a token: an anonymous pull cannot see it (the container's create,
+    /// which has the token, will).
+    Private,
+    /// The hub must be asked, or something fetched or rendered.
+    Needed,
+}
+
 /// What a pull renders: the generation, the key its rendering is stored under, and the lock.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Resolved {
@@ -168,6 +180,40 @@ impl Resolver<'_> {
         Ok(())
     }
 
+    /// Whether `record` answers for `env` without asking the hub: a pinned public environment
+    /// (a record is written only after its commit was fetched, so its files are in the repo),
+    /// or an answer younger than the TTL for the same token.
+    fn needs_no_hub(&self, record: &RefRecord, env: &EnvRef, fingerprint: Option<&str>) -> bool {
+        let pinned_public = env.generation.is_some() && fingerprint.is_none() && record.token_fingerprint.is_none();
+        let fresh = record.token_fingerprint.as_deref() == fingerprint
+            && now().saturating_sub(record.fetched_at) < self.answer_ttl_secs;
+        pinned_public || fresh
+    }
+
+    /// What an anonymous pull of `env` would find now, from its ref record alone: no hub, no
+    /// repository, no writes. A sandbox's background prefetch asks this first so that a warm
+    /// start spends no process on it.
+    pub fn anonymous_pull(&self, env: &EnvRef, mode: Mode, is_rendered: &dyn Fn(&str) -> bool) -> AnonymousPull {
+        let Some(record) = record::read(&record::path(self.state_root, &env.owner, &env.name)) else {
+            return AnonymousPull::Needed;
+        };
+        if record.token_fingerprint.is_some() {
+            return AnonymousPull::Private;
+        }
+        if !self.needs_no_hub(&record, env, None) {
+            return AnonymousPull::Needed;
+        }
+        let key = env
+            .generation
+            .or(record.live_generation)
+            .and_then(|generation| record.keys.get(&RefRecord::slot(generation, mode)))
+            .filter(|key| is_rendered(key));
+        match key {
+            Some(key) => AnonymousPull::Warm { key: key.clone() },
+            None => AnonymousPull::Needed,
+        }
+    }
+
     /// Reads metadata.json and the generation's lock at `commit`; also returns the live generation.
     fn read_lock(&self, env: &EnvRef, mode: Mode, commit: &str) -> Result<(Resolved, Option<u32>), ResolveError> {
         let repo = self.repo(&env.owner);
@@ -201,13 +247,8 @@ impl Resolver<'_> {
     ) -> Result<(RefRecord, Option<String>, Answer), ResolveError> {
         let repo = self.repo(&env.owner);
         let fingerprint = token.map(Token::fingerprint);
-        if let Some(r) = previous {
-            // A record is written only after its commit was fetched: its files are in the repo.
-            let pinned_public = env.generation.is_some() && token.is_none() && r.token_fingerprint.is_none();
-            let fresh = r.token_fingerprint == fingerprint && now().saturating_sub(r.fetched_at) < self.answer_ttl_secs;
-            if pinned_public || fresh {
-                return Ok((r.clone(), None, Answer::Kept));
-            }
+        if let Some(r) = previous.filter(|r| self.needs_no_hub(r, env, fingerprint.as_deref())) {
+            return Ok((r.clone(), None, Answer::Kept));
         }
         match self.remote.remote_head(&env.owner, &env.name, token) {
             Ok(head) => {

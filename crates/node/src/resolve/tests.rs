@@ -328,3 +328,38 @@ fn a_missing_generation_is_precise_and_the_fetch_still_remembered() {
     assert!(err.to_string().contains("generation 7 of acme/app does not exist"), "{err}");
     assert_eq!(s.record().commit.len(), 40);
 }
+
+impl Setup {
+    fn anonymous_pull(&self, env: &str, is_rendered: &dyn Fn(&str) -> bool) -> AnonymousPull {
+        let resolver = Resolver {
+            remote: &self.hub,
+            state_root: self.state.path(),
+            answer_ttl_secs: self.ttl,
+            system: System::X86_64Linux,
+        };
+        resolver.anonymous_pull(&EnvRef::parse(env).unwrap(), Mode::Run, is_rendered)
+    }
+}
+
+#[test]
+fn a_sandbox_prefetch_is_needed_only_when_an_anonymous_pull_has_work() {
+    let mut s = Setup::new(None);
+    let rendered = |_: &str| true;
+    assert_eq!(s.anonymous_pull("acme/app:1", &rendered), AnonymousPull::Needed, "never fetched");
+    let pinned = s.resolve("acme/app:1", None).unwrap();
+    assert_eq!(s.anonymous_pull("acme/app:1", &rendered), AnonymousPull::Warm { key: pinned.key.clone() });
+    assert_eq!(s.anonymous_pull("acme/app:1", &|_| false), AnonymousPull::Needed, "not rendered (gc)");
+    assert_eq!(s.anonymous_pull("acme/app:2", &rendered), AnonymousPull::Needed, "generation never resolved");
+    // Unpinned: the hub must be asked once the answer is older than the TTL (0 here).
+    s.resolve("acme/app", None).unwrap();
+    assert_eq!(s.anonymous_pull("acme/app", &rendered), AnonymousPull::Needed);
+    s.ttl = 3600;
+    let live = s.resolve("acme/app", None).unwrap();
+    assert_eq!(s.anonymous_pull("acme/app", &rendered), AnonymousPull::Warm { key: live.key });
+    assert_eq!(s.hub.calls().1, 1, "anonymous_pull never fetches");
+
+    let alice = token("alice");
+    let private = Setup::new(Some(&alice));
+    private.resolve("acme/app:1", Some(&alice)).unwrap();
+    assert_eq!(private.anonymous_pull("acme/app:1", &rendered), AnonymousPull::Private);
+}
