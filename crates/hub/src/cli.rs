@@ -51,6 +51,11 @@ pub struct ServeArgs {
     /// overrides `upstream` in hub.json.
     #[arg(long, value_delimiter = ',')]
     pub upstream: Vec<String>,
+    /// Git base URL (e.g. https://api.flox.dev/git) that floxmeta requests for owners this hub
+    /// does not host are passed through to, the caller's token included (never stored);
+    /// overrides `upstream_git` in hub.json.
+    #[arg(long)]
+    pub upstream_git: Option<String>,
     /// Requests handled at once; more wait their turn.
     #[arg(long, default_value_t = crate::server::DEFAULT_MAX_IN_FLIGHT)]
     pub max_in_flight: usize,
@@ -184,9 +189,15 @@ pub fn run(command: HubCommand) -> Result<ExitCode, HubServerError> {
 
 fn serve(a: ServeArgs) -> Result<(), HubServerError> {
     let paths = HubPaths::new(a.root);
-    let upstreams = if a.upstream.is_empty() { paths.load()?.upstream } else { a.upstream };
-    let options =
-        ServeOptions { listen: a.listen, tls: a.tls_cert.zip(a.tls_key), upstreams, max_in_flight: a.max_in_flight };
+    let config = paths.load()?;
+    let upstreams = if a.upstream.is_empty() { config.upstream } else { a.upstream };
+    let options = ServeOptions {
+        listen: a.listen,
+        tls: a.tls_cert.zip(a.tls_key),
+        upstreams,
+        upstream_git: a.upstream_git.or(config.upstream_git),
+        max_in_flight: a.max_in_flight,
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("hub")

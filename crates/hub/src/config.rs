@@ -50,6 +50,10 @@ pub struct HubConfig {
     /// (`serve --upstream` overrides this).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub upstream: Vec<String>,
+    /// Git base URL that floxmeta requests for owners not hosted here are passed through to
+    /// (`serve --upstream-git` overrides this).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_git: Option<String>,
 }
 
 impl HubConfig {
@@ -61,6 +65,7 @@ impl HubConfig {
             private: BTreeSet::new(),
             readers: BTreeMap::new(),
             upstream: Vec::new(),
+            upstream_git: None,
         }
     }
 

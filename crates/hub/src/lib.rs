@@ -3,7 +3,8 @@
 //! - [`server`]: `imageless hub serve` on hyper/tokio (optionally rustls); [`routes`]: floxmeta
 //!   git repositories over smart HTTP through `git http-backend`, a signed Nix binary cache as
 //!   static files, token auth, `/api/v1/accounts/me`; [`pull_through`]: missing cache files
-//!   fetched once from upstream caches.
+//!   fetched once from upstream caches; [`git_upstream`]: floxmeta of owners not hosted here
+//!   passed through to an upstream FloxHub.
 //! - [`publish`]: new generations and rollbacks in Flox's floxmeta layout.
 //! - [`admin`]: `init`, `token`, `grant`; [`config`]: the root layout and `hub.json`.
 //! - [`auth`], [`generations`], [`lock`], [`names`]: pure logic, unit-tested.
@@ -15,6 +16,7 @@ pub mod config;
 pub mod error;
 pub mod generations;
 pub mod git_backend;
+pub mod git_upstream;
 pub mod lock;
 pub mod names;
 mod process;
@@ -24,6 +26,7 @@ pub mod routes;
 pub mod server;
 mod signals;
 mod tls;
+mod upstream_http;
 
 pub use error::HubServerError;
 

@@ -12,12 +12,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper::{StatusCode, Uri};
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::OnceCell;
-use tokio_rustls::rustls;
 
 use crate::error::HubServerError;
 
@@ -39,7 +37,7 @@ pub enum Pulled {
     Unavailable,
 }
 
-type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>;
+type HttpsClient = Client<crate::upstream_http::Connector, Empty<Bytes>>;
 
 /// The upstream caches and the fetches in flight.
 pub struct PullThrough {
@@ -51,17 +49,11 @@ pub struct PullThrough {
 
 /// Checks one `--upstream` value: an absolute http(s) URL without query; the trailing `/` is dropped.
 pub fn parse_upstream(url: &str) -> Result<String, HubServerError> {
-    let invalid = || HubServerError::InvalidInput {
-        what: "upstream cache URL",
-        value: url.to_owned(),
-        accepted: "http://HOST[:PORT][/PATH] or https://HOST[:PORT][/PATH] (a Nix binary cache), no query",
-    };
-    let uri: Uri = url.parse().map_err(|_| invalid())?;
-    let scheme_ok = matches!(uri.scheme_str(), Some("http" | "https"));
-    if !scheme_ok || uri.host().is_none() || uri.query().is_some() || url.contains('@') {
-        return Err(invalid());
-    }
-    Ok(url.trim_end_matches('/').to_owned())
+    crate::upstream_http::parse_url(
+        url,
+        "upstream cache URL",
+        "http://HOST[:PORT][/PATH] or https://HOST[:PORT][/PATH] (a Nix binary cache), no query",
+    )
 }
 
 impl PullThrough {
@@ -71,26 +63,7 @@ impl PullThrough {
             return Ok(None);
         }
         let upstreams = upstreams.iter().map(|u| parse_upstream(u)).collect::<Result<Vec<_>, _>>()?;
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let builder = hyper_rustls::HttpsConnectorBuilder::new();
-        let builder = match builder.with_provider_and_native_roots(provider.clone()) {
-            Ok(b) => b,
-            Err(e) => {
-                // Plain-HTTP upstreams (a cluster's own hub) still work; HTTPS ones will fail clearly.
-                tracing::warn!("no system CA certificates ({e}): HTTPS upstreams cannot be verified");
-                let config = rustls::ClientConfig::builder_with_provider(provider)
-                    .with_safe_default_protocol_versions()
-                    .map_err(|e| HubServerError::InvalidInput {
-                        what: "TLS client configuration",
-                        value: e.to_string(),
-                        accepted: "rustls defaults",
-                    })?
-                    .with_root_certificates(rustls::RootCertStore::empty())
-                    .with_no_client_auth();
-                hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(config)
-            }
-        };
-        let connector = builder.https_or_http().enable_http1().build();
+        let connector = crate::upstream_http::connector()?;
         let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build(connector);
         Ok(Some(PullThrough { upstreams, cache_dir, client, in_flight: Mutex::new(HashMap::new()) }))
     }

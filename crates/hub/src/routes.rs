@@ -17,6 +17,7 @@ use crate::cache;
 use crate::config::{HubConfig, HubPaths};
 use crate::error::HubServerError;
 use crate::git_backend::{self, CgiRequest, ChildRegistry, GitRoute};
+use crate::git_upstream::{GitUpstream, GitUpstreamError};
 use crate::pull_through::{PullThrough, Pulled};
 
 /// What every request handler shares.
@@ -25,6 +26,8 @@ pub struct Context {
     pub children: ChildRegistry,
     /// Set when the hub has upstream caches to pull missing files from.
     pub pull: Option<PullThrough>,
+    /// Set when floxmeta of owners not hosted here is passed through to an upstream FloxHub.
+    pub git_upstream: Option<GitUpstream>,
 }
 
 /// One handler for every path: the routes are few and their rules (auth, visibility) are ours.
@@ -148,6 +151,34 @@ impl Context {
         }
     }
 
+    /// An owner not hosted here: fetches go to the upstream FloxHub with the caller's
+    /// credentials, which this hub neither checks nor keeps (the access log names no handle).
+    async fn pass_through(
+        &self,
+        upstream: &GitUpstream,
+        request: Request,
+        route: &GitRoute,
+        rest: &str,
+        query: &str,
+    ) -> Outcome {
+        match route {
+            GitRoute::ReceivePack { .. } => {
+                return plain(403, "this hub is read-only over HTTP: publish with `imageless hub publish`", None)
+            }
+            GitRoute::Dumb { .. } => return plain(403, "only smart HTTP git-upload-pack is served", None),
+            _ => {}
+        }
+        let (parts, body) = request.into_parts();
+        match upstream.forward(&parts.method, rest, query, &parts.headers, body).await {
+            Ok(response) => (response, None),
+            Err(e @ GitUpstreamError::BodyTooLarge) => plain(413, &e.to_string(), None),
+            Err(e) => {
+                tracing::warn!("{e}");
+                plain(502, &e.to_string(), None)
+            }
+        }
+    }
+
     async fn git(&self, request: Request, rest: &str, query: &str) -> Outcome {
         let route = git_backend::route(rest, query);
         let owner = match &route {
@@ -157,6 +188,10 @@ impl Context {
             | GitRoute::ReceivePack { owner }
             | GitRoute::Dumb { owner } => owner.clone(),
         };
+        let hosted = self.paths.floxmeta(&owner).join("HEAD").exists();
+        if let (false, Some(upstream)) = (hosted, &self.git_upstream) {
+            return self.pass_through(upstream, request, &route, rest, query).await;
+        }
         let Ok(config) = self.load_config() else {
             return plain(500, "hub configuration unreadable", None);
         };
@@ -166,7 +201,7 @@ impl Context {
             Err(()) => return unauthorized(None),
         };
         let handle = identity.map(|i| i.handle);
-        if !self.paths.floxmeta(&owner).join("HEAD").exists() {
+        if !hosted {
             return plain(404, "not found", handle);
         }
         match route {

@@ -20,6 +20,7 @@ use tower::ServiceBuilder;
 use crate::config::HubPaths;
 use crate::error::HubServerError;
 use crate::git_backend::ChildRegistry;
+use crate::git_upstream::GitUpstream;
 use crate::pull_through::PullThrough;
 use crate::routes::{self, Context};
 
@@ -40,12 +41,20 @@ pub struct ServeOptions {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// Binary caches (`http(s)://HOST[:PORT]/PATH`) asked for narinfo and NAR files missing here.
     pub upstreams: Vec<String>,
+    /// A FloxHub git base URL for owners this hub does not host.
+    pub upstream_git: Option<String>,
     pub max_in_flight: usize,
 }
 
 impl ServeOptions {
     pub fn new(listen: impl Into<String>) -> ServeOptions {
-        ServeOptions { listen: listen.into(), tls: None, upstreams: Vec::new(), max_in_flight: DEFAULT_MAX_IN_FLIGHT }
+        ServeOptions {
+            listen: listen.into(),
+            tls: None,
+            upstreams: Vec::new(),
+            upstream_git: None,
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+        }
     }
 }
 
@@ -72,13 +81,14 @@ impl HubServer {
             None => None,
         };
         let pull = PullThrough::new(&options.upstreams, paths.cache())?;
+        let git_upstream = GitUpstream::new(options.upstream_git.as_deref())?;
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|e| HubServerError::Listen { addr: listen.to_owned(), message: e.to_string() })?;
         let addr = listener
             .local_addr()
             .map_err(|e| HubServerError::Listen { addr: listen.to_owned(), message: e.to_string() })?;
-        let ctx = Arc::new(Context { paths, children: ChildRegistry::default(), pull });
+        let ctx = Arc::new(Context { paths, children: ChildRegistry::default(), pull, git_upstream });
         Ok(HubServer { listener, addr, tls, ctx, max_in_flight: options.max_in_flight.max(1) })
     }
 

@@ -1,12 +1,14 @@
 //! End-to-end tests of the hub with real git, real Nix and the real `imageless-hub` binary as a
 //! child process (so stdout, stderr, signals and exit codes are the real ones).
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::OnceLock;
 
-const BIN: &str = env!("CARGO_BIN_EXE_imageless-hub");
+mod support;
+
+use support::{Server, BIN};
 
 fn hub_cmd(args: &[&str]) -> Output {
     Command::new(BIN).args(args).env("IMAGELESS_LOG", "info").output().expect("run imageless-hub")
@@ -48,60 +50,6 @@ impl Root {
     }
     fn repo(&self, owner: &str) -> PathBuf {
         self.path().join("git").join(owner).join("floxmeta")
-    }
-}
-
-/// A running `imageless-hub serve`; SIGTERM on drop.
-struct Server {
-    child: Option<Child>,
-    addr: String,
-    stderr_file: PathBuf,
-    _stderr_dir: tempfile::TempDir,
-}
-
-impl Server {
-    fn start(root: &Root) -> Server {
-        let stderr_dir = tempfile::tempdir().unwrap();
-        let stderr_file = stderr_dir.path().join("stderr");
-        let mut child = Command::new(BIN)
-            .args(["serve", "--root", root.arg(), "--listen", "127.0.0.1:0"])
-            .env("IMAGELESS_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&stderr_file).unwrap())
-            .spawn()
-            .unwrap();
-        let mut first = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
-        let addr =
-            first.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("first line {first:?}")).to_owned();
-        assert!(addr.starts_with("http://127.0.0.1:") && !addr.ends_with(":0"), "{addr}");
-        Server { child: Some(child), addr, stderr_file, _stderr_dir: stderr_dir }
-    }
-
-    /// SIGTERM; asserts a clean exit 0 and returns the log.
-    fn stop(mut self) -> String {
-        let mut child = self.child.take().unwrap();
-        sigterm(child.id());
-        let status = child.wait().unwrap();
-        assert!(status.success(), "hub exited with {status}");
-        std::fs::read_to_string(&self.stderr_file).unwrap()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            sigterm(child.id());
-            let _ = child.wait();
-        }
-    }
-}
-
-/// SIGTERM to a child we started (it may have exited already).
-fn sigterm(pid: u32) {
-    if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
-        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
     }
 }
 
@@ -204,8 +152,8 @@ fn private_env_visibility_and_auth_over_git_http() {
     let hub_json = std::fs::read_to_string(root.path().join("hub.json")).unwrap();
     assert!(!hub_json.contains(&alice_opaque), "hub.json must store only a hash of opaque tokens");
 
-    let server = Server::start(&root);
-    let addr = server.addr.clone();
+    let server = Server::start(root.path(), &[]);
+    let addr = server.url();
 
     // Allowed: the owner (JWT and opaque) and a granted handle.
     for token in [&alice_jwt, &alice_opaque, &bob] {
@@ -351,9 +299,9 @@ fn publishing_generations_and_rolling_back() {
     assert_eq!(root.publish("alice/app", &empty_lock(work.path(), "gen-two"), &["--no-paths"]), "2");
     assert_eq!(root.publish("alice/app", &empty_lock(work.path(), "gen-three"), &["--no-paths"]), "3");
 
-    let server = Server::start(&root);
+    let server = Server::start(root.path(), &[]);
     let token = root.token("alice", &[]);
-    let c = clone(&server.addr, "alice", "app", Some(&token)).unwrap();
+    let c = clone(&server.url(), "alice", "app", Some(&token)).unwrap();
     let repo = c.path().join("c");
     let meta: serde_json::Value = serde_json::from_str(&show(&repo, "app:metadata.json")).unwrap();
     assert_eq!(meta["version"], 2);
@@ -384,7 +332,7 @@ fn publishing_generations_and_rolling_back() {
     assert_eq!(show(&repo, "app~3:metadata.json"), r#"{"version":2,"history":[],"total_generations":0}"#);
 
     hub_ok(&["switch", "--root", root.arg(), "alice/app", "1"]);
-    let c = clone(&server.addr, "alice", "app", Some(&token)).unwrap();
+    let c = clone(&server.url(), "alice", "app", Some(&token)).unwrap();
     let repo = c.path().join("c");
     let meta: serde_json::Value = serde_json::from_str(&show(&repo, "app:metadata.json")).unwrap();
     let last = meta["history"].as_array().unwrap().last().unwrap().clone();
@@ -508,16 +456,16 @@ fn published_store_paths_realise_into_an_empty_store_only_with_the_key() {
     let narinfo = std::fs::read_to_string(root.path().join(format!("cache/{hash}.narinfo"))).unwrap();
     assert!(narinfo.contains("Sig: imageless-hub-1:"), "{narinfo}");
 
-    let server = Server::start(&root);
-    let substituter = format!("{}/cache", server.addr);
-    let (status, headers, body) = http(&server.addr, "GET", &format!("/cache/{hash}.narinfo"), &[]);
+    let server = Server::start(root.path(), &[]);
+    let substituter = format!("{}/cache", server.url());
+    let (status, headers, body) = http(&server.url(), "GET", &format!("/cache/{hash}.narinfo"), &[]);
     assert_eq!(status, 200);
     assert_eq!(header_value(&headers, "content-type"), Some("text/x-nix-narinfo"));
     assert_eq!(String::from_utf8(body).unwrap(), narinfo);
-    assert_eq!(http(&server.addr, "GET", "/cache/00000000000000000000000000000000.narinfo", &[]).0, 404);
-    assert_eq!(http(&server.addr, "GET", "/cache/../hub.json", &[]).0, 404);
+    assert_eq!(http(&server.url(), "GET", "/cache/00000000000000000000000000000000.narinfo", &[]).0, 404);
+    assert_eq!(http(&server.url(), "GET", "/cache/../hub.json", &[]).0, 404);
     assert_eq!(
-        http(&server.addr, "GET", "/cache/nix-cache-info", &[]).1.iter().find(|(k, _)| k == "content-type").unwrap().1,
+        http(&server.url(), "GET", "/cache/nix-cache-info", &[]).1.iter().find(|(k, _)| k == "content-type").unwrap().1,
         "text/x-nix-cache-info"
     );
 
@@ -550,4 +498,60 @@ fn published_store_paths_realise_into_an_empty_store_only_with_the_key() {
 
     let log = server.stop();
     assert!(log.contains(&format!("GET /cache/{hash}.narinfo 200 -")), "{log}");
+}
+
+/// `serve --upstream-git`: an owner this hub does not host is fetched from the upstream FloxHub
+/// with the caller's token passed through (and kept nowhere); owners hosted here stay local.
+#[test]
+fn owners_not_hosted_here_are_passed_through_to_the_upstream_git() {
+    let upstream_root = Root::new();
+    let work = tempfile::tempdir().unwrap();
+    upstream_root.publish("alice/secret", &empty_lock(work.path(), "up-s1"), &["--private", "--no-paths"]);
+    upstream_root.publish("alice/public", &empty_lock(work.path(), "up-p1"), &["--no-paths"]);
+    let alice = upstream_root.token("alice", &[]);
+    let upstream = Server::start(upstream_root.path(), &[]);
+
+    let front_root = Root::new();
+    front_root.publish("local/app", &empty_lock(work.path(), "local1"), &["--no-paths"]);
+    let front = Server::start(front_root.path(), &["--upstream-git", &format!("{}/git", upstream.url())]);
+    let addr = front.url();
+
+    // Public and private environments of the upstream, through the front, as the caller.
+    let c = clone(&addr, "alice", "public", Some("")).unwrap();
+    assert!(show(&c.path().join("c"), "public:1/env/manifest.lock").contains("up-p1"));
+    let c = clone(&addr, "alice", "secret", Some(&alice)).unwrap();
+    assert!(show(&c.path().join("c"), "secret:1/env/manifest.lock").contains("up-s1"));
+    // The upstream decides: no token gets its 401 challenge, a logged-out caller a missing branch.
+    let err = clone(&addr, "alice", "secret", None).unwrap_err();
+    assert!(err.contains("could not read Username"), "{err}");
+    let err = clone(&addr, "alice", "secret", Some("")).unwrap_err();
+    assert!(err.contains("Remote branch secret not found"), "{err}");
+    // Owners hosted on the front are served by it; pushes never reach the upstream.
+    clone(&addr, "local", "app", Some("")).unwrap();
+    let (status, _, _) = http(&addr, "POST", "/git/alice/floxmeta/git-receive-pack", &[]);
+    assert_eq!(status, 403);
+    let upstream_log = upstream.stop();
+    assert!(!upstream_log.contains("receive-pack"), "{upstream_log}");
+    assert!(upstream_log.contains("/git/alice/floxmeta/git-upload-pack 200 alice"), "{upstream_log}");
+
+    // The token crossed the front without a trace: not in its log, not in its root.
+    let front_log = front.stop();
+    assert!(!front_log.contains(&alice), "{front_log}");
+    let grep = Command::new("grep").args(["-rqF", &alice]).arg(front_root.path()).status().unwrap();
+    assert_eq!(grep.code(), Some(1), "the token is not on the front hub's disk");
+
+    // Upstream down: a clear 502 naming the upstream, hosted owners unaffected.
+    let front = Server::start(front_root.path(), &["--upstream-git", "http://127.0.0.1:9/git"]);
+    let (status, _, body) = http(&front.url(), "GET", "/git/alice/floxmeta/info/refs?service=git-upload-pack", &[]);
+    assert_eq!(status, 502);
+    let body = String::from_utf8_lossy(&body);
+    assert!(body.contains("the upstream git http://127.0.0.1:9/git could not be reached"), "{body}");
+    clone(&front.url(), "local", "app", Some("")).unwrap();
+    front.stop();
+
+    // A bad value is refused at start, naming the option and what is accepted, without the secret.
+    let out = hub_cmd(&["serve", "--root", front_root.arg(), "--upstream-git", "https://oauth:s3cret@hub.invalid/git"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("upstream git URL") && err.contains("no credentials") && !err.contains("s3cret"), "{err}");
 }
