@@ -308,3 +308,57 @@ fn hub_failures_are_precise() {
     let o = broken.pull(&["flox/echoip"]);
     assert!(stderr(&o).contains("answered HTTP 500 for flox/echoip"), "{}", stderr(&o));
 }
+
+/// A cluster's single address: nodes whose `hub_url` and substituter are a front hub that hosts
+/// nothing itself (`--upstream` for packages, `--upstream-git` for floxmeta) pull public and
+/// private environments of the world hub behind it; the world hub serves each NAR once for two
+/// nodes, and the token reaches it through the front without staying there.
+#[test]
+fn nodes_pull_through_one_front_hub_for_git_and_packages() {
+    let world = CliNode::new();
+    let dir = world.dir.path();
+    let front_root = dir.join("front");
+    world.hub.imageless(&["hub", "init", "--root", front_root.to_str().unwrap()]);
+    let front = Hub::serve_root(
+        &imageless(),
+        &front_root,
+        &dir.join("front.log"),
+        &["--upstream", &format!("{}/cache", world.hub.url), "--upstream-git", &format!("{}/git", world.hub.url)],
+    )
+    .unwrap();
+    let alice = world.token_file("alice");
+    let node = |name: &str| {
+        let home = dir.join(name);
+        std::fs::create_dir_all(&home).unwrap();
+        let file = NodeConfigFile {
+            hub_url: front.url.clone(),
+            cache_url: format!("{}/cache", front.url),
+            extra: "hub_answer_ttl_secs = 0".into(),
+            ..NodeConfigFile::new(&home, &world.hub)
+        };
+        file.write(&home.join("node.toml"));
+        home.join("node.toml")
+    };
+    let pull = |config: &PathBuf, args: &[&str]| {
+        Command::new(imageless()).arg("pull").args(args).env("IMAGELESS_CONFIG", config).output().unwrap()
+    };
+    let mark = world.hub.log_mark();
+    for config in [node("node-a"), node("node-b")] {
+        let o = pull(&config, &["flox/hello"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let o = pull(&config, &["acme/private", "--token-file", alice.to_str().unwrap()]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let o = pull(&config, &["acme/private"]);
+        assert!(!o.status.success() && stderr(&o).contains("acme/private"), "{}", stderr(&o));
+    }
+    let closure = world.world_closure("flox/hello", "1").len() + world.world_closure("acme/private", "1").len();
+    let (_, nars) = world.hub.cache_gets_since(mark);
+    assert!(nars <= closure, "{nars} NAR GETs at the world hub for two nodes; the closures have {closure} paths");
+    let world_log = world.hub.access_log();
+    assert!(world_log.contains("/git/acme/floxmeta/git-upload-pack 200 alice"), "{world_log}");
+    let front_log = front.access_log();
+    assert!(front_log.contains("/git/flox/floxmeta/git-upload-pack 200 -"), "{front_log}");
+    let token = std::fs::read_to_string(&alice).unwrap();
+    let grep = Command::new("grep").args(["-rqF", token.trim()]).arg(&front_root).arg(dir.join("front.log")).status();
+    assert_eq!(grep.unwrap().code(), Some(1), "the token is neither in the front's root nor in its log");
+}
