@@ -115,14 +115,16 @@ fn prepare(
             // Start pulling while images and the sandbox are being set up, unless there is
             // nothing to pull: a warm start then costs no extra process competing with
             // containerd and runc for the CPU.
+            // Nor when another sandbox's prefetch of it is under way (a burst of cold pods).
             let useful = System::host()
-                .map(|system| NodeCache::new(config.clone(), system).prefetch_useful(&environment, mode))
+                .map(|system| NodeCache::new(config.clone(), system))
+                .map(|cache| cache.prefetch_useful(&environment, mode) && !cache.prefetch_running(&environment, mode))
                 .unwrap_or(true);
             if useful {
                 spawn_prefetch(&environment, mode);
                 steps.mark("spawn_prefetch");
             } else {
-                tracing::debug!(env = %environment, "warm: no prefetch");
+                tracing::debug!(env = %environment, "no prefetch: warm, private or already under way");
                 steps.mark("warm_no_prefetch");
             }
             return Ok(Prepared::Untouched);
@@ -249,6 +251,12 @@ pub fn prefetch_main(args: &[String]) -> i32 {
     let Ok(system) = System::host() else { return 1 };
     let view = config.store_view == StoreView::Closure;
     let cache = NodeCache::new(config, system);
+    let _running = match cache.hold_prefetch(&env, mode) {
+        Ok(Some(lock)) => Some(lock),
+        Ok(None) => return 0,
+        // The lock is an optimisation: without it, prefetch anyway.
+        Err(_) => None,
+    };
     // The closure view too, so the app container's create finds it ready.
     match cache.ensure(&env, mode, None).and_then(|r| if view { cache.ensure_view(&r).map(drop) } else { Ok(()) }) {
         Ok(()) => 0,

@@ -244,6 +244,30 @@ impl NodeCache {
         }
     }
 
+    /// The lock a sandbox's background prefetch of `env` holds while it runs (owner and name
+    /// allow only `[A-Za-z0-9._-]`, so `@` keeps the file names apart).
+    fn prefetch_lock_path(&self, env: &EnvRef, mode: Mode) -> PathBuf {
+        self.root().join("locks").join(format!("prefetch@{}@{}@{}.lock", env.owner, env.name, mode.as_str()))
+    }
+
+    /// Takes the prefetch lock of `env` for this process: `Ok(None)` when another prefetch of it
+    /// holds it (a second one would only wait on the first's locks, then find it done).
+    pub fn hold_prefetch(&self, env: &EnvRef, mode: Mode) -> Result<Option<File>, NodeError> {
+        let path = self.prefetch_lock_path(env, mode);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(io(parent))?;
+        }
+        let f = File::options().create(true).truncate(false).write(true).open(&path).map_err(io(&path))?;
+        let locked = FileExt::try_lock_exclusive(&f).map_err(io(&path))?;
+        Ok(locked.then_some(f))
+    }
+
+    /// Whether a prefetch of `env` is running now (its lock is held). Only a hint: it may end
+    /// right after; creates never rely on it.
+    pub fn prefetch_running(&self, env: &EnvRef, mode: Mode) -> bool {
+        matches!(self.hold_prefetch(env, mode), Ok(None))
+    }
+
     /// Looks up a rendered environment by key.
     pub fn lookup(&self, key: &str) -> Option<Rendered> {
         let dir = self.envs_dir().join(key);
@@ -495,6 +519,23 @@ mod tests {
     }
 
     /// A view is built once, kept while a container uses its key, removed by gc once unused.
+    #[test]
+    fn one_prefetch_per_environment_and_mode_at_a_time() {
+        let tmp = tempfile::tempdir().unwrap();
+        let config = NodeConfig { state_root: tmp.path().join("state"), ..NodeConfig::default() };
+        let cache = NodeCache::new(config, System::X86_64Linux);
+        let app = EnvRef::parse("acme/app").unwrap();
+        assert!(!cache.prefetch_running(&app, Mode::Run));
+        let held = cache.hold_prefetch(&app, Mode::Run).unwrap().expect("free");
+        assert!(cache.prefetch_running(&app, Mode::Run));
+        assert!(cache.hold_prefetch(&app, Mode::Run).unwrap().is_none(), "a second prefetch stays away");
+        // Other modes and environments (even with look-alike names) have locks of their own.
+        assert!(!cache.prefetch_running(&app, Mode::Dev));
+        assert!(!cache.prefetch_running(&EnvRef::parse("acme-app/x").unwrap(), Mode::Run));
+        drop(held);
+        assert!(!cache.prefetch_running(&app, Mode::Run), "released when the prefetch ends");
+    }
+
     #[test]
     fn view_lifecycle() {
         let tmp = tempfile::tempdir().unwrap();
