@@ -2,15 +2,17 @@
 //!
 //! - [`server`]: `imageless hub serve` on hyper/tokio (optionally rustls); [`routes`]: floxmeta
 //!   git repositories over smart HTTP through `git http-backend`, a signed Nix binary cache as
-//!   static files, token auth, `/api/v1/accounts/me`; [`pull_through`]: missing cache files
-//!   fetched once from upstream caches; [`git_upstream`]: floxmeta of owners not hosted here
-//!   passed through to an upstream FloxHub.
+//!   static files ([`cache_file`]: the fast path for plain GET/HEAD), token auth,
+//!   `/api/v1/accounts/me`; [`pull_through`]: missing cache files fetched once from upstream
+//!   caches; [`git_upstream`]: floxmeta of owners not hosted here passed through to an upstream
+//!   FloxHub.
 //! - [`publish`]: new generations and rollbacks in Flox's floxmeta layout.
 //! - [`admin`]: `init`, `token`, `grant`; [`config`]: the root layout and `hub.json`.
 //! - [`auth`], [`generations`], [`lock`], [`names`]: pure logic, unit-tested.
 pub mod admin;
 pub mod auth;
 pub mod cache;
+pub mod cache_file;
 pub mod cli;
 pub mod config;
 pub mod error;

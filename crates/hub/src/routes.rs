@@ -1,6 +1,7 @@
 //! What the hub answers: routing to the git bridge, the binary cache (static files, pulled
 //! through from upstream caches when configured) and the accounts endpoint, with one
 //! access-log line per request (`METHOD PATH STATUS HANDLE MSms`, never credentials).
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -14,6 +15,7 @@ use tower_http::services::ServeFile;
 
 use crate::auth::{self, Credential, Identity};
 use crate::cache;
+use crate::cache_file::{self, Lookup};
 use crate::config::{HubConfig, HubPaths};
 use crate::error::HubServerError;
 use crate::git_backend::{self, CgiRequest, ChildRegistry, GitRoute};
@@ -124,27 +126,50 @@ impl Context {
         }
     }
 
-    /// Static files with HEAD, Range (206, 416) and conditional requests done by tower-http.
+    /// A plain GET or HEAD is answered by [`cache_file`]'s fast path; Range (206, 416) and
+    /// conditional requests by tower-http's `ServeFile`. A missing narinfo or NAR is pulled from
+    /// the upstream caches first when the hub has any.
     async fn cache(&self, request: Request, rest: &str) -> Outcome {
         if !matches!(*request.method(), Method::GET | Method::HEAD) {
             return plain(405, "the cache is read-only: GET and HEAD only", None);
         }
-        let Some(file) = cache::resolve_cache_path(&self.paths.cache(), rest) else {
+        let cache_dir = self.paths.cache();
+        let Some(file) = cache::resolve_cache_path(&cache_dir, rest) else {
             return plain(404, "not found", None);
         };
-        let present = tokio::fs::metadata(&file).await.map(|m| m.is_file()).unwrap_or(false);
-        if !present {
-            let Some(pull) = self.pull.as_ref().filter(|_| PullThrough::pulls(rest)) else {
-                return plain(404, "not found", None);
-            };
-            match pull.pull(rest).await {
-                Pulled::Stored => {}
-                Pulled::NotFound => return plain(404, "not found", None),
-                Pulled::Unavailable => return plain(502, "no upstream cache could be reached for this file", None),
+        let fast = !cache_file::needs_serve_file(request.headers());
+        // Only a GET answered here reads the body: HEAD and ServeFile's requests just check the file.
+        let read = fast && *request.method() == Method::GET;
+        let mut pulled = false;
+        let opened = loop {
+            match self.open_cache_file(&cache_dir, rest, read).await {
+                Ok(Lookup::Found(opened)) => break opened,
+                Ok(Lookup::NotServed) => return plain(404, "not found", None),
+                Ok(Lookup::Missing) if pulled => return plain(404, "not found", None),
+                Ok(Lookup::Missing) => {
+                    let Some(pull) = self.pull.as_ref().filter(|_| PullThrough::pulls(rest)) else {
+                        return plain(404, "not found", None);
+                    };
+                    match pull.pull(rest).await {
+                        Pulled::Stored => pulled = true,
+                        Pulled::NotFound => return plain(404, "not found", None),
+                        Pulled::Unavailable => {
+                            return plain(502, "no upstream cache could be reached for this file", None)
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::error!("cache file {rest}: {e}");
+                    return plain(500, "the cache file could not be read", None);
+                }
             }
+        };
+        let content_type = cache::content_type(rest);
+        if fast {
+            return (opened.response(request.method(), content_type), None);
         }
-        let mime: mime::Mime =
-            cache::content_type(rest).parse().expect("the cache's content types are valid MIME types");
+        drop(opened);
+        let mime: mime::Mime = content_type.parse().expect("the cache's content types are valid MIME types");
         match ServeFile::new_with_mime(&file, &mime).oneshot(request).await {
             Ok(response) => (response.map(Body::new), None),
             Err(never) => match never {},
@@ -177,6 +202,13 @@ impl Context {
                 plain(502, &e.to_string(), None)
             }
         }
+    }
+
+    async fn open_cache_file(&self, cache_dir: &Path, rest: &str, read: bool) -> std::io::Result<Lookup> {
+        let (dir, rel) = (cache_dir.to_path_buf(), rest.to_owned());
+        tokio::task::spawn_blocking(move || cache_file::open(&dir, &rel, read))
+            .await
+            .unwrap_or_else(|join| Err(std::io::Error::other(join)))
     }
 
     async fn git(&self, request: Request, rest: &str, query: &str) -> Outcome {

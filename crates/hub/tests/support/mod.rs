@@ -184,7 +184,7 @@ impl Conn {
         Ok(Conn { reader: BufReader::new(stream), hostport: hostport.to_owned() })
     }
 
-    /// Sends one request and reads its whole response (no body for HEAD, as HTTP says).
+    /// Sends one request and reads its whole response (no body for HEAD, 204 or 304, as HTTP says).
     pub fn request(&mut self, method: &str, path: &str, headers: &[(&str, &str)]) -> std::io::Result<Answer> {
         let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {}\r\n", self.hostport);
         for (k, v) in headers {
@@ -214,7 +214,7 @@ impl Conn {
             }
         }
         let mut answer = Answer { status, headers, body: Vec::new() };
-        if method != "HEAD" {
+        if method != "HEAD" && status != 204 && status != 304 {
             let len: usize = answer
                 .header("content-length")
                 .and_then(|v| v.parse().ok())
