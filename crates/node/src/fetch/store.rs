@@ -16,6 +16,29 @@ use imageless_core::store_path::StorePath;
 use super::error::FetchError;
 use super::narinfo::NarInfo;
 
+/// Sets `FS_TOPDIR_FL` (`chattr +T`) on the store directory, best effort. Each store path is
+/// an unrelated tree, and this flag tells ext4's (Orlov) allocator exactly that: a directory
+/// made in it (each fetch's temporary tree) starts in a roomy block group of its own, and its
+/// files follow it, instead of every path's inodes crowding the store directory's group. On
+/// ext4 without a journal that matters a lot: allocating an inode skips every inode freed in
+/// the last 30 s one by one, so after a gc (or any churn) in that group a cold pull spent most
+/// of its time in the kernel (P9: 2–9 s of system time for flox/large, 1.5–2 s with the flag).
+/// Filesystems without the flag refuse it; nothing else depends on it.
+fn mark_top_of_hierarchies(dir: &Path) {
+    use rustix::fs::{IFlags, Mode, OFlags};
+    let result =
+        rustix::fs::open(dir, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty()).and_then(|fd| {
+            let flags = rustix::fs::ioctl_getflags(&fd)?;
+            if flags.contains(IFlags::TOPDIR) {
+                return Ok(());
+            }
+            rustix::fs::ioctl_setflags(&fd, flags | IFlags::TOPDIR)
+        });
+    if let Err(e) = result {
+        tracing::debug!(dir = %dir.display(), error = %e, "store directory not marked as top of hierarchies");
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct NodeStore {
     pub dir: PathBuf,
@@ -51,11 +74,13 @@ impl NodeStore {
         NarInfo::parse(&text, p).map_err(|_| missing())
     }
 
-    /// Creates the store, record and lock directories.
+    /// Creates the store, record and lock directories, and marks the store directory as the
+    /// top of unrelated hierarchies (see [`mark_top_of_hierarchies`]).
     pub fn create_dirs(&self) -> Result<(), FetchError> {
         for d in [&self.dir, &self.info_dir, &self.lock_dir] {
             std::fs::create_dir_all(d).map_err(FetchError::store(d, "creating the directory"))?;
         }
+        mark_top_of_hierarchies(&self.dir);
         Ok(())
     }
 
