@@ -16,7 +16,7 @@ use imageless_core::store_path::StorePath;
 use super::error::FetchError;
 use super::narinfo::NarInfo;
 
-/// Sets `FS_TOPDIR_FL` (`chattr +T`) on the store directory, best effort. Each store path is
+/// Sets `FS_TOPDIR_FL` (`chattr +T`) on a directory, best effort. Each store path is
 /// an unrelated tree, and this flag tells ext4's (Orlov) allocator exactly that: a directory
 /// made in it (each fetch's temporary tree) starts in a roomy block group of its own, and its
 /// files follow it, instead of every path's inodes crowding the store directory's group. On
@@ -74,11 +74,18 @@ impl NodeStore {
         NarInfo::parse(&text, p).map_err(|_| missing())
     }
 
-    /// Creates the store, record and lock directories, and marks the store directory as the
-    /// top of unrelated hierarchies (see [`mark_top_of_hierarchies`]).
+    /// Creates the store, record and lock directories. The store directory, and the state
+    /// root and its `locks/` before the record and lock directories are made in them, are
+    /// marked as tops of unrelated hierarchies (see [`mark_top_of_hierarchies`]): a cold
+    /// pull creates a record and a lock file per path too.
     pub fn create_dirs(&self) -> Result<(), FetchError> {
+        let create = |d: &Path| std::fs::create_dir_all(d).map_err(FetchError::store(d, "creating the directory"));
+        for parent in [self.info_dir.parent(), self.lock_dir.parent()].into_iter().flatten() {
+            create(parent)?;
+            mark_top_of_hierarchies(parent);
+        }
         for d in [&self.dir, &self.info_dir, &self.lock_dir] {
-            std::fs::create_dir_all(d).map_err(FetchError::store(d, "creating the directory"))?;
+            create(d)?;
         }
         mark_top_of_hierarchies(&self.dir);
         Ok(())
