@@ -150,3 +150,39 @@ impl NodeStore {
         Ok(seen.into_iter().filter_map(|s| StorePath::parse(&s).ok()).collect())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// On ext4 (the filesystem the P9 figure was measured on) the store directory, the state
+    /// root and `locks/` carry FS_TOPDIR_FL; the record and lock directories are made after.
+    #[test]
+    fn marks_store_and_state_dirs_as_tops_of_hierarchies_on_ext4() {
+        let tmp = tempfile::tempdir().unwrap();
+        const EXT4_SUPER_MAGIC: i64 = 0xEF53;
+        let on_ext4 = rustix::fs::statfs(tmp.path()).map(|s| s.f_type as i64 == EXT4_SUPER_MAGIC).unwrap_or(false);
+        let state = tmp.path().join("state");
+        let store = NodeStore::new(tmp.path().join("store"), &state);
+        store.create_dirs().unwrap();
+        for d in [&store.dir, &store.info_dir, &store.lock_dir] {
+            assert!(d.is_dir(), "{} created", d.display());
+        }
+        if !on_ext4 {
+            return; // other filesystems may refuse the flag: create_dirs ignores that
+        }
+        let flags = |d: &Path| {
+            let fd = rustix::fs::open(
+                d,
+                rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY,
+                rustix::fs::Mode::empty(),
+            )
+            .unwrap();
+            rustix::fs::ioctl_getflags(&fd).unwrap()
+        };
+        for d in [store.dir.as_path(), state.as_path(), &state.join("locks")] {
+            assert!(flags(d).contains(rustix::fs::IFlags::TOPDIR), "{} marked", d.display());
+        }
+        assert!(!flags(&store.info_dir).contains(rustix::fs::IFlags::TOPDIR), "only the parents are marked");
+    }
+}
