@@ -161,7 +161,7 @@ mod tests {
     fn marks_store_and_state_dirs_as_tops_of_hierarchies_on_ext4() {
         let tmp = tempfile::tempdir().unwrap();
         const EXT4_SUPER_MAGIC: i64 = 0xEF53;
-        let on_ext4 = rustix::fs::statfs(tmp.path()).map(|s| s.f_type as i64 == EXT4_SUPER_MAGIC).unwrap_or(false);
+        let on_ext4 = rustix::fs::statfs(tmp.path()).map(|s| s.f_type == EXT4_SUPER_MAGIC).unwrap_or(false);
         let state = tmp.path().join("state");
         let store = NodeStore::new(tmp.path().join("store"), &state);
         store.create_dirs().unwrap();
