@@ -17,6 +17,9 @@ use super::progress::{Counting, Progress};
 use super::store::{NodeStore, PathLock};
 use super::walk::Planned;
 
+/// Decompressed bytes read ahead of the NAR parser.
+const UNPACK_BUFFER: usize = 256 * 1024;
+
 /// What one job did: false when another fetch had published the path meanwhile.
 pub struct Done {
     pub downloaded: bool,
@@ -78,6 +81,10 @@ async fn download_and_unpack(
                     None => source,
                 }
             })
+            // The parser reads each NAR token in 8-byte pieces: served from a buffer, not by
+            // a decoder (and progress) call each. It sits below the NarSize bound and hash,
+            // which still see exactly the bytes the parser takes.
+            .map(|source| std::io::BufReader::with_capacity(UNPACK_BUFFER, source))
             .and_then(|source| unpack_checked(source, info.nar_size, &info.nar_hash, &temp))
             .and_then(|bytes| store.publish(&info, &temp).map(|()| bytes).map_err(Failure::Store));
         if result.is_err() {

@@ -31,6 +31,8 @@ const MAX_DEPTH: usize = 256;
 
 struct Parser<'a, R: Read> {
     r: &'a mut R,
+    /// Reused for every file's contents.
+    buf: Vec<u8>,
 }
 
 fn format(msg: impl Into<String>) -> NarError {
@@ -102,7 +104,7 @@ impl<R: Read> Parser<'_, R> {
                 let mode = if executable { 0o555 } else { 0o444 };
                 let mut file =
                     OpenOptions::new().write(true).create_new(true).mode(mode).open(path).map_err(write_err)?;
-                let copied = copy_exact(&mut *self.r, &mut file, len, path)?;
+                let copied = copy_exact(&mut *self.r, &mut self.buf, &mut file, len, path)?;
                 debug_assert_eq!(copied, len);
                 self.padding(len)?;
                 set_file_mtime(&file).map_err(write_err)?;
@@ -160,8 +162,7 @@ impl<R: Read> Parser<'_, R> {
 }
 
 /// Copies exactly `len` bytes (a truncated source is `Read(UnexpectedEof)`).
-fn copy_exact<R: Read>(r: &mut R, file: &mut File, len: u64, path: &Path) -> Result<u64, NarError> {
-    let mut buf = vec![0u8; 64 * 1024];
+fn copy_exact<R: Read>(r: &mut R, buf: &mut [u8], file: &mut File, len: u64, path: &Path) -> Result<u64, NarError> {
     let mut left = len;
     while left > 0 {
         let want = buf.len().min(left as usize);
@@ -190,7 +191,7 @@ fn set_mtime_nofollow(path: &Path) -> io::Result<()> {
 /// Unpacks the NAR read from `r` at `dest` (which must not exist). Reads exactly the
 /// archive: the caller checks that nothing follows it.
 pub fn unpack<R: Read>(r: &mut R, dest: &Path) -> Result<(), NarError> {
-    let mut p = Parser { r };
+    let mut p = Parser { r, buf: vec![0u8; 256 * 1024] };
     p.expect("nix-archive-1")?;
     p.expect("(")?;
     p.node(dest, 0)
