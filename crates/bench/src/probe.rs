@@ -93,10 +93,14 @@ pub fn step_main(args: &[String]) -> ! {
         std::process::exit(2)
     };
     let file = std::fs::OpenOptions::new().create(true).append(true).open(log);
+    let what = rest.iter().find(|a| RUNC_COMMANDS.contains(&a.as_str())).map(String::as_str).unwrap_or("other");
     let mut cmd = Command::new(real);
     cmd.args(rest).env("IMAGELESS_LOG", "flox_runc::timing=debug");
-    if let Ok(f) = &file {
-        if let Ok(f) = f.try_clone() {
+    // Only a create's stderr goes to the log (flox-runc's step timings). Every other call
+    // keeps the shim's stderr: the shim reads runc's error text (e.g. "container not running"
+    // from a kill racing the container's exit) to tell a harmless failure from a real one.
+    if what == "create" {
+        if let Some(f) = file.as_ref().ok().and_then(|f| f.try_clone().ok()) {
             cmd.stderr(f);
         }
     }
@@ -109,7 +113,6 @@ pub fn step_main(args: &[String]) -> ! {
         }
     };
     let took = t0.elapsed().as_micros();
-    let what = rest.iter().find(|a| RUNC_COMMANDS.contains(&a.as_str())).map(String::as_str).unwrap_or("other");
     if let Ok(mut f) = file {
         let _ = writeln!(f, "call {what} {took}");
     }
