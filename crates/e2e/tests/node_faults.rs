@@ -104,7 +104,24 @@ fn containerd_killed_during_ten_creates() {
         let runs = names.iter().enumerate().map(|(i, n)| {
             let yaml = sleeper(&format!("{n}-retry"), i % 2 == 0);
             let node = &node;
-            async move { node.run(&yaml, &[]).await }
+            async move {
+                // As the kubelet does, retry with a backoff. containerd itself can need that after
+                // a SIGKILL: its snapshotter may still hold a directory its database forgot
+                // ("failed to rename ... snapshots/N: file exists") until its gc, which the
+                // removals above set off, cleans up. Our own errors ("flox: ...") are never
+                // retried.
+                let mut attempt = 1;
+                loop {
+                    match node.run(&yaml, &[]).await {
+                        Err(e) if attempt < 6 && !e.to_string().contains("flox:") => {
+                            eprintln!("{yaml_name}: attempt {attempt} failed: {e}", yaml_name = n);
+                            tokio::time::sleep(Duration::from_secs(attempt)).await;
+                            attempt += 1;
+                        }
+                        outcome => break outcome,
+                    }
+                }
+            }
         });
         let outcomes = join_all(runs).await;
         for (name, outcome) in names.iter().zip(outcomes) {
