@@ -83,6 +83,14 @@ pub fn open(cache: &Path, rel: &str, read: bool) -> std::io::Result<Lookup> {
     Ok(Lookup::Found(Opened { file, len, modified: meta.modified().ok(), first }))
 }
 
+/// [`open`] on a blocking thread.
+pub async fn open_async(cache: &Path, rel: &str, read: bool) -> std::io::Result<Lookup> {
+    let (cache, rel) = (cache.to_path_buf(), rel.to_owned());
+    tokio::task::spawn_blocking(move || open(&cache, &rel, read))
+        .await
+        .unwrap_or_else(|join| Err(std::io::Error::other(join)))
+}
+
 /// Exactly `n` bytes from the file's current offset; an error when it ends before (it shrank
 /// after `fstat`: the Content-Length sent would be a lie).
 fn read_up_to(file: &mut File, n: u64) -> std::io::Result<Bytes> {

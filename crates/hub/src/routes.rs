@@ -1,7 +1,6 @@
 //! What the hub answers: routing to the git bridge, the binary cache (static files, pulled
 //! through from upstream caches when configured) and the accounts endpoint, with one
 //! access-log line per request (`METHOD PATH STATUS HANDLE MSms`, never credentials).
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -142,7 +141,7 @@ impl Context {
         let read = fast && *request.method() == Method::GET;
         let mut pulled = false;
         let opened = loop {
-            match self.open_cache_file(&cache_dir, rest, read).await {
+            match cache_file::open_async(&cache_dir, rest, read).await {
                 Ok(Lookup::Found(opened)) => break opened,
                 Ok(Lookup::NotServed) => return plain(404, "not found", None),
                 Ok(Lookup::Missing) if pulled => return plain(404, "not found", None),
@@ -186,12 +185,8 @@ impl Context {
         rest: &str,
         query: &str,
     ) -> Outcome {
-        match route {
-            GitRoute::ReceivePack { .. } => {
-                return plain(403, "this hub is read-only over HTTP: publish with `imageless hub publish`", None)
-            }
-            GitRoute::Dumb { .. } => return plain(403, "only smart HTTP git-upload-pack is served", None),
-            _ => {}
+        if let Some(refused) = refused(route, None) {
+            return refused;
         }
         let (parts, body) = request.into_parts();
         match upstream.forward(&parts.method, rest, query, &parts.headers, body).await {
@@ -202,13 +197,6 @@ impl Context {
                 plain(502, &e.to_string(), None)
             }
         }
-    }
-
-    async fn open_cache_file(&self, cache_dir: &Path, rest: &str, read: bool) -> std::io::Result<Lookup> {
-        let (dir, rel) = (cache_dir.to_path_buf(), rest.to_owned());
-        tokio::task::spawn_blocking(move || cache_file::open(&dir, &rel, read))
-            .await
-            .unwrap_or_else(|join| Err(std::io::Error::other(join)))
     }
 
     async fn git(&self, request: Request, rest: &str, query: &str) -> Outcome {
@@ -236,12 +224,8 @@ impl Context {
         if !hosted {
             return plain(404, "not found", handle);
         }
-        match route {
-            GitRoute::ReceivePack { .. } => {
-                return plain(403, "this hub is read-only over HTTP: publish with `imageless hub publish`", handle)
-            }
-            GitRoute::Dumb { .. } => return plain(403, "only smart HTTP git-upload-pack is served", handle),
-            _ => {}
+        if let Some(refused) = refused(&route, handle.clone()) {
+            return refused;
         }
         let hidden = config.hidden_branches(&owner, handle.as_deref());
         if credential == Credential::Missing && !hidden.is_empty() {
@@ -282,5 +266,16 @@ impl Context {
                 plain(500, "git backend failed", handle)
             }
         }
+    }
+}
+
+/// Pushes and dumb HTTP are never served, hosted here or passed through.
+fn refused(route: &GitRoute, handle: Option<String>) -> Option<Outcome> {
+    match route {
+        GitRoute::ReceivePack { .. } => {
+            Some(plain(403, "this hub is read-only over HTTP: publish with `imageless hub publish`", handle))
+        }
+        GitRoute::Dumb { .. } => Some(plain(403, "only smart HTTP git-upload-pack is served", handle)),
+        _ => None,
     }
 }

@@ -139,11 +139,16 @@ pub struct NodeCache {
     progress: Option<std::sync::Arc<dyn Progress>>,
 }
 
-pub(crate) fn lock_file(path: &Path) -> Result<File, NodeError> {
+/// Opens (creating it and its directory) a lock file, without locking it.
+fn open_lock(path: &Path) -> Result<File, NodeError> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(io(parent))?;
     }
-    let f = File::options().create(true).truncate(false).write(true).open(path).map_err(io(path))?;
+    File::options().create(true).truncate(false).write(true).open(path).map_err(io(path))
+}
+
+pub(crate) fn lock_file(path: &Path) -> Result<File, NodeError> {
+    let f = open_lock(path)?;
     f.lock_exclusive().map_err(io(path))?;
     Ok(f)
 }
@@ -199,13 +204,8 @@ impl NodeCache {
     }
 
     fn ensure_uncategorized(&self, env: &EnvRef, mode: Mode, token: Option<&Token>) -> Result<Rendered, NodeError> {
-        let resolver = Resolver {
-            remote: &*self.remote,
-            state_root: self.root(),
-            answer_ttl_secs: self.config.hub_answer_ttl_secs,
-            system: self.system,
-        };
-        let mut resolved = resolver.resolve(env, mode, token, &|key| self.lookup(key).is_some())?;
+        let resolver = self.resolver();
+        let mut resolved = resolver.resolve(env, mode, token, &|key| self.is_rendered(key))?;
         let lock = match resolved.lock.take() {
             Some(lock) => lock,
             None => {
@@ -230,14 +230,9 @@ impl NodeCache {
     /// is built when containers get closure views), nor when only a token can see it. Reads the
     /// ref record and stats two directories; takes no lock and writes nothing.
     pub fn prefetch_useful(&self, env: &EnvRef, mode: Mode) -> bool {
-        let resolver = Resolver {
-            remote: &*self.remote,
-            state_root: self.root(),
-            answer_ttl_secs: self.config.hub_answer_ttl_secs,
-            system: self.system,
-        };
+        let resolver = self.resolver();
         let needs_view = self.config.store_view == StoreView::Closure;
-        match resolver.anonymous_pull(env, mode, &|key| self.lookup(key).is_some()) {
+        match resolver.anonymous_pull(env, mode, &|key| self.is_rendered(key)) {
             AnonymousPull::Warm { key } => needs_view && !view::view_dir(self.root(), &key).is_dir(),
             AnonymousPull::Private => false,
             AnonymousPull::Needed => true,
@@ -254,10 +249,7 @@ impl NodeCache {
     /// holds it (a second one would only wait on the first's locks, then find it done).
     pub fn hold_prefetch(&self, env: &EnvRef, mode: Mode) -> Result<Option<File>, NodeError> {
         let path = self.prefetch_lock_path(env, mode);
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(io(parent))?;
-        }
-        let f = File::options().create(true).truncate(false).write(true).open(&path).map_err(io(&path))?;
+        let f = open_lock(&path)?;
         let locked = FileExt::try_lock_exclusive(&f).map_err(io(&path))?;
         Ok(locked.then_some(f))
     }
@@ -268,14 +260,31 @@ impl NodeCache {
         matches!(self.hold_prefetch(env, mode), Ok(None))
     }
 
-    /// Looks up a rendered environment by key.
-    pub fn lookup(&self, key: &str) -> Option<Rendered> {
+    /// The resolve step as this node is configured.
+    fn resolver(&self) -> Resolver<'_> {
+        Resolver {
+            remote: &*self.remote,
+            state_root: self.root(),
+            answer_ttl_secs: self.config.hub_answer_ttl_secs,
+            system: self.system,
+        }
+    }
+
+    /// Whether an environment is rendered under `key` and served: two stats, no file read
+    /// (resolve asks this before [`Self::lookup`] reads the closure).
+    fn is_rendered(&self, key: &str) -> bool {
         let dir = self.envs_dir().join(key);
         // Rendered before the node store (its paths in a host /nix/store): not served, so a
         // ref record written then re-renders it into the node store; gc drops the old one.
-        if !dir.join(NODE_STORE_MARKER).exists() {
+        dir.join(NODE_STORE_MARKER).exists() && dir.join("closure").is_file()
+    }
+
+    /// Looks up a rendered environment by key.
+    pub fn lookup(&self, key: &str) -> Option<Rendered> {
+        if !self.is_rendered(key) {
             return None;
         }
+        let dir = self.envs_dir().join(key);
         let closure = std::fs::read_to_string(dir.join("closure")).ok()?;
         let generation =
             std::fs::read_to_string(dir.join("generation")).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
