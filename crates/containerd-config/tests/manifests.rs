@@ -71,7 +71,10 @@ fn kubectl_1_20() -> std::path::PathBuf {
 
 /// `kubectl kustomize DIR` with kubectl 1.20's built-in kustomize: the oldest one users have.
 fn kustomize(dir: &str) -> Vec<serde_yaml::Value> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy").join(dir);
+    kustomize_path(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy").join(dir))
+}
+
+fn kustomize_path(dir: &Path) -> Vec<serde_yaml::Value> {
     let out = std::process::Command::new(kubectl_1_20()).arg("kustomize").arg(&dir).output().unwrap();
     assert!(out.status.success(), "kubectl 1.20 kustomize {}: {}", dir.display(), String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8(out.stdout).unwrap();
@@ -109,10 +112,14 @@ fn parse_all(docs: &[serde_yaml::Value]) -> Vec<String> {
 }
 
 fn check_images(pod: k8s_openapi::api::core::v1::PodSpec) {
-    let containers = pod.containers.iter().chain(pod.init_containers.iter().flatten());
-    for c in containers {
-        assert_eq!(c.image.as_deref(), Some("imageless-installer:0.1.0"), "container {}", c.name);
+    for image in images_of(&pod) {
+        assert_eq!(image, "imageless-installer:0.1.0");
     }
+}
+
+fn images_of(pod: &k8s_openapi::api::core::v1::PodSpec) -> Vec<String> {
+    let containers = pod.containers.iter().chain(pod.init_containers.iter().flatten());
+    containers.map(|c| c.image.clone().unwrap_or_else(|| panic!("container {} has no image", c.name))).collect()
 }
 
 /// Parses `doc` as `T`, refusing fields `T` does not have (a typo would be dropped silently by a
@@ -176,4 +183,56 @@ fn hub_cache_kustomization_renders_and_serves_from_the_installer_image() {
     assert_eq!(hub["command"][0], "/opt/imageless/bin/imageless");
     assert_eq!(hub["command"][1], "hub");
     assert_eq!(hub["command"][2], "serve");
+}
+
+/// What `kustomize edit set image imageless-installer=registry.example.com/ops/imageless-installer:v9`
+/// writes into kustomization.yaml (`images:` with newName and newTag) moves every container of
+/// the installer, uninstaller and hub cache to that image, and nothing else changes: the image is
+/// named in one place. (No kustomize binary here; the edit is the entry that command writes.)
+#[test]
+fn setting_the_image_in_the_kustomization_moves_every_container() {
+    let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy");
+    let copy = tempfile::tempdir().unwrap();
+    copy_tree(&deploy, copy.path());
+    let set = "images:\n  - name: imageless-installer\n    newName: registry.example.com/ops/imageless-installer\n    newTag: v9\n";
+    for dir in [".", "uninstall", "hub-cache"] {
+        let file = copy.path().join(dir).join("kustomization.yaml");
+        let text = std::fs::read_to_string(&file).unwrap();
+        let at = text.find("images:").unwrap_or_else(|| panic!("{dir}/kustomization.yaml sets no image"));
+        std::fs::write(&file, format!("{}{set}", &text[..at])).unwrap();
+        let edited = kustomize_path(&copy.path().join(dir));
+        let original = kustomize(dir);
+        assert_eq!(edited.len(), original.len());
+        let mut seen = 0;
+        for (doc, before) in edited.iter().zip(&original) {
+            let pod = match doc["kind"].as_str().unwrap() {
+                "DaemonSet" => parse::<DaemonSet>(doc).spec.unwrap().template.spec.unwrap(),
+                "Deployment" => {
+                    parse::<k8s_openapi::api::apps::v1::Deployment>(doc).spec.unwrap().template.spec.unwrap()
+                }
+                _ => {
+                    assert_eq!(doc, before, "only images change");
+                    continue;
+                }
+            };
+            for image in images_of(&pod) {
+                assert_eq!(image, "registry.example.com/ops/imageless-installer:v9", "{dir}");
+                seen += 1;
+            }
+        }
+        assert!(seen > 0, "{dir}: no container");
+    }
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
 }
