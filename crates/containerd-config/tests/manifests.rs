@@ -75,7 +75,7 @@ fn kustomize(dir: &str) -> Vec<serde_yaml::Value> {
 }
 
 fn kustomize_path(dir: &Path) -> Vec<serde_yaml::Value> {
-    let out = std::process::Command::new(kubectl_1_20()).arg("kustomize").arg(&dir).output().unwrap();
+    let out = std::process::Command::new(kubectl_1_20()).arg("kustomize").arg(dir).output().unwrap();
     assert!(out.status.success(), "kubectl 1.20 kustomize {}: {}", dir.display(), String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8(out.stdout).unwrap();
     serde_yaml::Deserializer::from_str(&text).map(|d| serde_yaml::Value::deserialize(d).unwrap()).collect()

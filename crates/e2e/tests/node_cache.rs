@@ -142,7 +142,7 @@ fn killed_pull_leaves_nothing_half_visible() {
     // Kill it somewhere in fetch/realize/render; whatever the moment, no env may be visible
     // unless it is complete.
     std::thread::sleep(Duration::from_millis(150));
-    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+    child.kill().unwrap(); // SIGKILL
     let _ = child.wait();
     for key in node.envs().iter().filter(|k| !k.starts_with('.')) {
         let dir = node.dir.path().join("state/envs").join(key);
