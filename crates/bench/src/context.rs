@@ -27,10 +27,10 @@ fn env_path(var: &str, default: &str) -> PathBuf {
 }
 
 impl Binaries {
-    /// IMAGELESS_BENCH_BIN_DIR (default target/release), IMAGELESS_ACTIVATOR, IMAGELESS_HUB_ROOT.
+    /// IMAGELESS_BENCH_BIN_DIR (default target/image/bin, the static binaries `cargo xtask bench` builds for the image), IMAGELESS_ACTIVATOR, IMAGELESS_HUB_ROOT.
     pub fn from_env() -> Binaries {
         Binaries {
-            release_dir: env_path("IMAGELESS_BENCH_BIN_DIR", "target/release"),
+            release_dir: env_path("IMAGELESS_BENCH_BIN_DIR", "target/image/bin"),
             activator: env_path("IMAGELESS_ACTIVATOR", "target/x86_64-unknown-linux-gnu/release/flox-activate"),
             world_root: env_path("IMAGELESS_HUB_ROOT", ".work/hub"),
         }

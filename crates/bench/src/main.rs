@@ -18,7 +18,7 @@
 //! - P9 cold `imageless pull` of flox/large (and a small env) vs `nix copy` into empty stores.
 //! - P10 ExecSync into a hook environment's pod vs a hook-less one (execs attach: ≤ 2 ms added).
 //!
-//! Environment: IMAGELESS_BENCH_BIN_DIR (release binaries, default target/release),
+//! Environment: IMAGELESS_BENCH_BIN_DIR (the measured binaries, default target/image/bin),
 //! IMAGELESS_ACTIVATOR, IMAGELESS_HUB_ROOT (as for the e2e tests); IMAGELESS_BENCH_STRACE=DIR
 //! adds strace.rs's profiling run; IMAGELESS_BENCH_ONLY=P1,P3 runs just those figures.
 mod cache_files;
