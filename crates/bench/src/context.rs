@@ -27,7 +27,8 @@ fn env_path(var: &str, default: &str) -> PathBuf {
 }
 
 impl Binaries {
-    /// IMAGELESS_BENCH_BIN_DIR (default target/image/bin, the static binaries `cargo xtask bench` builds for the image), IMAGELESS_ACTIVATOR, IMAGELESS_HUB_ROOT.
+    /// IMAGELESS_BENCH_BIN_DIR (default target/image/bin, the static binaries `cargo xtask bench`
+    /// builds for the image), IMAGELESS_ACTIVATOR, IMAGELESS_HUB_ROOT.
     pub fn from_env() -> Binaries {
         Binaries {
             release_dir: env_path("IMAGELESS_BENCH_BIN_DIR", "target/image/bin"),
