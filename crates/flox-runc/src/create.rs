@@ -210,6 +210,13 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     std::fs::rename(tmp, path)
 }
 
+/// Whether container `id` has anything of ours (per-container state, an overlay) that its
+/// delete must remove. A pod sandbox or a pass-through container has neither.
+pub fn has_state(config: &NodeConfig, id: &str) -> bool {
+    let exists = |p: Option<PathBuf>| p.is_some_and(|p| p.symlink_metadata().is_ok());
+    exists(containers::state_path(&config.state_root, id)) || exists(containers::overlay_dir(&config.state_root, id))
+}
+
 /// Drops everything the wrapper created for a container. Safe to call twice.
 pub fn cleanup(config: &NodeConfig, id: &str) {
     if let Some(dir) = containers::overlay_dir(&config.state_root, id) {
@@ -300,5 +307,25 @@ mod tests {
         assert_eq!(prepared, Prepared::Untouched);
         assert_eq!(std::fs::read(&spec).unwrap(), bytes, "config.json unchanged");
         assert!(!config.state_root.exists(), "no state of ours to clean up");
+        assert!(!has_state(&config, "c1"), "so its delete can become runc too");
+    }
+
+    #[test]
+    fn a_delete_waits_for_runc_only_when_state_of_ours_exists() {
+        let tmp = tempfile::tempdir().unwrap();
+        let config = NodeConfig { state_root: tmp.path().join("state"), ..NodeConfig::default() };
+        assert!(!has_state(&config, "c1"));
+        assert!(!has_state(&config, "../c1"), "invalid ids have no state");
+        let state = containers::state_path(&config.state_root, "c1").unwrap();
+        std::fs::create_dir_all(state.parent().unwrap()).unwrap();
+        std::fs::write(&state, b"{}").unwrap();
+        assert!(has_state(&config, "c1"), "per-container state");
+        assert!(!has_state(&config, "c2"));
+        let overlay = containers::overlay_dir(&config.state_root, "c2").unwrap();
+        std::fs::create_dir_all(&overlay).unwrap();
+        assert!(has_state(&config, "c2"), "an overlay left without its state file");
+        cleanup(&config, "c1");
+        cleanup(&config, "c2");
+        assert!(!has_state(&config, "c1") && !has_state(&config, "c2"));
     }
 }

@@ -3,7 +3,7 @@
 //! - `create` of a flox container: resolve + render the environment, edit config.json;
 //! - `create` of the pod sandbox: start a background prefetch, change nothing;
 //! - `exec --process F`: wrap F like the container's main process;
-//! - `delete`: real delete, then drop per-container state and overlay;
+//! - `delete` of a flox container: real delete, then drop per-container state and overlay;
 //! - anything else: exec the real runc untouched.
 mod create;
 mod error_log;
@@ -64,6 +64,11 @@ pub fn run(args: Vec<String>) -> i32 {
             real_runc::exec(&runc, &args, &log)
         }
         Command::Delete { id, .. } => {
+            if !create::has_state(&config, id) {
+                // A sandbox or pass-through container: nothing of ours to remove after runc's
+                // delete, so become runc (no second process, as for their create).
+                return real_runc::exec(&runc, &args, &log);
+            }
             let status = real_runc::spawn_wait(&runc, &args, &log);
             if status == 0 {
                 create::cleanup(&config, id);
