@@ -65,18 +65,16 @@ fn main() -> Result<()> {
     let install_state = dir.path().join("install-state");
     let stage = stage_binaries(dir.path())?;
     let node_config = dir.path().join("node.toml");
-    let gcroots = PathBuf::from("/nix/var/nix/gcroots/imageless-demo");
     let key = std::fs::read_to_string(hub.root.join("cache-key.pub"))?;
     std::fs::write(
         &node_config,
         format!(
-            "state_root = {:?}\nhub_url = {:?}\nsubstituters = [\"{}/cache\"]\ntrusted_public_keys = [{:?}]\nactivator = {:?}\ngcroots_dir = {:?}\n",
+            "state_root = {:?}\nhub_url = {:?}\nsubstituters = [\"{}/cache\"]\ntrusted_public_keys = [{:?}]\nactivator = {:?}\n",
             dir.path().join("state").display().to_string(),
             hub.url,
             hub.url,
             key.trim(),
             prefix.join("bin/flox-activate").display().to_string(),
-            gcroots.display().to_string(),
         ),
     )?;
 
@@ -139,11 +137,11 @@ fn main() -> Result<()> {
         Err(e) => Err(e),
     };
 
-    step("tearing down: containerd, `imageless uninstall`, hub, GC roots");
+    // The node state (store, environments, views) lives in the demo's temp dir and goes with it.
+    step("tearing down: `imageless uninstall`, containerd, hub, node state");
     run_imageless(&["uninstall", "--state-dir", &install_state.display().to_string(), "--restart", "none"])?;
     containerd.stop()?;
     drop(hub);
-    let _ = std::fs::remove_dir_all(&gcroots);
     drop(dir);
     outcome?;
     eprintln!("demo finished in {:.1}s; nothing left running", started.elapsed().as_secs_f64());
