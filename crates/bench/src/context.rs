@@ -69,6 +69,9 @@ impl Progress {
     }
 }
 
+/// The real runc, for figures that point the runtime's `BinaryName` link past flox-runc.
+pub const REAL_RUNC: &str = "/usr/bin/runc";
+
 /// Everything a figure needs.
 pub struct Bench {
     pub node: FloxNode,

@@ -6,7 +6,8 @@
 //! context.rs), in a private mount namespace whose /nix starts empty (see nixns.rs), so the
 //! cold figures are really cold and no shared store path is touched. One module per figure:
 //!
-//! - P1 warm start (p1_warm_start.rs): flox handler + cached env vs runc handler + busybox.
+//! - P1 warm start (p1_warm_start.rs): flox handler + cached env vs runc handler + busybox;
+//!   its breakdown (p1_breakdown.rs) and ladder (p1_ladder.rs) show where the difference goes.
 //! - P2 cold realization of the largest small environment: `imageless pull` vs `nix copy`.
 //! - P3 20 cold flox pods at once vs 20 runc pods at once; one realization for all of them.
 //! - P4 activation: `flox-activate --env E --cache C -- true` vs `true`, without/with hook.
@@ -27,6 +28,7 @@ mod cri_steps;
 mod nixns;
 mod p10_exec_attach;
 mod p1_breakdown;
+mod p1_ladder;
 mod p1_warm_start;
 mod p2_cold_realization;
 mod p3_cold_burst;

@@ -65,8 +65,9 @@ pub async fn probe_pass(bench: &Bench, results: &mut Results) -> anyhow::Result<
     // On the flox handler too (same shim, same calls), but its link points straight at runc.
     let plain = pod_yaml("p1s-runc", Some("flox"), &[], BUSYBOX_IMAGE, &["echo", HELLO_TEXT]);
     let mut calls: [BTreeMap<String, Vec<f64>>; 2] = Default::default();
-    let mut flox_steps: BTreeMap<String, Vec<f64>> = BTreeMap::new();
-    let runc = Path::new("/usr/bin/runc");
+    // flox-runc's steps: [sandbox create, container create].
+    let mut flox_steps: [BTreeMap<String, Vec<f64>>; 2] = Default::default();
+    let runc = Path::new(crate::context::REAL_RUNC);
     let outcome = async {
         for i in 0..PROBED_STARTS * 2 {
             let side = i % 2;
@@ -89,18 +90,26 @@ pub async fn probe_pass(bench: &Bench, results: &mut Results) -> anyhow::Result<
 }
 
 /// One pod start's probe log: `call` lines in order (the first create/start are the
-/// sandbox's, the second the container's) and flox-runc's `create` step lines.
-fn parse_probe_log(text: &str, calls: &mut BTreeMap<String, Vec<f64>>, steps: Option<&mut BTreeMap<String, Vec<f64>>>) {
+/// sandbox's, the second the container's) and flox-runc's `create` step lines (sandbox,
+/// container).
+fn parse_probe_log(
+    text: &str,
+    calls: &mut BTreeMap<String, Vec<f64>>,
+    steps: Option<&mut [BTreeMap<String, Vec<f64>>; 2]>,
+) {
     let mut seen: BTreeMap<String, usize> = BTreeMap::new();
     for line in text.lines() {
         let Some(rest) = line.strip_prefix("call ") else { continue };
         let Some((what, us)) = rest.split_once(' ') else { continue };
         let Ok(us) = us.trim().parse::<f64>() else { continue };
         let n = seen.entry(what.to_string()).or_default();
+        // A pod's teardown stops its container before its sandbox; other calls by order.
         let who = match (what, *n) {
-            ("create" | "start", 0) => "sandbox",
-            ("create" | "start", 1) => "container",
-            _ => "other",
+            ("create" | "start", 0) | ("kill", 1) => "sandbox",
+            ("create" | "start", 1) | ("kill", 0) => "container",
+            (_, 0) => "first",
+            (_, 1) => "second",
+            _ => "later",
         };
         *n += 1;
         calls.entry(format!("{what} ({who})")).or_default().push(us / 1000.0);
@@ -108,10 +117,11 @@ fn parse_probe_log(text: &str, calls: &mut BTreeMap<String, Vec<f64>>, steps: Op
     let Some(steps) = steps else { return };
     // The container's create is the one with an `ensure` step.
     let plain = strip_ansi(text);
-    for line in plain.lines().filter(|l| l.contains("flox_runc::timing") && l.contains(" ensure=")) {
+    for line in plain.lines().filter(|l| l.contains("flox_runc::timing") && l.contains(": create ")) {
+        let of = &mut steps[usize::from(line.contains(" ensure="))];
         for (name, us) in line.split_whitespace().filter_map(|w| w.split_once('=')) {
             if let Ok(us) = us.parse::<f64>() {
-                steps.entry(name.to_string()).or_default().push(us / 1000.0);
+                of.entry(name.to_string()).or_default().push(us / 1000.0);
             }
         }
     }
@@ -136,10 +146,14 @@ fn strip_ansi(text: &str) -> String {
 
 fn add_probe_figures(
     calls: &[BTreeMap<String, Vec<f64>>; 2],
-    steps: &BTreeMap<String, Vec<f64>>,
+    steps: &[BTreeMap<String, Vec<f64>>; 2],
     results: &mut Results,
 ) {
-    for key in ["create (sandbox)", "start (sandbox)", "create (container)", "start (container)"] {
+    // The start's calls in their order, then the teardown's (whatever the shim made).
+    let start = ["create (sandbox)", "start (sandbox)", "create (container)", "start (container)"];
+    let teardown: std::collections::BTreeSet<&str> =
+        calls[0].keys().chain(calls[1].keys()).map(String::as_str).filter(|k| !start.contains(k)).collect();
+    for key in start.into_iter().chain(teardown) {
         let (flox, runc) = (calls[0].get(key), calls[1].get(key));
         let id = key.replace([' ', '(', ')'], "_").replace("__", "_").trim_end_matches('_').to_string();
         results.samples(&format!("P1.runc_call.{id}.flox"), flox.map(Vec::as_slice).unwrap_or(&[]));
@@ -156,12 +170,19 @@ fn add_probe_figures(
             ));
         }
     }
+    for ((id, what), steps) in [("sandbox_", "sandbox"), ("", "container")].into_iter().zip(steps) {
+        add_step_figures(id, what, steps, results);
+    }
+}
+
+/// flox-runc's steps of one kind of create; `id` prefixes the figure ids.
+fn add_step_figures(id: &str, what: &str, steps: &BTreeMap<String, Vec<f64>>, results: &mut Results) {
     for (name, v) in steps {
-        results.samples(&format!("P1.flox_runc_step.{name}"), v);
+        results.samples(&format!("P1.flox_runc_step.{id}{name}"), v);
         if let Some(m) = median(v) {
             results.add(figure(
-                &format!("P1.breakdown.flox_runc.{name}"),
-                &format!("P1 breakdown: flox-runc container create, step `{name}`, median"),
+                &format!("P1.breakdown.flox_runc.{id}{name}"),
+                &format!("P1 breakdown: flox-runc {what} create, step `{name}`, median"),
                 "ms",
                 m,
                 None,
@@ -178,14 +199,18 @@ mod tests {
 
     #[test]
     fn probe_log_calls_and_steps() {
-        let log = "call create 30000\ncall start 5000\n\x1b[2m2026\x1b[0m \x1b[34mDEBUG\x1b[0m flox_runc::timing: create c1: config=100 read_spec=200 ensure=1500 runc_create=25000\ncall create 41000\ncall start 6000\ncall state 1000\n";
-        let (mut calls, mut steps) = (BTreeMap::new(), BTreeMap::new());
+        let log = "\x1b[2m2026\x1b[0m DEBUG flox_runc::timing: create s1: config=90 read_spec=300 warm_no_prefetch=700\ncall create 30000\ncall start 5000\n\x1b[2m2026\x1b[0m \x1b[34mDEBUG\x1b[0m flox_runc::timing: create c1: config=100 read_spec=200 ensure=1500 runc_create=25000\ncall create 41000\ncall start 6000\ncall state 1000\n";
+        let mut calls = BTreeMap::new();
+        let mut steps: [BTreeMap<String, Vec<f64>>; 2] = Default::default();
         parse_probe_log(log, &mut calls, Some(&mut steps));
         assert_eq!(calls["create (sandbox)"], vec![30.0]);
         assert_eq!(calls["create (container)"], vec![41.0]);
         assert_eq!(calls["start (container)"], vec![6.0]);
-        assert_eq!(calls["state (other)"], vec![1.0]);
-        assert_eq!(steps["ensure"], vec![1.5]);
-        assert_eq!(steps["runc_create"], vec![25.0]);
+        assert_eq!(calls["state (first)"], vec![1.0]);
+        assert_eq!(steps[1]["ensure"], vec![1.5]);
+        assert_eq!(steps[1]["runc_create"], vec![25.0]);
+        assert_eq!(steps[0]["warm_no_prefetch"], vec![0.7]);
+        assert_eq!(steps[0]["read_spec"], vec![0.3]);
+        assert!(!steps[0].contains_key("ensure"));
     }
 }

@@ -1,16 +1,17 @@
 //! P1 warm start: pod starts of a cached environment on the flox handler (unpinned, as in
 //! the docs, so each start asks the hub for the live generation; and pinned) vs the runc
-//! handler with busybox, 20 each in rotating order: time to running and to first output.
+//! handler with busybox, 40 each in rotating order, each on a settled node: time to running
+//! and to first output.
 use imageless_e2e::flox_node::{env_pod, runc_pod};
 use imageless_e2e::{BUSYBOX_IMAGE, FLOX_EMPTY_IMAGE};
 
 use crate::context::Bench;
-use crate::p1_breakdown;
 use crate::report::{figure, Results};
 use crate::stats::{summarize, Summary, Target};
 use crate::timing::{rotating_starts, start_and_check};
+use crate::{p1_breakdown, p1_ladder};
 
-const STARTS: usize = 20;
+const STARTS: usize = 40;
 /// The docs' environment (unpinned) and its `hello`.
 pub const WARM_ENV: &str = "flox/echoip";
 pub const WARM_ENV_PINNED: &str = "flox/echoip:2";
@@ -41,7 +42,8 @@ pub async fn run(bench: &Bench, results: &mut Results) -> anyhow::Result<()> {
     let first: Vec<Summary> = s.first_output.iter().map(sum).collect();
     add_figures(results, &running, &first);
     p1_breakdown::cri_figures(&log_since, results);
-    p1_breakdown::probe_pass(bench, results).await
+    p1_breakdown::probe_pass(bench, results).await?;
+    p1_ladder::run(bench, results).await
 }
 
 /// `running` and `first`: summaries of flox, pinned, runc.

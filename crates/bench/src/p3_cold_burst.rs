@@ -12,11 +12,11 @@ use crate::context::Bench;
 use crate::p1_warm_start::HELLO_TEXT;
 use crate::report::{figure, Results};
 use crate::stats::{ms, summarize, Target};
-use crate::timing::{start_many, start_timed};
+use crate::timing::{start_many, start_timed, Settle};
 
 const PODS: usize = 20;
 /// Bursts of each kind, alternating which goes first.
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 9;
 
 /// What the bursts measured.
 #[derive(Default)]
@@ -25,6 +25,18 @@ struct Bursts {
     runc: Vec<f64>,
     /// NAR GETs of each flox burst.
     flox_nars: Vec<usize>,
+    /// CPU seconds the hub (and the git processes it reaped) used during each flox burst.
+    hub_cpu: Vec<f64>,
+}
+
+/// User + system CPU seconds of process `pid` and its reaped children (/proc/PID/stat
+/// fields 14–17, in clock ticks of 1/100 s on Linux).
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The command name (field 2) may hold spaces; the fields after it are space-separated.
+    let after_name = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+    let ticks: u64 = after_name.split_whitespace().skip(11).take(4).filter_map(|f| f.parse::<u64>().ok()).sum();
+    ticks as f64 / 100.0
 }
 
 pub async fn run(bench: &Bench, env: &str, closure: &[String], results: &mut Results) -> anyhow::Result<()> {
@@ -32,6 +44,8 @@ pub async fn run(bench: &Bench, env: &str, closure: &[String], results: &mut Res
     let plain = |name: &str| runc_pod(name, BUSYBOX_IMAGE, &["echo", HELLO_TEXT]);
     let runner = bench.runner().await?;
     let opts = bench.run_options();
+    // Every burst starts on a node done with the previous one's teardown (and make_cold).
+    let settle = Settle::now(Duration::from_secs(1));
 
     bench.say(&format!("P3: one cold pod of {env}, one runc pod"));
     bench.make_cold(closure)?;
@@ -61,11 +75,15 @@ pub async fn run(bench: &Bench, env: &str, closure: &[String], results: &mut Res
         for flox_turn in if round % 2 == 0 { [true, false] } else { [false, true] } {
             if flox_turn {
                 bench.make_cold(closure)?;
+                settle.wait().await;
                 let mark = bench.node.hub.log_mark();
+                let cpu = cpu_seconds(bench.node.hub.pid());
                 let yamls = (0..PODS).map(|i| flox(&format!("p3-{round}-{i}"))).collect();
                 b.flox.push(ms(start_many(&endpoint, &opts, yamls).await?));
+                b.hub_cpu.push(cpu_seconds(bench.node.hub.pid()) - cpu);
                 b.flox_nars.push(bench.node.hub.cache_gets_since(mark).1);
             } else {
+                settle.wait().await;
                 let yamls = (0..PODS).map(|i| plain(&format!("p3-runc-{round}-{i}"))).collect();
                 b.runc.push(ms(start_many(&endpoint, &opts, yamls).await?));
             }
@@ -80,6 +98,7 @@ fn add_figures(results: &mut Results, b: &Bursts, single_nar: usize, single: Dur
     results.samples("P3.single_runc_ms", &[ms(runc_single)]);
     results.samples("P3.many_cold_wall_ms", &b.flox);
     results.samples("P3.many_runc_wall_ms", &b.runc);
+    results.samples("P3.hub_cpu_s_per_burst", &b.hub_cpu);
     results.samples("P3.nar_gets_per_burst", &b.flox_nars.iter().map(|n| *n as f64).collect::<Vec<_>>());
     let worst = b.flox_nars.iter().copied().max().unwrap_or(0);
     let flox = summarize(&b.flox).expect("samples").median / 1000.0;
@@ -111,6 +130,18 @@ fn add_figures(results: &mut Results, b: &Bursts, single_nar: usize, single: Dur
         flox,
         Some(single.as_secs_f64()),
         "1 cold pod",
+        Target::None,
+    ));
+    results.add(figure(
+        "P3.context.hub_cpu",
+        &format!(
+            "P3 context: CPU the hub used per flox burst, on the same 2 cores as the pods (a hub elsewhere in \
+             production), median of {ROUNDS}"
+        ),
+        "s",
+        summarize(&b.hub_cpu).map(|s| s.median).unwrap_or(0.0),
+        None,
+        "",
         Target::None,
     ));
     results.add(figure(

@@ -60,7 +60,7 @@ async fn state_times(bench: &Bench, runner: &PodRunner, results: &mut Results) -
         Ok(ms(took))
     };
     let (mut wrapped, mut real) = (Vec::new(), Vec::new());
-    let runc = Path::new("/usr/bin/runc");
+    let runc = Path::new(crate::context::REAL_RUNC);
     for i in 0..RUNS {
         if i % 2 == 0 {
             wrapped.push(state(&bench.bins.flox_runc())?);

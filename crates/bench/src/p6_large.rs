@@ -4,8 +4,9 @@
 //! - warm start of a `flox/large` pod vs a `flox/hello` pod (6 paths) and vs runc + busybox,
 //!   20 starts each in rotating order;
 //! - host mounts added by 50 running `flox/large` pods vs 50 running runc + busybox pods;
-//! - deleting those 50 pods, one after the other: median per pod, flox vs runc.
-use std::time::Instant;
+//! - deleting those pods (both sides running at once), flox and runc in turns, each on a
+//!   settled node: median per pod, flox vs runc.
+use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use imageless_e2e::flox_node::{env_pod, runc_pod};
@@ -14,13 +15,15 @@ use imageless_e2e::{PodRunner, RunOptions, RunningPod, BUSYBOX_IMAGE, FLOX_EMPTY
 use crate::context::Bench;
 use crate::report::{figure, Results};
 use crate::stats::{ms, summarize, Summary, Target};
-use crate::timing::{rotating_starts, start_and_check};
+use crate::timing::{rotating_starts, settle_to, shim_count, start_and_check};
 
 pub const LARGE_ENV: &str = "flox/large";
 const SMALL_ENV: &str = "flox/hello";
 const STARTS: usize = 20;
 const RUNNING: usize = 50;
 const TEXT: &str = "Hello, world! (hello 2.12)";
+/// Pause between deletes once the previous pod's shim has exited.
+const QUIET: Duration = Duration::from_millis(100);
 /// Runs until SIGTERM and then exits at once (a bare `sleep` as PID 1 ignores SIGTERM, and
 /// the delete would measure the stop grace period instead).
 const SLEEPER: &str = "trap 'exit 0' TERM; sleep 600 & wait";
@@ -85,9 +88,14 @@ fn add_start_figures(results: &mut Results, running: &[Summary], first: &[Summar
 
 /// Host mounts and delete times of RUNNING running pods, flox/large vs runc + busybox.
 async fn many_pods(bench: &Bench, runner: &PodRunner, opts: &RunOptions, results: &mut Results) -> anyhow::Result<()> {
-    bench.say(&format!("P6: {RUNNING} running pods each: {LARGE_ENV}, then runc + busybox"));
-    let (flox_mounts, flox_deletes) = run_many(runner, opts, Some(LARGE_ENV)).await?;
-    let (runc_mounts, runc_deletes) = run_many(runner, opts, None).await?;
+    bench.say(&format!("P6: {RUNNING} running pods each: {LARGE_ENV}, then runc + busybox; deleted in turns"));
+    let before = mount_count();
+    let flox_pods = start_many_sleepers(runner, opts, Some(LARGE_ENV), Vec::new()).await?;
+    let flox_mounts = mount_count().saturating_sub(before);
+    let before = mount_count();
+    let runc_pods = start_many_sleepers(runner, opts, None, flox_pods).await?;
+    let runc_mounts = mount_count().saturating_sub(before);
+    let (flox_deletes, runc_deletes) = delete_in_turns(runc_pods).await?;
     results.samples("P6.large.delete", &flox_deletes);
     results.samples("P6.runc.delete", &runc_deletes);
     results.add(figure(
@@ -112,11 +120,14 @@ async fn many_pods(bench: &Bench, runner: &PodRunner, opts: &RunOptions, results
     Ok(())
 }
 
-/// Starts RUNNING sleeping pods (flox with `env`, or runc + busybox), counts the host mounts
-/// they add, then deletes them one by one: (mounts added, delete times in ms).
-async fn run_many(runner: &PodRunner, opts: &RunOptions, env: Option<&str>) -> anyhow::Result<(usize, Vec<f64>)> {
-    let before = mount_count();
-    let mut pods: Vec<RunningPod> = Vec::new();
+/// Starts RUNNING sleeping pods (flox with `env`, or runc + busybox) and appends them to
+/// `pods`, the pods already running; on a failure removes them all.
+async fn start_many_sleepers(
+    runner: &PodRunner,
+    opts: &RunOptions,
+    env: Option<&str>,
+    mut pods: Vec<RunningPod>,
+) -> anyhow::Result<Vec<RunningPod>> {
     for i in 0..RUNNING {
         let yaml = match env {
             Some(e) => env_pod(&format!("p6-many-{i}"), e, FLOX_EMPTY_IMAGE, &["bash", "-c", SLEEPER]),
@@ -133,12 +144,32 @@ async fn run_many(runner: &PodRunner, opts: &RunOptions, env: Option<&str>) -> a
             }
         }
     }
-    let added = mount_count().saturating_sub(before);
-    let mut deletes = Vec::new();
-    for p in pods {
-        let t = Instant::now();
-        p.remove().await?;
-        deletes.push(ms(t.elapsed()));
+    Ok(pods)
+}
+
+/// Deletes the pods (RUNNING flox pods, then RUNNING runc pods) alternating flox and runc,
+/// each once the previous delete's shim has exited: (flox delete times, runc delete times).
+async fn delete_in_turns(mut pods: Vec<RunningPod>) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
+    let runc = pods.split_off(RUNNING);
+    let (mut flox_ms, mut runc_ms) = (Vec::new(), Vec::new());
+    let mut outcome: anyhow::Result<()> = Ok(());
+    for (i, (f, r)) in pods.into_iter().zip(runc).enumerate() {
+        // Alternate which side goes first, so neither always follows the other's teardown.
+        let pair = if i % 2 == 0 { [(f, true), (r, false)] } else { [(r, false), (f, true)] };
+        for (pod, is_flox) in pair {
+            if outcome.is_err() {
+                let _ = pod.remove().await;
+                continue;
+            }
+            tokio::time::sleep(QUIET).await;
+            let shims = shim_count();
+            let t = Instant::now();
+            match pod.remove().await {
+                Ok(()) => (if is_flox { &mut flox_ms } else { &mut runc_ms }).push(ms(t.elapsed())),
+                Err(e) => outcome = Err(e.into()),
+            }
+            settle_to(shims.saturating_sub(1), Duration::ZERO).await;
+        }
     }
-    Ok((added, deletes))
+    outcome.map(|()| (flox_ms, runc_ms))
 }

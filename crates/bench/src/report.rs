@@ -52,7 +52,7 @@ pub fn write(results: &Results, containerd: &str, elapsed: Duration) -> anyhow::
         "date": date,
         "machine": machine,
         "containerd": containerd,
-        "runc": command_line("/usr/bin/runc", &["--version"]),
+        "runc": command_line(crate::context::REAL_RUNC, &["--version"]),
         "nix": command_line("nix-store", &["--version"]),
         "nginx": command_line("nginx", &["-v"]),
         "duration_s": (elapsed.as_secs_f64() * 10.0).round() / 10.0,

@@ -156,7 +156,8 @@ pub struct StartSamples {
 }
 
 /// `n` starts of each manifest in `yamls`, one after the other, rotating the order each round
-/// so no kind always runs right after another's teardown.
+/// so no kind always runs right after another's teardown. Each start begins on a settled
+/// node (see [`Settle`]).
 pub async fn rotating_starts(
     runner: &PodRunner,
     opts: &RunOptions,
@@ -164,9 +165,11 @@ pub async fn rotating_starts(
     n: usize,
 ) -> anyhow::Result<StartSamples> {
     let mut s = StartSamples { running: vec![vec![]; yamls.len()], first_output: vec![vec![]; yamls.len()] };
+    let settle = Settle::now(Duration::from_millis(150));
     for i in 0..n {
         for k in 0..yamls.len() {
             let idx = (k + i) % yamls.len();
+            settle.wait().await;
             let t = start_timed(runner, yamls[idx], opts, Instant::now()).await?;
             s.running[idx].push(crate::stats::ms(t.running));
             s.first_output[idx].push(crate::stats::ms(t.first_output));
@@ -174,4 +177,45 @@ pub async fn rotating_starts(
         }
     }
     Ok(s)
+}
+
+/// Lets the previous pod's teardown finish before the next measurement. Removing a pod
+/// returns before its shim has exited and before containerd's garbage collector has removed
+/// its snapshots; a start made right then shares the CPU with that work, which adds noise of
+/// the size of the differences being measured. So: wait until no more shims run than when the
+/// measurement began (at most 10 s), then a short quiet period.
+pub struct Settle {
+    shims: usize,
+    /// How long the node is left alone after the last shim has gone.
+    quiet: Duration,
+}
+
+impl Settle {
+    /// Takes the number of shims running now as the settled state; `quiet` after each wait.
+    pub fn now(quiet: Duration) -> Settle {
+        Settle { shims: shim_count(), quiet }
+    }
+
+    pub async fn wait(&self) {
+        settle_to(self.shims, self.quiet).await
+    }
+}
+
+/// Waits until at most `shims` shims run (at most 10 s), then `quiet`.
+pub async fn settle_to(shims: usize, quiet: Duration) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while shim_count() > shims && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(quiet).await;
+}
+
+/// Processes named like a containerd shim (`containerd-shim-runc-v2` shows as
+/// `containerd-shim` in /proc/PID/comm, which keeps 15 bytes).
+pub fn shim_count() -> usize {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return 0 };
+    dir.flatten()
+        .filter(|e| e.file_name().to_str().is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit())))
+        .filter(|e| std::fs::read(e.path().join("comm")).is_ok_and(|c| c.starts_with(b"containerd-shim")))
+        .count()
 }

@@ -128,6 +128,11 @@ impl Hub {
         self.url.trim_start_matches("http://").to_string()
     }
 
+    /// The serving process's id (e.g. to read its CPU time).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Stops the hub (SIGTERM), e.g. to test a node whose hub is unreachable.
     pub fn stop(&mut self) {
         crate::signal(self.child.id(), rustix::process::Signal::TERM);
