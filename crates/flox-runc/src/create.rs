@@ -83,6 +83,24 @@ pub fn create(
     status
 }
 
+/// The create's work done in-process by the shim proxy, before the runc shim calls the real
+/// runc itself: decide, and for a flox container render the environment and edit
+/// `<bundle>/config.json`. Returns whether state of ours now exists for `id` (a flox
+/// container), which a failed create must `cleanup`. On error nothing of ours is left.
+pub fn prepare_bundle(config: &NodeConfig, bundle: &Path, id: &str) -> Result<bool, CreateError> {
+    let mut steps = Steps::start();
+    match prepare(config, &bundle.join("config.json"), id, &ErrorLog::new(None), &mut steps) {
+        Ok(prepared) => {
+            steps.log("create (in the shim proxy)", id);
+            Ok(prepared == Prepared::Flox)
+        }
+        Err(e) => {
+            cleanup(config, id);
+            Err(e)
+        }
+    }
+}
+
 /// What `prepare` left for the real runc's create.
 #[derive(Debug, PartialEq, Eq)]
 enum Prepared {

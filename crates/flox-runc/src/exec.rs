@@ -30,24 +30,45 @@ pub enum ExecError {
 }
 
 pub fn wrap_exec_process(config: &NodeConfig, process_file: &str, id: &str) -> Result<(), ExecError> {
-    let Some(state) = ContainerState::load(&config.state_root, id) else {
-        return Ok(()); // not a flox container
-    };
-    if state.skip_exec {
+    let Some(wrap) = ExecWrap::for_container(config, id) else {
         return Ok(());
-    }
+    };
     let file = NoFollowFile::open(Path::new(process_file)).map_err(ExecError::ProcessFile)?;
     let bytes = file.read(PROCESS_FILE_LIMIT).map_err(ExecError::ProcessFile)?;
-    let mut process: serde_json::Value = serde_json::from_slice(&bytes).map_err(ExecError::NotJson)?;
-    let edit = FloxEdit {
-        env_dir: state.env_dir,
-        activator: state.activator,
-        nix: NixView::WholeStore { store: String::new() }, // mounts are not part of a process; unused here
-        description: state.description,
-        disable_metrics: state.disable_metrics,
-    };
-    let edited =
-        if state.attach { edit.apply_to_exec_process(&mut process) } else { edit.apply_to_process(&mut process) };
-    edited?;
-    file.replace(&serde_json::to_vec(&process).expect("serializable")).map_err(ExecError::Write)
+    file.replace(&wrap.apply(&bytes)?).map_err(ExecError::Write)
+}
+
+/// How exec processes of one flox container are wrapped. Also used in-process by the shim
+/// proxy, which sees the process in the exec request instead of in a file.
+pub struct ExecWrap {
+    edit: FloxEdit,
+    attach: bool,
+}
+
+impl ExecWrap {
+    /// None when container `id`'s execs are not wrapped: not a flox container, or listed in
+    /// `flox.dev/skip-containers-exec`.
+    pub fn for_container(config: &NodeConfig, id: &str) -> Option<ExecWrap> {
+        let state = ContainerState::load(&config.state_root, id).filter(|s| !s.skip_exec)?;
+        let edit = FloxEdit {
+            env_dir: state.env_dir,
+            activator: state.activator,
+            nix: NixView::WholeStore { store: String::new() }, // mounts are not part of a process; unused here
+            description: state.description,
+            disable_metrics: state.disable_metrics,
+        };
+        Some(ExecWrap { edit, attach: state.attach })
+    }
+
+    /// Wraps the OCI process `bytes` (JSON, chosen by the pod's user).
+    pub fn apply(&self, bytes: &[u8]) -> Result<Vec<u8>, ExecError> {
+        let mut process: serde_json::Value = serde_json::from_slice(bytes).map_err(ExecError::NotJson)?;
+        let edited = if self.attach {
+            self.edit.apply_to_exec_process(&mut process)
+        } else {
+            self.edit.apply_to_process(&mut process)
+        };
+        edited?;
+        Ok(serde_json::to_vec(&process).expect("serializable"))
+    }
 }

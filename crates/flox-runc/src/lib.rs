@@ -5,6 +5,10 @@
 //! - `exec --process F`: wrap F like the container's main process;
 //! - `delete` of a flox container: real delete, then drop per-container state and overlay;
 //! - anything else: exec the real runc untouched.
+//!
+//! The shim launcher's proxy (containerd 1.7 and 2.x) does the same work in-process through
+//! `prepare_bundle`, `ExecWrap` and `cleanup`, and points the runc shim at the real runc, so
+//! no wrapper process stands in front of each runc call there.
 mod create;
 mod error_log;
 mod exec;
@@ -14,10 +18,10 @@ mod steps;
 use imageless_core::runc_args::{Command, RuncInvocation};
 use imageless_node::config::NodeConfig;
 
-pub use create::CreateError;
+pub use create::{cleanup, has_state, prefetch_main, prepare_bundle, CreateError};
 pub use error_log::ErrorLog;
-pub use exec::ExecError;
-pub use real_runc::RuncError;
+pub use exec::{ExecError, ExecWrap};
+pub use real_runc::{find as find_runc, RuncError};
 
 /// Hidden first argument for the detached prefetch started at sandbox create.
 pub const PREFETCH_ARG: &str = "--flox-prefetch";
@@ -31,7 +35,7 @@ pub fn run(args: Vec<String>) -> i32 {
             .try_init();
     }
     if args.first().map(String::as_str) == Some(PREFETCH_ARG) {
-        return create::prefetch_main(&args[1..]);
+        return prefetch_main(&args[1..]);
     }
     let mut steps = steps::Steps::start();
     let inv = RuncInvocation::parse(&args);

@@ -43,6 +43,10 @@ pub struct NodeConfig {
     /// Seconds a hub answer (the branch head, the token accepted) is reused without asking
     /// again; lets a container create reuse its sandbox prefetch's check. 0 = always ask.
     pub hub_answer_ttl_secs: u64,
+    /// Whether the shim launcher (containerd 1.7, 2.x) puts its proxy in front of the runc
+    /// shim, which does the flox work in-process and lets the shim call the real runc. Off:
+    /// the `flox-runc` wrapper runs in front of every runc call, as on containerd 1.6.
+    pub shim_proxy: bool,
 }
 
 impl Default for NodeConfig {
@@ -64,6 +68,7 @@ impl Default for NodeConfig {
             nix_bin_dir: None,
             hub_timeout_secs: 20,
             hub_answer_ttl_secs: 10,
+            shim_proxy: true,
         }
     }
 }

@@ -1,0 +1,66 @@
+//! `containerd-shim-flox-v2`, the shim containerd runs for runtime `flox` (`runtime_path`, or
+//! `runtime_type = "io.containerd.flox.v2"` as in Flox's documented config). It is the stock
+//! `containerd-shim-runc-v2` with a proxy in front (see `proxy`): `start` starts both, every
+//! other action is the stock shim's (`delete` also drops what flox-runc's delete would).
+//!
+//! With `shim_proxy = false` in the node config it only starts the stock shim with `flox-runc`
+//! first on PATH (`wrapper_path`).
+//!
+//! containerd 1.6 does not run it through CRI (it ignores `runtime_path`); there the
+//! `flox-runc` wrapper named by `BinaryName` does the same work in front of each runc call.
+mod proxy;
+mod start;
+mod wrapper_path;
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+/// Hidden first argument of the proxy process `start` spawns.
+pub const PROXY_ARG: &str = "--flox-shim-proxy";
+
+const SHIM: &str = "containerd-shim-runc-v2";
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Runs one launcher invocation and returns its exit status (or never returns when it execs
+/// the stock shim or serves as the proxy).
+pub fn run(args: Vec<OsString>) -> i32 {
+    if std::env::var_os("IMAGELESS_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_env("IMAGELESS_LOG"))
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
+    match args.first().and_then(|a| a.to_str()) {
+        // The sandbox's create, in the proxy, spawns the prefetch as flox-runc does: itself.
+        Some(flox_runc::PREFETCH_ARG) => {
+            let rest: Vec<String> = args[1..].iter().map(|a| a.to_string_lossy().into_owned()).collect();
+            return flox_runc::prefetch_main(&rest);
+        }
+        Some(PROXY_ARG) => return start::proxy_main(&args[1..]),
+        _ => {}
+    }
+    let me = std::env::current_exe().unwrap_or_default();
+    let Some(shim) = find_shim(&me) else {
+        eprintln!("containerd-shim-flox-v2: no {SHIM} on PATH");
+        return 1;
+    };
+    match args.last().and_then(|a| a.to_str()) {
+        Some("start") if proxy_enabled() => start::start(&shim, &args, &me),
+        Some("start") => wrapper_path::exec_shim(&shim, &args, &me),
+        Some("delete") => start::delete(&shim, &args),
+        _ => start::exec_shim(&shim, &args),
+    }
+}
+
+/// The stock runc shim: the first on PATH that is not this launcher.
+fn find_shim(me: &Path) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_else(|| DEFAULT_PATH.into());
+    let me = me.canonicalize().ok();
+    std::env::split_paths(&path).map(|d| d.join(SHIM)).find(|p| p.is_file() && p.canonicalize().ok() != me)
+}
+
+/// The node config's `shim_proxy` (on when the config cannot be read: the proxy's create then
+/// reports why, in the pod's events).
+fn proxy_enabled() -> bool {
+    imageless_node::config::NodeConfig::load(None).map_or(true, |c| c.shim_proxy)
+}
