@@ -369,8 +369,9 @@ fn fifty_cycles_leave_nothing_behind() {
 
 /// Flox's documented containerd configs, without our `BinaryName`: on 1.6 `runtime_type =
 /// "io.containerd.flox.v2"` (the launcher found on containerd's PATH), on 2.1 `runtime_path`.
-/// Only the shim launcher puts flox-runc in place, so this checks its PATH mechanism.
-fn launcher_only(version: ContainerdVersion) {
+/// Only the shim launcher (its proxy, or with `shim_proxy = false` flox-runc on the shim's
+/// PATH) does the flox work there.
+fn launcher_only(version: ContainerdVersion, extra_config: &str) {
     let hook = imageless_e2e::ConfigHook(std::sync::Arc::new(move |config: &Path, _: &Path| {
         let text = std::fs::read_to_string(config)?;
         let mut doc: toml_edit::DocumentMut = text.parse()?;
@@ -391,7 +392,7 @@ fn launcher_only(version: ContainerdVersion) {
         std::fs::write(config, doc.to_string())?;
         Ok(())
     }));
-    let node = FloxNode::start_with_hook(version, "", Some(hook));
+    let node = FloxNode::start_with_hook(version, extra_config, Some(hook));
     assert!(
         !node.containerd.config_text().contains("BinaryName = \"")
             || !node.containerd.config_text().contains("flox-runc\"")
@@ -411,16 +412,105 @@ fn launcher_only(version: ContainerdVersion) {
             .unwrap();
         let exec = pod.exec_sync(None, vec!["hello".into()], Some(Duration::from_secs(20))).await.unwrap();
         assert_eq!(String::from_utf8_lossy(&exec.stdout).trim(), "Hello, world! (hello 2.12)");
+        let proxied = task_addresses(&node).iter().any(|a| a.contains(".flox"));
+        // 1.6 runs a runtime_type shim's start too; only `shim_proxy = false` leaves it out.
+        assert_eq!(proxied, !extra_config.contains("shim_proxy = false"), "{:?}", task_addresses(&node));
         pod.remove().await.unwrap();
     });
 }
 
+/// What containerd would reconnect to for each running task (`address`, and 2.x's
+/// `bootstrap.json`, in each task bundle): a proxy's socket ends in `.flox`.
+fn task_addresses(node: &FloxNode) -> Vec<String> {
+    let tasks = node.containerd.dir().join("state/io.containerd.runtime.v2.task/k8s.io");
+    let mut found = Vec::new();
+    for bundle in std::fs::read_dir(&tasks).into_iter().flatten().flatten() {
+        for name in ["address", "bootstrap.json"] {
+            if let Ok(text) = std::fs::read_to_string(bundle.path().join(name)) {
+                found.push(text);
+            }
+        }
+    }
+    assert!(!found.is_empty(), "no task bundle with an address under {}", tasks.display());
+    found
+}
+
+/// containerd 1.7 and 2.x run the shim launcher (`runtime_path`), whose proxy does the flox
+/// work in-process and points the runc shim at the real runc: the configured `BinaryName` is
+/// never run. Here it names a program that records its call and fails, and flox pods (the
+/// spec edit at create, the wrap of an exec, the delete) still work.
+fn shim_proxy_bypasses_binary_name(version: ContainerdVersion) {
+    let dir = tempfile::tempdir().unwrap();
+    let calls = dir.path().join("binary-name-calls");
+    let refuse = dir.path().join("refusing-runc");
+    std::fs::write(&refuse, format!("#!/bin/sh\necho \"$@\" >> {}\nexit 1\n", calls.display())).unwrap();
+    std::fs::set_permissions(&refuse, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let hook = imageless_e2e::ConfigHook(std::sync::Arc::new(move |config: &Path, _: &Path| {
+        let text = std::fs::read_to_string(config)?;
+        let mut doc: toml_edit::DocumentMut = text.parse()?;
+        let plugin = if version == ContainerdVersion::V2_1 {
+            "io.containerd.cri.v1.runtime"
+        } else {
+            "io.containerd.grpc.v1.cri"
+        };
+        let flox = doc["plugins"][plugin]["containerd"]["runtimes"]["flox"].as_table_mut().expect("flox runtime");
+        flox["options"]["BinaryName"] = toml_edit::value(refuse.display().to_string());
+        std::fs::write(config, doc.to_string())?;
+        Ok(())
+    }));
+    let node = FloxNode::start_with_hook(version, "", Some(hook));
+    support::block_on(async {
+        let (code, out, err) = node
+            .run_to_end(&flox_pod("proxied", &[("flox.dev/environment", "flox/echoip:1")], EMPTY, &["hello"]), &[])
+            .await
+            .unwrap();
+        assert_eq!((code, out.trim()), (0, "Hello, world! (hello 2.10)"), "{err}");
+        let pod = node
+            .run(&flox_pod("proxied-exec", &[("flox.dev/environment", "flox/echoip")], BUSYBOX, &["sleep", "300"]), &[])
+            .await
+            .unwrap();
+        let exec = pod.exec_sync(None, vec!["hello".into()], Some(Duration::from_secs(20))).await.unwrap();
+        assert_eq!(String::from_utf8_lossy(&exec.stdout).trim(), "Hello, world! (hello 2.12)");
+        let addresses = task_addresses(&node);
+        assert!(addresses.iter().all(|a| a.contains(".flox")), "containerd talks to the proxy: {addresses:?}");
+        pod.remove().await.unwrap();
+        // A bad annotation is refused by the proxy with the same message flox-runc gives.
+        let err = node
+            .run_error(&flox_pod("proxied-bad", &[("flox.dev/environment", "flox/echoip:x")], EMPTY, &["hello"]))
+            .await;
+        assert!(err.contains("flox.dev/environment") && err.contains("\"flox/echoip:x\""), "{err}");
+    });
+    // containerd 2.x asks the shim binary (`-info`) for the runtime's features, which runs
+    // `BinaryName features` outside any container: that query is not a runc call of a pod.
+    let calls = std::fs::read_to_string(&calls).unwrap_or_default();
+    assert!(calls.lines().all(|l| l == "features"), "BinaryName ran for a container: {calls}");
+    let left = std::fs::read_dir(node.state_root.join("containers")).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(left, 0, "container state left behind");
+}
+
+#[test]
+fn shim_proxy_bypasses_binary_name_1_7_24() {
+    shim_proxy_bypasses_binary_name(ContainerdVersion::V1_7);
+}
+
+#[test]
+fn shim_proxy_bypasses_binary_name_2_1_9() {
+    shim_proxy_bypasses_binary_name(ContainerdVersion::V2_1);
+}
+
 #[test]
 fn flox_docs_config_via_shim_launcher_1_6_20() {
-    launcher_only(ContainerdVersion::V1_6);
+    launcher_only(ContainerdVersion::V1_6, "");
 }
 
 #[test]
 fn flox_docs_config_via_shim_launcher_2_1_9() {
-    launcher_only(ContainerdVersion::V2_1);
+    launcher_only(ContainerdVersion::V2_1, "");
+}
+
+/// With the proxy off the launcher puts flox-runc first on the shim's PATH, which is then the
+/// only thing doing the flox work (no `BinaryName` here).
+#[test]
+fn flox_docs_config_without_the_shim_proxy_2_1_9() {
+    launcher_only(ContainerdVersion::V2_1, "shim_proxy = false");
 }

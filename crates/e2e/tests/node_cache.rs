@@ -3,7 +3,7 @@
 //! behaviour, the node's own store and gc, and the hub's failure answers. Each node starts
 //! with an empty store of its own (`<state_root>/store`), so every pull here is cold.
 use std::io::{Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
@@ -90,6 +90,30 @@ impl CliNode {
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    /// `path` with every symlink into /nix/store followed into the node store (the host's
+    /// /nix/store does not hold the world: it is what a container sees).
+    fn in_store(&self, path: &Path) -> PathBuf {
+        let store = self.dir.path().join("state/store");
+        let mut resolved = PathBuf::new();
+        let mut rest: Vec<std::ffi::OsString> = path.iter().map(Into::into).collect();
+        rest.reverse();
+        let mut hops = 0;
+        while let Some(part) = rest.pop() {
+            resolved.push(&part);
+            let Ok(target) = std::fs::read_link(&resolved) else { continue };
+            hops += 1;
+            assert!(hops < 40, "symlink loop at {}", resolved.display());
+            resolved.pop();
+            let target = match target.strip_prefix("/nix/store") {
+                Ok(inner) => store.join(inner),
+                Err(_) => resolved.join(target),
+            };
+            rest.extend(target.iter().map(Into::into).collect::<Vec<_>>().into_iter().rev());
+            resolved = PathBuf::new();
+        }
+        resolved
     }
 
     /// A container of the environment rendered at `env_dir` (what flox-runc saves at create).
@@ -225,7 +249,7 @@ fn gc_sweeps_the_node_store_but_keeps_what_containers_use() {
     assert_eq!(node.store(), echoip_closure, "exactly echoip's closure is left");
     assert!(!hello_closure.is_subset(&echoip_closure), "the test needs a path only hello uses");
     let env = PathBuf::from(String::from_utf8_lossy(&echoip.stdout).trim());
-    assert!(env.join("bin/echoip").exists(), "echoip is still whole");
+    assert!(node.in_store(&env.join("bin/echoip")).is_file(), "echoip is still whole");
 
     // Unused now: everything goes, and a pull brings it back.
     std::fs::remove_file(node.dir.path().join("state/containers/c1.json")).unwrap();

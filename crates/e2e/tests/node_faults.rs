@@ -46,14 +46,18 @@ fn assert_nothing_left(node: &FloxNode, mounts_before: &[String], what: &str) {
     // Shims exit a moment after their last container is deleted.
     let dir = node.containerd.dir().display().to_string();
     let wrapper = support::bin_dir().join("flox-runc").display().to_string();
+    // Shim proxies of this build (one per pod on 1.7/2.x) exit with their shim.
+    let launcher = support::bin_dir().join("containerd-shim-flox-v2").display().to_string();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let ps = processes();
         let left: Vec<&String> = ps
             .iter()
             .filter(|l| {
-                // Wrappers (and their prefetches) of this build; shims of this daemon.
-                l.starts_with(&wrapper) || (l.contains("containerd-shim") && l.contains(&dir))
+                // Wrappers (and their prefetches) and proxies of this build; shims of this daemon.
+                l.starts_with(&wrapper)
+                    || l.starts_with(&launcher)
+                    || (l.contains("containerd-shim") && l.contains(&dir))
             })
             .collect();
         if left.is_empty() {
