@@ -69,7 +69,7 @@ impl Progress {
     }
 }
 
-/// The real runc, for figures that point the runtime's `BinaryName` link past flox-runc.
+/// The real runc (the node config's `runc`).
 pub const REAL_RUNC: &str = "/usr/bin/runc";
 
 /// Everything a figure needs.
@@ -134,6 +134,30 @@ impl Bench {
         std::os::unix::fs::symlink(target, &tmp)?;
         std::fs::rename(&tmp, &self.wrapper_link)?;
         Ok(())
+    }
+
+    /// Rewrites the node config's `runc` (where the shim proxy points the runc shim) and
+    /// `shim_proxy` (off: the `BinaryName` link, flox-runc, in front of every runc call, as on
+    /// containerd 1.6). Atomic: shim launchers and proxies read the file at any time.
+    pub fn set_node_runc(&self, runc: &Path, shim_proxy: bool) -> anyhow::Result<()> {
+        let path = &self.node.config_path;
+        let text = std::fs::read_to_string(path)?;
+        let mut lines: Vec<String> = text
+            .lines()
+            .filter(|l| !l.starts_with("runc =") && !l.starts_with("shim_proxy ="))
+            .map(str::to_owned)
+            .collect();
+        lines.push(format!("runc = {:?}", runc.display().to_string()));
+        lines.push(format!("shim_proxy = {shim_proxy}"));
+        let tmp = path.with_extension("toml.new");
+        std::fs::write(&tmp, lines.join("\n") + "\n")?;
+        std::fs::rename(&tmp, path)?;
+        Ok(())
+    }
+
+    /// The node config as the benchmark's figures expect it between passes.
+    pub fn reset_node_runc(&self) -> anyhow::Result<()> {
+        self.set_node_runc(Path::new(REAL_RUNC), true)
     }
 
     /// Forgets every rendered environment and fetched floxmeta of the node (no pod may be

@@ -1,10 +1,11 @@
 //! P1's breakdown: where a warm flox pod start spends its time next to a runc one.
 //! - CRI: RunPodSandbox, CreateContainer and StartContainer as containerd logs them, over
 //!   P1's own measured starts (no probe in the way), median per pod kind.
-//! - runc calls: a separate pass with the step probe (probe.rs) between the shim and the
-//!   runtime: the wall time of each call the shim makes (sandbox create/start, container
-//!   create/start), flox pods through flox-runc vs runc + busybox pods on the same handler
-//!   straight to runc, alternating; and flox-runc's own steps of the container create.
+//! - runc calls: a separate pass with the step probe (probe.rs) as the node config's `runc`,
+//!   which the shim proxy points the runc shim at: the wall time of each call the shim makes
+//!   (sandbox create/start, container create/start, teardown), flox pods vs runc + busybox
+//!   pods on the same handler, alternating. (The proxy does the flox work outside these calls;
+//!   containerd's CRI rows above hold it.)
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
@@ -56,25 +57,25 @@ pub fn cri_figures(log_since: &str, results: &mut Results) {
     }
 }
 
-/// The probe pass: per runc call, flox-runc vs runc; flox-runc's steps of the container create.
+/// The probe pass: per runc call of the shim, flox pod vs runc + busybox pod.
 pub async fn probe_pass(bench: &Bench, results: &mut Results) -> anyhow::Result<()> {
     bench.say(&format!("P1 breakdown: {PROBED_STARTS} starts each with the step probe between shim and runtime"));
     let runner = bench.runner().await?;
     let opts = bench.run_options();
     let flox = env_pod("p1s-flox", WARM_ENV, FLOX_EMPTY_IMAGE, &["hello"]);
-    // On the flox handler too (same shim, same calls), but its link points straight at runc.
+    // On the flox handler too (same shim, proxy and calls), nothing of flox to do.
     let plain = pod_yaml("p1s-runc", Some("flox"), &[], BUSYBOX_IMAGE, &["echo", HELLO_TEXT]);
     let mut calls: [BTreeMap<String, Vec<f64>>; 2] = Default::default();
-    // flox-runc's steps: [sandbox create, container create].
+    // flox-runc's steps ([sandbox create, container create]) when it is in the path (not with
+    // the proxy, which this pass uses: then these stay empty).
     let mut flox_steps: [BTreeMap<String, Vec<f64>>; 2] = Default::default();
     let runc = Path::new(crate::context::REAL_RUNC);
     let outcome = async {
         for i in 0..PROBED_STARTS * 2 {
             let side = i % 2;
             let log = bench.dir.join(format!("step-probe-{i}.log"));
-            let real = if side == 0 { bench.bins.flox_runc() } else { runc.to_path_buf() };
-            let script = probe::write_script(&bench.dir, probe::STEP_PROBE_ARG, &log, &real)?;
-            bench.set_wrapper(&script)?;
+            let script = probe::write_script(&bench.dir, probe::STEP_PROBE_ARG, &log, runc)?;
+            bench.set_node_runc(&script, true)?;
             let t = start_timed(&runner, if side == 0 { &flox } else { &plain }, &opts, Instant::now()).await?;
             t.pod.remove().await?;
             let text = std::fs::read_to_string(&log).unwrap_or_default();
@@ -83,7 +84,7 @@ pub async fn probe_pass(bench: &Bench, results: &mut Results) -> anyhow::Result<
         anyhow::Ok(())
     }
     .await;
-    bench.set_wrapper(&bench.bins.flox_runc())?;
+    bench.reset_node_runc()?;
     outcome?;
     add_probe_figures(&calls, &flox_steps, results);
     Ok(())
@@ -161,7 +162,9 @@ fn add_probe_figures(
         if let (Some(a), Some(b)) = (flox.and_then(|v| median(v)), runc.and_then(|v| median(v))) {
             results.add(figure(
                 &format!("P1.breakdown.runc_call.{id}"),
-                &format!("P1 breakdown: `{key}` call from the shim, flox-runc vs runc, median of {PROBED_STARTS}"),
+                &format!(
+                    "P1 breakdown: `{key}` runc call from the shim, flox pod vs runc pod, median of {PROBED_STARTS}"
+                ),
                 "ms",
                 a,
                 Some(b),

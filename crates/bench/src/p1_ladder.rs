@@ -2,18 +2,14 @@
 //! of pod start in rotating order on a settled node, each adding one part of the flox path to
 //! the one before:
 //! 1. runc + busybox on the runc handler (P1's baseline);
-//! 2. the same pod on the flox handler with the runtime's `BinaryName` link pointing at runc:
-//!    adds the shim launcher;
-//! 3. the same with the link at flox-runc and the pod annotated with the (warm) environment but
-//!    its container in `flox.dev/skip-containers`: adds the wrapper in front of every runc
-//!    call and the sandbox create's warm check, the container passed through untouched;
+//! 2. the same pod on the flox handler: adds the shim launcher and its proxy (a second process
+//!    per pod, and a hop on every ttrpc call);
+//! 3. the same pod annotated with the (warm) environment but its container in
+//!    `flox.dev/skip-containers`: adds the proxy's decisions (the sandbox create's warm check,
+//!    the container passed through untouched);
 //! 4. a pinned flox pod on the busybox image: adds the environment (spec edit, its mounts, the
 //!    activator, the environment's `hello`);
 //! 5. the same pinned flox pod on `flox/empty` (P1's flox pod): adds the near-empty image.
-//!
-//! Rung 2's link is switched before each of its starts and back after (`with_link`), so the
-//! other kinds run with flox-runc as always.
-use std::path::Path;
 use std::time::Instant;
 
 use imageless_e2e::flox_node::{env_pod, pod_yaml, runc_pod};
@@ -27,42 +23,38 @@ use crate::timing::{start_and_check, start_timed, Settle};
 
 const STARTS: usize = 20;
 
-/// (figure id, what the rung adds, pod manifest, link to real runc?)
-type Rung = (&'static str, &'static str, String, bool);
+/// (figure id, what the rung adds, pod manifest)
+type Rung = (&'static str, &'static str, String);
 
 pub async fn run(bench: &Bench, results: &mut Results) -> anyhow::Result<()> {
     let echo = ["echo", HELLO_TEXT];
     let rungs: [Rung; 5] = [
-        ("runc_handler", "runc + busybox on the runc handler", runc_pod("p1l-runc", BUSYBOX_IMAGE, &echo), false),
+        ("runc_handler", "runc + busybox on the runc handler", runc_pod("p1l-runc", BUSYBOX_IMAGE, &echo)),
         (
             "launcher",
-            "same pod on the flox handler, BinaryName → runc (adds the shim launcher)",
+            "same pod on the flox handler (adds the shim launcher and its proxy)",
             pod_yaml("p1l-launcher", Some("flox"), &[], BUSYBOX_IMAGE, &echo),
-            true,
         ),
         (
-            "wrapper",
-            "same, BinaryName → flox-runc, the container in skip-containers (adds the wrapper and the sandbox's warm check)",
+            "annotated",
+            "same, annotated, the container in skip-containers (adds the proxy's decisions and the sandbox's warm check)",
             pod_yaml(
-                "p1l-wrapper",
+                "p1l-annotated",
                 Some("flox"),
                 &[("flox.dev/environment", WARM_ENV_PINNED), ("flox.dev/skip-containers", "main")],
                 BUSYBOX_IMAGE,
                 &echo,
             ),
-            false,
         ),
         (
             "environment",
             "pinned flox pod on the busybox image (adds the environment: edit, mounts, activator, its hello)",
             env_pod("p1l-env", WARM_ENV_PINNED, BUSYBOX_IMAGE, &["hello"]),
-            false,
         ),
         (
             "empty_image",
             "pinned flox pod on flox/empty (P1's flox pod: adds the near-empty image)",
             env_pod("p1l-empty", WARM_ENV_PINNED, FLOX_EMPTY_IMAGE, &["hello"]),
-            false,
         ),
     ];
     bench.say(&format!(
@@ -71,24 +63,22 @@ pub async fn run(bench: &Bench, results: &mut Results) -> anyhow::Result<()> {
     ));
     let runner = bench.runner().await?;
     let opts = bench.run_options();
-    let runc = Path::new(crate::context::REAL_RUNC);
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); rungs.len()];
-    // with_link puts the link back at flox-runc after each rung-2 start, failed or not.
-    for (_, _, yaml, to_runc) in &rungs {
-        with_link(bench, *to_runc, runc, start_and_check(&runner, yaml, &opts, HELLO_TEXT)).await?;
+    for (_, _, yaml) in &rungs {
+        start_and_check(&runner, yaml, &opts, HELLO_TEXT).await?;
     }
     let settle = Settle::now(std::time::Duration::from_millis(150));
     for i in 0..STARTS {
         for k in 0..rungs.len() {
             let idx = (k + i) % rungs.len();
-            let (_, _, yaml, to_runc) = &rungs[idx];
+            let (_, _, yaml) = &rungs[idx];
             settle.wait().await;
-            let t = with_link(bench, *to_runc, runc, start_timed(&runner, yaml, &opts, Instant::now())).await?;
+            let t = start_timed(&runner, yaml, &opts, Instant::now()).await?;
             samples[idx].push(ms(t.running));
             t.pod.remove().await?;
         }
     }
-    for (idx, (id, what, _, _)) in rungs.iter().enumerate() {
+    for (idx, (id, what, _)) in rungs.iter().enumerate() {
         results.samples(&format!("P1.ladder.{id}"), &samples[idx]);
         let median = |i: usize| summarize(&samples[i]).map(|s| s.median);
         let (Some(ours), previous) = (median(idx), idx.checked_sub(1).and_then(median)) else { continue };
@@ -104,21 +94,4 @@ pub async fn run(bench: &Bench, results: &mut Results) -> anyhow::Result<()> {
         ));
     }
     Ok(())
-}
-
-/// Runs `start` with the `BinaryName` link at `runc` when `to_runc` (and back at flox-runc
-/// after, whatever the outcome), else with the link as it is.
-async fn with_link<T>(
-    bench: &Bench,
-    to_runc: bool,
-    runc: &Path,
-    start: impl std::future::Future<Output = anyhow::Result<T>>,
-) -> anyhow::Result<T> {
-    if !to_runc {
-        return start.await;
-    }
-    bench.set_wrapper(runc)?;
-    let outcome = start.await;
-    bench.set_wrapper(&bench.bins.flox_runc())?;
-    outcome
 }

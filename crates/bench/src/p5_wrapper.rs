@@ -91,9 +91,12 @@ async fn create_rss(bench: &Bench, runner: &PodRunner, results: &mut Results) ->
     let log = bench.dir.join("rss-probe.log");
     let script = probe::write_script(&bench.dir, probe::PROBE_ARG, &log, &bench.bins.flox_runc())?;
     bench.set_wrapper(&script)?;
+    // flox-runc runs for each runc call only without the shim proxy (containerd 1.6's path).
+    bench.set_node_runc(Path::new(crate::context::REAL_RUNC), false)?;
     let yaml = env_pod("p5-rss", WARM_ENV, FLOX_EMPTY_IMAGE, &["hello"]);
     let measured = start_timed(runner, &yaml, &bench.run_options(), Instant::now()).await;
     bench.set_wrapper(&bench.bins.flox_runc())?;
+    bench.reset_node_runc()?;
     measured?.pod.remove().await?;
     let peaks = probe::read_log(&log);
     // Two creates: the sandbox's and the container's.

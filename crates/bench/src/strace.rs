@@ -30,6 +30,8 @@ pub async fn warm_starts(bench: &Bench, dir: &Path) -> anyhow::Result<()> {
     let runner = bench.runner().await?;
     let opts = bench.run_options();
     bench.set_wrapper(&script)?;
+    // flox-runc runs for each runc call only without the shim proxy (containerd 1.6's path).
+    bench.set_node_runc(Path::new(crate::context::REAL_RUNC), false)?;
     let mut outcome = Ok(());
     for env in [WARM_ENV, WARM_ENV_PINNED] {
         let yaml = env_pod("strace", env, FLOX_EMPTY_IMAGE, &["hello"]);
@@ -42,5 +44,6 @@ pub async fn warm_starts(bench: &Bench, dir: &Path) -> anyhow::Result<()> {
         }
     }
     bench.set_wrapper(&bench.bins.flox_runc())?;
+    bench.reset_node_runc()?;
     outcome
 }
