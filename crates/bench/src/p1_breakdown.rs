@@ -63,8 +63,14 @@ pub async fn probe_pass(bench: &Bench, results: &mut Results) -> anyhow::Result<
     let runner = bench.runner().await?;
     let opts = bench.run_options();
     let flox = env_pod("p1s-flox", WARM_ENV, FLOX_EMPTY_IMAGE, &["hello"]);
-    // On the flox handler too (same shim, proxy and calls), nothing of flox to do.
-    let plain = pod_yaml("p1s-runc", Some("flox"), &[], BUSYBOX_IMAGE, &["echo", HELLO_TEXT]);
+    // On the flox handler too (same shim, proxy and calls), its container passed through.
+    let plain = pod_yaml(
+        "p1s-runc",
+        Some("flox"),
+        &[("flox.dev/environment", WARM_ENV), ("flox.dev/skip-containers", "main")],
+        BUSYBOX_IMAGE,
+        &["echo", HELLO_TEXT],
+    );
     let mut calls: [BTreeMap<String, Vec<f64>>; 2] = Default::default();
     // flox-runc's steps ([sandbox create, container create]) when it is in the path (not with
     // the proxy, which this pass uses: then these stay empty).

@@ -1,15 +1,14 @@
-//! P1's ladder: a warm start's extra time taken apart in place, one part at a time. Five kinds
+//! P1's ladder: a warm start's extra time taken apart in place, one part at a time. Four kinds
 //! of pod start in rotating order on a settled node, each adding one part of the flox path to
 //! the one before:
 //! 1. runc + busybox on the runc handler (P1's baseline);
-//! 2. the same pod on the flox handler: adds the shim launcher and its proxy (a second process
-//!    per pod, and a hop on every ttrpc call);
-//! 3. the same pod annotated with the (warm) environment but its container in
-//!    `flox.dev/skip-containers`: adds the proxy's decisions (the sandbox create's warm check,
-//!    the container passed through untouched);
-//! 4. a pinned flox pod on the busybox image: adds the environment (spec edit, its mounts, the
+//! 2. the same pod on the flox handler, annotated with the (warm) environment but its
+//!    container in `flox.dev/skip-containers`: adds the shim launcher and its proxy (a second
+//!    process per pod, a hop on every ttrpc call) and the proxy's decisions (the sandbox
+//!    create's warm check, the container passed through untouched);
+//! 3. a pinned flox pod on the busybox image: adds the environment (spec edit, its mounts, the
 //!    activator, the environment's `hello`);
-//! 5. the same pinned flox pod on `flox/empty` (P1's flox pod): adds the near-empty image.
+//! 4. the same pinned flox pod on `flox/empty` (P1's flox pod): adds the near-empty image.
 use std::time::Instant;
 
 use imageless_e2e::flox_node::{env_pod, pod_yaml, runc_pod};
@@ -28,16 +27,11 @@ type Rung = (&'static str, &'static str, String);
 
 pub async fn run(bench: &Bench, results: &mut Results) -> anyhow::Result<()> {
     let echo = ["echo", HELLO_TEXT];
-    let rungs: [Rung; 5] = [
+    let rungs: [Rung; 4] = [
         ("runc_handler", "runc + busybox on the runc handler", runc_pod("p1l-runc", BUSYBOX_IMAGE, &echo)),
         (
-            "launcher",
-            "same pod on the flox handler (adds the shim launcher and its proxy)",
-            pod_yaml("p1l-launcher", Some("flox"), &[], BUSYBOX_IMAGE, &echo),
-        ),
-        (
             "annotated",
-            "same, annotated, the container in skip-containers (adds the proxy's decisions and the sandbox's warm check)",
+            "same pod on the flox handler, its container in skip-containers (adds the shim launcher, its proxy and its decisions: the sandbox's warm check, the container passed through)",
             pod_yaml(
                 "p1l-annotated",
                 Some("flox"),

@@ -66,6 +66,14 @@ fn assert_nothing_left(node: &FloxNode, mounts_before: &[String], what: &str) {
         assert!(Instant::now() < deadline, "{what}: processes left: {left:?}");
         std::thread::sleep(Duration::from_millis(200));
     }
+    // A proxy removes its pod's record (for the pod's later container starts) as it exits:
+    // every record left names a proxy that still answers (another node's, if any).
+    for record in std::fs::read_dir("/run/imageless/shims").into_iter().flatten().flatten() {
+        let text = std::fs::read_to_string(record.path()).unwrap_or_default();
+        let record: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        let proxy = record["proxy"].as_str().unwrap_or_default();
+        assert!(std::os::unix::net::UnixStream::connect(proxy).is_ok(), "{what}: a shim proxy record left: {text}");
+    }
 }
 
 /// containerd is SIGKILLed while 10 flox pods are being created and started again: each pod

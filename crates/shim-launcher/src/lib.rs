@@ -8,6 +8,7 @@
 //!
 //! containerd 1.6 does not run it through CRI (it ignores `runtime_path`); there the
 //! `flox-runc` wrapper named by `BinaryName` does the same work in front of each runc call.
+mod group;
 mod proxy;
 mod start;
 mod wrapper_path;
@@ -15,14 +16,11 @@ mod wrapper_path;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
-/// Hidden first argument of the proxy process `start` spawns.
-pub const PROXY_ARG: &str = "--flox-shim-proxy";
-
 const SHIM: &str = "containerd-shim-runc-v2";
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Runs one launcher invocation and returns its exit status (or never returns when it execs
-/// the stock shim or serves as the proxy).
+/// the stock shim; the proxy is a fork of `start` that never returns either).
 pub fn run(args: Vec<OsString>) -> i32 {
     if std::env::var_os("IMAGELESS_LOG").is_some() {
         let _ = tracing_subscriber::fmt()
@@ -36,7 +34,6 @@ pub fn run(args: Vec<OsString>) -> i32 {
             let rest: Vec<String> = args[1..].iter().map(|a| a.to_string_lossy().into_owned()).collect();
             return flox_runc::prefetch_main(&rest);
         }
-        Some(PROXY_ARG) => return start::proxy_main(&args[1..]),
         _ => {}
     }
     let me = std::env::current_exe().unwrap_or_default();
@@ -45,7 +42,7 @@ pub fn run(args: Vec<OsString>) -> i32 {
         return 1;
     };
     match args.last().and_then(|a| a.to_str()) {
-        Some("start") if proxy_enabled() => start::start(&shim, &args, &me),
+        Some("start") if proxy_enabled() => start::start(&shim, &args),
         Some("start") => wrapper_path::exec_shim(&shim, &args, &me),
         Some("delete") => start::delete(&shim, &args),
         _ => start::exec_shim(&shim, &args),

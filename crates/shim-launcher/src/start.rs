@@ -8,15 +8,14 @@
 //! 1.6/1.7 reads back after a restart, names the proxy too (2.x keeps what was printed).
 use std::ffi::OsString;
 use std::io::{self, Write};
-use std::os::fd::OwnedFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 use imageless_node::config::NodeConfig;
 
-use crate::PROXY_ARG;
+use crate::group::{Group, RECORD_DIR};
 
 /// Longest unix socket path (sun_path holds 108 bytes with its NUL).
 const MAX_SOCKET_PATH: usize = 107;
@@ -33,7 +32,17 @@ pub enum ProxyError {
     Spawn { path: String, source: io::Error },
 }
 
-pub fn start(shim: &Path, args: &[OsString], me: &Path) -> i32 {
+pub fn start(shim: &Path, args: &[OsString]) -> i32 {
+    let bundle = Path::new(".");
+    let group = Group::of(args, bundle, Path::new(RECORD_DIR));
+    // Another container of a pod whose proxy runs: what the pod's first start printed.
+    if let Some(printed) = group.as_ref().and_then(Group::running) {
+        if let Some(address) = shim_address(&printed) {
+            write_address_file(bundle, &address);
+        }
+        print(&printed);
+        return 0;
+    }
     let out = match Command::new(shim).args(args).stderr(Stdio::inherit()).output() {
         Ok(out) => out,
         Err(e) => {
@@ -46,7 +55,7 @@ pub fn start(shim: &Path, args: &[OsString], me: &Path) -> i32 {
         print(&printed);
         return out.status.code().unwrap_or(1);
     }
-    match proxied(&printed, me, Path::new(".")) {
+    match proxied(&printed, bundle, group.as_ref()) {
         Ok(printed) => print(&printed),
         Err(e) => {
             eprintln!("containerd-shim-flox-v2: {e}; containerd talks to the runc shim directly");
@@ -63,8 +72,9 @@ fn print(text: &str) {
 }
 
 /// What `start` prints instead of the runc shim's output `printed`: the same, with the proxy's
-/// address (a proxy is started for the shim unless one already serves it).
-fn proxied(printed: &str, me: &Path, bundle: &Path) -> Result<String, ProxyError> {
+/// address (a proxy is started for the shim unless one already serves it), recorded for the
+/// pod's other containers.
+fn proxied(printed: &str, bundle: &Path, group: Option<&Group>) -> Result<String, ProxyError> {
     let address = shim_address(printed).ok_or_else(|| ProxyError::Address(printed.trim().to_string()))?;
     let upstream = address.strip_prefix("unix://").filter(|p| p.starts_with('/'));
     let upstream = upstream.ok_or_else(|| ProxyError::Address(address.clone()))?;
@@ -72,15 +82,24 @@ fn proxied(printed: &str, me: &Path, bundle: &Path) -> Result<String, ProxyError
     if socket.len() > MAX_SOCKET_PATH {
         return Err(ProxyError::PathTooLong(socket));
     }
-    ensure_proxy(Path::new(&socket), Path::new(upstream), me, bundle)
+    ensure_proxy(Path::new(&socket), Path::new(upstream), bundle, group)
         .map_err(|source| ProxyError::Spawn { path: socket.clone(), source })?;
     let ours = format!("unix://{socket}");
-    // containerd 1.6/1.7 reconnect after a restart to what this file says.
-    let address_file = bundle.join("address");
-    if address_file.exists() {
-        let _ = std::fs::write(&address_file, &ours);
+    write_address_file(bundle, &ours);
+    let printed = printed.replacen(&address, &ours, 1);
+    if let Some(group) = group {
+        if let Err(e) = group.record(&printed, Path::new(&socket), Path::new(upstream)) {
+            // Only an optimisation: the pod's next start runs the stock shim's start.
+            eprintln!("containerd-shim-flox-v2: recording {}: {e}", group.path().display());
+        }
     }
-    Ok(printed.replacen(&address, &ours, 1))
+    Ok(printed)
+}
+
+/// containerd 1.6/1.7 reconnect after a restart to what the bundle's `address` file says (the
+/// stock shim's start writes it; 2.x keeps what `start` printed instead).
+fn write_address_file(bundle: &Path, address: &str) {
+    let _ = std::fs::write(bundle.join("address"), address);
 }
 
 /// The address in a shim's `start` output: the whole (trimmed) text, or the `address` of
@@ -97,7 +116,7 @@ fn shim_address(printed: &str) -> Option<String> {
 /// Starts a proxy on `socket` for the shim at `upstream`, unless one already answers there
 /// (the pod's sandbox started it). The listening socket is bound here, before the proxy
 /// process exists, so containerd can connect as soon as `start` has printed it.
-fn ensure_proxy(socket: &Path, upstream: &Path, me: &Path, bundle: &Path) -> io::Result<()> {
+fn ensure_proxy(socket: &Path, upstream: &Path, bundle: &Path, group: Option<&Group>) -> io::Result<()> {
     if UnixStream::connect(socket).is_ok() {
         return Ok(());
     }
@@ -108,35 +127,42 @@ fn ensure_proxy(socket: &Path, upstream: &Path, me: &Path, bundle: &Path) -> io:
         Err(e) if e.kind() == io::ErrorKind::AddrInUse && UnixStream::connect(socket).is_ok() => return Ok(()),
         Err(e) => return Err(e),
     };
+    let null = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null")?;
     let log = std::fs::OpenOptions::new().create(true).append(true).open(bundle.join("flox-shim-proxy.log"));
-    let mut cmd = Command::new(me);
-    cmd.arg(PROXY_ARG)
-        .arg(socket)
-        .arg(upstream)
-        // The listener is the proxy's stdin; containerd reads `start`'s stdout to its end, so
-        // the proxy must not hold it.
-        .stdin(Stdio::from(OwnedFd::from(listener)))
-        .stdout(Stdio::null())
-        .stderr(log.map(Stdio::from).unwrap_or_else(|_| Stdio::null()))
-        // Its own process group, as the runc shim's daemon: signals to containerd's group
-        // (e.g. a terminal's ^C on a foreground containerd) must not reach it.
-        .process_group(0);
-    if let Err(e) = cmd.spawn() {
-        let _ = std::fs::remove_file(socket);
-        return Err(e);
+    let (socket, upstream) = (socket.to_path_buf(), upstream.to_path_buf());
+    let record = group.map(|g| g.path().to_owned());
+    // A fork without exec: the proxy is this program, and starting it costs no second exec on
+    // the pod's start path.
+    // SAFETY: the launcher is single-threaded here (it has only run and waited for the stock
+    // shim's start, reading its output on this thread), so the child may run any code: no
+    // other thread held a lock or was mid-allocation at the fork.
+    match unsafe { libc::fork() } {
+        -1 => {
+            let e = io::Error::last_os_error();
+            let _ = std::fs::remove_file(&socket);
+            Err(e)
+        }
+        0 => {
+            // Its own session, as the runc shim's daemon: signals to containerd's process group
+            // must not reach it. containerd reads `start`'s stdout to its end, so the proxy
+            // must not hold it (nor containerd's stdin).
+            let _ = rustix::process::setsid();
+            let _ = rustix::stdio::dup2_stdin(&null);
+            let _ = rustix::stdio::dup2_stdout(&null);
+            let _ = match &log {
+                Ok(log) => rustix::stdio::dup2_stderr(log),
+                Err(_) => rustix::stdio::dup2_stderr(&null),
+            };
+            drop((null, log));
+            crate::proxy::serve(listener, socket, upstream, record)
+        }
+        _ => Ok(()),
     }
-    Ok(())
-}
-
-/// The proxy process: `PROXY_ARG SOCKET UPSTREAM`, the listener on stdin.
-pub fn proxy_main(args: &[OsString]) -> i32 {
-    let [socket, upstream] = args else { return 2 };
-    let Ok(fd) = std::os::fd::AsFd::as_fd(&io::stdin()).try_clone_to_owned() else { return 1 };
-    crate::proxy::serve(UnixListener::from(fd), PathBuf::from(socket), PathBuf::from(upstream))
 }
 
 /// `delete`: containerd's cleanup of a shim that is gone. The runc shim deletes the container
-/// with runc (and prints its answer); then what flox-runc's delete would remove goes too.
+/// with runc (and prints its answer); then what flox-runc's delete would remove goes too, and
+/// the pod's proxy record if its proxy is gone with the shim.
 pub fn delete(shim: &Path, args: &[OsString]) -> i32 {
     let status = match Command::new(shim).args(args).status() {
         Ok(s) => s.code().unwrap_or(1),
@@ -149,12 +175,15 @@ pub fn delete(shim: &Path, args: &[OsString]) -> i32 {
         if let (Some(id), Ok(config)) = (flag(args, "id"), NodeConfig::load(None)) {
             flox_runc::cleanup(&config, &id);
         }
+        if let Some(group) = Group::of(args, Path::new("."), Path::new(RECORD_DIR)) {
+            group.remove_if_stale();
+        }
     }
     status
 }
 
 /// The value of Go-style flag `-name value`, `--name value` or `-name=value`.
-fn flag(args: &[OsString], name: &str) -> Option<String> {
+pub(crate) fn flag(args: &[OsString], name: &str) -> Option<String> {
     let args: Vec<&str> = args.iter().filter_map(|a| a.to_str()).collect();
     for (i, arg) in args.iter().enumerate() {
         let bare = arg.trim_start_matches('-');
@@ -203,10 +232,9 @@ mod tests {
     #[test]
     fn an_address_that_is_not_a_socket_file_gets_no_proxy() {
         let tmp = tempfile::tempdir().unwrap();
-        let me = Path::new("/nonexistent");
-        assert!(matches!(proxied("vsock://3:1024", me, tmp.path()), Err(ProxyError::Address(_))));
+        assert!(matches!(proxied("vsock://3:1024", tmp.path(), None), Err(ProxyError::Address(_))));
         let long = format!("unix:///{}", "s".repeat(120));
-        assert!(matches!(proxied(&long, me, tmp.path()), Err(ProxyError::PathTooLong(_))));
+        assert!(matches!(proxied(&long, tmp.path(), None), Err(ProxyError::PathTooLong(_))));
     }
 
     #[test]
@@ -217,7 +245,7 @@ mod tests {
         let _listening = UnixListener::bind(&socket).unwrap(); // the pod's proxy
         std::fs::write(tmp.path().join("address"), format!("unix://{}", upstream.display())).unwrap();
         let printed = format!(r#"{{"version":3,"address":"unix://{}","protocol":"ttrpc"}}"#, upstream.display());
-        let out = proxied(&printed, Path::new("/nonexistent"), tmp.path()).unwrap();
+        let out = proxied(&printed, tmp.path(), None).unwrap();
         assert_eq!(out, printed.replace(&upstream.display().to_string(), &socket.display().to_string()));
         assert_eq!(
             std::fs::read_to_string(tmp.path().join("address")).unwrap(),

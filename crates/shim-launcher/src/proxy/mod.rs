@@ -26,11 +26,11 @@ use ttrpc::{Frame, Request, Response};
 
 /// Serves containerd's connections on `listener`, each relayed to the shim at `upstream`,
 /// until that shim is gone. Never returns.
-pub fn serve(listener: UnixListener, socket: PathBuf, upstream: PathBuf) -> ! {
+pub fn serve(listener: UnixListener, socket: PathBuf, upstream: PathBuf, record: Option<PathBuf>) -> ! {
     // The bundle this started in is removed with its container; hold nothing there.
     let _ = std::env::set_current_dir("/");
     let tasks = Arc::new(Tasks::default());
-    let gone = Arc::new(ShimGone { socket, upstream: upstream.clone() });
+    let gone = Arc::new(ShimGone { socket, upstream: upstream.clone(), record });
     {
         // containerd always holds a connection to a live shim, so a relay's end notices a
         // shim's exit at once; this catches the rest (e.g. while containerd restarts).
@@ -47,7 +47,12 @@ pub fn serve(listener: UnixListener, socket: PathBuf, upstream: PathBuf) -> ! {
             if let Err(e) = relay(client, &gone.upstream, tasks) {
                 tracing::debug!("connection ended: {e}");
             }
-            gone.exit_if_gone();
+            // containerd closes its connection when it shuts the shim down, a moment before
+            // the shim has exited: look again for a while.
+            for _ in 0..40 {
+                gone.exit_if_gone();
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
         });
     }
     std::process::exit(0)
@@ -58,11 +63,16 @@ pub fn serve(listener: UnixListener, socket: PathBuf, upstream: PathBuf) -> ! {
 struct ShimGone {
     socket: PathBuf,
     upstream: PathBuf,
+    /// The pod's record for its other containers' starts (group.rs).
+    record: Option<PathBuf>,
 }
 
 impl ShimGone {
     fn exit_if_gone(&self) {
         if UnixStream::connect(&self.upstream).is_err() {
+            if let Some(record) = &self.record {
+                let _ = std::fs::remove_file(record);
+            }
             let _ = std::fs::remove_file(&self.socket);
             std::process::exit(0);
         }
