@@ -28,13 +28,10 @@ pub fn run(args: Vec<OsString>) -> i32 {
             .with_writer(std::io::stderr)
             .try_init();
     }
-    match args.first().and_then(|a| a.to_str()) {
-        // The sandbox's create, in the proxy, spawns the prefetch as flox-runc does: itself.
-        Some(flox_runc::PREFETCH_ARG) => {
-            let rest: Vec<String> = args[1..].iter().map(|a| a.to_string_lossy().into_owned()).collect();
-            return flox_runc::prefetch_main(&rest);
-        }
-        _ => {}
+    // The sandbox's create, in the proxy, spawns the prefetch as flox-runc does: itself.
+    if args.first().and_then(|a| a.to_str()) == Some(flox_runc::PREFETCH_ARG) {
+        let rest: Vec<String> = args[1..].iter().map(|a| a.to_string_lossy().into_owned()).collect();
+        return flox_runc::prefetch_main(&rest);
     }
     let me = std::env::current_exe().unwrap_or_default();
     let Some(shim) = find_shim(&me) else {
