@@ -226,15 +226,23 @@ fn daemonset_installs_runs_echoip_and_uninstalls(version: ContainerdVersion) {
             .unwrap_or_else(|e| panic!("docs pod on the installed runtime: {e}\n{}", node_ctrd.log_tail(30)));
         let answer = wait_for_answer(ECHOIP_ADDR, Duration::from_secs(30));
         let logs = running.logs(None).unwrap();
+        // What containerd talks to for the pod's tasks (`address`; 2.x's `bootstrap.json`).
+        let tasks = node_ctrd.dir().join("state/io.containerd.runtime.v2.task/k8s.io");
+        let addresses: Vec<String> = std::fs::read_dir(&tasks)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .flat_map(|b| ["address", "bootstrap.json"].map(|f| std::fs::read_to_string(b.path().join(f))))
+            .flatten()
+            .collect();
         running.remove().await.unwrap();
-        (answer, logs)
+        (answer, logs, addresses)
     });
     assert_eq!(answer.0, "127.0.0.1", "the docs' echoip pod answers; its log: {:?}", answer.1);
-    if version != ContainerdVersion::V1_6 {
-        // The installed launcher ran (1.6 ignores runtime_path and calls BinaryName directly).
-        let link = bin.join("flox-runc-path/runc");
-        assert_eq!(std::fs::read_link(&link).unwrap(), Path::new("/usr/local/bin/flox-runc"));
-    }
+    // The installed launcher ran and put its proxy in front of the shim (1.6 ignores
+    // runtime_path and calls BinaryName, flox-runc, directly).
+    let proxied = !answer.2.is_empty() && answer.2.iter().all(|a| a.contains(".flox"));
+    assert_eq!(proxied, version != ContainerdVersion::V1_6, "task addresses: {:?}", answer.2);
     node_ctrd.stop().unwrap();
 
     // 4. The uninstaller DaemonSet's own pod.
