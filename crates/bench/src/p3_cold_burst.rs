@@ -12,7 +12,7 @@ use crate::context::Bench;
 use crate::p1_warm_start::HELLO_TEXT;
 use crate::report::{figure, Results};
 use crate::stats::{ms, summarize, Target};
-use crate::timing::{start_many, start_timed, Settle};
+use crate::timing::{start_many, start_timed, Burst, Settle};
 
 const PODS: usize = 20;
 /// Bursts of each kind, alternating which goes first.
@@ -23,10 +23,22 @@ const ROUNDS: usize = 9;
 struct Bursts {
     flox: Vec<f64>,
     runc: Vec<f64>,
+    /// Each pod's own times within the bursts (from the burst's start): [flox, runc].
+    running: [Vec<f64>; 2],
+    first_output: [Vec<f64>; 2],
     /// NAR GETs of each flox burst.
     flox_nars: Vec<usize>,
     /// CPU seconds the hub (and the git processes it reaped) used during each flox burst.
     hub_cpu: Vec<f64>,
+}
+
+impl Bursts {
+    /// Records a burst of side `side` (0 flox, 1 runc).
+    fn add(&mut self, side: usize, burst: &Burst) {
+        [&mut self.flox, &mut self.runc][side].push(ms(burst.wall));
+        self.running[side].extend(burst.running.iter().map(|d| ms(*d)));
+        self.first_output[side].extend(burst.first_output.iter().map(|d| ms(*d)));
+    }
 }
 
 /// User + system CPU seconds of process `pid` and its reaped children (/proc/PID/stat
@@ -79,13 +91,15 @@ pub async fn run(bench: &Bench, env: &str, closure: &[String], results: &mut Res
                 let mark = bench.node.hub.log_mark();
                 let cpu = cpu_seconds(bench.node.hub.pid());
                 let yamls = (0..PODS).map(|i| flox(&format!("p3-{round}-{i}"))).collect();
-                b.flox.push(ms(start_many(&endpoint, &opts, yamls).await?));
+                let burst = start_many(&endpoint, &opts, yamls).await?;
+                b.add(0, &burst);
                 b.hub_cpu.push(cpu_seconds(bench.node.hub.pid()) - cpu);
                 b.flox_nars.push(bench.node.hub.cache_gets_since(mark).1);
             } else {
                 settle.wait().await;
                 let yamls = (0..PODS).map(|i| plain(&format!("p3-runc-{round}-{i}"))).collect();
-                b.runc.push(ms(start_many(&endpoint, &opts, yamls).await?));
+                let burst = start_many(&endpoint, &opts, yamls).await?;
+                b.add(1, &burst);
             }
         }
     }
@@ -99,6 +113,10 @@ fn add_figures(results: &mut Results, b: &Bursts, single_nar: usize, single: Dur
     results.samples("P3.many_cold_wall_ms", &b.flox);
     results.samples("P3.many_runc_wall_ms", &b.runc);
     results.samples("P3.hub_cpu_s_per_burst", &b.hub_cpu);
+    for (side, name) in ["flox", "runc"].into_iter().enumerate() {
+        results.samples(&format!("P3.pod_running_ms.{name}"), &b.running[side]);
+        results.samples(&format!("P3.pod_first_output_ms.{name}"), &b.first_output[side]);
+    }
     results.samples("P3.nar_gets_per_burst", &b.flox_nars.iter().map(|n| *n as f64).collect::<Vec<_>>());
     let worst = b.flox_nars.iter().copied().max().unwrap_or(0);
     let flox = summarize(&b.flox).expect("samples").median / 1000.0;
@@ -132,6 +150,22 @@ fn add_figures(results: &mut Results, b: &Bursts, single_nar: usize, single: Dur
         "1 cold pod",
         Target::None,
     ));
+    // Where in a burst the flox pods lose time: each pod's own running and first output (from
+    // the burst's start), over all pods of all bursts, at the median and the 90th percentile.
+    for (id, what, samples) in [("running", "running", &b.running), ("first_output", "first output", &b.first_output)] {
+        let (Some(f), Some(r)) = (summarize(&samples[0]), summarize(&samples[1])) else { continue };
+        for (pct, of) in [("median", (f.median, r.median)), ("p90", (f.p90, r.p90))] {
+            results.add(figure(
+                &format!("P3.context.pod_{id}.{pct}"),
+                &format!("P3 context: a pod's own time to {what} within its burst, {pct} over all pods of all bursts"),
+                "s",
+                of.0 / 1000.0,
+                Some(of.1 / 1000.0),
+                "runc pods in their bursts",
+                Target::None,
+            ));
+        }
+    }
     results.add(figure(
         "P3.context.hub_cpu",
         &format!(

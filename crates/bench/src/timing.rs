@@ -111,7 +111,15 @@ pub async fn start_and_check(
 }
 
 /// Starts all pods at once; the wall time until every one has printed. Removes them after.
-pub async fn start_many(endpoint: &str, opts: &RunOptions, yamls: Vec<String>) -> anyhow::Result<Duration> {
+/// One burst of pod starts: the wall time to all first outputs, and each pod's own times (from
+/// the burst's start) to running and to its first output.
+pub struct Burst {
+    pub wall: Duration,
+    pub running: Vec<Duration>,
+    pub first_output: Vec<Duration>,
+}
+
+pub async fn start_many(endpoint: &str, opts: &RunOptions, yamls: Vec<String>) -> anyhow::Result<Burst> {
     // One CRI connection per pod, as separate kubelet workers would have; connected first.
     let mut runners = Vec::new();
     for _ in &yamls {
@@ -133,7 +141,11 @@ pub async fn start_many(endpoint: &str, opts: &RunOptions, yamls: Vec<String>) -
             }
         }
     }
-    let wall = pods.iter().map(|t| t.first_output).max().unwrap_or_default();
+    let burst = Burst {
+        wall: pods.iter().map(|t| t.first_output).max().unwrap_or_default(),
+        running: pods.iter().map(|t| t.running).collect(),
+        first_output: pods.iter().map(|t| t.first_output).collect(),
+    };
     let mut removals = tokio::task::JoinSet::new();
     for t in pods {
         removals.spawn(async move { t.pod.remove().await });
@@ -143,7 +155,7 @@ pub async fn start_many(endpoint: &str, opts: &RunOptions, yamls: Vec<String>) -
     }
     match first_error {
         Some(e) => Err(e),
-        None => Ok(wall),
+        None => Ok(burst),
     }
 }
 
