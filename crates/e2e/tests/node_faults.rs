@@ -35,7 +35,12 @@ fn processes() -> Vec<String> {
 /// mounts under containerd's dir or of ours on the host, prefetches, wrappers, shims.
 fn assert_nothing_left(node: &FloxNode, mounts_before: &[String], what: &str) {
     let count = |sub: &str| std::fs::read_dir(node.state_root.join(sub)).map(|d| d.count()).unwrap_or(0);
-    assert_eq!(count("containers"), 0, "{what}: per-container state left");
+    let listing = |sub: &str| -> Vec<String> {
+        std::fs::read_dir(node.state_root.join(sub))
+            .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default()
+    };
+    assert_eq!(count("containers"), 0, "{what}: per-container state left: {:?}", listing("containers"));
     assert_eq!(count("overlays"), 0, "{what}: overlay dirs left");
     let below = node.containerd.mounts_below();
     assert!(below.is_empty(), "{what}: mounts under containerd's dir: {below:?}");
@@ -80,7 +85,18 @@ fn assert_nothing_left(node: &FloxNode, mounts_before: &[String], what: &str) {
 /// either runs or, retried as the kubelet would, runs then; after removal nothing is left.
 #[test]
 fn containerd_killed_during_ten_creates() {
-    let mut node = FloxNode::start(ContainerdVersion::V1_7);
+    killed_during_ten_creates(ContainerdVersion::V1_7);
+}
+
+/// containerd 2.x reconnects after a restart to what `start` printed (bootstrap.json), which
+/// names the shim proxy; 1.7 reads the bundle's `address` file.
+#[test]
+fn containerd_2_killed_during_ten_creates() {
+    killed_during_ten_creates(ContainerdVersion::V2_1);
+}
+
+fn killed_during_ten_creates(version: ContainerdVersion) {
+    let mut node = FloxNode::start(version);
     let mounts_before = host_mounts();
     let names: Vec<String> = (0..10).map(|i| format!("crash-{i}")).collect();
     let pid = node.containerd.pid() as libc::pid_t;

@@ -122,14 +122,23 @@ fn relay(client: UnixStream, upstream: &Path, tasks: Arc<Tasks>) -> std::io::Res
         match method {
             Method::Create => {
                 let tasks = tasks.clone();
-                std::thread::spawn(move || job.run(|payload| tasks.create(payload)));
+                std::thread::spawn(move || job.run(&tasks, |payload| tasks.create(payload)));
             }
-            Method::Exec => job.run(|payload| tasks.exec(payload)),
-            Method::Delete => job.run(|payload| tasks.delete(payload)),
+            Method::Exec => job.run(&tasks, |payload| tasks.exec(payload)),
+            Method::Delete => job.run(&tasks, |payload| tasks.delete(payload)),
         }
     }
     let _ = shim.shutdown(Shutdown::Both);
     let _ = replies.join();
+    // Calls still unanswered when the connection ended (containerd died or closed it): the shim
+    // cancels a create whose caller is gone, so what its preparation left must go. (A delete's
+    // outcome is unknown; containerd deletes again after a restart, or runs `shim delete`.)
+    let unanswered: Vec<AfterReply> = pending.lock().expect("not poisoned").drain().map(|(_, then)| then).collect();
+    for then in unanswered {
+        if matches!(then, AfterReply::CleanupIfFailed(_)) {
+            tasks.after_reply(then, false);
+        }
+    }
     Ok(())
 }
 
@@ -143,7 +152,7 @@ struct Job {
 }
 
 impl Job {
-    fn run(mut self, handle: impl FnOnce(Vec<u8>) -> Outcome) {
+    fn run(mut self, tasks: &Tasks, handle: impl FnOnce(Vec<u8>) -> Outcome) {
         let stream_id = self.frame.stream_id;
         match handle(std::mem::take(&mut self.request.payload)) {
             Outcome::Forward { payload, then } => {
@@ -152,7 +161,14 @@ impl Job {
                 }
                 self.request.payload = payload;
                 self.frame.payload = self.request.encode_to_vec();
-                let _ = send(&self.to_shim, &self.frame);
+                if send(&self.to_shim, &self.frame).is_err() {
+                    // The connection ended while this was being prepared (containerd died or
+                    // gave up): the shim never got the call, so it failed.
+                    let then = self.pending.lock().expect("not poisoned").remove(&stream_id);
+                    if let Some(then) = then {
+                        tasks.after_reply(then, false);
+                    }
+                }
             }
             Outcome::Refuse { code, message } => {
                 tracing::info!("refused: {message}");
