@@ -241,6 +241,17 @@ impl Containerd {
     pub fn dir(&self) -> &Path {
         self.dir.as_ref().expect("dir present until drop").path()
     }
+    /// What containerd reconnects to for each task of namespace k8s.io after a restart: the
+    /// `address` (1.6/1.7) and `bootstrap.json` (2.x) files of the task bundles.
+    pub fn task_addresses(&self) -> Vec<String> {
+        let tasks = self.dir().join("state/io.containerd.runtime.v2.task/k8s.io");
+        let bundles = std::fs::read_dir(tasks).into_iter().flatten().flatten();
+        bundles
+            .flat_map(|b| ["address", "bootstrap.json"].map(|f| std::fs::read_to_string(b.path().join(f))))
+            .flatten()
+            .collect()
+    }
+
     pub fn config_path(&self) -> &Path {
         &self.config_path
     }

@@ -226,15 +226,7 @@ fn daemonset_installs_runs_echoip_and_uninstalls(version: ContainerdVersion) {
             .unwrap_or_else(|e| panic!("docs pod on the installed runtime: {e}\n{}", node_ctrd.log_tail(30)));
         let answer = wait_for_answer(ECHOIP_ADDR, Duration::from_secs(30));
         let logs = running.logs(None).unwrap();
-        // What containerd talks to for the pod's tasks (`address`; 2.x's `bootstrap.json`).
-        let tasks = node_ctrd.dir().join("state/io.containerd.runtime.v2.task/k8s.io");
-        let addresses: Vec<String> = std::fs::read_dir(&tasks)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .flat_map(|b| ["address", "bootstrap.json"].map(|f| std::fs::read_to_string(b.path().join(f))))
-            .flatten()
-            .collect();
+        let addresses = node_ctrd.task_addresses();
         running.remove().await.unwrap();
         (answer, logs, addresses)
     });

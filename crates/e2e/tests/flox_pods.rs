@@ -372,15 +372,7 @@ fn fifty_cycles_leave_nothing_behind() {
 /// Only the shim launcher (its proxy, or with `shim_proxy = false` flox-runc on the shim's
 /// PATH) does the flox work there.
 fn launcher_only(version: ContainerdVersion, extra_config: &str) {
-    let hook = imageless_e2e::ConfigHook(std::sync::Arc::new(move |config: &Path, _: &Path| {
-        let text = std::fs::read_to_string(config)?;
-        let mut doc: toml_edit::DocumentMut = text.parse()?;
-        let plugin = if version == ContainerdVersion::V2_1 {
-            "io.containerd.cri.v1.runtime"
-        } else {
-            "io.containerd.grpc.v1.cri"
-        };
-        let flox = doc["plugins"][plugin]["containerd"]["runtimes"]["flox"].as_table_mut().expect("flox runtime");
+    let hook = edit_flox_runtime(version, move |flox| {
         flox["options"].as_table_mut().expect("options").remove("BinaryName");
         if version == ContainerdVersion::V1_6 {
             // containerd 1.6 hands a non-runc runtime_type's options over as generic
@@ -389,9 +381,7 @@ fn launcher_only(version: ContainerdVersion, extra_config: &str) {
             flox.remove("options");
             flox["runtime_type"] = toml_edit::value("io.containerd.flox.v2");
         }
-        std::fs::write(config, doc.to_string())?;
-        Ok(())
-    }));
+    });
     let node = FloxNode::start_with_hook(version, extra_config, Some(hook));
     assert!(
         !node.containerd.config_text().contains("BinaryName = \"")
@@ -419,20 +409,30 @@ fn launcher_only(version: ContainerdVersion, extra_config: &str) {
     });
 }
 
-/// What containerd would reconnect to for each running task (`address`, and 2.x's
-/// `bootstrap.json`, in each task bundle): a proxy's socket ends in `.flox`.
+/// What containerd would reconnect to for each running task; a proxy's socket ends in `.flox`.
 fn task_addresses(node: &FloxNode) -> Vec<String> {
-    let tasks = node.containerd.dir().join("state/io.containerd.runtime.v2.task/k8s.io");
-    let mut found = Vec::new();
-    for bundle in std::fs::read_dir(&tasks).into_iter().flatten().flatten() {
-        for name in ["address", "bootstrap.json"] {
-            if let Ok(text) = std::fs::read_to_string(bundle.path().join(name)) {
-                found.push(text);
-            }
-        }
-    }
-    assert!(!found.is_empty(), "no task bundle with an address under {}", tasks.display());
+    let found = node.containerd.task_addresses();
+    assert!(!found.is_empty(), "no task bundle with an address under {}", node.containerd.dir().display());
     found
+}
+
+/// A hook that edits the `flox` runtime's table of the CRI plugin (its name differs in 2.x)
+/// before the daemon starts.
+fn edit_flox_runtime(
+    version: ContainerdVersion,
+    edit: impl Fn(&mut toml_edit::Table) + Send + Sync + 'static,
+) -> imageless_e2e::ConfigHook {
+    imageless_e2e::ConfigHook(std::sync::Arc::new(move |config: &Path, _: &Path| {
+        let mut doc: toml_edit::DocumentMut = std::fs::read_to_string(config)?.parse()?;
+        let plugin = if version == ContainerdVersion::V2_1 {
+            "io.containerd.cri.v1.runtime"
+        } else {
+            "io.containerd.grpc.v1.cri"
+        };
+        edit(doc["plugins"][plugin]["containerd"]["runtimes"]["flox"].as_table_mut().expect("flox runtime"));
+        std::fs::write(config, doc.to_string())?;
+        Ok(())
+    }))
 }
 
 /// containerd 1.7 and 2.x run the shim launcher (`runtime_path`), whose proxy does the flox
@@ -445,19 +445,10 @@ fn shim_proxy_bypasses_binary_name(version: ContainerdVersion) {
     let refuse = dir.path().join("refusing-runc");
     std::fs::write(&refuse, format!("#!/bin/sh\necho \"$@\" >> {}\nexit 1\n", calls.display())).unwrap();
     std::fs::set_permissions(&refuse, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let hook = imageless_e2e::ConfigHook(std::sync::Arc::new(move |config: &Path, _: &Path| {
-        let text = std::fs::read_to_string(config)?;
-        let mut doc: toml_edit::DocumentMut = text.parse()?;
-        let plugin = if version == ContainerdVersion::V2_1 {
-            "io.containerd.cri.v1.runtime"
-        } else {
-            "io.containerd.grpc.v1.cri"
-        };
-        let flox = doc["plugins"][plugin]["containerd"]["runtimes"]["flox"].as_table_mut().expect("flox runtime");
-        flox["options"]["BinaryName"] = toml_edit::value(refuse.display().to_string());
-        std::fs::write(config, doc.to_string())?;
-        Ok(())
-    }));
+    let refuse = refuse.display().to_string();
+    let hook = edit_flox_runtime(version, move |flox| {
+        flox["options"]["BinaryName"] = toml_edit::value(refuse.as_str());
+    });
     let node = FloxNode::start_with_hook(version, "", Some(hook));
     support::block_on(async {
         let (code, out, err) = node

@@ -26,14 +26,20 @@ pub use real_runc::{find as find_runc, RuncError};
 /// Hidden first argument for the detached prefetch started at sandbox create.
 pub const PREFETCH_ARG: &str = "--flox-prefetch";
 
-/// Runs one wrapper invocation and returns the exit status (or never returns when it execs).
-pub fn run(args: Vec<String>) -> i32 {
+/// Logs to stderr when `IMAGELESS_LOG` is set (a filter, e.g. `flox_runc::timing=debug`);
+/// otherwise sets up nothing, as the wrapper runs for every runc call.
+pub fn init_logging() {
     if std::env::var_os("IMAGELESS_LOG").is_some() {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_env("IMAGELESS_LOG"))
             .with_writer(std::io::stderr)
             .try_init();
     }
+}
+
+/// Runs one wrapper invocation and returns the exit status (or never returns when it execs).
+pub fn run(args: Vec<String>) -> i32 {
+    init_logging();
     if args.first().map(String::as_str) == Some(PREFETCH_ARG) {
         return prefetch_main(&args[1..]);
     }

@@ -41,7 +41,7 @@ impl Group {
         let namespace = crate::start::flag(args, "namespace")?;
         let group = sandbox_id(bundle).or_else(|| crate::start::flag(args, "id"))?;
         let key = Sha256::digest(format!("{address}\0{namespace}\0{group}").as_bytes());
-        Some(Group { record: dir.join(hex(&key)) })
+        Some(Group { record: dir.join(hex::encode(key)) })
     }
 
     pub fn path(&self) -> &Path {
@@ -95,10 +95,6 @@ fn sandbox_id(bundle: &Path) -> Option<String> {
     std::fs::File::open(bundle.join("config.json")).ok()?.take(SPEC_LIMIT).read_to_end(&mut bytes).ok()?;
     let spec: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
     spec.get("annotations")?.get(SANDBOX_ID)?.as_str().filter(|s| !s.is_empty()).map(str::to_owned)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

@@ -22,12 +22,7 @@ const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/s
 /// Runs one launcher invocation and returns its exit status (or never returns when it execs
 /// the stock shim; the proxy is a fork of `start` that never returns either).
 pub fn run(args: Vec<OsString>) -> i32 {
-    if std::env::var_os("IMAGELESS_LOG").is_some() {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_env("IMAGELESS_LOG"))
-            .with_writer(std::io::stderr)
-            .try_init();
-    }
+    flox_runc::init_logging();
     // The sandbox's create, in the proxy, spawns the prefetch as flox-runc does: itself.
     if args.first().and_then(|a| a.to_str()) == Some(flox_runc::PREFETCH_ARG) {
         let rest: Vec<String> = args[1..].iter().map(|a| a.to_string_lossy().into_owned()).collect();

@@ -29,7 +29,7 @@ pub enum ProxyError {
     #[error("the proxy socket path {0} is too long")]
     PathTooLong(String),
     #[error("starting the proxy at {path}: {source}")]
-    Spawn { path: String, source: io::Error },
+    Start { path: String, source: io::Error },
 }
 
 pub fn start(shim: &Path, args: &[OsString]) -> i32 {
@@ -83,7 +83,7 @@ fn proxied(printed: &str, bundle: &Path, group: Option<&Group>) -> Result<String
         return Err(ProxyError::PathTooLong(socket));
     }
     ensure_proxy(Path::new(&socket), Path::new(upstream), bundle, group)
-        .map_err(|source| ProxyError::Spawn { path: socket.clone(), source })?;
+        .map_err(|source| ProxyError::Start { path: socket.clone(), source })?;
     let ours = format!("unix://{socket}");
     write_address_file(bundle, &ours);
     let printed = printed.replacen(&address, &ours, 1);
