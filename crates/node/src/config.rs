@@ -128,5 +128,9 @@ mod tests {
         assert!(e.contains("unknown field `hub_ur`"), "{e}");
         let e = NodeConfig::parse("store_view = \"all\"").unwrap_err();
         assert!(e.contains("closure") && e.contains("store"), "{e}");
+        assert!(c.shim_proxy, "the proxy is on by default");
+        assert!(!NodeConfig::parse("shim_proxy = false").unwrap().shim_proxy);
+        let e = NodeConfig::parse("shim_proxy = \"no\"").unwrap_err();
+        assert!(e.contains("shim_proxy") && e.contains("expected a boolean") && e.contains("\"no\""), "{e}");
     }
 }
