@@ -163,6 +163,52 @@ fn killed_during_ten_creates(version: ContainerdVersion) {
     assert_nothing_left(&node, &mounts_before, "after the crash and retries");
 }
 
+/// The runc shim under a running flox container is SIGKILLed (OOM, an admin): its proxy exits
+/// with it, and containerd's cleanup (the launcher's native `delete`, which must run runc here
+/// because runc still holds the container) stops the container and leaves nothing behind.
+/// (containerd 1.7 runs `shim delete` for each of the pod's tasks. 2.1 runs it for the
+/// sandbox only and leaves the app container running, with the stock runc shim too.)
+#[test]
+fn shim_killed_under_a_running_container() {
+    let node = FloxNode::start(ContainerdVersion::V1_7);
+    let mounts_before = host_mounts();
+    let marker = format!("shim-killed-{}", std::process::id());
+    let script = format!("trap 'exit 0' TERM; while :; do sleep 1; done # {marker}");
+    let yaml = flox_pod("shim-killed", &[("flox.dev/environment", "flox/echoip")], BUSYBOX, &["sh", "-c", &script]);
+    support::block_on(async {
+        let pod = node.run(&yaml, &[]).await.expect("the pod runs");
+        let container_runs = || processes().iter().any(|l| l.contains(&marker) && !l.contains("ps -eo"));
+        assert!(container_runs(), "the container's process runs");
+        let ps = Command::new("ps").args(["-eo", "pid,args"]).output().unwrap();
+        let shims: Vec<i32> = String::from_utf8_lossy(&ps.stdout)
+            .lines()
+            .filter(|l| l.contains("containerd-shim-runc-v2") && l.contains(&format!("-id {}", pod.sandbox_id)))
+            .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+            .collect();
+        assert_eq!(shims.len(), 1, "the pod's runc shim: {shims:?}");
+        // SAFETY: kill(2) on a pid just listed; a crash of the shim is what is simulated.
+        unsafe { libc::kill(shims[0], libc::SIGKILL) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while container_runs() {
+            let log = node.containerd.log_tail(60);
+            assert!(Instant::now() < deadline, "the container still runs 30 s after its shim was killed; log:\n{log}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // containerd marks it exited once it has handled the exit its cleanup published.
+        loop {
+            let status = pod.status(None).await.expect("containerd still knows the container");
+            if status.state == 2 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the container is not reported exited: {status:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        pod.remove().await.expect("the pod is removed");
+    });
+    node.containerd.remove_all_pods().unwrap();
+    assert_nothing_left(&node, &mounts_before, "after the shim was killed");
+}
+
 /// A node whose state root is a small tmpfs that fills during a pull: a clear "no space left"
 /// naming the state root, nothing half-visible, and after freeing space the pull succeeds.
 #[test]

@@ -1,13 +1,15 @@
 //! `containerd-shim-flox-v2`, the shim containerd runs for runtime `flox` (`runtime_path`, or
 //! `runtime_type = "io.containerd.flox.v2"` as in Flox's documented config). It is the stock
 //! `containerd-shim-runc-v2` with a proxy in front (see `proxy`): `start` starts both, every
-//! other action is the stock shim's (`delete` also drops what flox-runc's delete would).
+//! other action is the stock shim's, except `delete`, done natively (see `delete`) without the
+//! stock shim's Go process, which also drops what flox-runc's delete would.
 //!
 //! With `shim_proxy = false` in the node config it only starts the stock shim with `flox-runc`
 //! first on PATH (`wrapper_path`).
 //!
 //! containerd 1.6 does not run it through CRI (it ignores `runtime_path`); there the
 //! `flox-runc` wrapper named by `BinaryName` does the same work in front of each runc call.
+mod delete;
 mod group;
 mod proxy;
 mod start;
@@ -36,7 +38,7 @@ pub fn run(args: Vec<OsString>) -> i32 {
     match args.last().and_then(|a| a.to_str()) {
         Some("start") if proxy_enabled() => start::start(&shim, &args),
         Some("start") => wrapper_path::exec_shim(&shim, &args, &me),
-        Some("delete") => start::delete(&shim, &args),
+        Some("delete") => delete::delete(&args),
         _ => start::exec_shim(&shim, &args),
     }
 }

@@ -12,10 +12,10 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
-
-use imageless_node::config::NodeConfig;
+use std::time::SystemTime;
 
 use crate::group::{Group, RECORD_DIR};
+use crate::proxy::ShimWatch;
 
 /// Longest unix socket path (sun_path holds 108 bytes with its NUL).
 const MAX_SOCKET_PATH: usize = 107;
@@ -43,6 +43,7 @@ pub fn start(shim: &Path, args: &[OsString]) -> i32 {
         print(&printed);
         return 0;
     }
+    let pid_file = ShimPidFile::before_start(bundle);
     let out = match Command::new(shim).args(args).stderr(Stdio::inherit()).output() {
         Ok(out) => out,
         Err(e) => {
@@ -55,7 +56,7 @@ pub fn start(shim: &Path, args: &[OsString]) -> i32 {
         print(&printed);
         return out.status.code().unwrap_or(1);
     }
-    match proxied(&printed, bundle, group.as_ref()) {
+    match proxied(&printed, bundle, group.as_ref(), pid_file.watch(bundle)) {
         Ok(printed) => print(&printed),
         Err(e) => {
             eprintln!("containerd-shim-flox-v2: {e}; containerd talks to the runc shim directly");
@@ -74,7 +75,7 @@ fn print(text: &str) {
 /// What `start` prints instead of the runc shim's output `printed`: the same, with the proxy's
 /// address (a proxy is started for the shim unless one already serves it), recorded for the
 /// pod's other containers.
-fn proxied(printed: &str, bundle: &Path, group: Option<&Group>) -> Result<String, ProxyError> {
+fn proxied(printed: &str, bundle: &Path, group: Option<&Group>, watch: ShimWatch) -> Result<String, ProxyError> {
     let address = shim_address(printed).ok_or_else(|| ProxyError::Address(printed.trim().to_string()))?;
     let upstream = address.strip_prefix("unix://").filter(|p| p.starts_with('/'));
     let upstream = upstream.ok_or_else(|| ProxyError::Address(address.clone()))?;
@@ -82,7 +83,7 @@ fn proxied(printed: &str, bundle: &Path, group: Option<&Group>) -> Result<String
     if socket.len() > MAX_SOCKET_PATH {
         return Err(ProxyError::PathTooLong(socket));
     }
-    ensure_proxy(Path::new(&socket), Path::new(upstream), bundle, group)
+    ensure_proxy(Path::new(&socket), Path::new(upstream), bundle, group, watch)
         .map_err(|source| ProxyError::Start { path: socket.clone(), source })?;
     let ours = format!("unix://{socket}");
     write_address_file(bundle, &ours);
@@ -94,6 +95,43 @@ fn proxied(printed: &str, bundle: &Path, group: Option<&Group>) -> Result<String
         }
     }
     Ok(printed)
+}
+
+/// The runc shim's `start` writes the pid of the shim process it started to the bundle's
+/// `shim.pid` (and nothing when it found the pod's shim already running). The file's
+/// modification time before the start tells one this start wrote from one left by an earlier
+/// start in the same bundle.
+struct ShimPidFile {
+    before: Option<SystemTime>,
+}
+
+/// shim.pid holds a decimal pid; containerd's file, still read with a bound.
+const PID_FILE_LIMIT: u64 = 32;
+
+impl ShimPidFile {
+    fn path(bundle: &Path) -> std::path::PathBuf {
+        bundle.join("shim.pid")
+    }
+
+    fn before_start(bundle: &Path) -> ShimPidFile {
+        ShimPidFile { before: std::fs::metadata(Self::path(bundle)).and_then(|m| m.modified()).ok() }
+    }
+
+    /// How the proxy will learn of the shim's exit: by a pidfd of the pid this start wrote,
+    /// else by connecting to its socket.
+    fn watch(&self, bundle: &Path) -> ShimWatch {
+        use std::io::Read;
+        let path = Self::path(bundle);
+        let fresh = std::fs::metadata(&path).and_then(|m| m.modified()).is_ok_and(|m| Some(m) != self.before);
+        let mut text = String::new();
+        let read = std::fs::File::open(&path).and_then(|f| f.take(PID_FILE_LIMIT).read_to_string(&mut text));
+        let pid = text.trim().parse::<i32>().ok().and_then(rustix::process::Pid::from_raw);
+        match (fresh, read, pid) {
+            (true, Ok(_), Some(pid)) => rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())
+                .map_or(ShimWatch::Connect, ShimWatch::Pidfd),
+            _ => ShimWatch::Connect,
+        }
+    }
 }
 
 /// containerd 1.6/1.7 reconnect after a restart to what the bundle's `address` file says (the
@@ -116,7 +154,13 @@ fn shim_address(printed: &str) -> Option<String> {
 /// Starts a proxy on `socket` for the shim at `upstream`, unless one already answers there
 /// (the pod's sandbox started it). The listening socket is bound here, before the proxy
 /// process exists, so containerd can connect as soon as `start` has printed it.
-fn ensure_proxy(socket: &Path, upstream: &Path, bundle: &Path, group: Option<&Group>) -> io::Result<()> {
+fn ensure_proxy(
+    socket: &Path,
+    upstream: &Path,
+    bundle: &Path,
+    group: Option<&Group>,
+    watch: ShimWatch,
+) -> io::Result<()> {
     if UnixStream::connect(socket).is_ok() {
         return Ok(());
     }
@@ -154,32 +198,10 @@ fn ensure_proxy(socket: &Path, upstream: &Path, bundle: &Path, group: Option<&Gr
                 Err(_) => rustix::stdio::dup2_stderr(&null),
             };
             drop((null, log));
-            crate::proxy::serve(listener, socket, upstream, record)
+            crate::proxy::serve(listener, socket, upstream, record, watch)
         }
         _ => Ok(()),
     }
-}
-
-/// `delete`: containerd's cleanup of a shim that is gone. The runc shim deletes the container
-/// with runc (and prints its answer); then what flox-runc's delete would remove goes too, and
-/// the pod's proxy record if its proxy is gone with the shim.
-pub fn delete(shim: &Path, args: &[OsString]) -> i32 {
-    let status = match Command::new(shim).args(args).status() {
-        Ok(s) => s.code().unwrap_or(1),
-        Err(e) => {
-            eprintln!("containerd-shim-flox-v2: cannot run {}: {e}", shim.display());
-            return 1;
-        }
-    };
-    if status == 0 {
-        if let (Some(id), Ok(config)) = (flag(args, "id"), NodeConfig::load(None)) {
-            flox_runc::cleanup(&config, &id);
-        }
-        if let Some(group) = Group::of(args, Path::new("."), Path::new(RECORD_DIR)) {
-            group.remove_if_stale();
-        }
-    }
-    status
 }
 
 /// The value of Go-style flag `-name value`, `--name value` or `-name=value`.
@@ -232,9 +254,36 @@ mod tests {
     #[test]
     fn an_address_that_is_not_a_socket_file_gets_no_proxy() {
         let tmp = tempfile::tempdir().unwrap();
-        assert!(matches!(proxied("vsock://3:1024", tmp.path(), None), Err(ProxyError::Address(_))));
+        assert!(matches!(proxied("vsock://3:1024", tmp.path(), None, ShimWatch::Connect), Err(ProxyError::Address(_))));
         let long = format!("unix:///{}", "s".repeat(120));
-        assert!(matches!(proxied(&long, tmp.path(), None), Err(ProxyError::PathTooLong(_))));
+        assert!(matches!(proxied(&long, tmp.path(), None, ShimWatch::Connect), Err(ProxyError::PathTooLong(_))));
+    }
+
+    #[test]
+    fn the_proxy_watches_the_pid_this_start_wrote_and_no_other() {
+        let tmp = tempfile::tempdir().unwrap();
+        let bundle = tmp.path();
+        let start = ShimPidFile::before_start(bundle);
+        assert!(matches!(start.watch(bundle), ShimWatch::Connect), "no shim.pid: the stock start found a running shim");
+        let mut shim = Command::new("sleep").arg("30").spawn().unwrap();
+        std::fs::write(bundle.join("shim.pid"), shim.id().to_string()).unwrap();
+        let ShimWatch::Pidfd(pidfd) = start.watch(bundle) else { panic!("the pid this start wrote is watched") };
+        let readable = |timeout_ms: i64| {
+            use rustix::event::{poll, PollFd, PollFlags, Timespec};
+            let mut fds = [PollFd::new(&pidfd, PollFlags::IN)];
+            let timeout = Timespec { tv_sec: timeout_ms / 1000, tv_nsec: timeout_ms % 1000 * 1_000_000 };
+            poll(&mut fds, Some(&timeout)).unwrap() == 1
+        };
+        assert!(!readable(0), "the shim runs");
+        let later = ShimPidFile::before_start(bundle);
+        assert!(matches!(later.watch(bundle), ShimWatch::Connect), "a shim.pid an earlier start wrote is not trusted");
+        shim.kill().unwrap();
+        shim.wait().unwrap();
+        assert!(readable(1000), "the pidfd says when the shim has exited");
+        let bad = ShimPidFile::before_start(bundle);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(bundle.join("shim.pid"), "not a pid").unwrap();
+        assert!(matches!(bad.watch(bundle), ShimWatch::Connect));
     }
 
     #[test]
@@ -245,7 +294,7 @@ mod tests {
         let _listening = UnixListener::bind(&socket).unwrap(); // the pod's proxy
         std::fs::write(tmp.path().join("address"), format!("unix://{}", upstream.display())).unwrap();
         let printed = format!(r#"{{"version":3,"address":"unix://{}","protocol":"ttrpc"}}"#, upstream.display());
-        let out = proxied(&printed, tmp.path(), None).unwrap();
+        let out = proxied(&printed, tmp.path(), None, ShimWatch::Connect).unwrap();
         assert_eq!(out, printed.replace(&upstream.display().to_string(), &socket.display().to_string()));
         assert_eq!(
             std::fs::read_to_string(tmp.path().join("address")).unwrap(),

@@ -7,6 +7,12 @@
 //! Threads, blocking I/O: per containerd connection one thread reads containerd's frames and
 //! one the shim's; a `Create` runs on its own thread because a cold environment can take
 //! seconds to fetch, and other calls of the pod must not wait behind it.
+//!
+//! The shim is a Go process, and every connection made to it costs it an accept and a
+//! goroutine: the proxy connects to it only for a connection that sends a frame (a liveness
+//! probe of the proxy costs the shim nothing), and learns of the shim's exit from a pidfd
+//! rather than by connecting to it again and again (which, in a burst of pod starts, cost the
+//! shims more CPU than the rest of the proxy's work).
 mod task_api;
 mod tasks;
 mod ttrpc;
@@ -14,6 +20,7 @@ mod ttrpc;
 use std::collections::HashMap;
 use std::io::Write;
 use std::net::Shutdown;
+use std::os::fd::OwnedFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -24,38 +31,78 @@ use task_api::Method;
 use tasks::{AfterReply, Outcome, Tasks};
 use ttrpc::{Frame, Request, Response};
 
+/// How the proxy learns that its shim has exited.
+pub enum ShimWatch {
+    /// A pidfd of the shim's process: readable once it has exited.
+    Pidfd(OwnedFd),
+    /// The shim's pid is not known (its `start` found a running shim and wrote no shim.pid):
+    /// look whether its socket still answers, every 2 s and for a while after a connection ends.
+    Connect,
+}
+
 /// Serves containerd's connections on `listener`, each relayed to the shim at `upstream`,
 /// until that shim is gone. Never returns.
-pub fn serve(listener: UnixListener, socket: PathBuf, upstream: PathBuf, record: Option<PathBuf>) -> ! {
+pub fn serve(
+    listener: UnixListener,
+    socket: PathBuf,
+    upstream: PathBuf,
+    record: Option<PathBuf>,
+    watch: ShimWatch,
+) -> ! {
     // The bundle this started in is removed with its container; hold nothing there.
     let _ = std::env::set_current_dir("/");
     let tasks = Arc::new(Tasks::default());
     let gone = Arc::new(ShimGone { socket, upstream: upstream.clone(), record });
+    let polling = matches!(watch, ShimWatch::Connect);
     {
-        // containerd always holds a connection to a live shim, so a relay's end notices a
-        // shim's exit at once; this catches the rest (e.g. while containerd restarts).
         let gone = gone.clone();
-        std::thread::spawn(move || loop {
-            std::thread::sleep(std::time::Duration::from_secs(2));
-            gone.exit_if_gone();
-        });
+        match watch {
+            ShimWatch::Pidfd(pidfd) => std::thread::spawn(move || {
+                wait_readable(&pidfd);
+                gone.exit();
+            }),
+            // containerd always holds a connection to a live shim, so a relay's end notices a
+            // shim's exit at once; this catches the rest (e.g. while containerd restarts).
+            ShimWatch::Connect => std::thread::spawn(move || loop {
+                std::thread::sleep(std::time::Duration::from_secs(2));
+                gone.exit_if_gone();
+            }),
+        };
     }
     for conn in listener.incoming() {
         let Ok(client) = conn else { continue };
         let (tasks, gone) = (tasks.clone(), gone.clone());
         std::thread::spawn(move || {
-            if let Err(e) = relay(client, &gone.upstream, tasks) {
-                tracing::debug!("connection ended: {e}");
-            }
-            // containerd closes its connection when it shuts the shim down, a moment before
-            // the shim has exited: look again for a while.
-            for _ in 0..40 {
-                gone.exit_if_gone();
-                std::thread::sleep(std::time::Duration::from_millis(50));
+            let reached_shim = match relay(client, &gone.upstream, tasks) {
+                Ok(reached) => reached,
+                Err(e) => {
+                    tracing::debug!("connection ended: {e}");
+                    true
+                }
+            };
+            if polling && reached_shim {
+                // containerd closes its connection when it shuts the shim down, a moment
+                // before the shim has exited: look again for a while.
+                for _ in 0..40 {
+                    gone.exit_if_gone();
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
             }
         });
     }
     std::process::exit(0)
+}
+
+/// Blocks until `fd` is readable (a pidfd: its process has exited) or cannot be polled.
+fn wait_readable(fd: &OwnedFd) {
+    use rustix::event::{poll, PollFd, PollFlags};
+    loop {
+        let mut fds = [PollFd::new(fd, PollFlags::IN)];
+        match poll(&mut fds, None) {
+            Err(rustix::io::Errno::INTR) => continue,
+            _ => return,
+        }
+    }
 }
 
 /// The proxy's end: its shim no longer accepts connections (containerd shut it down, or it
@@ -70,12 +117,16 @@ struct ShimGone {
 impl ShimGone {
     fn exit_if_gone(&self) {
         if UnixStream::connect(&self.upstream).is_err() {
-            if let Some(record) = &self.record {
-                let _ = std::fs::remove_file(record);
-            }
-            let _ = std::fs::remove_file(&self.socket);
-            std::process::exit(0);
+            self.exit();
         }
+    }
+
+    fn exit(&self) -> ! {
+        if let Some(record) = &self.record {
+            let _ = std::fs::remove_file(record);
+        }
+        let _ = std::fs::remove_file(&self.socket);
+        std::process::exit(0);
     }
 }
 
@@ -83,7 +134,10 @@ impl ShimGone {
 type Pending = Arc<Mutex<HashMap<u32, AfterReply>>>;
 
 /// Relays one containerd connection to a new connection to the shim, until either side ends.
-fn relay(client: UnixStream, upstream: &Path, tasks: Arc<Tasks>) -> std::io::Result<()> {
+/// The shim is connected to on the connection's first frame: a connection that sends none (a
+/// liveness probe) never reaches it. Returns whether it did.
+fn relay(mut client: UnixStream, upstream: &Path, tasks: Arc<Tasks>) -> std::io::Result<bool> {
+    let Some(first) = ttrpc::read_frame(&mut client)? else { return Ok(false) };
     let shim = UnixStream::connect(upstream)?;
     let to_client = Arc::new(Mutex::new(client.try_clone()?));
     let to_shim = Arc::new(Mutex::new(shim.try_clone()?));
@@ -107,8 +161,9 @@ fn relay(client: UnixStream, upstream: &Path, tasks: Arc<Tasks>) -> std::io::Res
             let _ = to_client.lock().expect("not poisoned").shutdown(Shutdown::Both);
         })
     };
-    let mut client = client;
-    while let Some(frame) = ttrpc::read_frame(&mut client)? {
+    let rest = std::iter::from_fn(|| ttrpc::read_frame(&mut client).transpose());
+    for frame in std::iter::once(Ok(first)).chain(rest) {
+        let frame = frame?;
         let method = (frame.kind == ttrpc::TYPE_REQUEST)
             .then(|| Request::decode(&frame.payload[..]).ok())
             .flatten()
@@ -139,7 +194,7 @@ fn relay(client: UnixStream, upstream: &Path, tasks: Arc<Tasks>) -> std::io::Res
             tasks.after_reply(then, false);
         }
     }
-    Ok(())
+    Ok(true)
 }
 
 /// One request the proxy acts on.
