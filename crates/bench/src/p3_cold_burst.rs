@@ -26,6 +26,8 @@ struct Bursts {
     /// Each pod's own times within the bursts (from the burst's start): [flox, runc].
     running: [Vec<f64>; 2],
     first_output: [Vec<f64>; 2],
+    /// The machine's busy CPU seconds during each burst (until every pod had printed): [flox, runc].
+    cpu: [Vec<f64>; 2],
     /// NAR GETs of each flox burst.
     flox_nars: Vec<usize>,
     /// CPU seconds the hub (and the git processes it reaped) used during each flox burst.
@@ -38,6 +40,7 @@ impl Bursts {
         [&mut self.flox, &mut self.runc][side].push(ms(burst.wall));
         self.running[side].extend(burst.running.iter().map(|d| ms(*d)));
         self.first_output[side].extend(burst.first_output.iter().map(|d| ms(*d)));
+        self.cpu[side].push(burst.cpu_busy_s);
     }
 }
 
@@ -117,6 +120,8 @@ fn add_figures(results: &mut Results, b: &Bursts, single_nar: usize, single: Dur
         results.samples(&format!("P3.pod_running_ms.{name}"), &b.running[side]);
         results.samples(&format!("P3.pod_first_output_ms.{name}"), &b.first_output[side]);
     }
+    results.samples("P3.cpu_busy_s.flox", &b.cpu[0]);
+    results.samples("P3.cpu_busy_s.runc", &b.cpu[1]);
     results.samples("P3.nar_gets_per_burst", &b.flox_nars.iter().map(|n| *n as f64).collect::<Vec<_>>());
     let worst = b.flox_nars.iter().copied().max().unwrap_or(0);
     let flox = summarize(&b.flox).expect("samples").median / 1000.0;
@@ -165,6 +170,20 @@ fn add_figures(results: &mut Results, b: &Bursts, single_nar: usize, single: Dur
                 Target::None,
             ));
         }
+    }
+    if let (Some(f), Some(r)) = (summarize(&b.cpu[0]), summarize(&b.cpu[1])) {
+        results.add(figure(
+            "P3.context.cpu",
+            &format!(
+                "P3 context: CPU the whole machine used from a burst's start until all {PODS} pods had printed (both \
+                 cores are busy through a burst), median of {ROUNDS}"
+            ),
+            "s",
+            f.median,
+            Some(r.median),
+            "runc bursts",
+            Target::None,
+        ));
     }
     results.add(figure(
         "P3.context.hub_cpu",

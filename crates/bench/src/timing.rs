@@ -117,6 +117,19 @@ pub struct Burst {
     pub wall: Duration,
     pub running: Vec<Duration>,
     pub first_output: Vec<Duration>,
+    /// CPU seconds the whole machine was busy (user, system, interrupts) from the burst's
+    /// start until every pod had printed: what a burst on 2 saturated cores really compares.
+    pub cpu_busy_s: f64,
+}
+
+/// The machine's busy CPU time so far (/proc/stat's first line: user, nice, system, irq,
+/// softirq, steal; in clock ticks of 1/100 s), in seconds.
+pub fn machine_busy_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: Vec<u64> =
+        stat.lines().next().unwrap_or("").split_whitespace().skip(1).filter_map(|f| f.parse().ok()).collect();
+    // user nice system idle iowait irq softirq steal …
+    [0, 1, 2, 5, 6, 7].iter().filter_map(|&i| ticks.get(i)).sum::<u64>() as f64 / 100.0
 }
 
 pub async fn start_many(endpoint: &str, opts: &RunOptions, yamls: Vec<String>) -> anyhow::Result<Burst> {
@@ -125,6 +138,7 @@ pub async fn start_many(endpoint: &str, opts: &RunOptions, yamls: Vec<String>) -
     for _ in &yamls {
         runners.push(PodRunner::new(CriClient::connect(endpoint).await?));
     }
+    let cpu0 = machine_busy_seconds();
     let t0 = Instant::now();
     let mut set = tokio::task::JoinSet::new();
     for (yaml, runner) in yamls.into_iter().zip(runners) {
@@ -141,7 +155,9 @@ pub async fn start_many(endpoint: &str, opts: &RunOptions, yamls: Vec<String>) -
             }
         }
     }
+    let cpu_busy_s = machine_busy_seconds() - cpu0;
     let burst = Burst {
+        cpu_busy_s,
         wall: pods.iter().map(|t| t.first_output).max().unwrap_or_default(),
         running: pods.iter().map(|t| t.running).collect(),
         first_output: pods.iter().map(|t| t.first_output).collect(),
