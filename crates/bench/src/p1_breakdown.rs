@@ -32,6 +32,21 @@ type StepOf = fn(&cri_steps::PodSteps) -> Option<f64>;
 
 /// CRI step figures from the containerd log text written during P1's starts.
 pub fn cri_figures(log_since: &str, results: &mut Results) {
+    let sides = [("p1-flox", "flox"), ("p1-runc", "runc")];
+    cri_step_figures(log_since, results, "P1", WARM_ENV, sides, "runc + busybox");
+}
+
+/// Per CRI step, the median of pods named `sides[0].0` against those named `sides[1].0` (the
+/// baseline, called `base_name`), as figures `{prefix}.breakdown.cri.<step>` (no target), and
+/// the samples as `{prefix}.cri.<step>.<side label>`.
+pub fn cri_step_figures(
+    log_since: &str,
+    results: &mut Results,
+    prefix: &str,
+    what: &str,
+    sides: [(&str, &str); 2],
+    base_name: &str,
+) {
     let steps = cri_steps::parse(log_since);
     let of = |pod: &str, f: StepOf| -> Vec<f64> { steps.iter().filter(|s| s.pod == pod).filter_map(f).collect() };
     let rows: [(&str, &str, StepOf); 3] = [
@@ -40,17 +55,17 @@ pub fn cri_figures(log_since: &str, results: &mut Results) {
         ("start_container", "StartContainer", |s| s.start_container),
     ];
     for (key, cri, f) in rows {
-        let (flox, runc) = (of("p1-flox", f), of("p1-runc", f));
-        results.samples(&format!("P1.cri.{key}.flox"), &flox);
-        results.samples(&format!("P1.cri.{key}.runc"), &runc);
-        if let (Some(a), Some(b)) = (median(&flox), median(&runc)) {
+        let (ours, base) = (of(sides[0].0, f), of(sides[1].0, f));
+        results.samples(&format!("{prefix}.cri.{key}.{}", sides[0].1), &ours);
+        results.samples(&format!("{prefix}.cri.{key}.{}", sides[1].1), &base);
+        if let (Some(a), Some(b)) = (median(&ours), median(&base)) {
             results.add(figure(
-                &format!("P1.breakdown.cri.{key}"),
-                &format!("P1 breakdown: {cri} as containerd logs it, median ({WARM_ENV})"),
+                &format!("{prefix}.breakdown.cri.{key}"),
+                &format!("{prefix} breakdown: {cri} as containerd logs it, median ({what})"),
                 "ms",
                 a,
                 Some(b),
-                "runc + busybox",
+                base_name,
                 Target::None,
             ));
         }
