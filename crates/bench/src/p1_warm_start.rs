@@ -29,10 +29,9 @@ pub async fn run(bench: &Bench, results: &mut Results) -> anyhow::Result<()> {
         start_and_check(&runner, yaml, &opts, HELLO_TEXT).await?;
     }
     bench.say(&format!("P1: {STARTS} warm starts each: flox ({WARM_ENV}), flox pinned ({WARM_ENV_PINNED}), runc"));
-    let log_mark = std::fs::metadata(bench.node.containerd.log_path()).map(|m| m.len()).unwrap_or(0);
+    let log_mark = bench.node.containerd.log_mark();
     let s = rotating_starts(&runner, &opts, &[&flox, &pinned, &plain], STARTS).await?;
-    let log = std::fs::read(bench.node.containerd.log_path()).unwrap_or_default();
-    let log_since = String::from_utf8_lossy(&log[(log_mark as usize).min(log.len())..]).into_owned();
+    let log_since = bench.node.containerd.log_since(log_mark);
     for (idx, kind) in KINDS.iter().enumerate() {
         results.samples(&format!("P1.{kind}.running"), &s.running[idx]);
         results.samples(&format!("P1.{kind}.first_output"), &s.first_output[idx]);

@@ -57,10 +57,9 @@ pub async fn run(bench: &Bench, results: &mut Results) -> anyhow::Result<()> {
     }
 
     bench.say(&format!("P6: {STARTS} warm starts each: {LARGE_ENV}, {SMALL_ENV}, runc"));
-    let log_mark = std::fs::metadata(bench.node.containerd.log_path()).map(|m| m.len()).unwrap_or(0);
+    let log_mark = bench.node.containerd.log_mark();
     let s = rotating_starts(&runner, &opts, &[&large, &small, &plain], STARTS).await?;
-    let log = std::fs::read(bench.node.containerd.log_path()).unwrap_or_default();
-    let log_since = String::from_utf8_lossy(&log[(log_mark as usize).min(log.len())..]).into_owned();
+    let log_since = bench.node.containerd.log_since(log_mark);
     // Where a difference between the two environments would sit.
     let sides = [("p6-large", "large"), ("p6-hello", "hello")];
     crate::p1_breakdown::cri_step_figures(&log_since, results, "P6", LARGE_ENV, sides, &format!("{SMALL_ENV} pod"));

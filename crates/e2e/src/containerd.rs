@@ -261,6 +261,15 @@ impl Containerd {
     pub fn log_path(&self) -> &Path {
         &self.log_path
     }
+    /// Length of the daemon's log now, to read what it logs after this mark ([`Self::log_since`]).
+    pub fn log_mark(&self) -> u64 {
+        std::fs::metadata(&self.log_path).map(|m| m.len()).unwrap_or(0)
+    }
+    /// What the daemon logged since `mark`.
+    pub fn log_since(&self, mark: u64) -> String {
+        let log = std::fs::read(&self.log_path).unwrap_or_default();
+        String::from_utf8_lossy(&log[(mark as usize).min(log.len())..]).into_owned()
+    }
     /// The last `lines` lines of the daemon's log (for failure messages).
     pub fn log_tail(&self, lines: usize) -> String {
         let text = std::fs::read_to_string(&self.log_path).unwrap_or_default();
