@@ -12,7 +12,7 @@
 //! all. Then what flox-runc's delete would remove goes too, and the pod's record if its proxy
 //! is gone.
 use std::ffi::OsString;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::SystemTime;
@@ -21,6 +21,7 @@ use imageless_node::config::NodeConfig;
 use prost::Message;
 
 use crate::group::{Group, RECORD_DIR};
+use crate::read_bounded;
 use crate::start::flag;
 
 /// The stock shim's default runc root; containers live in `<root>/<namespace>/<id>`.
@@ -67,8 +68,9 @@ impl Target {
     fn of(args: &[OsString], bundle: &Path) -> Result<Target, String> {
         let namespace = flag(args, "namespace").filter(|n| valid_name(n)).ok_or("shim namespace cannot be empty")?;
         let id = flag(args, "id").filter(|id| valid_name(id)).ok_or("a valid container id (-id) is required")?;
-        let runtime = read_bounded(&bundle.join("runtime")).map(|r| r.trim().to_string()).unwrap_or_default();
-        let root = read_bounded(&bundle.join("options.json"))
+        let runtime =
+            read_bounded(&bundle.join("runtime"), BUNDLE_FILE_LIMIT).map(|r| r.trim().to_string()).unwrap_or_default();
+        let root = read_bounded(&bundle.join("options.json"), BUNDLE_FILE_LIMIT)
             .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
             .and_then(|opts| opts.get("root").and_then(|r| r.as_str()).map(str::to_owned))
             .filter(|r| !r.is_empty())
@@ -105,12 +107,6 @@ fn valid_name(s: &str) -> bool {
     !s.is_empty() && !s.contains('/') && s != "." && s != ".."
 }
 
-fn read_bounded(path: &Path) -> Option<String> {
-    let mut text = String::new();
-    std::fs::File::open(path).ok()?.take(BUNDLE_FILE_LIMIT).read_to_string(&mut text).ok()?;
-    Some(text)
-}
-
 pub fn delete(args: &[OsString]) -> i32 {
     let bundle = match std::env::current_dir() {
         Ok(dir) => dir,
@@ -140,7 +136,9 @@ pub fn delete(args: &[OsString]) -> i32 {
             }
         };
     unmount_all(&bundle.join("rootfs"));
-    let pid = read_bounded(&bundle.join("init.pid")).and_then(|p| p.trim().parse::<u32>().ok()).unwrap_or(0);
+    let pid = read_bounded(&bundle.join("init.pid"), BUNDLE_FILE_LIMIT)
+        .and_then(|p| p.trim().parse::<u32>().ok())
+        .unwrap_or(0);
     let response = DeleteResponse { pid, exit_status: EXIT_STATUS, exited_at: Some(now()) };
     let mut out = std::io::stdout().lock();
     if out.write_all(&response.encode_to_vec()).and_then(|()| out.flush()).is_err() {

@@ -5,11 +5,12 @@
 //! running the stock shim's start: a Go process that would only find the pod's socket and say
 //! so (a few ms of CPU per container).
 use std::ffi::OsString;
-use std::io::Read;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
+
+use crate::read_bounded;
 
 /// Where the records live (tmpfs: a node restart starts with none, as with shims).
 pub const RECORD_DIR: &str = "/run/imageless/shims";
@@ -50,9 +51,7 @@ impl Group {
 
     /// What to print for another container of a pod whose proxy and shim both answer.
     pub fn running(&self) -> Option<String> {
-        let mut text = String::new();
-        std::fs::File::open(&self.record).ok()?.take(RECORD_LIMIT).read_to_string(&mut text).ok()?;
-        let record: Record = serde_json::from_str(&text).ok()?;
+        let record: Record = serde_json::from_str(&read_bounded(&self.record, RECORD_LIMIT)?).ok()?;
         UnixStream::connect(&record.upstream).ok()?;
         UnixStream::connect(&record.proxy).ok()?;
         Some(record.printed)
@@ -91,9 +90,7 @@ impl Group {
 }
 
 fn sandbox_id(bundle: &Path) -> Option<String> {
-    let mut bytes = Vec::new();
-    std::fs::File::open(bundle.join("config.json")).ok()?.take(SPEC_LIMIT).read_to_end(&mut bytes).ok()?;
-    let spec: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    let spec: serde_json::Value = serde_json::from_str(&read_bounded(&bundle.join("config.json"), SPEC_LIMIT)?).ok()?;
     spec.get("annotations")?.get(SANDBOX_ID)?.as_str().filter(|s| !s.is_empty()).map(str::to_owned)
 }
 

@@ -43,6 +43,15 @@ pub fn run(args: Vec<OsString>) -> i32 {
     }
 }
 
+/// At most `limit` bytes of the file at `path`, as text. Every file the launcher reads is
+/// containerd's, the shim's or ours, but none is read without a bound.
+pub(crate) fn read_bounded(path: &Path, limit: u64) -> Option<String> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::fs::File::open(path).ok()?.take(limit).read_to_string(&mut text).ok()?;
+    Some(text)
+}
+
 /// The stock runc shim: the first on PATH that is not this launcher.
 fn find_shim(me: &Path) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_else(|| DEFAULT_PATH.into());

@@ -16,6 +16,7 @@ use std::time::SystemTime;
 
 use crate::group::{Group, RECORD_DIR};
 use crate::proxy::ShimWatch;
+use crate::read_bounded;
 
 /// Longest unix socket path (sun_path holds 108 bytes with its NUL).
 const MAX_SOCKET_PATH: usize = 107;
@@ -120,14 +121,13 @@ impl ShimPidFile {
     /// How the proxy will learn of the shim's exit: by a pidfd of the pid this start wrote,
     /// else by connecting to its socket.
     fn watch(&self, bundle: &Path) -> ShimWatch {
-        use std::io::Read;
         let path = Self::path(bundle);
         let fresh = std::fs::metadata(&path).and_then(|m| m.modified()).is_ok_and(|m| Some(m) != self.before);
-        let mut text = String::new();
-        let read = std::fs::File::open(&path).and_then(|f| f.take(PID_FILE_LIMIT).read_to_string(&mut text));
-        let pid = text.trim().parse::<i32>().ok().and_then(rustix::process::Pid::from_raw);
-        match (fresh, read, pid) {
-            (true, Ok(_), Some(pid)) => rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())
+        let pid = read_bounded(&path, PID_FILE_LIMIT)
+            .and_then(|text| text.trim().parse::<i32>().ok())
+            .and_then(rustix::process::Pid::from_raw);
+        match (fresh, pid) {
+            (true, Some(pid)) => rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())
                 .map_or(ShimWatch::Connect, ShimWatch::Pidfd),
             _ => ShimWatch::Connect,
         }
