@@ -66,8 +66,8 @@ struct Target {
 
 impl Target {
     fn of(args: &[OsString], bundle: &Path) -> Result<Target, String> {
-        let namespace = flag(args, "namespace").filter(|n| valid_name(n)).ok_or("shim namespace cannot be empty")?;
-        let id = flag(args, "id").filter(|id| valid_name(id)).ok_or("a valid container id (-id) is required")?;
+        let namespace = identifier(args, "namespace")?;
+        let id = identifier(args, "id")?;
         let runtime =
             read_bounded(&bundle.join("runtime"), BUNDLE_FILE_LIMIT).map(|r| r.trim().to_string()).unwrap_or_default();
         let root = read_bounded(&bundle.join("options.json"), BUNDLE_FILE_LIMIT)
@@ -102,9 +102,16 @@ impl Target {
     }
 }
 
-/// containerd's identifiers: no path separators, not `.` or `..`.
-fn valid_name(s: &str) -> bool {
-    !s.is_empty() && !s.contains('/') && s != "." && s != ".."
+/// Flag `-name`, a containerd identifier (it becomes a path component): present, non-empty,
+/// no `/`, not `.` or `..`.
+fn identifier(args: &[OsString], name: &str) -> Result<String, String> {
+    match flag(args, name) {
+        Some(v) if !v.is_empty() && !v.contains('/') && v != "." && v != ".." => Ok(v),
+        Some(v) => {
+            Err(format!("-{name} {v:?} is not valid: a containerd identifier, non-empty, without '/', not . or .."))
+        }
+        None => Err(format!("-{name} is missing: containerd passes the container's {name}")),
+    }
 }
 
 pub fn delete(args: &[OsString]) -> i32 {
@@ -208,13 +215,19 @@ mod tests {
         let argv: Vec<_> = cmd.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
         let log = bundle.join("log.json").display().to_string();
         assert_eq!(argv, ["--root", "/run/r/k8s.io", "--log", &log, "--log-format", "json", "delete", "--force", "c1"]);
-        for bad in [
-            &["-id", "c1", "delete"][..],
-            &["-namespace", "k8s.io", "-id", "../c1", "delete"],
-            &["-namespace", "..", "-id", "c1"],
-        ] {
-            assert!(Target::of(&args(bad), bundle).is_err(), "{bad:?}");
-        }
+        let refused = |a: &[&str]| Target::of(&args(a), bundle).unwrap_err();
+        assert_eq!(
+            refused(&["-id", "c1", "delete"]),
+            "-namespace is missing: containerd passes the container's namespace"
+        );
+        assert_eq!(
+            refused(&["-namespace", "k8s.io", "-id", "../c1", "delete"]),
+            "-id \"../c1\" is not valid: a containerd identifier, non-empty, without '/', not . or .."
+        );
+        assert_eq!(
+            refused(&["-namespace", "..", "-id", "c1"]),
+            "-namespace \"..\" is not valid: a containerd identifier, non-empty, without '/', not . or .."
+        );
     }
 
     #[test]
