@@ -34,6 +34,65 @@ pub fn summarize(samples_ms: &[f64]) -> Option<Summary> {
     Some(Summary { n, median, p90: nearest_rank(&s, 0.9), min: s[0], max: s[n - 1] })
 }
 
+/// The difference between two kinds of start measured in rounds (sample `i` of each side
+/// taken in the same round, minutes apart from other rounds): Yuen's trimmed mean of the
+/// per-round differences and its standard error. A median of each side is too coarse for a
+/// 2 % target on this machine: a start's time has a spread of about 10 %, with drifts of
+/// 30 % over a few minutes and two clusters (the median falls between them in some runs), so
+/// the ratio of two medians of 40 moved by ±3 % between runs with nothing changed. Pairing
+/// within a round takes out the drift; trimming the tails takes out the outliers.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PairedDifference {
+    /// Rounds compared.
+    pub n: usize,
+    /// Trimmed mean of the baseline's samples.
+    pub baseline: f64,
+    /// Trimmed mean of (ours − baseline) per round.
+    pub difference: f64,
+    /// Standard error of `difference` (winsorized standard deviation / ((1 − 2·trim) √n)).
+    pub standard_error: f64,
+}
+
+impl PairedDifference {
+    /// The baseline plus the difference: what ours is, estimated against the same baseline.
+    pub fn ours(&self) -> f64 {
+        self.baseline + self.difference
+    }
+}
+
+/// Share of samples cut from each end for [`paired_difference`]: 20 %, Yuen's usual choice.
+pub const TRIM: f64 = 0.2;
+
+/// `ours[i]` and `baseline[i]` measured in round `i`; `None` with fewer than 3 rounds or
+/// sides of different lengths.
+pub fn paired_difference(ours: &[f64], baseline: &[f64]) -> Option<PairedDifference> {
+    if ours.len() != baseline.len() || ours.len() < 3 {
+        return None;
+    }
+    let diffs: Vec<f64> = ours.iter().zip(baseline).map(|(o, b)| o - b).collect();
+    let n = diffs.len();
+    let (difference, winsorized_sd) = trimmed_mean_and_winsorized_sd(&diffs, TRIM);
+    let (base, _) = trimmed_mean_and_winsorized_sd(baseline, TRIM);
+    let standard_error = winsorized_sd / ((1.0 - 2.0 * TRIM) * (n as f64).sqrt());
+    Some(PairedDifference { n, baseline: base, difference, standard_error })
+}
+
+/// Mean of the samples left after cutting `trim` of them from each end, and the sample
+/// standard deviation after clamping those ends to the extreme values kept.
+fn trimmed_mean_and_winsorized_sd(samples: &[f64], trim: f64) -> (f64, f64) {
+    let mut s = samples.to_vec();
+    s.sort_by(f64::total_cmp);
+    let n = s.len();
+    let cut = ((trim * n as f64).floor() as usize).min((n - 1) / 2);
+    let kept = &s[cut..n - cut];
+    let mean = kept.iter().sum::<f64>() / kept.len() as f64;
+    let (lo, hi) = (s[cut], s[n - cut - 1]);
+    let winsorized: Vec<f64> = s.iter().map(|v| v.clamp(lo, hi)).collect();
+    let w_mean = winsorized.iter().sum::<f64>() / n as f64;
+    let var = winsorized.iter().map(|v| (v - w_mean).powi(2)).sum::<f64>() / (n as f64 - 1.0);
+    (mean, var.sqrt())
+}
+
 pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -267,5 +326,35 @@ mod tests {
         assert_eq!(v["ratio"], 1.2);
         assert_eq!(v["met"], false);
         assert!(v["missed_by"].as_str().unwrap().contains("over"));
+    }
+
+    #[test]
+    fn paired_difference_takes_out_a_drift_shared_by_both_sides() {
+        // Both sides drift by 50 over the rounds; ours is always 2 slower.
+        let base: Vec<f64> = (0..20).map(|i| 100.0 + 2.5 * f64::from(i)).collect();
+        let ours: Vec<f64> = base.iter().map(|b| b + 2.0).collect();
+        let p = paired_difference(&ours, &base).unwrap();
+        assert_eq!(p.n, 20);
+        assert!((p.difference - 2.0).abs() < 1e-9, "{p:?}");
+        assert!(p.standard_error.abs() < 1e-9, "{p:?}");
+        // The trimmed mean of 100, 102.5 … 147.5 without 4 at each end.
+        assert!((p.baseline - 123.75).abs() < 1e-9, "{p:?}");
+        assert!((p.ours() - 125.75).abs() < 1e-9);
+    }
+
+    #[test]
+    fn paired_difference_trims_outliers_and_reports_their_spread() {
+        // Differences 1, -1, 1, -1 … with two wild rounds (+80, -60) that the trim cuts.
+        let base = vec![100.0; 10];
+        let mut ours: Vec<f64> = (0..10).map(|i| if i % 2 == 0 { 101.0 } else { 99.0 }).collect();
+        ours[3] = 180.0;
+        ours[6] = 40.0;
+        let p = paired_difference(&ours, &base).unwrap();
+        assert!(p.difference.abs() < 1e-9, "{p:?}");
+        // Winsorized: 1,-1 × 4 each plus the two clamped to ±1: sd of ten ±1 values = 1.054;
+        // divided by 0.6 √10.
+        assert!((p.standard_error - 1.0541 / (0.6 * 10f64.sqrt())).abs() < 1e-3, "{p:?}");
+        assert!(paired_difference(&ours, &base[..9]).is_none());
+        assert!(paired_difference(&[1.0, 2.0], &[1.0, 2.0]).is_none());
     }
 }
