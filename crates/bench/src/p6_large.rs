@@ -2,11 +2,12 @@
 //! its containers through one closure view mount, so its warm start, its host mounts and its
 //! delete time must not depend on the closure's size:
 //! - warm start of a `flox/large` pod vs a `flox/hello` pod (6 paths) and vs runc + busybox:
-//!   40 rounds of the three in rotating order, then 100 rounds of the two environments; large
+//!   40 rounds of the three in rotating order, then 300 rounds of the two environments; large
 //!   vs hello compares the rounds pairwise (see [`crate::stats::PairedDifference`]);
 //! - host mounts added by 50 running `flox/large` pods vs 50 running runc + busybox pods;
 //! - deleting those pods (both sides running at once), flox and runc in turns, each on a
 //!   settled node: median per pod, flox vs runc.
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
@@ -16,15 +17,17 @@ use imageless_e2e::{PodRunner, RunOptions, RunningPod, BUSYBOX_IMAGE, FLOX_EMPTY
 use crate::context::Bench;
 use crate::report::{figure, Results};
 use crate::stats::{ms, paired_difference, summarize, Target};
-use crate::timing::{rotating_starts, settle_to, shim_count, start_and_check, StartSamples};
+use crate::timing::{rotating_starts, settle_to, shim_count, start_and_check, timed, StartSamples};
 
 pub const LARGE_ENV: &str = "flox/large";
 const SMALL_ENV: &str = "flox/hello";
 /// Rounds of warm starts of all three kinds (large vs runc compares their medians).
 const ROUNDS_WITH_RUNC: usize = 40;
-/// More rounds of the two environments only, for the 1.02 target: a start's time spreads by
-/// about 10 % here, so the paired estimate over 140 rounds has a standard error near 1 %.
-const ROUNDS_PAIRED: usize = 100;
+/// More rounds of the two environments only, for the 1.02 target. A start's time spreads by
+/// about 10 % here (a standard deviation of 15–26 ms per pair): over 140 rounds the paired
+/// estimate's standard error was 1.6–2.1 ms (1.1–1.4 %) and five runs gave −1.7 to +4.1 ms;
+/// over 340 it is near 1.1 ms (0.8 %).
+const ROUNDS_PAIRED: usize = 300;
 const RUNNING: usize = 50;
 const TEXT: &str = "Hello, world! (hello 2.12)";
 /// Pause between deletes once the previous pod's shim has exited.
@@ -80,7 +83,44 @@ pub async fn run(bench: &Bench, results: &mut Results) -> anyhow::Result<()> {
         add_vs_hello(results, what, &large, &hello);
         add_vs_runc(results, what, &three[0], &three[2]);
     }
+    activation(bench, results)?;
     many_pods(bench, &runner, &opts, results).await
+}
+
+/// Context: each environment's activation (`flox-activate --env E -- true`, E as `imageless
+/// pull` prints it) outside any container, interleaved: the part of a start that reads the
+/// environment's own files. (The environments' programs need their store at /nix/store,
+/// which only a container has.)
+fn activation(bench: &Bench, results: &mut Results) -> anyhow::Result<()> {
+    const RUNS: usize = 200;
+    let cache = bench.dir.join("p6-cache");
+    std::fs::create_dir_all(&cache)?;
+    let env_of = |env: &str| -> anyhow::Result<String> {
+        Ok(timed(Command::new(bench.bins.imageless()).args(["pull", env, "--config"]).arg(&bench.node.config_path))?.1)
+    };
+    let envs = [env_of(LARGE_ENV)?, env_of(SMALL_ENV)?];
+    let mut samples = [Vec::new(), Vec::new()];
+    for _ in 0..RUNS {
+        for (env, out) in envs.iter().zip(samples.iter_mut()) {
+            let mut cmd = Command::new(&bench.bins.activator);
+            cmd.arg("--env").arg(env).arg("--cache").arg(&cache).args(["--", "true"]);
+            cmd.env_clear().env("PATH", "/usr/bin:/bin");
+            out.push(ms(timed(&mut cmd)?.0));
+        }
+    }
+    let (l, h) = (summarize(&samples[0]).expect("samples"), summarize(&samples[1]).expect("samples"));
+    results.add(figure(
+        "P6.activation.median",
+        &format!(
+            "P6 context: activation of {LARGE_ENV} (`flox-activate -- true`, outside a container), median of {RUNS}"
+        ),
+        "ms",
+        l.median,
+        Some(h.median),
+        SMALL_ENV,
+        Target::None,
+    ));
+    Ok(())
 }
 
 /// Large vs hello over all rounds: the paired estimate (the target) and the two medians.
