@@ -24,9 +24,9 @@ const SMALL_ENV: &str = "flox/hello";
 /// Rounds of warm starts of all three kinds (large vs runc compares their medians).
 const ROUNDS_WITH_RUNC: usize = 40;
 /// More rounds of the two environments only, for the 1.02 target. A start's time spreads by
-/// about 10 % here (a standard deviation of 15–26 ms per pair): over 140 rounds the paired
+/// about 10 % here (a standard deviation of 18–29 ms per pair): over 140 rounds the paired
 /// estimate's standard error was 1.6–2.1 ms (1.1–1.4 %) and five runs gave −1.7 to +4.1 ms;
-/// over 340 it is near 1.1 ms (0.8 %).
+/// over 340 it was 1.0–1.1 ms (0.75 %).
 const ROUNDS_PAIRED: usize = 300;
 const RUNNING: usize = 50;
 const TEXT: &str = "Hello, world! (hello 2.12)";

@@ -35,11 +35,11 @@ pub fn summarize(samples_ms: &[f64]) -> Option<Summary> {
 }
 
 /// The difference between two kinds of start measured in rounds (sample `i` of each side
-/// taken in the same round, minutes apart from other rounds): Yuen's trimmed mean of the
-/// per-round differences and its standard error. A median of each side is too coarse for a
-/// 2 % target on this machine: a start's time has a spread of about 10 %, with drifts of
-/// 30 % over a few minutes and two clusters (the median falls between them in some runs), so
-/// the ratio of two medians of 40 moved by ±3 % between runs with nothing changed. Pairing
+/// taken in round `i`, about a second apart): Yuen's trimmed mean of the per-round
+/// differences and its standard error. A median of each side is too coarse for a 2 % target
+/// on this machine: a start's time has a spread of about 10 %, with drifts of 30 % over a few
+/// minutes and two clusters (the median falls between them in some runs), so the ratio of
+/// two medians of 40 moved between 0.96 and 1.07 over runs with nothing changed. Pairing
 /// within a round takes out the drift; trimming the tails takes out the outliers.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PairedDifference {
@@ -330,7 +330,7 @@ mod tests {
 
     #[test]
     fn paired_difference_takes_out_a_drift_shared_by_both_sides() {
-        // Both sides drift by 50 over the rounds; ours is always 2 slower.
+        // Both sides drift by 47.5 over the rounds; ours is always 2 slower.
         let base: Vec<f64> = (0..20).map(|i| 100.0 + 2.5 * f64::from(i)).collect();
         let ours: Vec<f64> = base.iter().map(|b| b + 2.0).collect();
         let p = paired_difference(&ours, &base).unwrap();
