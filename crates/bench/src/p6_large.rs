@@ -81,7 +81,8 @@ pub async fn run(bench: &Bench, results: &mut Results) -> anyhow::Result<()> {
         results.samples(&format!("P6.hello.{what}"), &hello);
         results.samples(&format!("P6.runc.{what}"), &three[2]);
         add_vs_hello(results, what, &large, &hello);
-        add_vs_runc(results, what, &three[0], &three[2]);
+        // Over the rounds that had runc.
+        add_medians(results, "runc", what, &three[0], &three[2], "runc + busybox", Target::RatioAtMost(1.05));
     }
     activation(bench, results)?;
     many_pods(bench, &runner, &opts, results).await
@@ -123,17 +124,28 @@ fn activation(bench: &Bench, results: &mut Results) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// "running" or "first output", for a figure's name.
+fn to_text(what: &str) -> &'static str {
+    if what == "running" {
+        "running"
+    } else {
+        "first output"
+    }
+}
+
 /// Large vs hello over all rounds: the paired estimate (the target) and the two medians.
 fn add_vs_hello(results: &mut Results, what: &str, large: &[f64], hello: &[f64]) {
-    let to = if what == "running" { "running" } else { "first output" };
     let small_name = format!("{SMALL_ENV} pod");
     if let Some(p) = paired_difference(large, hello) {
         results.add(figure(
             &format!("P6.large_vs_hello.{what}.paired"),
             &format!(
-                "P6 warm start {LARGE_ENV} → {to}, vs {SMALL_ENV} in the same round: trimmed mean of {} rounds \
+                "P6 warm start {LARGE_ENV} → {}, vs {SMALL_ENV} in the same round: trimmed mean of {} rounds \
                  (difference {:+.1} ± {:.1} ms SE)",
-                p.n, p.difference, p.standard_error
+                to_text(what),
+                p.n,
+                p.difference,
+                p.standard_error
             ),
             "ms",
             p.ours(),
@@ -142,30 +154,28 @@ fn add_vs_hello(results: &mut Results, what: &str, large: &[f64], hello: &[f64])
             Target::RatioAtMost(1.02),
         ));
     }
-    let (l, h) = (summarize(large).expect("samples"), summarize(hello).expect("samples"));
-    results.add(figure(
-        &format!("P6.large_vs_hello.{what}.median"),
-        &format!("P6 warm start {LARGE_ENV} → {to}, median of {}", l.n),
-        "ms",
-        l.median,
-        Some(h.median),
-        &small_name,
-        Target::None,
-    ));
+    add_medians(results, "hello", what, large, hello, &small_name, Target::None);
 }
 
-/// Large vs runc + busybox over the rounds that had both: medians.
-fn add_vs_runc(results: &mut Results, what: &str, large: &[f64], runc: &[f64]) {
-    let to = if what == "running" { "running" } else { "first output" };
-    let (l, r) = (summarize(large).expect("samples"), summarize(runc).expect("samples"));
+/// Figure `P6.large_vs_{vs}.{what}.median`: the medians of large's and the baseline's samples.
+fn add_medians(
+    results: &mut Results,
+    vs: &str,
+    what: &str,
+    large: &[f64],
+    base: &[f64],
+    base_name: &str,
+    target: Target,
+) {
+    let (l, b) = (summarize(large).expect("samples"), summarize(base).expect("samples"));
     results.add(figure(
-        &format!("P6.large_vs_runc.{what}.median"),
-        &format!("P6 warm start {LARGE_ENV} → {to}, median of {}", l.n),
+        &format!("P6.large_vs_{vs}.{what}.median"),
+        &format!("P6 warm start {LARGE_ENV} → {}, median of {}", to_text(what), l.n),
         "ms",
         l.median,
-        Some(r.median),
-        "runc + busybox",
-        Target::RatioAtMost(1.05),
+        Some(b.median),
+        base_name,
+        target,
     ));
 }
 
