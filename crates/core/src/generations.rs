@@ -186,6 +186,13 @@ impl GenerationsMetadata {
         }
     }
 
+    /// When generation `n` was created: the timestamp of the first event that made it current
+    /// (its `import`/`edit`/… event; a later `switch_generation` back to it does not count).
+    /// `None` when no event names it.
+    pub fn created_at(&self, n: u32) -> Option<u64> {
+        self.history.iter().find(|e| e.current_generation == n).map(|e| e.timestamp)
+    }
+
     /// The generation to use: the requested one if it exists, else the live one.
     pub fn resolve(&self, requested: Option<u32>, environment: impl fmt::Display) -> Result<u32, GenerationsError> {
         match requested {
@@ -427,6 +434,16 @@ mod tests {
         let unknown = r#"{"currentGen":"7","generations":{"1":{"created":1,"lastActive":null,"description":"d"}}}"#;
         let err = GenerationsMetadata::parse(unknown.as_bytes()).unwrap_err().to_string();
         assert!(err.contains("currentGen '7'"), "{err}");
+    }
+
+    #[test]
+    fn creation_time_is_the_first_event_of_a_generation() {
+        let text = r#"{"version":2,"total_generations":2,"history":[
+          {"kind":"import","author":"a","hostname":"h","timestamp":100,"current_generation":"1"},
+          {"kind":"edit","author":"a","hostname":"h","timestamp":200,"current_generation":"2","previous_generation":"1"},
+          {"kind":"switch_generation","author":"a","hostname":"h","timestamp":300,"current_generation":"1","previous_generation":"2"}]}"#;
+        let m = GenerationsMetadata::parse(text.as_bytes()).unwrap();
+        assert_eq!((m.created_at(1), m.created_at(2), m.created_at(3)), (Some(100), Some(200), None));
     }
 
     #[test]

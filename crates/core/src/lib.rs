@@ -12,6 +12,7 @@ pub mod generations;
 pub mod lockfile;
 pub mod pod_options;
 pub mod runc_args;
+pub mod sbom;
 pub mod spec_edit;
 pub mod store_path;
 pub mod system;

@@ -15,6 +15,8 @@ struct Cli {
 enum Command {
     /// Fetch, realize and render an environment into the node cache.
     Pull(imageless_node::cli::PullArgs),
+    /// Print the SBOM (SPDX 2.3 or CycloneDX 1.6 JSON) of an environment generation.
+    Sbom(imageless_node::cli::SbomArgs),
     /// Inspect environments and lockfiles.
     #[command(subcommand)]
     Env(imageless_node::cli::EnvCommand),
@@ -70,6 +72,7 @@ fn describe(err: &anyhow::Error) -> String {
 fn run(command: Command) -> anyhow::Result<ExitCode> {
     Ok(match command {
         Command::Pull(args) => imageless_node::cli::pull(args)?,
+        Command::Sbom(args) => imageless_node::cli::sbom(args)?,
         Command::Env(cmd) => imageless_node::cli::env(cmd)?,
         Command::Gc(args) => imageless_node::cli::gc(args)?,
         Command::Install(args) => imageless_containerd_config::cli::install(args)?,

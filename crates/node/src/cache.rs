@@ -22,6 +22,7 @@ use imageless_core::activation::{ActivationData, Mode};
 use imageless_core::container_paths::ACTIVATION_DATA_REL;
 use imageless_core::env_ref::EnvRef;
 use imageless_core::lockfile::{Lockfile, LockfileError, SelectError};
+use imageless_core::sbom::Subject;
 use imageless_core::store_path::StorePath;
 use imageless_core::system::System;
 use imageless_core::token::Token;
@@ -58,6 +59,9 @@ pub enum NodeError {
     Render(#[from] RenderError),
     #[error(transparent)]
     View(#[from] ViewError),
+    /// Boxed: an SBOM error names environment, system and paths.
+    #[error("flox: {0}")]
+    Sbom(Box<imageless_core::sbom::SbomError>),
     #[error("flox: {env} generation {generation}: manifest.lock is not valid: {source}")]
     Lockfile {
         env: String,
@@ -220,7 +224,8 @@ impl NodeCache {
                 resolved.lock.take().expect("resolve reads the lock when nothing is rendered")
             }
         };
-        let mut rendered = self.ensure_rendered(&env.full_name(), resolved.generation, &lock, mode, &resolved.key)?;
+        let mut rendered =
+            self.ensure_rendered(&env.full_name(), resolved.generation, &lock, mode, &resolved.key, resolved.created)?;
         rendered.warning = resolved.warning;
         Ok(rendered)
     }
@@ -260,8 +265,13 @@ impl NodeCache {
         matches!(self.hold_prefetch(env, mode), Ok(None))
     }
 
+    /// The system this cache renders for.
+    pub fn system(&self) -> System {
+        self.system
+    }
+
     /// The resolve step as this node is configured.
-    fn resolver(&self) -> Resolver<'_> {
+    pub(crate) fn resolver(&self) -> Resolver<'_> {
         Resolver {
             remote: &*self.remote,
             state_root: self.root(),
@@ -299,13 +309,15 @@ impl NodeCache {
         })
     }
 
-    fn ensure_rendered(
+    /// `created`: the generation's creation time (`metadata.json`), the SBOMs' creation time.
+    pub(crate) fn ensure_rendered(
         &self,
         env: &str,
         generation: u32,
         lock_bytes: &[u8],
         mode: Mode,
         key: &str,
+        created: Option<u64>,
     ) -> Result<Rendered, NodeError> {
         if let Some(r) = self.lookup(key) {
             touch(&r.dir);
@@ -366,6 +378,11 @@ impl NodeCache {
         render::write_generated(&tree, "manifest.lock", lock_bytes, &store)?;
         // From the records of the fetched narinfos (References): no Nix involved.
         let closure = fetcher.store.closure(&linked)?;
+        // The SBOMs beside the activation data: /run/flox/env/sbom.{spdx,cdx}.json in a container.
+        let subject =
+            Subject { environment: env.to_string(), generation, created: created.unwrap_or(0), system: self.system };
+        let sbom = crate::sbom::gather(&lockfile, subject, &fetcher.store)?;
+        crate::sbom::write_into(&tree, &sbom, &store)?;
         let closure_text: String = closure.iter().map(|p| format!("{p}\n")).collect();
         std::fs::write(tmp.join("closure"), closure_text).map_err(io(&tmp))?;
         std::fs::write(tmp.join("generation"), format!("{generation}\n")).map_err(io(&tmp))?;

@@ -1,5 +1,6 @@
-//! `imageless pull`, `imageless env inspect`, `imageless gc`.
+//! `imageless pull`, `imageless sbom`, `imageless env inspect`, `imageless gc`.
 use std::collections::HashSet;
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -7,6 +8,7 @@ use std::time::{Duration, Instant};
 use imageless_core::activation::Mode;
 use imageless_core::env_ref::EnvRef;
 use imageless_core::lockfile::Lockfile;
+use imageless_core::sbom::{FormatError, SbomFormat};
 use imageless_core::system::System;
 use imageless_core::token::Token;
 
@@ -32,6 +34,24 @@ pub struct PullArgs {
     pub token_file: Option<PathBuf>,
     #[arg(long, value_parser = ["run", "dev"], default_value = "run")]
     pub mode: String,
+    /// Node config file (default: $IMAGELESS_CONFIG or /etc/imageless/config.toml).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+pub struct SbomArgs {
+    /// owner/name or owner/name:GENERATION
+    pub environment: String,
+    /// spdx (SPDX 2.3 JSON) or cyclonedx (CycloneDX 1.6 JSON).
+    #[arg(long, default_value = "spdx")]
+    pub format: String,
+    /// Nix system (default: this node's). Its closure is fetched into the node store.
+    #[arg(long)]
+    pub system: Option<String>,
+    /// File holding a FloxHub token (private environments).
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
     /// Node config file (default: $IMAGELESS_CONFIG or /etc/imageless/config.toml).
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -68,17 +88,21 @@ fn system(explicit: Option<&str>) -> Result<System, CliError> {
     }
 }
 
+fn env_ref(value: &str) -> Result<EnvRef, CliError> {
+    EnvRef::parse(value).map_err(|e| CliError::Usage(format!("environment {value:?} is not valid: {e}")))
+}
+
+/// The token in `--token-file` (errors name the file, never its content).
+fn token(file: Option<&std::path::Path>) -> Result<Option<Token>, CliError> {
+    let Some(path) = file else { return Ok(None) };
+    let text =
+        std::fs::read_to_string(path).map_err(|e| CliError::Usage(format!("--token-file {}: {e}", path.display())))?;
+    Ok(Some(Token::parse(&text).map_err(|e| CliError::Usage(format!("--token-file {}: {e}", path.display())))?))
+}
+
 pub fn pull(args: PullArgs) -> Result<ExitCode, CliError> {
-    let env = EnvRef::parse(&args.environment)
-        .map_err(|e| CliError::Usage(format!("environment {:?} is not valid: {e}", args.environment)))?;
-    let token = match &args.token_file {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| CliError::Usage(format!("--token-file {}: {e}", path.display())))?;
-            Some(Token::parse(&text).map_err(|e| CliError::Usage(format!("--token-file {}: {e}", path.display())))?)
-        }
-        None => None,
-    };
+    let env = env_ref(&args.environment)?;
+    let token = token(args.token_file.as_deref())?;
     let mode = if args.mode == "dev" { Mode::Dev } else { Mode::Run };
     let config = NodeConfig::load(args.config.as_deref())?;
     let progress = std::sync::Arc::new(crate::pull_progress::PullProgress::new(format!("{env} ({mode})")));
@@ -98,6 +122,22 @@ pub fn pull(args: PullArgs) -> Result<ExitCode, CliError> {
         rendered.realized,
         start.elapsed().as_secs_f64()
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `imageless sbom`: the document on stdout, exactly the bytes a container of the same
+/// generation reads at /run/flox/env/sbom.{spdx,cdx}.json.
+pub fn sbom(args: SbomArgs) -> Result<ExitCode, CliError> {
+    let format: SbomFormat = args.format.parse().map_err(|e: FormatError| CliError::Usage(format!("--format: {e}")))?;
+    let env = env_ref(&args.environment)?;
+    let token = token(args.token_file.as_deref())?;
+    let sys = system(args.system.as_deref()).map_err(|e| CliError::Usage(format!("--system: {e}")))?;
+    let config = NodeConfig::load(args.config.as_deref())?;
+    let sbom = NodeCache::new(config, sys).sbom(&env, token.as_ref())?;
+    let mut out = std::io::stdout().lock();
+    out.write_all(&sbom.to_json(format))
+        .and_then(|()| out.flush())
+        .map_err(|e| CliError::Usage(format!("writing the SBOM to stdout: {e}")))?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -13,6 +13,7 @@ pub mod pull_progress;
 pub mod registration;
 pub mod render;
 pub mod resolve;
+pub mod sbom;
 pub mod secret_volume;
 pub mod store_read;
 pub mod view;

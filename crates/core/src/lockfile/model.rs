@@ -123,6 +123,11 @@ pub struct CatalogPackage {
     pub pname: String,
     pub version: String,
     pub rev: String,
+    /// `description`, when the catalog has one (for SBOMs; never used to build).
+    pub description: Option<String>,
+    /// `license` as the catalog writes it: an SPDX id (`MIT`), a Nix list
+    /// (`[ MIT, NCSA ]`) or a free name (`Unfree`); for SBOMs, never used to build.
+    pub license: Option<String>,
 }
 
 /// A flake entry (`LockedPackageFlake`).
@@ -137,6 +142,11 @@ pub struct FlakePackage {
     pub priority: u64,
     pub derivation: String,
     pub name: String,
+    pub pname: Option<String>,
+    pub version: Option<String>,
+    pub description: Option<String>,
+    /// `licenses` (SPDX ids or free names), for SBOMs.
+    pub licenses: Option<Vec<String>>,
 }
 
 /// A store-path entry (`LockedPackageStorePath`).

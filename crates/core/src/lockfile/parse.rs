@@ -67,6 +67,11 @@ struct RawCatalog {
     pname: String,
     version: String,
     rev: String,
+    // Informational (SBOMs only): read leniently, a value of another type is ignored.
+    #[serde(default)]
+    description: Option<Value>,
+    #[serde(default)]
+    license: Option<Value>,
     // Required by Flox's schema though unused here: a catalog entry without them is malformed.
     #[allow(dead_code)]
     rev_count: i64,
@@ -95,6 +100,31 @@ struct RawFlake {
     name: String,
     #[serde(default)]
     priority: Option<u64>,
+    // Informational (SBOMs only): read leniently, a value of another type is ignored.
+    #[serde(default)]
+    pname: Option<Value>,
+    #[serde(default)]
+    version: Option<Value>,
+    #[serde(default)]
+    description: Option<Value>,
+    #[serde(default)]
+    licenses: Option<Value>,
+}
+
+/// An informational string field: kept when it is a string, ignored otherwise.
+fn text(value: Option<Value>) -> Option<String> {
+    match value {
+        Some(Value::String(s)) => Some(s),
+        _ => None,
+    }
+}
+
+/// An informational list of strings (`licenses`): its string items, None when it is no list.
+fn texts(value: Option<Value>) -> Option<Vec<String>> {
+    match value {
+        Some(Value::Array(items)) => Some(items.into_iter().filter_map(|v| text(Some(v))).collect()),
+        _ => None,
+    }
 }
 
 #[derive(Deserialize)]
@@ -132,6 +162,8 @@ pub(super) fn parse_package(index: usize, entry: &Value) -> Result<LockedPackage
             pname: raw.pname,
             version: raw.version,
             rev: raw.rev,
+            description: text(raw.description),
+            license: text(raw.license),
         }))
     } else if map.contains_key("locked-url") {
         let raw = RawFlake::deserialize(entry).map_err(|e| fail("flake", e.to_string()))?;
@@ -151,6 +183,10 @@ pub(super) fn parse_package(index: usize, entry: &Value) -> Result<LockedPackage
             priority: raw.priority.unwrap_or(DEFAULT_PRIORITY),
             derivation: raw.derivation,
             name: raw.name,
+            pname: text(raw.pname),
+            version: text(raw.version),
+            description: text(raw.description),
+            licenses: texts(raw.licenses),
         }))
     } else if map.contains_key("store_path") {
         let raw = RawStorePath::deserialize(entry).map_err(|e| fail("store-path", e.to_string()))?;

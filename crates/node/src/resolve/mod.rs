@@ -85,6 +85,9 @@ pub struct Resolved {
     pub lock: Option<Vec<u8>>,
     /// For the user, e.g. the hub was unreachable and the last known generation is used.
     pub warning: Option<String>,
+    /// When the generation was created (Unix seconds, `metadata.json`), read with the lock;
+    /// `None` on the warm path.
+    pub created: Option<u64>,
 }
 
 /// The key a lock renders under for one system and mode: the same lock, system and mode always
@@ -151,7 +154,7 @@ impl Resolver<'_> {
         let known = env.generation.or(current.live_generation);
         if let Some(generation) = known {
             if let Some(key) = current.keys.get(&RefRecord::slot(generation, mode)).filter(|k| is_rendered(k)) {
-                let resolved = Resolved { generation, key: key.clone(), lock: None, warning };
+                let resolved = Resolved { generation, key: key.clone(), lock: None, warning, created: None };
                 self.save(&record_path, previous.as_ref(), &current, &answer)?;
                 return Ok(resolved);
             }
@@ -233,7 +236,8 @@ impl Resolver<'_> {
             path: lock_path.clone(),
         })?;
         let key = render_key(&lock, self.system, mode);
-        Ok((Resolved { generation, key, lock: Some(lock), warning: None }, metadata.live()))
+        let created = metadata.created_at(generation);
+        Ok((Resolved { generation, key, lock: Some(lock), warning: None, created }, metadata.live()))
     }
 
     /// The floxmeta commit to read. Asks the hub with the caller's token every time a token is

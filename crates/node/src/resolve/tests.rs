@@ -267,7 +267,7 @@ fn warm_path_reads_no_repository() {
     s.hub.online.store(false, Ordering::SeqCst);
     let key = cold.key.clone();
     let warm = s.resolve_rendered("acme/app:2", None, &move |k| k == key).unwrap();
-    assert_eq!(warm, Resolved { lock: None, ..cold });
+    assert_eq!(warm, Resolved { lock: None, created: None, ..cold });
 }
 
 #[test]

@@ -1,0 +1,70 @@
+//! The SBOMs of an environment on the node: gathered from its lock and the node store's
+//! verified narinfo records (NAR hash, NAR size, references: what the fetch checked), written
+//! into each rendered tree (so a container reads them under `/run/flox/env`, which it already
+//! mounts) and printed by `imageless sbom`.
+use std::path::Path;
+
+use imageless_core::activation::Mode;
+use imageless_core::env_ref::EnvRef;
+use imageless_core::lockfile::Lockfile;
+use imageless_core::sbom::{PathRecord, Sbom, SbomError, SbomFormat, Subject};
+use imageless_core::token::Token;
+
+use crate::cache::{LockProblem, NodeCache, NodeError};
+use crate::fetch::NodeStore;
+use crate::render::{self, RenderError};
+use crate::store_read::StoreRead;
+
+/// The SBOM of `lock` for `subject`, over the node store's records of the closure (every path
+/// of it must be valid there: call after the closure was realized).
+pub fn gather(lock: &Lockfile, subject: Subject, store: &NodeStore) -> Result<Sbom, NodeError> {
+    let sbom = Sbom::gather(lock, subject, |p| {
+        let info =
+            store.record(p).map_err(|e| SbomError::MissingRecord { path: p.to_string(), reason: e.to_string() })?;
+        Ok(PathRecord {
+            path: info.store_path,
+            nar_hash: info.nar_hash.0,
+            nar_size: info.nar_size,
+            references: info.references,
+        })
+    });
+    sbom.map_err(|e| NodeError::Sbom(Box::new(e)))
+}
+
+/// Writes both documents into a rendered tree (`<tree>/sbom.spdx.json`, `<tree>/sbom.cdx.json`).
+pub fn write_into(tree: &Path, sbom: &Sbom, store: &StoreRead) -> Result<(), RenderError> {
+    for format in SbomFormat::ALL {
+        render::write_generated(tree, format.file_name(), &sbom.to_json(format), store)?;
+    }
+    Ok(())
+}
+
+impl NodeCache {
+    /// The SBOM of `env` (`owner/name[:N]`) for this cache's system: resolves the generation
+    /// (reading its lock and `metadata.json`), makes sure its closure is in the node store
+    /// (rendering it as a pull would, in run mode: the closure is the same in both modes), and
+    /// describes it for exactly the environment and generation asked for.
+    pub fn sbom(&self, env: &EnvRef, token: Option<&Token>) -> Result<Sbom, NodeError> {
+        let mode = Mode::Run;
+        // "Nothing rendered": the lock and the creation time are read even when warm.
+        let resolved = self.resolver().resolve(env, mode, token, &|_| false)?;
+        let name = env.full_name();
+        let lock_bytes = resolved.lock.clone().expect("resolve reads the lock when nothing is rendered");
+        let lock_err = |source: LockProblem| NodeError::Lockfile {
+            env: name.clone(),
+            generation: resolved.generation,
+            source: Box::new(source),
+        };
+        let lockfile = Lockfile::parse(&lock_bytes).map_err(|e| lock_err(e.into()))?;
+        let subject = Subject {
+            environment: name.clone(),
+            generation: resolved.generation,
+            created: resolved.created.unwrap_or(0),
+            system: self.system(),
+        };
+        Sbom::check_system(&lockfile, &subject).map_err(|e| NodeError::Sbom(Box::new(e)))?;
+        self.ensure_rendered(&name, resolved.generation, &lock_bytes, mode, &resolved.key, resolved.created)?;
+        let _store = self.store_use()?;
+        gather(&lockfile, subject, &self.store())
+    }
+}
