@@ -134,6 +134,12 @@ pub struct Rendered {
 
 /// In every environment rendered against the node store (`envs/<key>/node-store`).
 const NODE_STORE_MARKER: &str = "node-store";
+/// Beside a rendered environment whose fetch had something to say (substituters skipped,
+/// corrupt NARs discarded): one warning a line.
+const PULL_WARNINGS: &str = "pull-warnings";
+/// How long after its pull the pull's warnings are shown to the containers that use the
+/// environment (the sandbox's prefetch often pulls before the container create looks).
+const PULL_WARNINGS_SHOWN_FOR: std::time::Duration = std::time::Duration::from_secs(600);
 
 pub struct NodeCache {
     pub config: NodeConfig,
@@ -216,7 +222,7 @@ impl NodeCache {
                 // Warm path: rendered before, nothing read from git.
                 if let Some(mut rendered) = self.lookup(&resolved.key) {
                     touch(&rendered.dir);
-                    rendered.warning = resolved.warning;
+                    rendered.warning = join_warnings(resolved.warning, rendered.warning);
                     return Ok(rendered);
                 }
                 // Removed (gc) since resolve looked: read the lock after all.
@@ -226,7 +232,7 @@ impl NodeCache {
         };
         let mut rendered =
             self.ensure_rendered(&env.full_name(), resolved.generation, &lock, mode, &resolved.key, resolved.created)?;
-        rendered.warning = resolved.warning;
+        rendered.warning = join_warnings(resolved.warning, rendered.warning);
         Ok(rendered)
     }
 
@@ -296,6 +302,7 @@ impl NodeCache {
         }
         let dir = self.envs_dir().join(key);
         let closure = std::fs::read_to_string(dir.join("closure")).ok()?;
+        let warning = recent_pull_warnings(&dir);
         let generation =
             std::fs::read_to_string(dir.join("generation")).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
         Some(Rendered {
@@ -305,7 +312,7 @@ impl NodeCache {
             closure: closure.lines().filter_map(|l| StorePath::parse(l).ok()).collect(),
             generation,
             realized: 0,
-            warning: None,
+            warning,
         })
     }
 
@@ -354,6 +361,8 @@ impl NodeCache {
         }
         let report = fetcher.realize(&wanted)?;
         let realized = report.downloaded;
+        let pull_warning = (!report.warnings.is_empty())
+            .then(|| format!("while pulling this environment: {}", report.warnings.join("; ")));
         let store = StoreRead::new(fetcher.store.dir.clone());
 
         let envs = self.envs_dir();
@@ -388,6 +397,10 @@ impl NodeCache {
         std::fs::write(tmp.join("generation"), format!("{generation}\n")).map_err(io(&tmp))?;
         std::fs::write(tmp.join("source"), format!("{env}:{generation} {mode}\n")).map_err(io(&tmp))?;
         std::fs::write(tmp.join(NODE_STORE_MARKER), b"").map_err(io(&tmp))?;
+        if !report.warnings.is_empty() {
+            let text: String = report.warnings.iter().map(|w| format!("{w}\n")).collect();
+            std::fs::write(tmp.join(PULL_WARNINGS), text).map_err(io(&tmp))?;
+        }
         let dir = envs.join(key);
         std::fs::rename(&tmp, &dir).map_err(io(&dir))?;
         tmp_guard.0 = None;
@@ -400,7 +413,7 @@ impl NodeCache {
             closure,
             generation,
             realized,
-            warning: None,
+            warning: pull_warning,
         })
     }
 
@@ -484,6 +497,28 @@ fn clean_stale_temps(envs: &Path, key: &str) {
                 let _ = std::fs::remove_dir_all(e.path());
             }
         }
+    }
+}
+
+/// The warnings of the pull that made the environment at `dir`, while they are recent.
+fn recent_pull_warnings(dir: &Path) -> Option<String> {
+    use std::io::Read;
+    let file = std::fs::File::open(dir.join(PULL_WARNINGS)).ok()?;
+    let age = file.metadata().ok()?.modified().ok()?.elapsed().unwrap_or_default();
+    if age > PULL_WARNINGS_SHOWN_FOR {
+        return None;
+    }
+    let mut text = String::new();
+    file.take(64 * 1024).read_to_string(&mut text).ok()?;
+    let lines: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
+    (!lines.is_empty()).then(|| format!("while pulling this environment: {}", lines.join("; ")))
+}
+
+/// Two optional warnings as one.
+fn join_warnings(a: Option<String>, b: Option<String>) -> Option<String> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(format!("{a}; {b}")),
+        (a, b) => a.or(b),
     }
 }
 

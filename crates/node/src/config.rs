@@ -47,6 +47,13 @@ pub struct NodeConfig {
     /// shim, which does the flox work in-process and lets the shim call the real runc. Off:
     /// the `flox-runc` wrapper runs in front of every runc call, as on containerd 1.6.
     pub shim_proxy: bool,
+    /// Milliseconds a substituter may take to accept a connection.
+    pub substituter_connect_timeout_ms: u64,
+    /// Milliseconds a substituter may stay silent: before an answer's first byte, and between
+    /// two reads of its body. Past it the request counts as stalled and the substituter as down.
+    pub substituter_stall_timeout_ms: u64,
+    /// Seconds a substituter found down (refused, stalled, 5xx) is skipped by this process.
+    pub substituter_retry_after_secs: u64,
 }
 
 impl Default for NodeConfig {
@@ -69,6 +76,9 @@ impl Default for NodeConfig {
             hub_timeout_secs: 20,
             hub_answer_ttl_secs: 10,
             shim_proxy: true,
+            substituter_connect_timeout_ms: 5_000,
+            substituter_stall_timeout_ms: 10_000,
+            substituter_retry_after_secs: 60,
         }
     }
 }

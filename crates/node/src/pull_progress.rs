@@ -96,6 +96,13 @@ impl Progress for PullProgress {
         }
     }
 
+    fn rewound(&self, bytes: u64) {
+        let _ = self.done_bytes.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| Some(b.saturating_sub(bytes)));
+        if let Some(bar) = &self.bar {
+            bar.set_position(bar.position().saturating_sub(bytes));
+        }
+    }
+
     fn path_done(&self, path: &StorePath) {
         let done = self.done_paths.fetch_add(1, Ordering::Relaxed) + 1;
         match &self.bar {

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use imageless_core::store_path::StorePath;
 use imageless_node::config::NodeConfig;
-use imageless_node::fetch::{FetchError, Fetcher};
+use imageless_node::fetch::{FetchError, Fetcher, SourceError};
 use support::{Hub, Published, Tamper};
 
 fn config(state: &Path, substituters: Vec<String>) -> NodeConfig {
@@ -95,8 +95,8 @@ fn assert_absent(entries: &[String], bad: &StorePath) {
 fn a_bad_signature_is_refused_and_nothing_is_written() {
     let (err, entries, bad) = fetch_tampered("badsig", "none", Tamper { wrong_key: true, ..Tamper::default() });
     let msg = err.to_string();
-    assert!(matches!(err, FetchError::BadSignature { .. }), "{msg}");
-    assert!(msg.contains(bad.as_str()) && msg.contains("bad signature") && msg.contains(support::KEY_NAME), "{msg}");
+    assert!(matches!(err.attempts(), [a] if matches!(a.error, SourceError::BadSignature { .. })), "{msg}");
+    assert!(msg.contains(bad.as_str()) && msg.contains("unsigned: bad signature by trusted key test-cache-1"), "{msg}");
     assert!(entries.is_empty(), "a narinfo failed, so nothing may be written: {entries:?}");
 }
 
@@ -104,7 +104,7 @@ fn a_bad_signature_is_refused_and_nothing_is_written() {
 fn an_unknown_key_is_refused() {
     let (err, entries, bad) = fetch_tampered("unknownkey", "none", Tamper { unknown_key: true, ..Tamper::default() });
     let msg = err.to_string();
-    assert!(matches!(err, FetchError::UntrustedKey { .. }), "{msg}");
+    assert!(matches!(err.attempts(), [a] if matches!(a.error, SourceError::UntrustedKey { .. })), "{msg}");
     assert!(msg.contains(bad.as_str()) && msg.contains("someone-else-1") && msg.contains(support::KEY_NAME), "{msg}");
     assert!(entries.is_empty(), "{entries:?}");
 }
@@ -119,7 +119,10 @@ fn a_nar_hash_mismatch_is_refused_for_each_compression() {
         );
         let msg = err.to_string();
         eprintln!("error: {msg}");
-        assert!(matches!(err, FetchError::NarHashMismatch { .. }), "{compression}: {msg}");
+        assert!(
+            matches!(err.attempts(), [a] if matches!(a.error, SourceError::NarHashMismatch { .. })),
+            "{compression}: {msg}"
+        );
         assert!(msg.contains(bad.as_str()) && msg.contains("NarHash mismatch"), "{msg}");
         assert_absent(&entries, &bad);
     }
@@ -130,7 +133,7 @@ fn a_truncated_nar_is_refused() {
     let (err, entries, bad) =
         fetch_tampered("trunc", "none", Tamper { truncate_to: Some(50_000), ..Tamper::default() });
     let msg = err.to_string();
-    assert!(matches!(err, FetchError::TruncatedNar { got: 50_000, .. }), "{msg}");
+    assert!(matches!(err.attempts(), [a] if matches!(a.error, SourceError::TruncatedNar { got: 50_000, .. })), "{msg}");
     assert!(msg.contains(bad.as_str()) && msg.contains("truncated NAR"), "{msg}");
     assert_absent(&entries, &bad);
     for compression in ["xz", "zstd", "bzip2"] {
@@ -141,7 +144,10 @@ fn a_truncated_nar_is_refused() {
         );
         let msg = err.to_string();
         eprintln!("error: {msg}");
-        assert!(matches!(err, FetchError::TruncatedNar { .. } | FetchError::Decompress { .. }), "{compression}: {msg}");
+        assert!(
+            matches!(err.attempts(), [a] if matches!(a.error, SourceError::TruncatedNar { .. } | SourceError::Decompress { .. })),
+            "{compression}: {msg}"
+        );
         assert!(msg.contains(bad.as_str()), "{msg}");
         assert_absent(&entries, &bad);
     }
@@ -151,8 +157,9 @@ fn a_truncated_nar_is_refused() {
 fn a_path_missing_everywhere_is_named() {
     let (err, entries, bad) = fetch_tampered("absent", "none", Tamper { absent: true, ..Tamper::default() });
     let msg = err.to_string();
-    assert!(matches!(err, FetchError::NotFound { .. }), "{msg}");
-    assert!(msg.contains(bad.as_str()) && msg.contains("not in any substituter"), "{msg}");
+    assert!(matches!(err.attempts(), [a] if matches!(a.error, SourceError::NotFound { .. })), "{msg}");
+    assert!(msg.contains(bad.as_str()) && msg.contains("could not be fetched from any substituter"), "{msg}");
+    assert!(msg.contains("not found: GET ") && msg.contains("answered HTTP 404"), "{msg}");
     assert!(entries.is_empty(), "{entries:?}");
 }
 
@@ -200,18 +207,28 @@ fn broken_server() -> (String, std::thread::JoinHandle<()>, std::sync::Arc<tiny_
 }
 
 #[test]
-fn http_500_is_an_error_naming_the_substituter_and_url() {
+fn http_500_marks_the_substituter_down_and_the_next_one_serves() {
     let (hub, paths) = hub_with("http500", "none", 1000, &|_| Tamper::default());
     let (broken, thread, server) = broken_server();
     let state = tempfile::tempdir().unwrap();
     let fetcher = Fetcher::from_config(&config(state.path(), vec![broken.clone(), hub.url()])).unwrap();
-    let err = fetcher.realize(&[top(&paths)]).unwrap_err();
-    let msg = err.to_string();
-    assert!(matches!(err, FetchError::Http { status: 500, .. }), "{msg}");
-    assert!(msg.contains(&broken) && msg.contains("HTTP 500"), "{msg}");
-    assert!(support::store_entries(&state.path().join("store")).is_empty());
+    let report = fetcher.realize(&[top(&paths)]).unwrap();
+    assert_eq!(report.downloaded, 3);
+    assert_store_holds(&state.path().join("store"), &paths);
+    assert_eq!(
+        report.warnings,
+        [format!("substituter {broken} skipped: GET {broken}/nix-cache-info answered HTTP 500")],
+        "one warning, naming the substituter, the URL and the status"
+    );
+    // Alone, it is the one reason given.
+    let state2 = tempfile::tempdir().unwrap();
+    let err = Fetcher::from_config(&config(state2.path(), vec![broken.clone()])).unwrap().realize(&[top(&paths)]);
+    let msg = err.unwrap_err().to_string();
+    assert!(msg.contains(&format!("{broken}: down: ")) && msg.contains("HTTP 500"), "{msg}");
+    assert!(support::store_entries(&state2.path().join("store")).is_empty());
     server.unblock();
     thread.join().unwrap();
+    support::chmod_tree_writable(state.path());
 }
 
 #[test]

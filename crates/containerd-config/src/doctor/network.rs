@@ -48,7 +48,7 @@ pub(super) fn substituter_checks(node: &NodeConfig, timeout: Duration) -> Vec<Ch
     }
     for (sub, result) in node.substituters.iter().zip(cache_info::check_each_blocking(&node.substituters, timeout)) {
         checks.push(match result {
-            Ok(()) => ok("substituter", format!("{sub}: a binary cache for /nix/store")),
+            Ok(info) => ok("substituter", format!("{sub}: a binary cache for /nix/store, priority {}", info.priority)),
             Err(e) => fail(
                 "substituter",
                 plain(&e),

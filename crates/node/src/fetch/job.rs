@@ -2,20 +2,22 @@
 //! thread decompress, count, hash and unpack it under a temporary name in the store, while
 //! the download goes on; rename into place only when NarSize and NarHash match. Many such
 //! jobs run at once (bounded), so download, decompression and unpacking overlap across paths.
+//! A download that fails on the substituter's side (down, stalled, a corrupt or truncated
+//! NAR) is discarded and the path is fetched from the next substituter that has it.
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::decompress::decoder;
-use super::error::FetchError;
+use super::error::{Attempt, FetchError, SourceError};
 use super::hashing::{HashingReader, TooLong};
-use super::http::{error_chain, Http};
+use super::http::Http;
 use super::nar::{self, NarError};
 use super::narinfo::NarHash;
 use super::pipe::{self, BodyFailed};
 use super::progress::{Counting, Progress};
 use super::store::{NodeStore, PathLock};
-use super::walk::Planned;
+use super::walk::{Finder, Planned};
 
 /// Decompressed bytes read ahead of the NAR parser.
 const UNPACK_BUFFER: usize = 256 * 1024;
@@ -26,10 +28,17 @@ pub struct Done {
     pub nar_bytes: u64,
 }
 
+/// Why one download of a path failed: the substituter's fault (try the next one) or the
+/// node's (stop).
+enum Failed {
+    Source(SourceError),
+    Local(FetchError),
+}
+
 pub async fn fetch_one(
-    http: &Http,
+    finder: &Finder,
     store: &NodeStore,
-    planned: Planned,
+    mut planned: Planned,
     cancel: &AtomicBool,
     progress: Option<Arc<dyn Progress>>,
 ) -> Result<Done, FetchError> {
@@ -37,47 +46,81 @@ pub async fn fetch_one(
     if cancel.load(Ordering::SeqCst) {
         return Ok(Done { downloaded: false, nar_bytes: 0 });
     }
-    let lock = {
+    let mut lock = {
         let (store, path) = (store.clone(), path.clone());
         tokio::task::spawn_blocking(move || store.lock(&path)).await.expect("lock task panicked")?
     };
-    if store.is_valid(&path) || cancel.load(Ordering::SeqCst) {
-        return Ok(Done { downloaded: false, nar_bytes: 0 });
+    loop {
+        if store.is_valid(&path) || cancel.load(Ordering::SeqCst) {
+            return Ok(Done { downloaded: false, nar_bytes: 0 });
+        }
+        let temp = store.fresh_temp(&path)?;
+        let (outcome, returned) =
+            download_and_unpack(finder, store, &planned, temp, lock, cancel, progress.clone()).await;
+        let error = match outcome {
+            Ok(nar_bytes) => {
+                finder.sources.served(planned.source, nar_bytes);
+                tracing::debug!(path = %path, substituter = %planned.substituter, nar_bytes, "fetched");
+                return Ok(Done { downloaded: true, nar_bytes });
+            }
+            Err(Failed::Local(e)) => return Err(e),
+            Err(Failed::Source(e)) => e,
+        };
+        lock = returned.expect("a failed download hands the path lock back");
+        if cancel.load(Ordering::SeqCst) {
+            return Ok(Done { downloaded: false, nar_bytes: 0 });
+        }
+        // The next substituter that has the path, with the same references (the closure was
+        // planned with them).
+        finder.sources.failed(planned.source, path.as_str(), &error);
+        let Planned { mut attempts, mut asked, info, source, .. } = planned;
+        attempts.push(Attempt { substituter: finder.sources.url(source).to_string(), error });
+        loop {
+            let next = finder.find(&path, asked, attempts).await?;
+            if next.info.references == info.references {
+                planned = next;
+                break;
+            }
+            (asked, attempts) = (next.asked, next.attempts);
+            attempts.push(Attempt { substituter: next.substituter, error: SourceError::OtherReferences });
+        }
+        tracing::info!(path = %path, substituter = %planned.substituter, "fetching again from the next substituter");
     }
-    let temp = store.fresh_temp(&path)?;
-    let nar_bytes = download_and_unpack(http, store, &planned, temp, lock, cancel, progress).await?;
-    tracing::debug!(path = %path, substituter = %planned.substituter, nar_bytes, "fetched");
-    Ok(Done { downloaded: true, nar_bytes })
 }
 
-/// The blocking side owns the lock, the temporary tree and the publishing, so whatever
-/// happens to this future (an error elsewhere, an abort), the tree is either renamed into
-/// place after every check passed or removed, and only then is the lock released.
+/// The blocking side owns the lock and the temporary tree while it runs, so whatever happens
+/// to this future (an error elsewhere, an abort), the tree is either renamed into place after
+/// every check passed or removed before the lock is released. On a failure the lock comes
+/// back, for the next substituter's try.
 async fn download_and_unpack(
-    http: &Http,
+    finder: &Finder,
     store: &NodeStore,
     planned: &Planned,
     temp: PathBuf,
     lock: PathLock,
     cancel: &AtomicBool,
     progress: Option<Arc<dyn Progress>>,
-) -> Result<u64, FetchError> {
+) -> (Result<u64, Failed>, Option<PathLock>) {
+    let http = &finder.http;
     let sub = planned.substituter.clone();
-    let url = format!("{}/{}", sub.trim_end_matches('/'), planned.info.url);
-    let path = planned.info.store_path.to_string();
-    let Some(mut resp) = http.get(&sub, &planned.info.url).await? else {
-        return Err(FetchError::Http { substituter: sub, url, status: 404 });
+    let url = Http::url(&sub, &planned.info.url);
+    let mut resp = match http.get(&sub, &planned.info.url).await {
+        Ok(Some(resp)) => resp,
+        Ok(None) => return (Err(Failed::Source(SourceError::NotFound { url })), Some(lock)),
+        Err(e) => return (Err(Failed::Source(e)), Some(lock)),
     };
     let (tx, reader) = pipe::channel();
     let info = planned.info.clone();
     let compression = planned.compression;
     let store = store.clone();
+    let counted = Arc::new(AtomicU64::new(0));
+    let rewind = progress.clone().map(|p| (p, counted.clone()));
     let unpacker = tokio::task::spawn_blocking(move || {
         let result = decoder(compression, reader)
             .map_err(|e| Failure::Read(e, 0))
             .map(|source| -> Box<dyn std::io::Read> {
                 match progress {
-                    Some(progress) => Box::new(Counting { inner: source, progress }),
+                    Some(progress) => Box::new(Counting { inner: source, progress, counted }),
                     None => source,
                 }
             })
@@ -90,14 +133,14 @@ async fn download_and_unpack(
         if result.is_err() {
             let _ = nar::remove_tree(&temp);
         }
-        drop(lock);
-        result
+        (result, lock)
     });
     let mut body_error = None;
     loop {
         if cancel.load(Ordering::SeqCst) {
-            body_error = Some("cancelled: another path of the closure failed".to_string());
-            let _ = tx.send(Err(body_error.clone().unwrap_or_default())).await;
+            let detail = "cancelled: another path of the closure failed".to_string();
+            let _ = tx.send(Err(detail.clone())).await;
+            body_error = Some(SourceError::Network { url: url.clone(), detail });
             break;
         }
         match resp.chunk().await {
@@ -108,61 +151,50 @@ async fn download_and_unpack(
             }
             Ok(None) => break,
             Err(e) => {
-                let detail = error_chain(&e);
-                let _ = tx.send(Err(detail.clone())).await;
-                body_error = Some(detail);
+                let failed = http.body_failed(&url, &e);
+                let _ = tx.send(Err(failed.to_string())).await;
+                body_error = Some(failed);
                 break;
             }
         }
     }
     drop(tx);
-    let outcome = unpacker.await.expect("unpack task panicked");
+    let (outcome, lock) = unpacker.await.expect("unpack task panicked");
     let expected = planned.info.nar_size;
-    outcome.map_err(|failure| match (failure, body_error) {
-        (Failure::Store(e), _) => e,
-        (_, Some(detail)) => FetchError::Network { substituter: sub.clone(), url: url.clone(), detail },
-        (Failure::Read(e, got), None) => classify_read(e, got, expected, &sub, &url, &path, planned),
-        (Failure::Format(detail), None) => FetchError::BadNar { substituter: sub.clone(), path: path.clone(), detail },
-        (Failure::Write { path: p, source }, None) => FetchError::Store {
+    let outcome = outcome.map_err(|failure| match (failure, body_error) {
+        (Failure::Store(e), _) => Failed::Local(e),
+        (Failure::Write { path: p, source }, _) => Failed::Local(FetchError::Store {
             dir: p.parent().map(Path::to_path_buf).unwrap_or_default(),
             what: format!("unpacking {}", p.display()),
             source,
-        },
-        (Failure::Trailing, None) => FetchError::BadNar {
-            substituter: sub.clone(),
-            path: path.clone(),
-            detail: "data follows the end of the archive".into(),
-        },
-        (Failure::Size(got), None) => {
-            FetchError::NarSizeMismatch { substituter: sub.clone(), path: path.clone(), expected, got }
+        }),
+        (_, Some(e)) => Failed::Source(e),
+        (Failure::Read(e, got), None) => Failed::Source(classify_read(e, got, expected, &url, planned)),
+        (Failure::Format(detail), None) => Failed::Source(SourceError::BadNar { detail }),
+        (Failure::Trailing, None) => {
+            Failed::Source(SourceError::BadNar { detail: "data follows the end of the archive".into() })
         }
-        (Failure::Hash(got), None) => FetchError::NarHashMismatch {
-            substituter: sub.clone(),
-            path: path.clone(),
-            expected: planned.info.nar_hash.to_nix(),
-            got: got.to_nix(),
-        },
-    })
+        (Failure::Size(got), None) => Failed::Source(SourceError::NarSizeMismatch { expected, got }),
+        (Failure::Hash(got), None) => {
+            Failed::Source(SourceError::NarHashMismatch { expected: planned.info.nar_hash.to_nix(), got: got.to_nix() })
+        }
+    });
+    if let (Err(_), Some((progress, counted))) = (&outcome, rewind) {
+        progress.rewound(counted.load(Ordering::Relaxed));
+    }
+    let lock = outcome.is_err().then_some(lock);
+    (outcome, lock)
 }
 
-fn classify_read(
-    e: std::io::Error,
-    got: u64,
-    expected: u64,
-    sub: &str,
-    url: &str,
-    path: &str,
-    planned: &Planned,
-) -> FetchError {
-    let (sub, path) = (sub.to_string(), path.to_string());
+fn classify_read(e: std::io::Error, got: u64, expected: u64, url: &str, planned: &Planned) -> SourceError {
     if e.get_ref().is_some_and(|i| i.is::<TooLong>()) {
-        FetchError::NarTooLong { substituter: sub, path, expected }
+        SourceError::NarTooLong { expected }
     } else if let Some(b) = e.get_ref().and_then(|i| i.downcast_ref::<BodyFailed>()) {
-        FetchError::Network { substituter: sub, url: url.to_string(), detail: b.0.clone() }
+        SourceError::Network { url: url.to_string(), detail: b.0.clone() }
     } else if e.kind() == std::io::ErrorKind::UnexpectedEof {
-        FetchError::TruncatedNar { substituter: sub, path, got, expected }
+        SourceError::TruncatedNar { got, expected }
     } else {
-        FetchError::Decompress { substituter: sub, path, compression: planned.compression.as_str().into(), source: e }
+        SourceError::Decompress { compression: planned.compression.as_str().into(), source: e }
     }
 }
 

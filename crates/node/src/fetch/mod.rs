@@ -1,11 +1,14 @@
 //! Realizing store paths without Nix: the binary-cache client and the node's own store.
 //!
 //! [`Fetcher::realize`] makes the closure of some store paths present in the node store
-//! (`store_dir`, laid out as /nix/store): a [`walk`] finds and verifies the narinfo of every
-//! missing path of the closure (all substituters asked at once, configured order wins), then
+//! (`store_dir`, laid out as /nix/store): [`sources`] asks every substituter's
+//! `nix-cache-info` at once and ranks them (Priority, then config order; down, slow or corrupt
+//! ones last or not at all), a [`walk`] finds and verifies the narinfo of every missing path of
+//! the closure (the usable substituters asked at once, the best-ranked that has it wins), then
 //! bounded parallel [`job`]s download, decompress, check and unpack each NAR, one process per
-//! path at a time (flock), publishing by rename. Files, one idea each: [`narinfo`] (format),
-//! [`signature`] (trust), [`http`] (the network edge), [`cache_info`] (is it a cache for /nix/store), [`pipe`] (download → blocking unpack),
+//! path at a time (flock), publishing by rename; a NAR that fails is fetched from the next
+//! substituter. Files, one idea each: [`narinfo`] (format),
+//! [`signature`] (trust), [`http`] (the network edge and its deadlines), [`cache_info`] (is it a cache for /nix/store, its priority), [`pipe`] (download → blocking unpack),
 //! [`decompress`], [`hashing`] (NarHash/NarSize while streaming), [`nar`] (unpacking),
 //! [`store`] (layout, records, locks), [`progress`] (the observer a caller may pass),
 //! [`error`].
@@ -20,6 +23,7 @@ pub mod narinfo;
 pub mod pipe;
 pub mod progress;
 pub mod signature;
+pub mod sources;
 pub mod store;
 pub mod walk;
 
@@ -29,14 +33,17 @@ use std::sync::Arc;
 use imageless_core::store_path::StorePath;
 use tokio::task::JoinSet;
 
-pub use error::FetchError;
+pub use error::{Attempt, FetchError, SourceError, SourceFault};
+pub use http::Deadlines;
 pub use progress::Progress;
+pub use sources::{Health, SourceReport};
 pub use store::NodeStore;
 
 use crate::config::NodeConfig;
 use http::Http;
 use signature::TrustedKeys;
-use walk::Walker;
+use sources::Sources;
+use walk::{Finder, Walker};
 
 /// NARs downloaded and unpacked at once.
 pub const DEFAULT_JOBS: usize = 8;
@@ -50,6 +57,10 @@ pub struct FetchReport {
     pub downloaded: usize,
     /// Uncompressed NAR bytes this call unpacked.
     pub nar_bytes: u64,
+    /// Per substituter: what was fetched there, and corrupt NARs it served.
+    pub sources: std::collections::BTreeMap<String, SourceReport>,
+    /// What a user should know: substituters skipped (down, slow), corrupt NARs discarded.
+    pub warnings: Vec<String>,
 }
 
 pub struct Fetcher {
@@ -58,6 +69,8 @@ pub struct Fetcher {
     pub store: NodeStore,
     jobs: usize,
     progress: Option<Arc<dyn Progress>>,
+    deadlines: Deadlines,
+    health: Health,
 }
 
 impl Fetcher {
@@ -72,6 +85,18 @@ impl Fetcher {
                 });
             }
         }
+        for (field, value) in [
+            ("substituter_connect_timeout_ms", config.substituter_connect_timeout_ms),
+            ("substituter_stall_timeout_ms", config.substituter_stall_timeout_ms),
+        ] {
+            if value == 0 {
+                return Err(FetchError::Config {
+                    field,
+                    value: value.to_string(),
+                    accepted: "a number of milliseconds, at least 1",
+                });
+            }
+        }
         let keys = TrustedKeys::parse(&config.trusted_public_keys).map_err(|value| FetchError::Config {
             field: "trusted_public_keys",
             value,
@@ -83,6 +108,11 @@ impl Fetcher {
             store: NodeStore::new(config.store_dir(), &config.state_root),
             jobs: DEFAULT_JOBS,
             progress: None,
+            deadlines: Deadlines {
+                connect: std::time::Duration::from_millis(config.substituter_connect_timeout_ms),
+                stall: std::time::Duration::from_millis(config.substituter_stall_timeout_ms),
+            },
+            health: Health { retry_after: std::time::Duration::from_secs(config.substituter_retry_after_secs) },
         })
     }
 
@@ -119,15 +149,29 @@ impl Fetcher {
 
     async fn realize_async(&self, wanted: &[StorePath]) -> Result<FetchReport, FetchError> {
         self.store.create_dirs()?;
-        let http = Http::new()?;
-        let walker = Walker {
-            http: http.clone(),
-            substituters: self.substituters.clone(),
+        let http =
+            Http::new(self.deadlines).map_err(|source| FetchError::Substituter { substituter: "-".into(), source })?;
+        let finder = Finder {
+            sources: Sources::start(&http, &self.substituters, self.health),
+            http,
             keys: self.keys.clone(),
-            store: self.store.clone(),
             lookup_permits: Arc::new(tokio::sync::Semaphore::new(walk::LOOKUPS_IN_FLIGHT)),
         };
-        let plan = walker.plan(wanted).await?;
+        let walker = Walker { finder: finder.clone(), store: self.store.clone() };
+        let result = self.fetch_plan(&walker, wanted).await;
+        let warnings = finder.sources.warnings();
+        for w in &warnings {
+            tracing::warn!("{w}");
+        }
+        result.map(|mut report| {
+            report.sources = finder.sources.report();
+            report.warnings = warnings;
+            report
+        })
+    }
+
+    async fn fetch_plan(&self, walker: &Walker, wanted: &[StorePath]) -> Result<FetchReport, FetchError> {
+        let plan = walker.plan(wanted, self.deadlines.stall).await?;
         let mut report = FetchReport { closure: plan.closure, ..FetchReport::default() };
         if let Some(p) = &self.progress {
             p.planned(plan.missing.len(), plan.missing.iter().map(|m| m.info.nar_size).sum());
@@ -136,12 +180,13 @@ impl Fetcher {
         let cancel = Arc::new(AtomicBool::new(false));
         let mut jobs = JoinSet::new();
         for planned in plan.missing {
-            let (http, store, permits, cancel) = (http.clone(), self.store.clone(), permits.clone(), cancel.clone());
+            let (finder, store, permits, cancel) =
+                (walker.finder.clone(), self.store.clone(), permits.clone(), cancel.clone());
             let progress = self.progress.clone();
             jobs.spawn(async move {
                 let _permit = permits.acquire_owned().await.expect("semaphore is never closed");
                 let path = planned.info.store_path.clone();
-                let done = job::fetch_one(&http, &store, planned, &cancel, progress.clone()).await;
+                let done = job::fetch_one(&finder, &store, planned, &cancel, progress.clone()).await;
                 if let (Ok(_), Some(p)) = (&done, &progress) {
                     p.path_done(&path);
                 }

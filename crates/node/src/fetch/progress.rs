@@ -1,6 +1,7 @@
 //! How a fetch tells its caller what it is doing (e.g. `imageless pull`'s progress bar). The
 //! fetch only calls a [`Progress`]; drawing is the caller's business.
 use std::io::{self, Read};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use imageless_core::store_path::StorePath;
@@ -13,18 +14,26 @@ pub trait Progress: Send + Sync {
     fn advanced(&self, bytes: u64);
     /// `path` is in the node store (downloaded now, or by a concurrent fetch).
     fn path_done(&self, path: &StorePath);
+    /// A download that had advanced `bytes` was discarded (its substituter failed; the path
+    /// is fetched again from another one).
+    fn rewound(&self, bytes: u64) {
+        let _ = bytes;
+    }
 }
 
 /// A reader that reports what passes through it to a [`Progress`].
 pub struct Counting<R> {
     pub inner: R,
     pub progress: Arc<dyn Progress>,
+    /// What passed so far (to rewind a discarded download).
+    pub counted: Arc<AtomicU64>,
 }
 
 impl<R: Read> Read for Counting<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.progress.advanced(n as u64);
+        self.counted.fetch_add(n as u64, Ordering::Relaxed);
         Ok(n)
     }
 }
@@ -32,7 +41,6 @@ impl<R: Read> Read for Counting<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicU64, Ordering};
 
     #[derive(Default)]
     struct Sum(AtomicU64);
@@ -48,7 +56,7 @@ mod tests {
     #[test]
     fn counts_every_byte_read() {
         let sum = Arc::new(Sum::default());
-        let mut r = Counting { inner: &[7u8; 10_000][..], progress: sum.clone() };
+        let mut r = Counting { inner: &[7u8; 10_000][..], progress: sum.clone(), counted: Arc::default() };
         let mut out = Vec::new();
         r.read_to_end(&mut out).unwrap();
         assert_eq!(sum.0.load(Ordering::SeqCst), 10_000);

@@ -14,6 +14,8 @@ use ed25519_dalek::{Signer, SigningKey};
 use imageless_core::store_path::StorePath;
 use sha2::{Digest, Sha256};
 
+pub mod bad_server;
+
 pub const KEY_NAME: &str = "test-cache-1";
 
 pub fn signing_key() -> SigningKey {
