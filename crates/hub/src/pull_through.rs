@@ -1,28 +1,46 @@
 //! The pull-through cache (`hub serve --upstream URL[,URL…]`): a narinfo or NAR missing from the
-//! hub's cache is fetched from the upstream binary caches, in order, stored atomically (a temp
-//! file renamed into place) exactly as served, and then served like any other file. Keeping the
+//! hub's cache is fetched from the upstream binary caches, stored atomically (a temp file
+//! renamed into place) exactly as served, and then served like any other file. Keeping the
 //! narinfo byte for byte keeps the upstream's signatures, so nodes verify against the upstream's
 //! key. Concurrent requests for one file share one upstream fetch. Misses are not remembered:
 //! a file that appears upstream later is found by the next request.
+//!
+//! The upstreams follow the node's rules for substituters (crates/node/src/fetch/sources.rs):
+//! - asked in the order of their `nix-cache-info` `Priority:` (lower first), config order
+//!   breaking ties; each one's `nix-cache-info` is asked once, all at once, and one still
+//!   silent [`HEDGE`] after the first answer is asked after the others until it answers;
+//! - a refused connection, a stall ([`CONNECT_TIMEOUT`], then [`STALL_TIMEOUT`] of silence
+//!   before the head or within the body) or a 5xx marks an upstream down for [`RETRY_AFTER`]
+//!   (as Nix disables a failing cache for a minute): requests skip it meanwhile, so one dead
+//!   upstream costs one failure a minute, not one per file;
+//! - a NAR whose name is its FileHash (as `nix copy` names them) is checked against it while it
+//!   streams: a truncated or corrupt one is discarded and the next upstream asked.
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper::{StatusCode, Uri};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::OnceCell;
 
 use crate::error::HubServerError;
 
-/// The longest an upstream may take to answer with a response head.
-const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
-/// The longest an upstream body may stay silent.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// The longest an upstream may take to accept a connection.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest an upstream may stay silent: before its answer's head, and within its body.
+pub const STALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an upstream found down is skipped.
+pub const RETRY_AFTER: Duration = Duration::from_secs(60);
+/// How long past the first `nix-cache-info` answer the others are waited for.
+pub const HEDGE: Duration = Duration::from_millis(250);
+/// Nix's priority of a cache whose `nix-cache-info` has none.
+const DEFAULT_PRIORITY: u32 = 50;
 /// A narinfo is a few hundred bytes; anything far larger is not one.
 const MAX_NARINFO: u64 = 1024 * 1024;
 
@@ -39,12 +57,53 @@ pub enum Pulled {
 
 type HttpsClient = Client<crate::upstream_http::Connector, Empty<Bytes>>;
 
+/// What the hub knows of one upstream.
+#[derive(Debug, Clone)]
+enum Health {
+    /// Its `nix-cache-info` was not asked yet (or it is due to be asked again).
+    Unknown,
+    /// Its `nix-cache-info` is being asked.
+    Checking,
+    Ready {
+        priority: u32,
+    },
+    Down {
+        until: Instant,
+        reason: String,
+    },
+}
+
+struct Upstream {
+    url: String,
+    health: Mutex<Health>,
+}
+
+/// Why one upstream could not deliver one file.
+#[derive(Debug)]
+struct UpstreamError {
+    message: String,
+    /// Refused, stalled or a 5xx: the upstream is skipped for [`RETRY_AFTER`].
+    down: bool,
+}
+
+impl UpstreamError {
+    fn down(message: String) -> UpstreamError {
+        UpstreamError { message, down: true }
+    }
+
+    fn file(message: String) -> UpstreamError {
+        UpstreamError { message, down: false }
+    }
+}
+
 /// The upstream caches and the fetches in flight.
 pub struct PullThrough {
-    upstreams: Vec<String>,
+    upstreams: Vec<Arc<Upstream>>,
     cache_dir: PathBuf,
     client: HttpsClient,
     in_flight: Mutex<HashMap<String, Arc<OnceCell<Pulled>>>>,
+    /// Woken whenever an upstream's health changes.
+    checked: Arc<tokio::sync::Notify>,
 }
 
 /// Checks one `--upstream` value: an absolute http(s) URL without query; the trailing `/` is dropped.
@@ -62,10 +121,19 @@ impl PullThrough {
         if upstreams.is_empty() {
             return Ok(None);
         }
-        let upstreams = upstreams.iter().map(|u| parse_upstream(u)).collect::<Result<Vec<_>, _>>()?;
-        let connector = crate::upstream_http::connector()?;
+        let upstreams = upstreams
+            .iter()
+            .map(|u| Ok(Arc::new(Upstream { url: parse_upstream(u)?, health: Mutex::new(Health::Unknown) })))
+            .collect::<Result<Vec<_>, HubServerError>>()?;
+        let connector = crate::upstream_http::connector_with(Some(CONNECT_TIMEOUT))?;
         let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build(connector);
-        Ok(Some(PullThrough { upstreams, cache_dir, client, in_flight: Mutex::new(HashMap::new()) }))
+        Ok(Some(PullThrough {
+            upstreams,
+            cache_dir,
+            client,
+            in_flight: Mutex::new(HashMap::new()),
+            checked: Arc::new(tokio::sync::Notify::new()),
+        }))
     }
 
     /// Which cache paths are pulled: narinfos and NARs (never `nix-cache-info`, which is the hub's own).
@@ -95,42 +163,100 @@ impl PullThrough {
             return Pulled::Stored;
         }
         let mut unavailable = false;
-        for upstream in &self.upstreams {
-            match self.fetch_one(upstream, rel, &dest).await {
+        for upstream in self.order().await {
+            match self.fetch_one(&upstream.url, rel, &dest).await {
                 Ok(true) => {
-                    tracing::info!(target: "imageless_hub::pull", "pulled {rel} from {upstream}");
+                    tracing::info!(target: "imageless_hub::pull", "pulled {rel} from {}", upstream.url);
                     return Pulled::Stored;
                 }
                 Ok(false) => {}
-                Err(message) => {
-                    tracing::warn!(target: "imageless_hub::pull", "upstream {upstream}: {rel}: {message}");
+                Err(e) => {
+                    tracing::warn!(target: "imageless_hub::pull", "upstream {}: {rel}: {}", upstream.url, e.message);
+                    if e.down {
+                        self.mark_down(&upstream, e.message);
+                    }
                     unavailable = true;
                 }
             }
         }
-        if unavailable {
+        if unavailable || self.upstreams.iter().any(|u| matches!(health(u), Health::Down { .. })) {
             Pulled::Unavailable
         } else {
             Pulled::NotFound
         }
     }
 
-    /// Ok(true): stored; Ok(false): the upstream does not have it; Err: it could not be asked.
-    async fn fetch_one(&self, upstream: &str, rel: &str, dest: &Path) -> Result<bool, String> {
-        let uri: Uri = format!("{upstream}/{rel}").parse().map_err(|e| format!("bad URL: {e}"))?;
-        let request = hyper::Request::get(uri)
-            .header(hyper::header::USER_AGENT, concat!("imageless-hub/", env!("CARGO_PKG_VERSION")))
-            .body(Empty::new())
-            .map_err(|e| e.to_string())?;
-        let response = tokio::time::timeout(HEAD_TIMEOUT, self.client.request(request))
-            .await
-            .map_err(|_| format!("no answer within {HEAD_TIMEOUT:?}"))?
-            .map_err(|e| format!("request failed: {e}"))?;
-        match response.status() {
-            StatusCode::OK => {}
-            StatusCode::NOT_FOUND | StatusCode::FORBIDDEN | StatusCode::GONE => return Ok(false),
-            other => return Err(format!("answered {other}")),
+    fn mark_down(&self, upstream: &Upstream, reason: String) {
+        let until = Instant::now() + RETRY_AFTER;
+        let mut h = upstream.health.lock().unwrap_or_else(|e| e.into_inner());
+        if !matches!(*h, Health::Down { .. }) {
+            tracing::warn!(
+                target: "imageless_hub::pull",
+                "upstream {} is down ({reason}); skipped for {} s",
+                upstream.url,
+                RETRY_AFTER.as_secs()
+            );
         }
+        *h = Health::Down { until, reason };
+        drop(h);
+        self.checked.notify_waiters();
+    }
+
+    /// The upstreams to ask, best first: checked ones by (priority, config order), then those
+    /// whose check is still running past the hedge; down ones left out.
+    async fn order(&self) -> Vec<Arc<Upstream>> {
+        let now = Instant::now();
+        for upstream in &self.upstreams {
+            let mut h = upstream.health.lock().unwrap_or_else(|e| e.into_inner());
+            let due = match &*h {
+                Health::Unknown => true,
+                Health::Down { until, .. } => *until <= now,
+                _ => false,
+            };
+            if due {
+                *h = Health::Checking;
+                drop(h);
+                tokio::spawn(check(self.client.clone(), upstream.clone(), self.checked.clone()));
+            }
+        }
+        // Wait for the checks: all of them, or the hedge past the first good one.
+        let mut first_ready: Option<Instant> = None;
+        loop {
+            let notified = self.checked.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let states: Vec<Health> = self.upstreams.iter().map(|u| health(u)).collect();
+            if !states.iter().any(|h| matches!(h, Health::Checking)) {
+                break;
+            }
+            if first_ready.is_none() && states.iter().any(|h| matches!(h, Health::Ready { .. })) {
+                first_ready = Some(Instant::now());
+            }
+            let deadline = first_ready.map_or(now + STALL_TIMEOUT + CONNECT_TIMEOUT, |at| at + HEDGE);
+            if tokio::time::timeout_at(deadline.into(), notified).await.is_err() {
+                break;
+            }
+        }
+        let mut ranked: Vec<(u32, usize, Arc<Upstream>)> = Vec::new();
+        for (i, upstream) in self.upstreams.iter().enumerate() {
+            match health(upstream) {
+                Health::Ready { priority } => ranked.push((priority, i, upstream.clone())),
+                Health::Checking | Health::Unknown => ranked.push((u32::MAX, i, upstream.clone())),
+                Health::Down { reason, .. } => {
+                    tracing::debug!(target: "imageless_hub::pull", "upstream {} skipped: down ({reason})", upstream.url)
+                }
+            }
+        }
+        ranked.sort_by_key(|(priority, i, _)| (*priority, *i));
+        ranked.into_iter().map(|(_, _, u)| u).collect()
+    }
+
+    /// Ok(true): stored; Ok(false): the upstream does not have it; Err: it could not deliver it.
+    async fn fetch_one(&self, upstream: &str, rel: &str, dest: &Path) -> Result<bool, UpstreamError> {
+        let response = match request(&self.client, &format!("{upstream}/{rel}")).await? {
+            Some(response) => response,
+            None => return Ok(false),
+        };
         let expected = response
             .headers()
             .get(hyper::header::CONTENT_LENGTH)
@@ -139,16 +265,20 @@ impl PullThrough {
         let limit = rel.ends_with(".narinfo").then_some(MAX_NARINFO);
         if let (Some(limit), Some(len)) = (limit, expected) {
             if len > limit {
-                return Err(format!("a narinfo of {len} bytes (more than {limit})"));
+                return Err(UpstreamError::file(format!("a narinfo of {len} bytes (more than {limit})")));
             }
         }
         let parent = dest.parent().expect("cache files have a parent");
-        tokio::fs::create_dir_all(parent).await.map_err(|e| format!("{}: {e}", parent.display()))?;
+        tokio::fs::create_dir_all(parent)
+            .await
+            .map_err(|e| UpstreamError::file(format!("{}: {e}", parent.display())))?;
         // A dot name: resolve_cache_path never serves it, so a half-written file is never seen.
         let tmp = parent.join(format!(".pull-{}-{}", std::process::id(), unique()));
-        let written = self.write_body(response.into_body(), &tmp, expected, limit).await;
+        let written = self.write_body(response.into_body(), &tmp, expected, limit, file_hash_of(rel)).await;
         let renamed = match written {
-            Ok(()) => tokio::fs::rename(&tmp, dest).await.map_err(|e| format!("{}: {e}", dest.display())),
+            Ok(()) => {
+                tokio::fs::rename(&tmp, dest).await.map_err(|e| UpstreamError::file(format!("{}: {e}", dest.display())))
+            }
             Err(e) => Err(e),
         };
         if renamed.is_err() {
@@ -163,29 +293,148 @@ impl PullThrough {
         tmp: &Path,
         expected: Option<u64>,
         limit: Option<u64>,
-    ) -> Result<(), String> {
-        let mut file = tokio::fs::File::create(tmp).await.map_err(|e| format!("{}: {e}", tmp.display()))?;
+        file_hash: Option<[u8; 32]>,
+    ) -> Result<(), UpstreamError> {
+        let local = |e: std::io::Error| UpstreamError::file(format!("{}: {e}", tmp.display()));
+        let mut file = tokio::fs::File::create(tmp).await.map_err(local)?;
         let mut written: u64 = 0;
+        let mut hasher = file_hash.map(|_| Sha256::new());
         loop {
-            let frame = tokio::time::timeout(IDLE_TIMEOUT, body.frame())
-                .await
-                .map_err(|_| format!("the body stalled for {IDLE_TIMEOUT:?}"))?;
+            let frame = tokio::time::timeout(STALL_TIMEOUT, body.frame()).await.map_err(|_| {
+                UpstreamError::down(format!("the body stalled (no data for {} s)", STALL_TIMEOUT.as_secs()))
+            })?;
             let Some(frame) = frame else { break };
-            let frame = frame.map_err(|e| format!("reading the body: {e}"))?;
+            let frame = frame.map_err(|e| UpstreamError::down(format!("reading the body: {e}")))?;
             if let Ok(data) = frame.into_data() {
                 written += data.len() as u64;
                 if limit.is_some_and(|l| written > l) {
-                    return Err("a narinfo larger than any narinfo".into());
+                    return Err(UpstreamError::file("a narinfo larger than any narinfo".into()));
                 }
-                file.write_all(&data).await.map_err(|e| format!("{}: {e}", tmp.display()))?;
+                if let Some(h) = hasher.as_mut() {
+                    h.update(&data);
+                }
+                file.write_all(&data).await.map_err(local)?;
             }
         }
         if expected.is_some_and(|e| e != written) {
-            return Err(format!("body ended after {written} of {} bytes", expected.unwrap_or(0)));
+            return Err(UpstreamError::file(format!("body ended after {written} of {} bytes", expected.unwrap_or(0))));
         }
-        file.sync_all().await.map_err(|e| format!("{}: {e}", tmp.display()))?;
+        if let (Some(want), Some(h)) = (file_hash, hasher) {
+            let got: [u8; 32] = h.finalize().into();
+            if got != want {
+                return Err(UpstreamError::file(format!(
+                    "corrupt NAR: its {written} bytes hash to sha256:{}, not the FileHash its name says",
+                    nix_base32::to_nix_base32(&got)
+                )));
+            }
+        }
+        file.sync_all().await.map_err(local)?;
         Ok(())
     }
+}
+
+/// How an upstream's health reads now.
+fn health(upstream: &Upstream) -> Health {
+    upstream.health.lock().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+/// Asks `upstream` for its `nix-cache-info` and records what it says of itself.
+async fn check(client: HttpsClient, upstream: Arc<Upstream>, checked: Arc<tokio::sync::Notify>) {
+    let result = match request(&client, &format!("{}/nix-cache-info", upstream.url)).await {
+        Ok(Some(response)) => read_small(response.into_body()).await,
+        Ok(None) => Err(UpstreamError::down("it has no nix-cache-info (HTTP 404): not a binary cache".into())),
+        Err(e) => Err(e),
+    };
+    let health = match result {
+        Ok(text) => Health::Ready { priority: priority(&text) },
+        Err(e) => {
+            tracing::warn!(
+                target: "imageless_hub::pull",
+                "upstream {} is down ({}); skipped for {} s",
+                upstream.url,
+                e.message,
+                RETRY_AFTER.as_secs()
+            );
+            Health::Down { until: Instant::now() + RETRY_AFTER, reason: e.message }
+        }
+    };
+    *upstream.health.lock().unwrap_or_else(|e| e.into_inner()) = health;
+    checked.notify_waiters();
+}
+
+/// GET `url` up to its answer's head: None on 404/403/410 (not there), an error that marks
+/// the upstream down when it cannot be asked (refused, silent, a 5xx).
+async fn request(
+    client: &HttpsClient,
+    url: &str,
+) -> Result<Option<hyper::Response<hyper::body::Incoming>>, UpstreamError> {
+    let uri: Uri = url.parse().map_err(|e| UpstreamError::file(format!("bad URL: {e}")))?;
+    let request = hyper::Request::get(uri)
+        .header(hyper::header::USER_AGENT, concat!("imageless-hub/", env!("CARGO_PKG_VERSION")))
+        .body(Empty::new())
+        .map_err(|e| UpstreamError::file(e.to_string()))?;
+    let response = tokio::time::timeout(CONNECT_TIMEOUT + STALL_TIMEOUT, client.request(request))
+        .await
+        .map_err(|_| {
+            UpstreamError::down(format!("no answer within {} s", (CONNECT_TIMEOUT + STALL_TIMEOUT).as_secs()))
+        })?
+        .map_err(|e| UpstreamError::down(format!("request failed: {}", error_chain(&e))))?;
+    match response.status() {
+        StatusCode::OK => Ok(Some(response)),
+        StatusCode::NOT_FOUND | StatusCode::FORBIDDEN | StatusCode::GONE => Ok(None),
+        other if other.is_server_error() => Err(UpstreamError::down(format!("answered {other}"))),
+        other => Err(UpstreamError::file(format!("answered {other}"))),
+    }
+}
+
+/// A small body (nix-cache-info), bounded in size and silence.
+async fn read_small(mut body: hyper::body::Incoming) -> Result<String, UpstreamError> {
+    let mut bytes = Vec::new();
+    loop {
+        let frame = tokio::time::timeout(STALL_TIMEOUT, body.frame()).await.map_err(|_| {
+            UpstreamError::down(format!("the body stalled (no data for {} s)", STALL_TIMEOUT.as_secs()))
+        })?;
+        let Some(frame) = frame else { break };
+        let frame = frame.map_err(|e| UpstreamError::down(format!("reading the body: {e}")))?;
+        if let Ok(data) = frame.into_data() {
+            bytes.extend_from_slice(&data);
+            if bytes.len() as u64 > MAX_NARINFO {
+                return Err(UpstreamError::file("a nix-cache-info over 1 MiB".into()));
+            }
+        }
+    }
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// `Priority:` of a `nix-cache-info` (Nix's 50 when absent or not a number).
+fn priority(text: &str) -> u32 {
+    text.lines()
+        .find_map(|l| l.strip_prefix("Priority:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(DEFAULT_PRIORITY)
+}
+
+/// The FileHash a NAR's name carries (`nar/<52 nix32 digits>.nar[.ext]`, as `nix copy` names
+/// them), if it does.
+fn file_hash_of(rel: &str) -> Option<[u8; 32]> {
+    let name = rel.strip_prefix("nar/")?;
+    let digits = name.split_once(".nar").map(|(d, _)| d)?;
+    if digits.len() != 52 {
+        return None;
+    }
+    nix_base32::from_nix_base32(digits)?.try_into().ok()
+}
+
+/// The error and its causes on one line (hyper's Display omits the cause).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(c) = source {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        source = c.source();
+    }
+    s
 }
 
 /// A number unique within this process, for temp file names.

@@ -14,6 +14,15 @@ pub type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
 /// A connector that verifies HTTPS upstreams against the system's CA certificates. Without
 /// any, plain-HTTP upstreams still work and HTTPS ones fail clearly at connect.
 pub fn connector() -> Result<Connector, HubServerError> {
+    connector_with(None)
+}
+
+/// [`connector`] with a bound on connecting (TCP), so an upstream that drops SYNs counts as
+/// down in seconds, not after the kernel's minutes.
+pub fn connector_with(connect_timeout: Option<std::time::Duration>) -> Result<Connector, HubServerError> {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_connect_timeout(connect_timeout);
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = hyper_rustls::HttpsConnectorBuilder::new();
     let builder = match builder.with_provider_and_native_roots(provider.clone()) {
@@ -32,7 +41,7 @@ pub fn connector() -> Result<Connector, HubServerError> {
             hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(config)
         }
     };
-    Ok(builder.https_or_http().enable_http1().build())
+    Ok(builder.https_or_http().enable_http1().wrap_connector(http))
 }
 
 /// Checks an upstream URL: absolute http(s), a host, no query and no credentials in it (a token

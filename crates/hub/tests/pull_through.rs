@@ -188,3 +188,126 @@ fn twenty_nix_stores_pull_a_cold_environment_through_one_front_hub() {
         assert_eq!(served(&log, &format!("{hash}.narinfo")), 1, "{hash}.narinfo:\n{log}");
     }
 }
+
+/// A port where nothing listens.
+fn closed_port_url() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    format!("http://127.0.0.1:{port}/cache")
+}
+
+/// Accepts connections and never answers (until dropped): a cache that hangs.
+struct Silent {
+    url: String,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    accepted: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Silent {
+    fn start() -> Silent {
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/cache", listener.local_addr().unwrap());
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (s, a) = (stop.clone(), accepted.clone());
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for conn in listener.incoming() {
+                if s.load(Ordering::SeqCst) {
+                    break;
+                }
+                a.fetch_add(1, Ordering::SeqCst);
+                held.push(conn);
+            }
+        });
+        Silent { url, stop, accepted }
+    }
+}
+
+impl Drop for Silent {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = std::net::TcpStream::connect(self.url.trim_start_matches("http://").trim_end_matches("/cache"));
+    }
+}
+
+/// The case for the hub: in front of the good upstream sit a dead one (closed port), a
+/// silent one and one serving truncated NARs. A real Nix client still gets the whole closure
+/// through the front, each file as the good upstream has it; the dead and silent ones are asked
+/// once (their nix-cache-info), not once per file.
+#[test]
+fn a_dead_a_silent_and_a_corrupt_upstream_before_a_good_one_still_serve() {
+    let good_root = Root::new(true);
+    let good = Server::start(good_root.path(), &[]);
+    // The corrupt upstream: the same narinfos, every NAR cut to half.
+    let corrupt_root = Root::new(true);
+    for rel in corrupt_root.cache_files().into_iter().filter(|r| r.starts_with("nar/")) {
+        let file = corrupt_root.cache().join(&rel);
+        let bytes = std::fs::read(&file).unwrap();
+        std::fs::write(&file, &bytes[..bytes.len() / 2]).unwrap();
+    }
+    let corrupt = Server::start(corrupt_root.path(), &[]);
+    let silent = Silent::start();
+    let dead = closed_port_url();
+    let upstreams =
+        [dead.clone(), silent.url.clone(), format!("{}/cache", corrupt.url()), format!("{}/cache", good.url())]
+            .join(",");
+    let front_root = Root::new(false);
+    let front = Server::start(front_root.path(), &["--upstream", &upstreams]);
+
+    let closure = world_closure("flox/hello");
+    let store = Store::new();
+    nix_copy(&format!("{}/cache", front.url()), store.0.path(), &closure, &world_key(), Duration::from_secs(60))
+        .unwrap();
+    for p in &closure {
+        assert!(store.0.path().join(p.trim_start_matches('/')).exists(), "{p} missing");
+    }
+    // Every file the front stored is the good upstream's, byte for byte.
+    for rel in front_root.cache_files() {
+        assert_eq!(
+            std::fs::read(front_root.cache().join(&rel)).unwrap(),
+            std::fs::read(good_root.cache().join(&rel)).unwrap(),
+            "{rel}"
+        );
+    }
+    assert_eq!(silent.accepted.load(std::sync::atomic::Ordering::SeqCst), 1, "the silent upstream was asked once");
+    let log = front.stop();
+    assert!(log.contains(&format!("upstream {dead} is down (request failed: ")), "{log}");
+    assert!(log.contains("corrupt NAR: its "), "{log}");
+    let corrupt_log = corrupt.stop();
+    assert!(corrupt_log.contains("GET /cache/nar/"), "the corrupt upstream was asked for NARs first");
+    good.stop();
+}
+
+/// Two upstreams with the same files: the one whose nix-cache-info says the lower Priority
+/// serves them all, although it is listed second.
+#[test]
+fn upstream_priority_decides_the_order() {
+    let first_root = Root::new(true);
+    let second_root = Root::new(true);
+    std::fs::write(
+        second_root.cache().join("nix-cache-info"),
+        "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 10\n",
+    )
+    .unwrap();
+    std::fs::write(first_root.cache().join("nix-cache-info"), "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 40\n")
+        .unwrap();
+    let first = Server::start(first_root.path(), &[]);
+    let second = Server::start(second_root.path(), &[]);
+    let front_root = Root::new(false);
+    let upstreams = format!("{}/cache,{}/cache", first.url(), second.url());
+    let front = Server::start(front_root.path(), &["--upstream", &upstreams]);
+    let files = first_root.cache_files();
+    let mut conn = Conn::open(&front.hostport, STALL).unwrap();
+    for rel in &files {
+        assert_eq!(conn.request("GET", &format!("/cache/{rel}"), &[]).unwrap().status, 200, "{rel}");
+    }
+    front.stop();
+    let (first_log, second_log) = (first.stop(), second.stop());
+    for rel in &files {
+        assert_eq!(served(&first_log, rel), 0, "{rel} came from the lower-priority upstream");
+        assert_eq!(served(&second_log, rel), 1, "{rel}");
+    }
+}
