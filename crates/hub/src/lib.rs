@@ -3,7 +3,7 @@
 //! - [`server`]: `imageless hub serve` on hyper/tokio (optionally rustls); [`routes`]: floxmeta
 //!   git repositories over smart HTTP through `git http-backend`, a signed Nix binary cache as
 //!   static files ([`cache_file`]: the fast path for plain GET/HEAD), token auth,
-//!   `/api/v1/accounts/me`; [`pull_through`]: missing cache files fetched once from upstream
+//!   `/api/v1/accounts/me`, [`sbom`]: `/api/v1/environments/<owner>/<name>/sbom`; [`pull_through`]: missing cache files fetched once from upstream
 //!   caches; [`git_upstream`]: floxmeta of owners not hosted here passed through to an upstream
 //!   FloxHub.
 //! - [`publish`]: new generations and rollbacks in Flox's floxmeta layout.
@@ -25,6 +25,7 @@ mod process;
 pub mod publish;
 pub mod pull_through;
 pub mod routes;
+pub mod sbom;
 pub mod server;
 mod signals;
 mod tls;

@@ -1,5 +1,5 @@
 //! What the hub answers: routing to the git bridge, the binary cache (static files, pulled
-//! through from upstream caches when configured) and the accounts endpoint, with one
+//! through from upstream caches when configured), the accounts endpoint and environment SBOMs, with one
 //! access-log line per request (`METHOD PATH STATUS HANDLE MSms`, never credentials).
 use std::sync::Arc;
 use std::time::Instant;
@@ -20,6 +20,7 @@ use crate::error::HubServerError;
 use crate::git_backend::{self, CgiRequest, ChildRegistry, GitRoute};
 use crate::git_upstream::{GitUpstream, GitUpstreamError};
 use crate::pull_through::{PullThrough, Pulled};
+use crate::sbom;
 
 /// What every request handler shares.
 pub struct Context {
@@ -98,6 +99,8 @@ impl Context {
             self.cache(request, rest).await
         } else if path == "/api/v1/accounts/me" || path == "/accounts/api/v1/accounts/me" {
             self.me(&request)
+        } else if let Some(rest) = path.strip_prefix(sbom::PREFIX) {
+            self.sbom(request.method(), request.headers(), rest, &query).await
         } else {
             plain(404, "not found", None)
         }
@@ -122,6 +125,61 @@ impl Context {
                 (response, Some(identity.handle))
             }
             _ => unauthorized(None),
+        }
+    }
+
+    /// An environment generation's SBOM, under the environment's own visibility: a private one
+    /// needs a token of a handle that may read it (no credential at all: a 401 challenge, as
+    /// for git; a token that may not read it: 404, as a hidden branch).
+    async fn sbom(&self, method: &Method, headers: &HeaderMap, rest: &str, query: &str) -> Outcome {
+        if !matches!(*method, Method::GET | Method::HEAD) {
+            return plain(405, "only GET and HEAD are allowed", None);
+        }
+        let Some((owner, name)) = sbom::parse_path(rest) else {
+            return plain(404, "not found", None);
+        };
+        let Ok(config) = self.load_config() else {
+            return plain(500, "hub configuration unreadable", None);
+        };
+        let credential = auth::parse_authorization(header(headers, header::AUTHORIZATION));
+        let handle = match authenticate(&credential, &config) {
+            Ok(identity) => identity.map(|i| i.handle),
+            Err(()) => return unauthorized(None),
+        };
+        let env = format!("{owner}/{name}");
+        if !self.paths.floxmeta(&owner).join("HEAD").exists() {
+            return plain(404, &format!("environment {env} not found"), handle);
+        }
+        if !config.may_read(&owner, &name, handle.as_deref()) {
+            if matches!(credential, Credential::Missing | Credential::Anonymous) {
+                return unauthorized(None);
+            }
+            return plain(404, &format!("environment {env} not found"), handle);
+        }
+        let query = match sbom::parse_query(query) {
+            Ok(q) => q,
+            Err(e) => return plain(e.status(), &e.to_string(), handle),
+        };
+        let paths = self.paths.clone();
+        let built = tokio::task::spawn_blocking(move || {
+            sbom::environment_sbom(&paths, &owner, &name, &query).map(|s| (s.to_json(query.format), query.format))
+        })
+        .await;
+        match built {
+            Ok(Ok((body, format))) => {
+                let response = ([(header::CONTENT_TYPE, format.media_type())], body).into_response();
+                (response, handle)
+            }
+            Ok(Err(e)) => {
+                if e.status() >= 500 {
+                    tracing::error!("SBOM of {env}: {e}");
+                }
+                plain(e.status(), &e.to_string(), handle)
+            }
+            Err(e) => {
+                tracing::error!("SBOM of {env}: {e}");
+                plain(500, "the SBOM could not be built", handle)
+            }
         }
     }
 

@@ -317,7 +317,7 @@ impl NodeCache {
     }
 
     /// `created`: the generation's creation time (`metadata.json`), the SBOMs' creation time.
-    pub(crate) fn ensure_rendered(
+    fn ensure_rendered(
         &self,
         env: &str,
         generation: u32,

@@ -11,7 +11,7 @@ use imageless_core::sbom::{PathRecord, Sbom, SbomError, SbomFormat, Subject};
 use imageless_core::token::Token;
 
 use crate::cache::{LockProblem, NodeCache, NodeError};
-use crate::fetch::NodeStore;
+use crate::fetch::{Fetcher, NodeStore};
 use crate::render::{self, RenderError};
 use crate::store_read::StoreRead;
 
@@ -41,30 +41,34 @@ pub fn write_into(tree: &Path, sbom: &Sbom, store: &StoreRead) -> Result<(), Ren
 
 impl NodeCache {
     /// The SBOM of `env` (`owner/name[:N]`) for this cache's system: resolves the generation
-    /// (reading its lock and `metadata.json`), makes sure its closure is in the node store
-    /// (rendering it as a pull would, in run mode: the closure is the same in both modes), and
-    /// describes it for exactly the environment and generation asked for.
+    /// (reading its lock and `metadata.json`), makes sure the closure of what the lock selects
+    /// is in the node store (fetched and verified as a pull does; nothing is rendered, so an
+    /// environment whose tree cannot be built still has its SBOM), and describes it for
+    /// exactly the environment and generation asked for.
     pub fn sbom(&self, env: &EnvRef, token: Option<&Token>) -> Result<Sbom, NodeError> {
-        let mode = Mode::Run;
         // "Nothing rendered": the lock and the creation time are read even when warm.
-        let resolved = self.resolver().resolve(env, mode, token, &|_| false)?;
+        let resolved = self.resolver().resolve(env, Mode::Run, token, &|_| false)?;
         let name = env.full_name();
-        let lock_bytes = resolved.lock.clone().expect("resolve reads the lock when nothing is rendered");
+        let lock_bytes = resolved.lock.as_deref().expect("resolve reads the lock when nothing is rendered");
         let lock_err = |source: LockProblem| NodeError::Lockfile {
             env: name.clone(),
             generation: resolved.generation,
             source: Box::new(source),
         };
-        let lockfile = Lockfile::parse(&lock_bytes).map_err(|e| lock_err(e.into()))?;
+        let lockfile = Lockfile::parse(lock_bytes).map_err(|e| lock_err(e.into()))?;
         let subject = Subject {
             environment: name.clone(),
             generation: resolved.generation,
             created: resolved.created.unwrap_or(0),
             system: self.system(),
         };
-        Sbom::check_system(&lockfile, &subject).map_err(|e| NodeError::Sbom(Box::new(e)))?;
-        self.ensure_rendered(&name, resolved.generation, &lock_bytes, mode, &resolved.key, resolved.created)?;
+        let sbom_err = |e: SbomError| NodeError::Sbom(Box::new(e));
+        Sbom::check_system(&lockfile, &subject).map_err(sbom_err)?;
+        let roots = Sbom::roots(&lockfile, &subject).map_err(sbom_err)?;
+        // Shared with pulls, exclusive of gc: what is fetched stays until it is read.
         let _store = self.store_use()?;
-        gather(&lockfile, subject, &self.store())
+        let fetcher = Fetcher::from_config(&self.config)?;
+        fetcher.realize(&roots)?;
+        gather(&lockfile, subject, &fetcher.store)
     }
 }
