@@ -129,8 +129,7 @@ impl Context {
     }
 
     /// An environment generation's SBOM, under the environment's own visibility: a private one
-    /// needs a token of a handle that may read it (no credential at all: a 401 challenge, as
-    /// for git; a token that may not read it: 404, as a hidden branch).
+    /// needs a token of a handle that may read it.
     async fn sbom(&self, method: &Method, headers: &HeaderMap, rest: &str, query: &str) -> Outcome {
         if !matches!(*method, Method::GET | Method::HEAD) {
             return plain(405, "only GET and HEAD are allowed", None);
@@ -150,10 +149,13 @@ impl Context {
         if !self.paths.floxmeta(&owner).join("HEAD").exists() {
             return plain(404, &format!("environment {env} not found"), handle);
         }
+        // As for git: no credential at all, to an owner with environments this caller may not
+        // see, is challenged (whatever the name, so the answer does not tell which exist); a
+        // caller that may not read it finds it missing, as a hidden branch.
+        if credential == Credential::Missing && !config.hidden_branches(&owner, None).is_empty() {
+            return unauthorized(None);
+        }
         if !config.may_read(&owner, &name, handle.as_deref()) {
-            if matches!(credential, Credential::Missing | Credential::Anonymous) {
-                return unauthorized(None);
-            }
             return plain(404, &format!("environment {env} not found"), handle);
         }
         let query = match sbom::parse_query(query) {

@@ -64,6 +64,12 @@ fn private_sbom_only_with_a_token_that_may_read_it_and_bad_requests_get_one_clea
     assert_eq!((status, www.as_deref()), (401, Some("Basic realm=\"floxhub\"")));
     let (status, _, _, body) = get(&server, private, Some(&mallory));
     assert_eq!((status, text(&body).as_str()), (404, "environment acme/private not found"));
+    // Nothing tells a private name from a missing one: both challenged without a credential,
+    // both missing for a handle that may not read them.
+    let missing = "/api/v1/environments/acme/nothing-here/sbom";
+    assert_eq!(get(&server, missing, None).0, 401);
+    let (status, _, _, body) = get(&server, missing, Some(&mallory));
+    assert_eq!((status, text(&body).as_str()), (404, "environment acme/nothing-here not found"));
     for bad in ["garbage", "flox_unknown"] {
         assert_eq!(get(&server, private, Some(bad)).0, 401, "{bad}");
     }
