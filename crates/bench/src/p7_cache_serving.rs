@@ -3,10 +3,12 @@
 //! whole list) from the hub vs from nginx (Debian's package) serving the same cache directory
 //! as static files. Rounds alternate who goes first; every client's byte count is checked.
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+
+use imageless_e2e::static_server::Nginx;
 
 use crate::cache_files::{self, CacheFile};
 use crate::context::Bench;
@@ -15,66 +17,6 @@ use crate::stats::{ms, summarize, Target};
 
 const CLIENTS: usize = 16;
 const ROUNDS: usize = 3;
-
-/// nginx serving `<hub_root>/cache` at `/cache/`, stopped on drop.
-struct Nginx {
-    child: Child,
-    pub url: String,
-}
-
-impl Nginx {
-    fn start(dir: &Path, hub_root: &Path) -> anyhow::Result<Nginx> {
-        let prefix = dir.join("nginx");
-        std::fs::create_dir_all(prefix.join("logs"))?;
-        let port = imageless_e2e::flox_node::free_port();
-        // As a distribution's binary-cache mirror would: sendfile, keep-alive, workers per core.
-        let conf = format!(
-            "worker_processes auto;\nuser root;\npid {p}/nginx.pid;\nerror_log {p}/logs/error.log;\n\
-             events {{ worker_connections 1024; }}\n\
-             http {{\n  access_log {p}/logs/access.log;\n  sendfile on;\n  tcp_nopush on;\n  keepalive_requests 100000;\n\
-             \x20 default_type application/octet-stream;\n  types {{ text/x-nix-narinfo narinfo; }}\n\
-             \x20 server {{\n    listen 127.0.0.1:{port};\n    location /cache/ {{ alias {root}/cache/; }}\n  }}\n}}\n",
-            p = prefix.display(),
-            root = hub_root.display(),
-        );
-        let conf_path = prefix.join("nginx.conf");
-        std::fs::write(&conf_path, conf)?;
-        let child = Command::new("nginx")
-            .arg("-p")
-            .arg(&prefix)
-            .arg("-e")
-            .arg(prefix.join("logs/error.log"))
-            .arg("-c")
-            .arg(&conf_path)
-            .args(["-g", "daemon off;"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting nginx (Debian's `nginx` package; scripts/setup-machine.sh installs it)")?;
-        let mut nginx = Nginx { child, url: format!("http://127.0.0.1:{port}") };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Some(status) = nginx.child.try_wait()? {
-                let log = std::fs::read_to_string(prefix.join("logs/error.log")).unwrap_or_default();
-                bail!("nginx exited ({status}): {log}");
-            }
-            if Instant::now() > deadline {
-                bail!("nginx did not listen on port {port} within 10 s");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        nginx.url = format!("http://127.0.0.1:{port}");
-        Ok(nginx)
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        imageless_e2e::signal(self.child.id(), rustix::process::Signal::QUIT);
-        let _ = self.child.wait();
-    }
-}
 
 /// `CLIENTS` curl processes at once, each GETting every file of `files` from `base` on one
 /// connection; the wall time until the last finished. Fails unless each got every byte.
@@ -118,7 +60,7 @@ pub fn run(bench: &Bench, env: &str, closure: &[String], results: &mut Results) 
         files.len(),
         total as f64 / 1e6
     ));
-    let nginx = Nginx::start(&bench.dir, &hub.root)?;
+    let nginx = Nginx::start(&bench.dir, &hub.root.join("cache"))?;
     let (mut ours, mut theirs) = (Vec::new(), Vec::new());
     for round in 0..ROUNDS {
         for hub_turn in if round % 2 == 0 { [true, false] } else { [false, true] } {

@@ -26,6 +26,7 @@ pub mod config;
 mod containerd;
 pub mod docs;
 pub mod flox_node;
+pub mod static_server;
 pub mod without_nix;
 
 /// The repository root (this crate lives in `<root>/crates/e2e`).

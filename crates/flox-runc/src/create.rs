@@ -89,7 +89,11 @@ pub fn create(
 /// container), which a failed create must `cleanup`. On error nothing of ours is left.
 pub fn prepare_bundle(config: &NodeConfig, bundle: &Path, id: &str) -> Result<bool, CreateError> {
     let mut steps = Steps::start();
-    match prepare(config, &bundle.join("config.json"), id, &ErrorLog::new(None), &mut steps) {
+    // Warnings (hub unreachable, a substituter skipped) go where runc's own lines go: the runc
+    // shim passes `--log <bundle>/log.json` to runc, which appends after them.
+    let log_path = bundle.join("log.json");
+    let log = ErrorLog::new(log_path.to_str());
+    match prepare(config, &bundle.join("config.json"), id, &log, &mut steps) {
         Ok(prepared) => {
             steps.log("create (in the shim proxy)", id);
             Ok(prepared == Prepared::Flox)

@@ -4,6 +4,7 @@
 //! jobs run at once (bounded), so download, decompression and unpacking overlap across paths.
 //! A download that fails on the substituter's side (down, stalled, a corrupt or truncated
 //! NAR) is discarded and the path is fetched from the next substituter that has it.
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -53,6 +54,15 @@ pub async fn fetch_one(
     loop {
         if store.is_valid(&path) || cancel.load(Ordering::SeqCst) {
             return Ok(Done { downloaded: false, nar_bytes: 0 });
+        }
+        if finder.sources.lost_standing(planned.source) {
+            // Planned from a substituter that has since gone down or served corrupt NARs: the
+            // best one now, if another has it with the same references.
+            if let Ok(better) = finder.find(&path, BTreeSet::new(), Vec::new()).await {
+                if better.source != planned.source && better.info.references == planned.info.references {
+                    planned = Planned { attempts: planned.attempts, ..better };
+                }
+            }
         }
         let temp = store.fresh_temp(&path)?;
         let (outcome, returned) =

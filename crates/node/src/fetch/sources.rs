@@ -262,6 +262,18 @@ impl Sources {
         }
     }
 
+    /// Whether substituter `i` lost its standing since a path was planned from it (down, or
+    /// demoted for corrupt NARs): such a path is looked up again before its download.
+    pub fn lost_standing(&self, i: usize) -> bool {
+        match self.standing(i) {
+            Standing::Ready { rank: (demoted, _, _) } => {
+                demoted > 0 && self.sources[i].slow_after_ms.load(Ordering::SeqCst) == 0
+            }
+            Standing::Pending => false,
+            Standing::Down { .. } => true,
+        }
+    }
+
     /// Waits for the check of a pending substituter to end, then says how it stands.
     pub async fn wait_checked(&self, i: usize) -> Standing {
         loop {
