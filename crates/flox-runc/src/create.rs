@@ -13,6 +13,7 @@ use imageless_core::system::{System, SystemError};
 use imageless_node::cache::{NodeCache, NodeError};
 use imageless_node::config::{NodeConfig, StoreView};
 use imageless_node::containers::{self, ContainerState};
+use imageless_node::pull_record::PodRef;
 use imageless_node::secret_volume::{SecretVolume, TokenFileError};
 
 use crate::steps::Steps;
@@ -143,7 +144,7 @@ fn prepare(
                 .map(|cache| cache.prefetch_useful(&environment, mode) && !cache.prefetch_running(&environment, mode))
                 .unwrap_or(true);
             if useful {
-                spawn_prefetch(&environment, mode);
+                spawn_prefetch(&environment, mode, PodRef::from_annotations(&info.annotations));
                 steps.mark("spawn_prefetch");
             } else {
                 tracing::debug!(env = %environment, "no prefetch: warm, private or already under way");
@@ -161,7 +162,8 @@ fn prepare(
         None => None,
     };
     let system = System::host()?;
-    let cache = NodeCache::new(config.clone(), system);
+    // The pod is named in the pull records the node agent turns into its events.
+    let cache = NodeCache::new(config.clone(), system).with_pod(PodRef::from_annotations(&info.annotations));
     steps.mark("token_system");
     // Held until the view is built: gc never sweeps what this container is about to mount.
     let _store = cache.store_use()?;
@@ -252,13 +254,14 @@ pub fn cleanup(config: &NodeConfig, id: &str) {
 
 /// Starts `flox-runc --flox-prefetch ENV MODE` detached: own session, no stdio (the shim
 /// waits for runc's pipes to close, so the child must not hold them).
-fn spawn_prefetch(env: &EnvRef, mode: Mode) {
+fn spawn_prefetch(env: &EnvRef, mode: Mode, pod: Option<PodRef>) {
     let Ok(me) = std::env::current_exe() else { return };
     let mut cmd = Command::new(me);
-    cmd.args([PREFETCH_ARG, &env.to_string(), mode.as_str()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+    cmd.args([PREFETCH_ARG, &env.to_string(), mode.as_str()]);
+    if let Some(pod) = pod {
+        cmd.arg(pod.to_arg());
+    }
+    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
     // SAFETY: the closure runs between fork and exec and only calls setsid(2), which is
     // async-signal-safe and touches no memory shared with the parent.
     unsafe {
@@ -279,7 +282,8 @@ pub fn prefetch_main(args: &[String]) -> i32 {
     let Ok(config) = NodeConfig::load(None) else { return 1 };
     let Ok(system) = System::host() else { return 1 };
     let view = config.store_view == StoreView::Closure;
-    let cache = NodeCache::new(config, system);
+    let pod = args.get(2).and_then(|a| PodRef::from_arg(a));
+    let cache = NodeCache::new(config, system).with_pod(pod);
     let _running = match cache.hold_prefetch(&env, mode) {
         Ok(Some(lock)) => Some(lock),
         Ok(None) => return 0,

@@ -30,6 +30,7 @@ use imageless_core::token::Token;
 use crate::config::{NodeConfig, StoreView};
 use crate::fetch::{FetchError, Fetcher, NodeStore, Progress};
 use crate::gc::StoreLock;
+use crate::pull_record::{self, PodRef};
 use crate::registration::{self, RegistrationError};
 use crate::render::{self, LinkSource, RenderError};
 use crate::resolve::{self, AnonymousPull, GitRemote, Remote, ResolveError, Resolver};
@@ -88,6 +89,19 @@ impl From<RegistrationError> for NodeError {
 }
 
 impl NodeError {
+    /// A short name of what went wrong, for the pull records and the agent's error counts.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            NodeError::Resolve(_) => "hub",
+            NodeError::Fetch(e) if matches!(**e, FetchError::Refused { .. }) => "no-room",
+            NodeError::Fetch(_) => "fetch",
+            NodeError::NoSpace { .. } => "no-space",
+            NodeError::Lockfile { .. } => "lockfile",
+            NodeError::Render(_) | NodeError::View(_) | NodeError::Registration(_) | NodeError::Sbom(_) => "render",
+            NodeError::Io { .. } => "io",
+        }
+    }
+
     /// Whether the state root (or the node store) ran out of space or quota: an `io::Error`
     /// somewhere in the chain (gix's errors carry theirs as text only, so their texts are
     /// checked too).
@@ -147,6 +161,8 @@ pub struct NodeCache {
     system: System,
     /// Told how a fetch into the node store goes (`imageless pull`'s progress bar).
     progress: Option<std::sync::Arc<dyn Progress>>,
+    /// The pod this cache pulls for, named in the pull records (see [`crate::pull_record`]).
+    pod: Option<PodRef>,
 }
 
 /// Opens (creating it and its directory) a lock file, without locking it.
@@ -172,7 +188,13 @@ impl NodeCache {
 
     /// A cache that asks `remote` for floxmeta (a test double in unit tests).
     pub fn with_remote(config: NodeConfig, system: System, remote: Box<dyn Remote + Send + Sync>) -> NodeCache {
-        NodeCache { config, remote, system, progress: None }
+        NodeCache { config, remote, system, progress: None, pod: None }
+    }
+
+    /// Names `pod` in the pull records of this cache's pulls (the node agent's pod events).
+    pub fn with_pod(mut self, pod: Option<PodRef>) -> NodeCache {
+        self.pod = pod;
+        self
     }
 
     /// Reports fetch progress to `progress`.
@@ -202,18 +224,28 @@ impl NodeCache {
     }
 
     /// Fetches (if needed), realizes and renders `env` for `mode`.
+    /// Appends its pull records (start, end or failed, or hit) for the node agent.
     pub fn ensure(&self, env: &EnvRef, mode: Mode, token: Option<&Token>) -> Result<Rendered, NodeError> {
-        self.ensure_uncategorized(env, mode, token).map_err(|e| {
+        let log = PullLog::new(self, env, mode);
+        let result = self.ensure_uncategorized(env, mode, token, &log).map_err(|e| {
             if e.is_state_root_full() {
                 tracing::warn!("{e}");
                 NodeError::NoSpace { state_root: self.root().display().to_string(), env: env.full_name() }
             } else {
                 e
             }
-        })
+        });
+        log.finish(&result);
+        result
     }
 
-    fn ensure_uncategorized(&self, env: &EnvRef, mode: Mode, token: Option<&Token>) -> Result<Rendered, NodeError> {
+    fn ensure_uncategorized(
+        &self,
+        env: &EnvRef,
+        mode: Mode,
+        token: Option<&Token>,
+        log: &PullLog,
+    ) -> Result<Rendered, NodeError> {
         let resolver = self.resolver();
         let mut resolved = resolver.resolve(env, mode, token, &|key| self.is_rendered(key))?;
         let lock = match resolved.lock.take() {
@@ -230,8 +262,15 @@ impl NodeCache {
                 resolved.lock.take().expect("resolve reads the lock when nothing is rendered")
             }
         };
-        let mut rendered =
-            self.ensure_rendered(&env.full_name(), resolved.generation, &lock, mode, &resolved.key, resolved.created)?;
+        let mut rendered = self.ensure_rendered(
+            &env.full_name(),
+            resolved.generation,
+            &lock,
+            mode,
+            &resolved.key,
+            resolved.created,
+            log,
+        )?;
         rendered.warning = join_warnings(resolved.warning, rendered.warning);
         Ok(rendered)
     }
@@ -317,6 +356,7 @@ impl NodeCache {
     }
 
     /// `created`: the generation's creation time (`metadata.json`), the SBOMs' creation time.
+    #[allow(clippy::too_many_arguments)]
     fn ensure_rendered(
         &self,
         env: &str,
@@ -325,7 +365,9 @@ impl NodeCache {
         mode: Mode,
         key: &str,
         created: Option<u64>,
+        log: &PullLog,
     ) -> Result<Rendered, NodeError> {
+        log.generation.set(Some(generation));
         if let Some(r) = self.lookup(key) {
             touch(&r.dir);
             return Ok(r);
@@ -355,11 +397,10 @@ impl NodeCache {
         let mut wanted: Vec<StorePath> = sources.iter().map(|s| s.store_path.clone()).collect();
         wanted.sort_by(|a, b| a.as_str().cmp(b.as_str()));
         wanted.dedup();
-        let mut fetcher = Fetcher::from_config(&self.config)?;
-        if let Some(p) = &self.progress {
-            fetcher = fetcher.with_progress(p.clone());
-        }
+        // Records the pull's start and refuses one that does not fit, before any download.
+        let fetcher = Fetcher::from_config(&self.config)?.with_progress(log.recorder(self.progress.clone()));
         let report = fetcher.realize(&wanted)?;
+        log.pulled(&report);
         let realized = report.downloaded;
         let pull_warning = (!report.warnings.is_empty())
             .then(|| format!("while pulling this environment: {}", report.warnings.join("; ")));
@@ -519,6 +560,140 @@ fn join_warnings(a: Option<String>, b: Option<String>) -> Option<String> {
     match (a, b) {
         (Some(a), Some(b)) => Some(format!("{a}; {b}")),
         (a, b) => a.or(b),
+    }
+}
+
+/// One `ensure`'s pull records (see [`crate::pull_record`]): never fails the pull.
+struct PullLog {
+    state_root: PathBuf,
+    store_dir: PathBuf,
+    id: String,
+    env: String,
+    mode: Mode,
+    pod: Option<PodRef>,
+    started: std::time::Instant,
+    generation: std::cell::Cell<Option<u32>>,
+    /// Whether this call fetched and rendered (an `end` record was written).
+    done: std::cell::Cell<bool>,
+}
+
+impl PullLog {
+    fn new(cache: &NodeCache, env: &EnvRef, mode: Mode) -> PullLog {
+        PullLog {
+            state_root: cache.root().to_path_buf(),
+            store_dir: cache.config.store_dir(),
+            id: pull_record::next_pull_id(),
+            env: env.full_name(),
+            mode,
+            pod: cache.pod.clone(),
+            started: std::time::Instant::now(),
+            generation: std::cell::Cell::new(None),
+            done: std::cell::Cell::new(false),
+        }
+    }
+
+    fn record(&self, phase: pull_record::Phase) -> pull_record::PullRecord {
+        pull_record::PullRecord {
+            v: pull_record::VERSION,
+            time_ms: pull_record::now_ms(),
+            pull: self.id.clone(),
+            env: self.env.clone(),
+            generation: self.generation.get(),
+            mode: self.mode.as_str().to_string(),
+            pod: self.pod.clone(),
+            phase,
+        }
+    }
+
+    fn elapsed_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// The fetch's observer: writes `start` once the closure is planned and refuses a fetch
+    /// that does not fit (forwarding everything to `inner`, the caller's progress).
+    fn recorder(&self, inner: Option<std::sync::Arc<dyn Progress>>) -> std::sync::Arc<dyn Progress> {
+        std::sync::Arc::new(Recorder {
+            inner,
+            start: self.record(pull_record::Phase::Start { paths: 0, bytes: 0 }),
+            state_root: self.state_root.clone(),
+            store_dir: self.store_dir.clone(),
+        })
+    }
+
+    fn pulled(&self, report: &crate::fetch::FetchReport) {
+        let sources = report
+            .sources
+            .iter()
+            .filter(|(_, s)| s.paths > 0)
+            .map(|(url, s)| {
+                (pull_record::url_without_userinfo(url), pull_record::SourceBytes { paths: s.paths, bytes: s.bytes })
+            })
+            .collect();
+        let phase = pull_record::Phase::End {
+            duration_ms: self.elapsed_ms(),
+            paths: report.downloaded,
+            bytes: report.nar_bytes,
+            sources,
+        };
+        pull_record::append(&self.state_root, &self.record(phase));
+        self.done.set(true);
+    }
+
+    fn finish(&self, result: &Result<Rendered, NodeError>) {
+        let phase = match result {
+            Ok(_) if self.done.get() => return,
+            Ok(rendered) => {
+                self.generation.set(Some(rendered.generation));
+                pull_record::Phase::Hit
+            }
+            Err(e) => pull_record::Phase::Failed {
+                duration_ms: self.elapsed_ms(),
+                kind: e.kind().to_string(),
+                message: pull_record::bounded_message(&e.to_string()),
+            },
+        };
+        pull_record::append(&self.state_root, &self.record(phase));
+    }
+}
+
+struct Recorder {
+    inner: Option<std::sync::Arc<dyn Progress>>,
+    start: pull_record::PullRecord,
+    state_root: PathBuf,
+    store_dir: PathBuf,
+}
+
+impl Progress for Recorder {
+    fn planned(&self, paths: usize, nar_bytes: u64) {
+        let mut start = self.start.clone();
+        start.time_ms = pull_record::now_ms();
+        start.phase = pull_record::Phase::Start { paths, bytes: nar_bytes };
+        pull_record::append(&self.state_root, &start);
+        if let Some(p) = &self.inner {
+            p.planned(paths, nar_bytes);
+        }
+    }
+    fn advanced(&self, bytes: u64) {
+        if let Some(p) = &self.inner {
+            p.advanced(bytes);
+        }
+    }
+    fn path_done(&self, path: &StorePath) {
+        if let Some(p) = &self.inner {
+            p.path_done(path);
+        }
+    }
+    fn rewound(&self, bytes: u64) {
+        if let Some(p) = &self.inner {
+            p.rewound(bytes);
+        }
+    }
+    fn admit(&self, paths: usize, nar_bytes: u64) -> Result<(), String> {
+        crate::pressure::room_for(&self.store_dir, &self.start.env, paths, nar_bytes).map_err(|e| e.to_string())?;
+        match &self.inner {
+            Some(p) => p.admit(paths, nar_bytes),
+            None => Ok(()),
+        }
     }
 }
 

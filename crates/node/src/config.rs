@@ -54,6 +54,18 @@ pub struct NodeConfig {
     pub substituter_stall_timeout_ms: u64,
     /// Seconds a substituter found down (refused, stalled, 5xx) is skipped by this process.
     pub substituter_retry_after_secs: u64,
+    /// Disk-pressure gc (the node agent, see [`crate::pressure`]): when the filesystem holding
+    /// the node store is at least this full (percent), environments no container uses are
+    /// removed, least recently used first. As the kubelet's `imageGCHighThresholdPercent`.
+    pub gc_high_threshold_percent: u8,
+    /// ... until it is at most this full (percent). As the kubelet's `imageGCLowThresholdPercent`.
+    pub gc_low_threshold_percent: u8,
+    /// Optional cap on the node store's bytes (the NAR sizes of its paths): above it the same
+    /// gc runs, down to `low/high` of it.
+    pub gc_store_budget_bytes: Option<u64>,
+    /// Environments (`owner/name[:N]`) the node agent pulls on start and keeps warm (never
+    /// removed by disk-pressure gc); the agent also reads a ConfigMap (deploy/README.md).
+    pub prepull: Vec<String>,
 }
 
 impl Default for NodeConfig {
@@ -79,6 +91,10 @@ impl Default for NodeConfig {
             substituter_connect_timeout_ms: 5_000,
             substituter_stall_timeout_ms: 10_000,
             substituter_retry_after_secs: 60,
+            gc_high_threshold_percent: 85,
+            gc_low_threshold_percent: 80,
+            gc_store_budget_bytes: None,
+            prepull: Vec::new(),
         }
     }
 }

@@ -115,16 +115,9 @@ impl NodeCache {
             if last_used.is_some_and(|t| t.elapsed().unwrap_or_default() < older_than) {
                 continue;
             }
-            let _guard = lock_file(&self.key_lock(&key))?;
-            // A container may have been created since `in_use` was read.
-            if crate::containers::keys_in_use(self.root()).contains(&key) {
-                continue;
+            if self.remove_env_if_unused(&key)? {
+                report.envs.push(key);
             }
-            self.remove_view(&key)?;
-            let trash = envs.join(format!(".gc-{key}-{}", std::process::id()));
-            std::fs::rename(entry.path(), &trash).map_err(io(&trash))?;
-            std::fs::remove_dir_all(&trash).map_err(io(&trash))?;
-            report.envs.push(key);
         }
         for key in view::orphans(self.root(), in_use, |k| envs.join(k).is_dir()) {
             if self.remove_view_if_unused(&key)? {
@@ -136,8 +129,24 @@ impl NodeCache {
         Ok(report)
     }
 
+    /// Removes `envs/<key>` and its view under the key's lock, unless a container uses the key
+    /// now (a container may have been created since the caller read the states). The caller
+    /// holds the store lock exclusively.
+    pub(crate) fn remove_env_if_unused(&self, key: &str) -> Result<bool, NodeError> {
+        let _guard = lock_file(&self.key_lock(key))?;
+        if crate::containers::keys_in_use(self.root()).contains(key) {
+            return Ok(false);
+        }
+        self.remove_view(key)?;
+        let dir = self.envs_dir().join(key);
+        let trash = self.envs_dir().join(format!(".gc-{key}-{}", std::process::id()));
+        std::fs::rename(&dir, &trash).map_err(io(&trash))?;
+        std::fs::remove_dir_all(&trash).map_err(io(&trash))?;
+        Ok(true)
+    }
+
     /// Step 3, under the exclusive store lock: store paths no remaining environment lists.
-    fn sweep_store(&self) -> Result<Vec<String>, NodeError> {
+    pub(crate) fn sweep_store(&self) -> Result<Vec<String>, NodeError> {
         let store = self.store();
         let names: Vec<String> = match std::fs::read_dir(&store.dir) {
             Ok(d) => d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect(),

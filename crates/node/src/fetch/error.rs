@@ -162,6 +162,10 @@ pub enum FetchError {
     Store { dir: PathBuf, what: String, source: std::io::Error },
     #[error("flox: node store: {path} is valid but its record {record} is missing or unreadable")]
     MissingRecord { path: String, record: PathBuf },
+    /// The caller's [`super::Progress::admit`] refused the planned fetch (e.g. it does not fit
+    /// on the store's filesystem); nothing was downloaded.
+    #[error("{reason}")]
+    Refused { reason: String },
 }
 
 impl FetchError {

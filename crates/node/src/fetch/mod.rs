@@ -174,7 +174,9 @@ impl Fetcher {
         let plan = walker.plan(wanted, self.deadlines.stall).await?;
         let mut report = FetchReport { closure: plan.closure, ..FetchReport::default() };
         if let Some(p) = &self.progress {
-            p.planned(plan.missing.len(), plan.missing.iter().map(|m| m.info.nar_size).sum());
+            let (paths, bytes) = (plan.missing.len(), plan.missing.iter().map(|m| m.info.nar_size).sum());
+            p.planned(paths, bytes);
+            p.admit(paths, bytes).map_err(|reason| FetchError::Refused { reason })?;
         }
         let permits = Arc::new(tokio::sync::Semaphore::new(self.jobs));
         let cancel = Arc::new(AtomicBool::new(false));

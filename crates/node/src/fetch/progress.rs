@@ -19,6 +19,13 @@ pub trait Progress: Send + Sync {
     fn rewound(&self, bytes: u64) {
         let _ = bytes;
     }
+    /// Called once the walk is done, before anything is downloaded: an `Err` stops the fetch
+    /// with [`super::FetchError::Refused`] (its text as the error), having written nothing
+    /// (the node cache refuses a pull that does not fit on the store's filesystem).
+    fn admit(&self, paths: usize, nar_bytes: u64) -> Result<(), String> {
+        let _ = (paths, nar_bytes);
+        Ok(())
+    }
 }
 
 /// A reader that reports what passes through it to a [`Progress`].
