@@ -5,6 +5,7 @@
 //! [`env_ref::EnvRef`], a lockfile becomes the packages to link for one system, and an OCI
 //! spec is edited by [`spec_edit`] as JSON so that no field containerd wrote is dropped.
 pub mod activation;
+pub mod catalog;
 pub mod container_paths;
 pub mod decide;
 pub mod env_ref;

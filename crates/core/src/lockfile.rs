@@ -14,9 +14,11 @@ mod manifest;
 mod model;
 mod outdent;
 mod parse;
+mod custom;
 mod select;
 mod vars_order;
 
+pub use custom::{is_custom_pkg_path, CustomPackage};
 pub use error::{LockfileError, SelectError};
 pub use model::*;
 pub use outdent::outdent_text;
