@@ -63,6 +63,12 @@ pub struct AwsEnvs {
     pub session_token: Option<String>,
 }
 
+impl std::fmt::Debug for AwsEnvs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AwsEnvs").field("access_key_id", &self.access_key_id).finish_non_exhaustive()
+    }
+}
+
 impl StoreInfo {
     /// The `aws-s3` credentials of `auth`, if it has them; Err names what is missing (never a
     /// value).
