@@ -26,7 +26,9 @@ pub mod config;
 mod containerd;
 pub mod docs;
 pub mod flox_node;
+pub mod garage;
 pub mod static_server;
+pub mod store_tree;
 pub mod without_nix;
 
 /// The repository root (this crate lives in `<root>/crates/e2e`).

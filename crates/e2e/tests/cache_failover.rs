@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use imageless_e2e::flox_node::{self as support, flox_pod, FloxNode};
 use imageless_e2e::static_server::Nginx;
+use imageless_e2e::store_tree::tree;
 use imageless_e2e::ContainerdVersion;
-use sha2::{Digest, Sha256};
 
 const EMPTY: &str = "flox/empty:1.0.0";
 
@@ -148,35 +148,6 @@ fn set_substituters(node: &FloxNode, substituters: &[String], key: &str) {
         .map(|l| l + "\n")
         .collect();
     std::fs::write(&node.config_path, text).unwrap();
-}
-
-/// Every entry of the closure in `store`: path, type, mode, and the contents' hash or the
-/// link's target, sorted.
-fn tree(store: &Path, closure: &[String]) -> Vec<String> {
-    fn walk(root: &Path, rel: &Path, out: &mut Vec<String>) {
-        use std::os::unix::fs::PermissionsExt;
-        let path = root.join(rel);
-        let meta = std::fs::symlink_metadata(&path).unwrap();
-        let mode = meta.permissions().mode() & 0o7777;
-        let ft = meta.file_type();
-        if ft.is_symlink() {
-            out.push(format!("{} link {}", rel.display(), std::fs::read_link(&path).unwrap().display()));
-        } else if ft.is_dir() {
-            out.push(format!("{} dir {mode:o}", rel.display()));
-            for e in std::fs::read_dir(&path).unwrap().flatten() {
-                walk(root, &rel.join(e.file_name()), out);
-            }
-        } else {
-            let digest = Sha256::digest(std::fs::read(&path).unwrap());
-            out.push(format!("{} file {mode:o} {}", rel.display(), hex::encode(digest)));
-        }
-    }
-    let mut out = Vec::new();
-    for p in closure {
-        walk(store, Path::new(p.trim_start_matches("/nix/store/")), &mut out);
-    }
-    out.sort();
-    out
 }
 
 /// Runs the large pod cold: (time from RunPodSandbox until its container has started, the

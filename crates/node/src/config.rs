@@ -66,6 +66,9 @@ pub struct NodeConfig {
     /// Environments (`owner/name[:N]`) the node agent pulls on start and keeps warm (never
     /// removed by disk-pressure gc); the agent also reads a ConfigMap (deploy/README.md).
     pub prepull: Vec<String>,
+    /// An AWS shared-credentials file for the `s3://` substituters (the node's, never a pod's);
+    /// unset: the AWS environment variables, then `~/.aws/credentials`.
+    pub s3_credentials_file: Option<PathBuf>,
 }
 
 impl Default for NodeConfig {
@@ -95,6 +98,7 @@ impl Default for NodeConfig {
             gc_low_threshold_percent: 80,
             gc_store_budget_bytes: None,
             prepull: Vec::new(),
+            s3_credentials_file: None,
         }
     }
 }

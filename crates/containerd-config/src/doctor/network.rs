@@ -46,7 +46,7 @@ pub(super) fn substituter_checks(node: &NodeConfig, timeout: Duration) -> Vec<Ch
             "list the binary caches the environments' packages come from in `substituters`",
         ));
     }
-    for (sub, result) in node.substituters.iter().zip(cache_info::check_each_blocking(&node.substituters, timeout)) {
+    for (sub, result) in node.substituters.iter().zip(cache_info::check_each_blocking(node, timeout)) {
         checks.push(match result {
             Ok(info) => ok("substituter", format!("{sub}: a binary cache for /nix/store, priority {}", info.priority)),
             Err(e) => fail(

@@ -39,16 +39,20 @@ pub async fn check(http: &Http, substituter: &str) -> Result<CacheInfo, SourceEr
     let text = http
         .get_text(substituter, "nix-cache-info")
         .await?
-        .ok_or_else(|| SourceError::NotFound { url: Http::url(substituter, "nix-cache-info") })?;
+        .ok_or_else(|| SourceError::NotFound { url: http.url(substituter, "nix-cache-info") })?;
     parse(&text)
 }
 
 /// Each substituter's result in configured order, each bounded by `timeout`, from synchronous
 /// code (doctor) on a runtime of its own.
-pub fn check_each_blocking(substituters: &[String], timeout: Duration) -> Vec<Result<CacheInfo, FetchError>> {
+pub fn check_each_blocking(
+    config: &crate::config::NodeConfig,
+    timeout: Duration,
+) -> Vec<Result<CacheInfo, FetchError>> {
+    let substituters = &config.substituters;
     let failed = |sub: &String, detail: String| FetchError::Substituter {
         substituter: sub.clone(),
-        source: SourceError::Network { url: Http::url(sub, "nix-cache-info"), detail },
+        source: SourceError::Network { url: format!("{}/nix-cache-info", sub.trim_end_matches('/')), detail },
     };
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -59,6 +63,10 @@ pub fn check_each_blocking(substituters: &[String], timeout: Duration) -> Vec<Re
         Ok(http) => http,
         Err(e) => return substituters.iter().map(|s| Err(failed(s, e.to_string()))).collect(),
     };
+    match super::s3_stores(config) {
+        Ok(stores) => stores.into_iter().for_each(|(name, store)| http.add_s3(&name, store)),
+        Err(e) => return substituters.iter().map(|s| Err(failed(s, e.to_string()))).collect(),
+    }
     runtime.block_on(async {
         let mut set = JoinSet::new();
         for (i, sub) in substituters.iter().cloned().enumerate() {
@@ -66,10 +74,9 @@ pub fn check_each_blocking(substituters: &[String], timeout: Duration) -> Vec<Re
             set.spawn(async move {
                 let result = match tokio::time::timeout(timeout, check(&http, &sub)).await {
                     Ok(result) => result,
-                    Err(_) => Err(SourceError::Stalled {
-                        url: Http::url(&sub, "nix-cache-info"),
-                        secs: timeout.as_secs_f64(),
-                    }),
+                    Err(_) => {
+                        Err(SourceError::Stalled { url: http.url(&sub, "nix-cache-info"), secs: timeout.as_secs_f64() })
+                    }
                 };
                 (i, result.map_err(|source| FetchError::Substituter { substituter: sub, source }))
             });

@@ -20,6 +20,9 @@ pub enum SourceError {
     NotFound { url: String },
     #[error("GET {url} answered HTTP {status}")]
     Http { url: String, status: u16 },
+    /// An S3 store refused a request: a missing bucket, refused credentials.
+    #[error("GET {object}: S3 {store} answered {code}: {message}")]
+    S3 { object: String, store: String, code: String, message: String },
     #[error("GET {url} failed: {detail}")]
     Network { url: String, detail: String },
     #[error("GET {url}: no answer within {secs:.1} s")]
@@ -92,7 +95,7 @@ impl SourceError {
             Http { .. } => SourceFault::Invalid,
             NotFound { .. } => SourceFault::Missing,
             UntrustedKey { .. } | BadSignature { .. } => SourceFault::Unsigned,
-            WrongStoreDir { .. } | BadNarinfo { .. } | OtherReferences | UnsupportedCompression { .. } => {
+            WrongStoreDir { .. } | BadNarinfo { .. } | OtherReferences | UnsupportedCompression { .. } | S3 { .. } => {
                 SourceFault::Invalid
             }
             Decompress { .. }
@@ -153,8 +156,19 @@ impl std::fmt::Display for Attempts {
 pub enum FetchError {
     #[error("flox: node config: {field} = {value:?} is not valid; accepted: {accepted}")]
     Config { field: &'static str, value: String, accepted: &'static str },
+    /// An `s3://` substituter's URL or the node's S3 credentials (the message names the file
+    /// and profile, never a secret).
+    #[error("flox: node config: substituters: {detail}")]
+    S3Config { detail: String },
     #[error("flox: {path} could not be fetched from any substituter: {attempts}")]
     Undeliverable { path: String, attempts: Attempts },
+    /// Locating a private catalog package's stores.
+    #[error(transparent)]
+    Catalog(#[from] super::catalog::CatalogError),
+    /// A path of a private catalog package that no substituter (the catalog's stores included)
+    /// delivered.
+    #[error("flox: package {package}: {detail}")]
+    Package { package: String, detail: String },
     /// One substituter's check (doctor's `nix-cache-info`), outside any path.
     #[error("flox: substituter {substituter}: {source}")]
     Substituter { substituter: String, source: SourceError },

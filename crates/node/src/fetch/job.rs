@@ -12,7 +12,6 @@ use std::sync::Arc;
 use super::decompress::decoder;
 use super::error::{Attempt, FetchError, SourceError};
 use super::hashing::{HashingReader, TooLong};
-use super::http::Http;
 use super::nar::{self, NarError};
 use super::narinfo::NarHash;
 use super::pipe::{self, BodyFailed};
@@ -113,7 +112,7 @@ async fn download_and_unpack(
 ) -> (Result<u64, Failed>, Option<PathLock>) {
     let http = &finder.http;
     let sub = planned.substituter.clone();
-    let url = Http::url(&sub, &planned.info.url);
+    let url = http.url(&sub, &planned.info.url);
     let mut resp = match http.get(&sub, &planned.info.url).await {
         Ok(Some(resp)) => resp,
         Ok(None) => return (Err(Failed::Source(SourceError::NotFound { url })), Some(lock)),

@@ -13,6 +13,7 @@
 //! [`store`] (layout, records, locks), [`progress`] (the observer a caller may pass),
 //! [`error`].
 pub mod cache_info;
+pub mod catalog;
 pub mod decompress;
 pub mod error;
 pub mod hashing;
@@ -65,26 +66,24 @@ pub struct FetchReport {
 
 pub struct Fetcher {
     substituters: Arc<Vec<String>>,
+    /// `trusted_public_keys` as configured (catalog keys may join them for one pull).
+    trusted: Vec<String>,
+    /// The `s3://` substituters' stores (credentials resolved when the fetcher is made).
+    s3: Vec<(String, imageless_s3::S3Store)>,
     keys: Arc<TrustedKeys>,
     pub store: NodeStore,
     jobs: usize,
     progress: Option<Arc<dyn Progress>>,
     deadlines: Deadlines,
     health: Health,
+    /// The pull's custom-catalog packages, located through the catalog service.
+    catalog: Option<catalog::CatalogPull>,
 }
 
 impl Fetcher {
     /// From the node config's `substituters`, `trusted_public_keys` and `store_dir`.
     pub fn from_config(config: &NodeConfig) -> Result<Fetcher, FetchError> {
-        for s in &config.substituters {
-            if !(s.starts_with("http://") || s.starts_with("https://")) {
-                return Err(FetchError::Config {
-                    field: "substituters",
-                    value: s.clone(),
-                    accepted: "http:// or https:// URLs of Nix binary caches",
-                });
-            }
-        }
+        let s3 = s3_stores(config)?;
         for (field, value) in [
             ("substituter_connect_timeout_ms", config.substituter_connect_timeout_ms),
             ("substituter_stall_timeout_ms", config.substituter_stall_timeout_ms),
@@ -104,6 +103,8 @@ impl Fetcher {
         })?;
         Ok(Fetcher {
             substituters: Arc::new(config.substituters.clone()),
+            trusted: config.trusted_public_keys.clone(),
+            s3,
             keys: Arc::new(keys),
             store: NodeStore::new(config.store_dir(), &config.state_root),
             jobs: DEFAULT_JOBS,
@@ -113,11 +114,19 @@ impl Fetcher {
                 stall: std::time::Duration::from_millis(config.substituter_stall_timeout_ms),
             },
             health: Health { retry_after: std::time::Duration::from_secs(config.substituter_retry_after_secs) },
+            catalog: None,
         })
     }
 
     pub fn with_jobs(mut self, jobs: usize) -> Fetcher {
         self.jobs = jobs.max(1);
+        self
+    }
+
+    /// Locates `pull`'s packages through the catalog service (when any of their outputs is
+    /// missing) and fetches from the stores it answers too.
+    pub fn with_catalog(mut self, pull: catalog::CatalogPull) -> Fetcher {
+        self.catalog = (!pull.packages.is_empty()).then_some(pull);
         self
     }
 
@@ -151,10 +160,16 @@ impl Fetcher {
         self.store.create_dirs()?;
         let http =
             Http::new(self.deadlines).map_err(|source| FetchError::Substituter { substituter: "-".into(), source })?;
+        for (name, store) in &self.s3 {
+            http.add_s3(name, store.clone());
+        }
+        let (extra, keys) = self.catalog_sources(&http).await?;
+        let mut substituters = self.substituters.to_vec();
+        substituters.extend(extra);
         let finder = Finder {
-            sources: Sources::start(&http, &self.substituters, self.health),
+            sources: Sources::start(&http, &substituters, self.health),
             http,
-            keys: self.keys.clone(),
+            keys,
             lookup_permits: Arc::new(tokio::sync::Semaphore::new(walk::LOOKUPS_IN_FLIGHT)),
         };
         let walker = Walker { finder: finder.clone(), store: self.store.clone() };
@@ -163,11 +178,84 @@ impl Fetcher {
         for w in &warnings {
             tracing::warn!("{w}");
         }
+        let result = result.map_err(|e| self.name_package(e));
         result.map(|mut report| {
             report.sources = finder.sources.report();
             report.warnings = warnings;
             report
         })
+    }
+
+    /// The stores the catalog answers for this pull's custom-catalog packages, registered
+    /// with `http` (their credentials, the token where allowed), and the keys to trust.
+    async fn catalog_sources(&self, http: &Http) -> Result<(Vec<String>, Arc<TrustedKeys>), FetchError> {
+        let Some(pull) = &self.catalog else { return Ok((Vec::new(), self.keys.clone())) };
+        let missing: Vec<StorePath> = pull.output_paths().into_iter().filter(|p| !self.store.is_valid(p)).collect();
+        if missing.is_empty() {
+            return Ok((Vec::new(), self.keys.clone()));
+        }
+        let answer = catalog::locate(http, pull, &missing).await?;
+        catalog::require_locations(pull, &answer)?;
+        let mut urls = Vec::new();
+        let mut returned_keys = Vec::new();
+        for (url, (info, package)) in catalog::stores(&answer) {
+            let bad = |detail: String| catalog::CatalogError::BadStore {
+                package: package.clone(),
+                url: pull.url.clone(),
+                store: url.clone(),
+                detail,
+            };
+            if url.starts_with("s3://") {
+                let s3_url = imageless_s3::S3Url::parse(&url).map_err(|e| bad(e.to_string()))?;
+                let credentials = match info.aws_envs().map_err(bad)? {
+                    Some(envs) => Some(imageless_s3::Credentials {
+                        access_key_id: envs.access_key_id,
+                        secret_access_key: envs.secret_access_key,
+                        session_token: envs.session_token,
+                    }),
+                    None => imageless_s3::Credentials::resolve(None, s3_url.profile.as_deref())
+                        .map_err(|e| bad(e.to_string()))?,
+                };
+                let store = imageless_s3::S3Store::new(s3_url, credentials.as_ref()).map_err(|e| bad(e.to_string()))?;
+                http.add_s3(&url, store);
+            } else if url.starts_with("http://") || url.starts_with("https://") {
+                if let Some(token) = &pull.token {
+                    if catalog::token_may_go_to(&url, &pull.token_hosts) {
+                        http.add_basic(&url, token.expose());
+                    }
+                }
+            } else {
+                return Err(bad("accepted: http(s):// or s3:// binary caches".into()).into());
+            }
+            if pull.trust_returned_keys {
+                returned_keys.extend(info.public_keys.clone().unwrap_or_default());
+            }
+            tracing::info!(store = %url, package = %package, "the catalog's store for a private package");
+            urls.push(url);
+        }
+        if returned_keys.is_empty() {
+            return Ok((urls, self.keys.clone()));
+        }
+        let mut all = self.trusted.clone();
+        all.extend(returned_keys);
+        let keys = TrustedKeys::parse(&all).map_err(|value| FetchError::Config {
+            field: "catalog public_keys",
+            value,
+            accepted: "<key-name>:<base64 of a 32-byte ed25519 public key>",
+        })?;
+        Ok((urls, Arc::new(keys)))
+    }
+
+    /// An undeliverable path of a custom-catalog package names the package.
+    fn name_package(&self, e: FetchError) -> FetchError {
+        let Some(pull) = &self.catalog else { return e };
+        let FetchError::Undeliverable { path, .. } = &e else { return e };
+        let package = match pull.package_of(path) {
+            Some(p) => p.pkg_path.clone(),
+            None => return e,
+        };
+        let detail = e.to_string().trim_start_matches("flox: ").to_string();
+        FetchError::Package { package, detail }
     }
 
     async fn fetch_plan(&self, walker: &Walker, wanted: &[StorePath]) -> Result<FetchReport, FetchError> {
@@ -215,4 +303,31 @@ impl Fetcher {
             None => Ok(report),
         }
     }
+}
+
+/// The `s3://` substituters of `config` as stores, with the node's credentials (the node
+/// config's `s3_credentials_file`, else the AWS environment and shared-credentials file); any
+/// other substituter must be an http(s) URL.
+pub fn s3_stores(config: &NodeConfig) -> Result<Vec<(String, imageless_s3::S3Store)>, FetchError> {
+    let mut stores = Vec::new();
+    for s in &config.substituters {
+        if s.starts_with("http://") || s.starts_with("https://") {
+            continue;
+        }
+        if !s.starts_with("s3://") {
+            return Err(FetchError::Config {
+                field: "substituters",
+                value: s.clone(),
+                accepted: "http:// or https:// URLs of Nix binary caches, or s3://BUCKET?region=…&endpoint=…&scheme=…&profile=…&addressing-style=…",
+            });
+        }
+        let url = imageless_s3::S3Url::parse(s).map_err(|e| FetchError::S3Config { detail: e.to_string() })?;
+        let credentials =
+            imageless_s3::Credentials::resolve(config.s3_credentials_file.as_deref(), url.profile.as_deref())
+                .map_err(|e| FetchError::S3Config { detail: e.to_string() })?;
+        let store = imageless_s3::S3Store::new(url, credentials.as_ref())
+            .map_err(|e| FetchError::S3Config { detail: e.to_string() })?;
+        stores.push((s.clone(), store));
+    }
+    Ok(stores)
 }

@@ -124,7 +124,7 @@ impl Finder {
             let sub = self.sources.url(i);
             let answer = (&mut asks[n]).await.expect("narinfo request task panicked");
             let verified = match answer {
-                Ok(None) => Err(SourceError::NotFound { url: Http::url(sub, rel) }),
+                Ok(None) => Err(SourceError::NotFound { url: self.http.url(sub, rel) }),
                 Ok(Some(text)) => verify(&text, &self.keys, path),
                 Err(e) => Err(e),
             };

@@ -1,0 +1,205 @@
+//! Garage (the S3-compatible distributed object store, built from crates.io by
+//! scripts/setup-machine.sh into .work/tools) as a single-node cluster on loopback: its S3 API,
+//! its website endpoint (plain HTTP reads of a bucket, which Debian's Nix 2.8, built without
+//! S3 support, can use as a binary cache), one key with read and write on the buckets the test
+//! makes. Stopped, and its data removed, on drop.
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use imageless_s3::{Credentials, S3Store, S3Url};
+
+/// The region Garage is configured with (its S3 API checks it in signatures).
+pub const REGION: &str = "garage";
+
+pub struct Garage {
+    child: Child,
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    /// `http://127.0.0.1:PORT` of the S3 API.
+    pub s3_endpoint: String,
+    /// Port of the website endpoint (a bucket is served for `Host: <bucket alias>`).
+    pub web_port: u16,
+    pub credentials: Credentials,
+}
+
+/// The garage binary: GARAGE_BIN, else .work/tools/bin/garage.
+pub fn garage_bin() -> PathBuf {
+    std::env::var_os("GARAGE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| crate::repo_root().join(".work/tools/bin/garage"))
+}
+
+impl Garage {
+    pub fn start() -> anyhow::Result<Garage> {
+        let bin = garage_bin();
+        if !bin.is_file() {
+            bail!("garage is not built at {}: run scripts/setup-machine.sh", bin.display());
+        }
+        let dir = tempfile::Builder::new().prefix("garage-").tempdir()?;
+        let port = || crate::flox_node::free_port();
+        let (s3, rpc, web, admin) = (port(), port(), port(), port());
+        let secret: String = (0..32).map(|i| format!("{:02x}", (i * 37 + std::process::id() as usize) % 256)).collect();
+        let config = dir.path().join("garage.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "metadata_dir = \"{d}/meta\"\ndata_dir = \"{d}/data\"\ndb_engine = \"sqlite\"\n\
+                 replication_factor = 1\nrpc_bind_addr = \"127.0.0.1:{rpc}\"\nrpc_public_addr = \"127.0.0.1:{rpc}\"\n\
+                 rpc_secret = \"{secret}\"\n\n[s3_api]\ns3_region = \"{REGION}\"\napi_bind_addr = \"127.0.0.1:{s3}\"\n\
+                 root_domain = \".s3.garage.localhost\"\n\n[s3_web]\nbind_addr = \"127.0.0.1:{web}\"\n\
+                 root_domain = \".web.garage.localhost\"\nindex = \"index.html\"\n\n[admin]\napi_bind_addr = \"127.0.0.1:{admin}\"\n",
+                d = dir.path().display()
+            ),
+        )?;
+        let log = std::fs::File::create(dir.path().join("garage.log"))?;
+        let child = Command::new(&bin)
+            .arg("-c")
+            .arg(&config)
+            .arg("server")
+            .env("RUST_LOG", "garage=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let credentials = Credentials {
+            access_key_id: "GK0123456789abcdef01234567".into(),
+            secret_access_key: "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef".into(),
+            session_token: None,
+        };
+        let mut garage =
+            Garage { child, dir, config, s3_endpoint: format!("http://127.0.0.1:{s3}"), web_port: web, credentials };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        // The node id, once the daemon answers.
+        let node_id = loop {
+            if let Some(status) = garage.child.try_wait()? {
+                bail!("garage exited ({status}): {}", garage.log());
+            }
+            if let Ok(out) = garage.cli(&["node", "id", "-q"]) {
+                break out.trim().split('@').next().unwrap_or_default().to_string();
+            }
+            if Instant::now() > deadline {
+                bail!("garage did not answer within 30 s: {}", garage.log());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        garage.cli(&["layout", "assign", "-z", "dc1", "-c", "1G", &node_id])?;
+        garage.cli(&["layout", "apply", "--version", "1"])?;
+        let key = &garage.credentials;
+        let (id, secret) = (key.access_key_id.clone(), key.secret_access_key.clone());
+        garage.cli(&["key", "import", "--yes", "-n", "imageless-e2e", &id, &secret])?;
+        // The S3 API answers once the layout is live.
+        while std::net::TcpStream::connect(("127.0.0.1", s3)).is_err() {
+            if Instant::now() > deadline {
+                bail!("garage's S3 API did not listen within 30 s: {}", garage.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(garage)
+    }
+
+    /// Runs `garage -c CONFIG ARGS…`; its stdout.
+    pub fn cli(&self, args: &[&str]) -> anyhow::Result<String> {
+        let out = Command::new(garage_bin()).arg("-c").arg(&self.config).args(args).output()?;
+        if !out.status.success() {
+            bail!("garage {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("garage.log")).unwrap_or_default()
+    }
+
+    /// A bucket the test key may read and write.
+    pub fn create_bucket(&self, name: &str) -> anyhow::Result<()> {
+        self.cli(&["bucket", "create", name])?;
+        self.cli(&["bucket", "allow", "--read", "--write", "--owner", name, "--key", "imageless-e2e"])?;
+        Ok(())
+    }
+
+    /// Serves `bucket` on the website endpoint for `Host: localhost` (so a plain HTTP client can
+    /// read it as `http://localhost:<web_port>/`).
+    pub fn serve_website_as_localhost(&self, bucket: &str) -> anyhow::Result<String> {
+        self.cli(&["bucket", "website", "--allow", bucket])?;
+        self.cli(&["bucket", "alias", bucket, "localhost"])?;
+        Ok(format!("http://localhost:{}", self.web_port))
+    }
+
+    /// The node's substituter URL for `bucket`, as Nix writes it.
+    pub fn substituter(&self, bucket: &str) -> String {
+        format!(
+            "s3://{bucket}?region={REGION}&endpoint={}&addressing-style=path",
+            self.s3_endpoint.trim_start_matches("http://")
+        ) + "&scheme=http"
+    }
+
+    /// A store of `bucket` with the test key.
+    pub fn store(&self, bucket: &str) -> anyhow::Result<S3Store> {
+        Ok(S3Store::new(S3Url::parse(&self.substituter(bucket))?, Some(&self.credentials))?)
+    }
+
+    /// Uploads every file below `dir` to `bucket` under the same relative keys (8 at a time).
+    pub fn upload_dir(&self, bucket: &str, dir: &Path) -> anyhow::Result<usize> {
+        let store = self.store(bucket)?;
+        let mut files = Vec::new();
+        collect(dir, dir, &mut files)?;
+        let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(120)).build()?;
+        let chunks: Vec<Vec<(String, PathBuf)>> =
+            files.chunks(files.len().div_ceil(8).max(1)).map(|c| c.to_vec()).collect();
+        std::thread::scope(|scope| -> anyhow::Result<()> {
+            let handles: Vec<_> = chunks
+                .into_iter()
+                .map(|chunk| {
+                    let (store, client) = (store.clone(), client.clone());
+                    scope.spawn(move || -> anyhow::Result<()> {
+                        for (key, path) in chunk {
+                            let body = std::fs::read(&path)?;
+                            let resp = client.put(store.presign_put(&key).as_str()).body(body).send()?;
+                            if !resp.status().is_success() {
+                                bail!("PUT {key}: {}: {}", resp.status(), resp.text().unwrap_or_default());
+                            }
+                        }
+                        Ok(())
+                    })
+                })
+                .collect();
+            for h in handles {
+                h.join().expect("upload thread panicked")?;
+            }
+            Ok(())
+        })?;
+        Ok(files.len())
+    }
+}
+
+fn collect(root: &Path, dir: &Path, out: &mut Vec<(String, PathBuf)>) -> anyhow::Result<()> {
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        let path = e.path();
+        if e.file_type()?.is_dir() {
+            collect(root, &path, out)?;
+        } else if e.file_type()?.is_file() {
+            let key = path.strip_prefix(root)?.to_string_lossy().into_owned();
+            out.push((key, path));
+        }
+    }
+    Ok(())
+}
+
+impl Drop for Garage {
+    fn drop(&mut self) {
+        crate::signal(self.child.id(), rustix::process::Signal::TERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.child.try_wait().ok().flatten().is_none() {
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
