@@ -48,3 +48,14 @@ if ! python3 -c 'import spdx_tools.spdx.validation.document_validator, cyclonedx
   python3 -m pip install --quiet "${validators[@]}" 2>/dev/null \
     || python3 -m pip install --quiet --break-system-packages "${validators[@]}"
 fi
+
+# Garage, the S3-compatible object store the S3 tests and benchmarks run against (real S3, not
+# a double), built once from crates.io into .work/tools (about 8 minutes on 2 cores; later runs
+# find it). Only the features a single-node test cluster needs.
+GARAGE_VERSION=2.5.0
+tools="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/.work/tools"
+if ! "$tools/bin/garage" --version 2>/dev/null | grep -q ":$GARAGE_VERSION "; then
+  echo "setup: building garage $GARAGE_VERSION into $tools (once)" >&2
+  cargo install --quiet --locked garage --version "$GARAGE_VERSION" \
+    --no-default-features --features bundled-libs,lmdb,sqlite --root "$tools"
+fi
