@@ -27,6 +27,7 @@ use imageless_core::store_path::StorePath;
 use imageless_core::system::System;
 use imageless_core::token::Token;
 
+use crate::catalog_access;
 use crate::config::{NodeConfig, StoreView};
 use crate::fetch::{FetchError, Fetcher, NodeStore, Progress};
 use crate::gc::StoreLock;
@@ -253,6 +254,7 @@ impl NodeCache {
             None => {
                 // Warm path: rendered before, nothing read from git.
                 if let Some(mut rendered) = self.lookup(&resolved.key) {
+                    catalog_access::check(&self.config, &rendered.dir, token)?;
                     touch(&rendered.dir);
                     rendered.warning = join_warnings(resolved.warning, rendered.warning);
                     return Ok(rendered);
@@ -269,8 +271,12 @@ impl NodeCache {
             mode,
             &resolved.key,
             resolved.created,
+            token,
             log,
         )?;
+        // Rendered before for another pod, or just now from paths already in the store: the
+        // catalog decides whether this token may use its private packages.
+        catalog_access::check(&self.config, &rendered.dir, token)?;
         rendered.warning = join_warnings(resolved.warning, rendered.warning);
         Ok(rendered)
     }
@@ -365,6 +371,7 @@ impl NodeCache {
         mode: Mode,
         key: &str,
         created: Option<u64>,
+        token: Option<&Token>,
         log: &PullLog,
     ) -> Result<Rendered, NodeError> {
         log.generation.set(Some(generation));
@@ -398,7 +405,10 @@ impl NodeCache {
         wanted.sort_by(|a, b| a.as_str().cmp(b.as_str()));
         wanted.dedup();
         // Records the pull's start and refuses one that does not fit, before any download.
-        let fetcher = Fetcher::from_config(&self.config)?.with_progress(log.recorder(self.progress.clone()));
+        let catalog = catalog_access::pull_for(&self.config, &lockfile, self.system, token);
+        let fetcher = Fetcher::from_config(&self.config)?
+            .with_progress(log.recorder(self.progress.clone()))
+            .with_catalog(catalog.clone());
         let report = fetcher.realize(&wanted)?;
         log.pulled(&report);
         let realized = report.downloaded;
@@ -438,6 +448,7 @@ impl NodeCache {
         std::fs::write(tmp.join("generation"), format!("{generation}\n")).map_err(io(&tmp))?;
         std::fs::write(tmp.join("source"), format!("{env}:{generation} {mode}\n")).map_err(io(&tmp))?;
         std::fs::write(tmp.join(NODE_STORE_MARKER), b"").map_err(io(&tmp))?;
+        catalog_access::write_record(&tmp, &catalog).map_err(io(&tmp))?;
         if !report.warnings.is_empty() {
             let text: String = report.warnings.iter().map(|w| format!("{w}\n")).collect();
             std::fs::write(tmp.join(PULL_WARNINGS), text).map_err(io(&tmp))?;

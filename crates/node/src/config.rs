@@ -69,6 +69,16 @@ pub struct NodeConfig {
     /// An AWS shared-credentials file for the `s3://` substituters (the node's, never a pod's);
     /// unset: the AWS environment variables, then `~/.aws/credentials`.
     pub s3_credentials_file: Option<PathBuf>,
+    /// The catalog service asked where private catalog packages live; unset: FloxHub's API for
+    /// FloxHub, else `hub_url`.
+    pub catalog_url: Option<String>,
+    /// Hosts (`host` or `host:port`) whose stores, when a catalog answers them, are read with
+    /// the pod's FloxHub token as basic auth. The catalog's own host and Flox's publisher hosts
+    /// are always on it; no other host ever gets the token.
+    pub catalog_token_hosts: Vec<String>,
+    /// Whether the public keys a catalog returns with a store are trusted for its paths (off:
+    /// only `trusted_public_keys`, as the Flox CLI).
+    pub catalog_trust_returned_keys: bool,
 }
 
 impl Default for NodeConfig {
@@ -99,6 +109,9 @@ impl Default for NodeConfig {
             gc_store_budget_bytes: None,
             prepull: Vec::new(),
             s3_credentials_file: None,
+            catalog_url: None,
+            catalog_token_hosts: Vec::new(),
+            catalog_trust_returned_keys: false,
         }
     }
 }

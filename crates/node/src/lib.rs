@@ -3,6 +3,7 @@
 //! state the runc wrapper keeps. The decisions live in `imageless-core`; this crate does the
 //! fetching, the linking and the bookkeeping on disk.
 pub mod cache;
+pub mod catalog_access;
 pub mod cli;
 pub mod config;
 pub mod containers;
