@@ -18,6 +18,8 @@
 //! - P8 20 cold pulls at once through a pull-through hub vs straight from its upstream.
 //! - P9 cold `imageless pull` of flox/large (and a small env) vs `nix copy` into empty stores.
 //! - P10 ExecSync into a hook environment's pod vs a hook-less one (execs attach: ≤ 2 ms added).
+//! - P13 cold `imageless pull flox/large` from an `s3://` bucket on Garage vs `nix copy` from the
+//!   same bucket through Garage's website endpoint.
 //!
 //! Environment: IMAGELESS_BENCH_BIN_DIR (the measured binaries, default target/image/bin),
 //! IMAGELESS_ACTIVATOR, IMAGELESS_HUB_ROOT (as for the e2e tests); IMAGELESS_BENCH_STRACE=DIR
@@ -27,6 +29,7 @@ mod context;
 mod cri_steps;
 mod nixns;
 mod p10_exec_attach;
+mod p13_s3_pull;
 mod p1_breakdown;
 mod p1_ladder;
 mod p1_warm_start;
@@ -149,6 +152,9 @@ fn run_figures(
     }
     if wanted("P10") {
         rt.block_on(p10_exec_attach::run(bench, results))?;
+    }
+    if wanted("P13") {
+        p13_s3_pull::run(bench, p6_large::LARGE_ENV, &large_closure, results)?;
     }
     if let Some(dir) = std::env::var_os("IMAGELESS_BENCH_STRACE") {
         rt.block_on(strace::warm_starts(bench, Path::new(&dir)))?;
