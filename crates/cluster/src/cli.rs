@@ -10,6 +10,35 @@ pub enum NodeCommand {
     Label(LabelArgs),
     /// Wait until terminated (keeps a DaemonSet pod Ready once its work is done).
     Wait,
+    /// The node agent: labels the node, then runs disk-pressure gc, pre-pulls, the metrics
+    /// endpoint and the pods' pull events until terminated (deploy/README.md).
+    Agent(AgentArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct AgentArgs {
+    /// This node (the DaemonSet sets NODE_NAME from spec.nodeName).
+    #[arg(long, env = "NODE_NAME", default_value = "")]
+    pub node: String,
+    /// Without an API server: no label, events, ConfigMap or annotation; gc, the node config's
+    /// pre-pull list and metrics only.
+    #[arg(long)]
+    pub standalone: bool,
+    /// The node config (default: $IMAGELESS_CONFIG, else /etc/imageless/config.toml).
+    #[arg(long)]
+    pub config: Option<std::path::PathBuf>,
+    /// Where the Prometheus endpoint listens (`/metrics`).
+    #[arg(long, default_value = "0.0.0.0:9464")]
+    pub metrics_listen: std::net::SocketAddr,
+    /// How often the store is checked against the gc thresholds.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub gc_interval: std::time::Duration,
+    /// How often pre-pulled environments are pulled again (a live generation moves on).
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    pub prepull_interval: std::time::Duration,
+    /// The namespace of the pre-pull ConfigMap and its token Secrets.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "imageless-system")]
+    pub namespace: String,
 }
 
 #[derive(clap::Args, Debug)]
@@ -45,13 +74,34 @@ pub fn run(command: NodeCommand) -> Result<ExitCode, ClusterError> {
                 }
             }
             NodeCommand::Wait => wait_for_termination().await?,
+            NodeCommand::Agent(args) => {
+                let client = match args.standalone {
+                    true => None,
+                    false => {
+                        let config = kube::Config::incluster()?;
+                        let client = kube::Client::try_from(config).map_err(|e| ClusterError::Client(Box::new(e)))?;
+                        label::set_label(client.clone(), &args.node, true).await?;
+                        println!("labelled node {} {ENABLED_LABEL}=true", args.node);
+                        Some(client)
+                    }
+                };
+                let options = crate::agent::AgentOptions {
+                    node: args.node,
+                    config: args.config,
+                    metrics_listen: args.metrics_listen,
+                    gc_interval: args.gc_interval,
+                    prepull_interval: args.prepull_interval,
+                    namespace: args.namespace,
+                };
+                crate::agent::run(options, client).await.map_err(|e| ClusterError::Agent(Box::new(e)))?;
+            }
         }
         Ok(ExitCode::SUCCESS)
     })
 }
 
 /// Returns on SIGTERM (what the kubelet sends) or SIGINT.
-async fn wait_for_termination() -> Result<(), ClusterError> {
+pub(crate) async fn wait_for_termination() -> Result<(), ClusterError> {
     use tokio::signal::unix::{signal, SignalKind};
     let io = |source| ClusterError::Io { what: "waiting for a signal", source };
     let mut term = signal(SignalKind::terminate()).map_err(io)?;

@@ -18,6 +18,8 @@ pub enum ClusterError {
     Patch { node: String, source: Box<kube::Error> },
     #[error("{what}: {source}")]
     Io { what: &'static str, source: std::io::Error },
+    #[error("node agent: {0}")]
+    Agent(Box<crate::agent::AgentError>),
 }
 
 /// The merge patch that sets (`true`) or removes (`null`) the label.

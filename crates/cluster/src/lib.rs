@@ -3,5 +3,8 @@
 //!
 //! - [`label`]: the `flox.dev/enabled` node label the RuntimeClass selects.
 //! - [`cli`]: argument parsing, the async runtime, waiting for termination.
+//! - [`agent`]: `imageless node agent`, the node agent (disk-pressure gc, pre-pull, metrics,
+//!   pod events).
+pub mod agent;
 pub mod cli;
 pub mod label;

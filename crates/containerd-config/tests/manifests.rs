@@ -30,7 +30,9 @@ fn runtime_class() {
 #[test]
 fn rbac() {
     let docs = documents("rbac.yaml");
-    assert_eq!(docs.len(), 4);
+    // The uninstaller's account (4 objects), then the node agent's (5; checked rule by rule
+    // against what the agent calls in crates/cluster/tests/deploy_rbac.rs).
+    assert_eq!(docs.len(), 9);
     let _: Namespace = parse(&docs[0]);
     let sa: ServiceAccount = parse(&docs[1]);
     let role: ClusterRole = parse(&docs[2]);
@@ -48,7 +50,7 @@ fn installer_daemonset() {
     let ds: DaemonSet = parse(&docs[0]);
     let pod = ds.spec.unwrap().template.spec.unwrap();
     assert_eq!(pod.host_pid, Some(true));
-    assert_eq!(pod.service_account_name.as_deref(), Some("imageless-installer"));
+    assert_eq!(pod.service_account_name.as_deref(), Some("imageless-agent"));
     let install = &pod.init_containers.unwrap()[0];
     let cmd = install.command.clone().unwrap();
     assert!(cmd.windows(3).any(|w| w == ["install", "--host-root", "/host"]), "{cmd:?}");
@@ -56,10 +58,11 @@ fn installer_daemonset() {
     assert_eq!(install.volume_mounts.as_ref().unwrap()[0].mount_path, "/host");
     let host = &pod.volumes.unwrap()[0];
     assert_eq!(host.host_path.as_ref().unwrap().path, "/");
-    let label = &pod.containers[0];
-    // The node is labelled by imageless itself (service account, no shell or curl in the image).
-    assert_eq!(label.command.as_deref().unwrap(), ["/opt/imageless/bin/imageless", "node", "label", "--wait"]);
-    assert_eq!(label.env.as_ref().unwrap()[0].name, "NODE_NAME");
+    let agent = &pod.containers[0];
+    // The node agent labels the node itself (service account, no shell or curl in the image).
+    assert_eq!(agent.command.as_deref().unwrap(), ["/opt/imageless/bin/imageless", "node", "agent"]);
+    assert_eq!(agent.env.as_ref().unwrap()[0].name, "NODE_NAME");
+    assert!(agent.security_context.is_none(), "the agent is not privileged");
 }
 
 /// kubectl 1.20 (Debian bookworm's kubernetes-client), unpacked by scripts/fetch-kubectl.sh.
@@ -93,6 +96,8 @@ fn parse_all(docs: &[serde_yaml::Value]) -> Vec<String> {
             "ServiceAccount" => drop(strict::<ServiceAccount>(doc)),
             "ClusterRole" => drop(strict::<ClusterRole>(doc)),
             "ClusterRoleBinding" => drop(strict::<ClusterRoleBinding>(doc)),
+            "Role" => drop(strict::<k8s_openapi::api::rbac::v1::Role>(doc)),
+            "RoleBinding" => drop(strict::<k8s_openapi::api::rbac::v1::RoleBinding>(doc)),
             "RuntimeClass" => drop(strict::<RuntimeClass>(doc)),
             "DaemonSet" => {
                 let ds = strict::<DaemonSet>(doc);
@@ -148,7 +153,19 @@ fn kustomization_renders_with_kubectl_1_20_and_parses() {
     sorted.sort();
     assert_eq!(
         sorted,
-        ["ClusterRole", "ClusterRoleBinding", "DaemonSet", "Namespace", "RuntimeClass", "ServiceAccount"],
+        [
+            "ClusterRole",
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "ClusterRoleBinding",
+            "DaemonSet",
+            "Namespace",
+            "Role",
+            "RoleBinding",
+            "RuntimeClass",
+            "ServiceAccount",
+            "ServiceAccount"
+        ],
         "{kinds:?}"
     );
 }

@@ -10,7 +10,7 @@
 //!    /etc/containerd/config.toml, that containerd's binary at /usr/bin/containerd with the libc
 //!    it needs (install runs `containerd --version` and `config dump` chrooted into /host),
 //!    an empty /usr/local/bin, /var/lib and /run.
-//!    The DaemonSet's main container, `imageless node label --wait`, needs the API server, of
+//!    The DaemonSet's main container, `imageless node agent`, needs the API server, of
 //!    which there is none here: it runs, and must end with exactly the in-cluster config error,
 //!    after the install init container succeeded. `--restart auto` finds nothing serving the
 //!    node's socket and leaves the restart to the test.
@@ -175,12 +175,12 @@ fn daemonset_installs_runs_echoip_and_uninstalls(version: ContainerdVersion) {
     ] {
         assert!(stdout.contains(line), "installer pod: no {line:?}\n{report}");
     }
-    // No API server here: the label container runs and fails for exactly that reason.
+    // No API server here: the agent container runs and fails for exactly that reason.
     assert!(
-        stderr.contains("[label-node] error: no in-cluster Kubernetes config"),
-        "label-node must fail only for the missing API server\n{report}"
+        stderr.contains("[agent] error: no in-cluster Kubernetes config"),
+        "the agent must fail only for the missing API server\n{report}"
     );
-    assert_eq!(out.status.code(), Some(1), "the label container's exit code\n{report}");
+    assert_eq!(out.status.code(), Some(1), "the agent container's exit code\n{report}");
 
     let bin = node_root.join("usr/local/bin");
     for name in ["imageless", "flox-runc", "containerd-shim-flox-v2", "flox-activate"] {
