@@ -4,7 +4,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use imageless_core::store_path::StorePath;
+
 use crate::admin::{self, Lifetime};
+use crate::catalog::publish::{publish_package, PackagePublish};
 use crate::config::HubPaths;
 use crate::error::HubServerError;
 use crate::names::parse_env_ref;
@@ -25,6 +28,9 @@ pub enum HubCommand {
     Publish(PublishArgs),
     /// Make generation GEN of OWNER/NAME live again (rollback).
     Switch(SwitchArgs),
+    /// Publish a package (its outputs' closure, signed with the catalog's key) to CATALOG's
+    /// store: the hub's per-catalog cache, or an s3:// bucket.
+    PublishPackage(PublishPackageArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -117,6 +123,40 @@ pub struct SwitchArgs {
     pub generation: u64,
 }
 
+#[derive(Debug, clap::Args)]
+pub struct PublishPackageArgs {
+    #[arg(long)]
+    pub root: PathBuf,
+    /// The catalog (an owner handle: its own token and the handles granted it may read it).
+    #[arg(long)]
+    pub catalog: String,
+    /// The package's name in the catalog (installed as CATALOG/NAME).
+    #[arg(long)]
+    pub name: String,
+    /// An output as NAME=STORE_PATH (repeat for each output), present in this machine's store.
+    #[arg(long = "output", value_name = "NAME=STORE_PATH", required = true, value_parser = parse_output)]
+    pub outputs: Vec<(String, StorePath)>,
+    /// The catalog's Nix secret key file (`nix-store --generate-binary-cache-key`).
+    #[arg(long)]
+    pub key: PathBuf,
+    /// s3://BUCKET?endpoint=…&region=…&scheme=… to upload to (credentials: hub.json's
+    /// catalog_store_credentials); default: the hub's own per-catalog cache.
+    #[arg(long)]
+    pub store: Option<String>,
+}
+
+fn parse_output(s: &str) -> Result<(String, StorePath), String> {
+    let (name, path) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} has no '='; accepted: NAME=STORE_PATH, e.g. out=/nix/store/…-hello-1.0"))?;
+    let name_ok = !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b));
+    if !name_ok {
+        return Err(format!("output name {name:?} is not valid; accepted: [A-Za-z0-9_-]+ such as out, man, dev"));
+    }
+    let path = StorePath::parse(path).map_err(|e| e.to_string())?;
+    Ok((name.to_owned(), path))
+}
+
 fn parse_lifetime(s: &str) -> Result<Duration, String> {
     if s.trim_start().starts_with('-') {
         return Err(format!("{s:?} is negative; accepted: a positive duration like 30d, 12h or 90m (use --expired for an expired token)"));
@@ -179,6 +219,29 @@ pub fn run(command: HubCommand) -> Result<ExitCode, HubServerError> {
             let generation = publish::publish(&HubPaths::new(a.root), &request)?;
             print_line(&generation.to_string())?;
         }
+        HubCommand::PublishPackage(a) => {
+            let mut outputs = std::collections::BTreeMap::new();
+            for (name, path) in a.outputs {
+                if outputs.insert(name.clone(), path).is_some() {
+                    return Err(HubServerError::InvalidInput {
+                        what: "--output",
+                        value: name,
+                        accepted: "each output name once",
+                    });
+                }
+            }
+            let request = PackagePublish { catalog: a.catalog, name: a.name, outputs, key_file: a.key, store: a.store };
+            let record = publish_package(&HubPaths::new(a.root), &request)?;
+            print_line(&format!(
+                "{}/{}: {} paths in {} ({} not in the public cache), signed by {}",
+                request.catalog,
+                request.name,
+                record.closure.len(),
+                record.store,
+                record.private_paths.len(),
+                record.public_key.split(':').next().unwrap_or("")
+            ))?;
+        }
         HubCommand::Switch(a) => {
             let (owner, name) = parse_env_ref(&a.env)?;
             publish::switch(&HubPaths::new(a.root), &owner, &name, a.generation)?;
@@ -221,5 +284,14 @@ mod tests {
         assert!(parse_lifetime("-1d").unwrap_err().contains("negative"));
         assert!(parse_lifetime("0s").unwrap_err().contains("zero"));
         assert!(parse_lifetime("soon").unwrap_err().contains("accepted"));
+    }
+
+    #[test]
+    fn outputs() {
+        let p = format!("/nix/store/{}-hello-1.0", "a".repeat(32));
+        assert_eq!(parse_output(&format!("out={p}")).unwrap().0, "out");
+        assert!(parse_output(&p).unwrap_err().contains("accepted: NAME=STORE_PATH"));
+        assert!(parse_output(&format!("o/ut={p}")).unwrap_err().contains("output name \"o/ut\""));
+        assert!(parse_output("out=/tmp/x").unwrap_err().contains("invalid store path"));
     }
 }

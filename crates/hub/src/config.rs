@@ -18,6 +18,11 @@
 //!   Every environment not listed is public.
 //! - `readers`: per owner, the handles allowed to read that owner's private environments
 //!   (`hub grant`). A handle can always read its own owner's environments.
+//! - `catalog_store_credentials` (optional): an AWS shared-credentials file holding the publisher
+//!   credentials of the `s3://` stores catalog packages were published to (`hub publish-package
+//!   --store`): used for the uploads and handed to readers of the catalog in `StoreInfo.auth`.
+//! - `public_url` (optional): the hub's URL as nodes reach it (`https://hub.example.org`), for
+//!   the per-catalog cache URLs it hands out; default: the scheme and `Host` of each request.
 //! - `upstream` (optional): binary cache URLs (`http(s)://HOST[:PORT]/PATH`) that `serve` pulls
 //!   narinfo and NAR files from when its own cache lacks them; read when `serve` starts.
 //!
@@ -54,6 +59,13 @@ pub struct HubConfig {
     /// (`serve --upstream-git` overrides this).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream_git: Option<String>,
+    /// AWS shared-credentials file of the catalogs' `s3://` stores (profile: the store URL's
+    /// `profile`, else `default`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catalog_store_credentials: Option<PathBuf>,
+    /// The hub's URL as nodes reach it; None = from each request's scheme and Host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_url: Option<String>,
 }
 
 impl HubConfig {
@@ -66,6 +78,8 @@ impl HubConfig {
             readers: BTreeMap::new(),
             upstream: Vec::new(),
             upstream_git: None,
+            catalog_store_credentials: None,
+            public_url: None,
         }
     }
 
@@ -83,6 +97,12 @@ impl HubConfig {
             Some(h) => h == owner || self.readers.get(owner).is_some_and(|r| r.contains(h)),
             None => false,
         }
+    }
+
+    /// May `handle` read the packages of catalog `catalog`? The catalog's own handle and the
+    /// handles granted its owner (`hub grant`), as for private environments.
+    pub fn may_read_catalog(&self, catalog: &str, handle: &str) -> bool {
+        handle == catalog || self.readers.get(catalog).is_some_and(|r| r.contains(handle))
     }
 
     /// The private environment names of `owner` that `handle` may not read: their branches are
@@ -124,6 +144,23 @@ impl HubPaths {
     }
     pub fn public_key(&self) -> PathBuf {
         self.root.join("cache-key.pub")
+    }
+    /// `DIR/catalogs`: one directory per catalog (validate names first).
+    pub fn catalogs(&self) -> PathBuf {
+        self.root.join("catalogs")
+    }
+    /// `DIR/catalogs/<catalog>`: `packages.json`, `key.pub` and the per-catalog `cache/`.
+    pub fn catalog(&self, catalog: &str) -> PathBuf {
+        self.catalogs().join(catalog)
+    }
+    pub fn catalog_cache(&self, catalog: &str) -> PathBuf {
+        self.catalog(catalog).join("cache")
+    }
+    pub fn catalog_packages(&self, catalog: &str) -> PathBuf {
+        self.catalog(catalog).join("packages.json")
+    }
+    pub fn catalog_public_key(&self, catalog: &str) -> PathBuf {
+        self.catalog(catalog).join("key.pub")
     }
     pub fn hub_json(&self) -> PathBuf {
         self.root.join("hub.json")
@@ -229,6 +266,8 @@ mod tests {
         assert_eq!(c.hidden_branches("alice", Some("mallory")), vec!["other".to_string(), "secret".to_string()]);
         assert!(c.hidden_branches("alice", Some("bob")).is_empty());
         assert!(c.hidden_branches("dave", None).is_empty());
+        assert!(c.may_read_catalog("alice", "alice") && c.may_read_catalog("alice", "bob"));
+        assert!(!c.may_read_catalog("alice", "mallory") && !c.may_read_catalog("carol", "bob"));
     }
 
     #[test]

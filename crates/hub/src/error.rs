@@ -40,6 +40,10 @@ pub enum HubServerError {
     #[error("TLS file {path}: {message}")]
     Tls { path: PathBuf, message: String },
 
+    /// A catalog's packages or store (publish-package, the store-info endpoint).
+    #[error("catalog {catalog}: {message}")]
+    Catalog { catalog: String, message: String },
+
     #[error("listen address {addr:?}: {message}")]
     Listen { addr: String, message: String },
 }

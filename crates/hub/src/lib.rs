@@ -6,13 +6,15 @@
 //!   `/api/v1/accounts/me`, [`sbom`]: `/api/v1/environments/<owner>/<name>/sbom`; [`pull_through`]: missing cache files fetched once from upstream
 //!   caches; [`git_upstream`]: floxmeta of owners not hosted here passed through to an upstream
 //!   FloxHub.
-//! - [`publish`]: new generations and rollbacks in Flox's floxmeta layout.
+//! - [`publish`]: new generations and rollbacks in Flox's floxmeta layout; [`catalog`]: packages
+//!   published to custom catalogs, their stores and `POST /api/v1/catalog/store`.
 //! - [`admin`]: `init`, `token`, `grant`; [`config`]: the root layout and `hub.json`.
 //! - [`auth`], [`generations`], [`lock`], [`names`]: pure logic, unit-tested.
 pub mod admin;
 pub mod auth;
 pub mod cache;
 pub mod cache_file;
+pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod error;

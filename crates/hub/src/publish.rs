@@ -45,7 +45,14 @@ pub fn publish(paths: &HubPaths, req: &PublishRequest) -> Result<u64, HubServerE
     // The node's parser: a lock it would refuse is not published.
     let lock = Lockfile::parse(&req.lock_bytes).map_err(|e| lock_err(e.to_string()))?;
     let system = System::host().map_err(|e| lock_err(e.to_string()))?;
-    let store_paths = lock.locked_store_paths(system).map_err(|e| lock_err(e.to_string()))?;
+    let mut store_paths = lock.locked_store_paths(system).map_err(|e| lock_err(e.to_string()))?;
+    // Custom-catalog packages (`pkg-path = "catalog/name"`) come from their catalog's store
+    // (`hub publish-package`), never from the public cache, as with FloxHub.
+    for custom in lock.custom_packages(system) {
+        for p in &custom.store_paths {
+            store_paths.remove(p);
+        }
+    }
     paths.load()?; // fail early, with the init hint, on an uninitialised root
 
     if req.copy_paths {

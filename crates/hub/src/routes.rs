@@ -1,6 +1,7 @@
 //! What the hub answers: routing to the git bridge, the binary cache (static files, pulled
 //! through from upstream caches when configured), the accounts endpoint and environment SBOMs, with one
 //! access-log line per request (`METHOD PATH STATUS HANDLE MSms`, never credentials).
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -30,6 +31,9 @@ pub struct Context {
     pub pull: Option<PullThrough>,
     /// Set when floxmeta of owners not hosted here is passed through to an upstream FloxHub.
     pub git_upstream: Option<GitUpstream>,
+    /// `http` or `https`: how callers reach this server (for URLs handed out when hub.json
+    /// has no `public_url`).
+    pub scheme: &'static str,
 }
 
 /// One handler for every path: the routes are few and their rules (auth, visibility) are ours.
@@ -38,7 +42,7 @@ pub fn router(ctx: Arc<Context>) -> Router {
 }
 
 /// A response and the handle the access log names (None: anonymous or not authenticated).
-type Outcome = (Response, Option<String>);
+pub(crate) type Outcome = (Response, Option<String>);
 
 async fn handle(State(ctx): State<Arc<Context>>, request: Request) -> Response {
     let started = Instant::now();
@@ -56,27 +60,27 @@ async fn handle(State(ctx): State<Arc<Context>>, request: Request) -> Response {
     response
 }
 
-fn header(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
+pub(crate) fn header(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-fn text(status: u16, body: &str) -> Response {
+pub(crate) fn text(status: u16, body: &str) -> Response {
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], format!("{body}\n")).into_response()
 }
 
-fn plain(status: u16, body: &str, handle: Option<String>) -> Outcome {
+pub(crate) fn plain(status: u16, body: &str, handle: Option<String>) -> Outcome {
     (text(status, body), handle)
 }
 
-fn unauthorized(handle: Option<String>) -> Outcome {
+pub(crate) fn unauthorized(handle: Option<String>) -> Outcome {
     let mut response = text(401, "authentication failed: the token is missing, invalid or expired");
     response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"floxhub\""));
     (response, handle)
 }
 
 /// The caller's identity; Err when a credential was sent but is not accepted.
-fn authenticate(credential: &Credential, config: &HubConfig) -> Result<Option<Identity>, ()> {
+pub(crate) fn authenticate(credential: &Credential, config: &HubConfig) -> Result<Option<Identity>, ()> {
     match credential {
         Credential::Missing | Credential::Anonymous => Ok(None),
         Credential::Unreadable => Err(()),
@@ -96,7 +100,12 @@ impl Context {
         if let Some(rest) = path.strip_prefix("/git/") {
             self.git(request, rest, &query).await
         } else if let Some(rest) = path.strip_prefix("/cache/") {
-            self.cache(request, rest).await
+            let cache_dir = self.paths.cache();
+            (self.cache_file(request, &cache_dir, rest, true).await, None)
+        } else if path == imageless_core::catalog::STORE_INFO_PATH {
+            self.catalog_store_info(request).await
+        } else if let Some(rest) = path.strip_prefix("/catalogs/") {
+            self.catalog_cache(request, rest).await
         } else if path == "/api/v1/accounts/me" || path == "/accounts/api/v1/accounts/me" {
             self.me(&request)
         } else if let Some(rest) = path.strip_prefix(sbom::PREFIX) {
@@ -106,7 +115,7 @@ impl Context {
         }
     }
 
-    fn load_config(&self) -> Result<HubConfig, HubServerError> {
+    pub(crate) fn load_config(&self) -> Result<HubConfig, HubServerError> {
         self.paths.load().inspect_err(|e| tracing::error!("{e}"))
     }
 
@@ -185,52 +194,50 @@ impl Context {
         }
     }
 
-    /// A plain GET or HEAD is answered by [`cache_file`]'s fast path; Range (206, 416) and
-    /// conditional requests by tower-http's `ServeFile`. A missing narinfo or NAR is pulled from
-    /// the upstream caches first when the hub has any.
-    async fn cache(&self, request: Request, rest: &str) -> Outcome {
+    /// A file of the binary cache at `cache_dir` (the public one, or a catalog's once its
+    /// caller is let in). A plain GET or HEAD is answered by [`cache_file`]'s fast path; Range
+    /// (206, 416) and conditional requests by tower-http's `ServeFile`. With `pull`, a missing
+    /// narinfo or NAR is pulled from the upstream caches first when the hub has any.
+    pub(crate) async fn cache_file(&self, request: Request, cache_dir: &Path, rest: &str, pull: bool) -> Response {
         if !matches!(*request.method(), Method::GET | Method::HEAD) {
-            return plain(405, "the cache is read-only: GET and HEAD only", None);
+            return text(405, "the cache is read-only: GET and HEAD only");
         }
-        let cache_dir = self.paths.cache();
-        let Some(file) = cache::resolve_cache_path(&cache_dir, rest) else {
-            return plain(404, "not found", None);
+        let Some(file) = cache::resolve_cache_path(cache_dir, rest) else {
+            return text(404, "not found");
         };
         let fast = !cache_file::needs_serve_file(request.headers());
         // Only a GET answered here reads the body: HEAD and ServeFile's requests just check the file.
         let read = fast && *request.method() == Method::GET;
         let mut pulled = false;
         let opened = loop {
-            match cache_file::open_async(&cache_dir, rest, read).await {
+            match cache_file::open_async(cache_dir, rest, read).await {
                 Ok(Lookup::Found(opened)) => break opened,
-                Ok(Lookup::NotServed) => return plain(404, "not found", None),
-                Ok(Lookup::Missing) if pulled => return plain(404, "not found", None),
+                Ok(Lookup::NotServed) => return text(404, "not found"),
+                Ok(Lookup::Missing) if pulled => return text(404, "not found"),
                 Ok(Lookup::Missing) => {
-                    let Some(pull) = self.pull.as_ref().filter(|_| PullThrough::pulls(rest)) else {
-                        return plain(404, "not found", None);
+                    let Some(pull) = self.pull.as_ref().filter(|_| pull && PullThrough::pulls(rest)) else {
+                        return text(404, "not found");
                     };
                     match pull.pull(rest).await {
                         Pulled::Stored => pulled = true,
-                        Pulled::NotFound => return plain(404, "not found", None),
-                        Pulled::Unavailable => {
-                            return plain(502, "no upstream cache could be reached for this file", None)
-                        }
+                        Pulled::NotFound => return text(404, "not found"),
+                        Pulled::Unavailable => return text(502, "no upstream cache could be reached for this file"),
                     }
                 }
                 Err(e) => {
                     tracing::error!("cache file {rest}: {e}");
-                    return plain(500, "the cache file could not be read", None);
+                    return text(500, "the cache file could not be read");
                 }
             }
         };
         let content_type = cache::content_type(rest);
         if fast {
-            return (opened.response(request.method(), content_type), None);
+            return opened.response(request.method(), content_type);
         }
         drop(opened);
         let mime: mime::Mime = content_type.parse().expect("the cache's content types are valid MIME types");
         match ServeFile::new_with_mime(&file, &mime).oneshot(request).await {
-            Ok(response) => (response.map(Body::new), None),
+            Ok(response) => response.map(Body::new),
             Err(never) => match never {},
         }
     }

@@ -1,13 +1,13 @@
 //! `GET /api/v1/environments/<owner>/<name>/sbom[?generation=N][&format=spdx|cyclonedx][&system=S]`:
 //! the SBOM of an environment generation, from its lock (floxmeta) and the narinfos of the
-//! hub's own cache (NarHash, NarSize, References), built by the same code as the node's
+//! hub's own cache and its catalogs' caches (NarHash, NarSize, References), built by the same code as the node's
 //! (`imageless_core::sbom`), so a pipeline can read what a pod will run before deploying it.
 //!
 //! The route (auth, visibility) is in `routes`; this module reads and builds. Answers: 200 with
 //! the document; 400 for a query value it does not accept; 404 for an unknown environment or
 //! generation; 422 for a lock the node could not use (unparseable, not locked for the system);
 //! 500 when the cache lacks a narinfo of the closure.
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use imageless_core::generations::GenerationsMetadata;
 use imageless_core::lockfile::Lockfile;
@@ -134,16 +134,20 @@ pub fn environment_sbom(
     };
     let unprocessable = |e: SbomError| SbomRequestError::Unprocessable(e.to_string());
     Sbom::check_system(&lock, &subject).map_err(unprocessable)?;
-    let cache = paths.cache();
-    Sbom::gather(&lock, subject, |p| narinfo_record(&cache, p)).map_err(|e| match e {
+    // Custom-catalog packages' paths are in their catalog's cache, not the public one.
+    let mut caches = vec![paths.cache()];
+    let catalogs = crate::catalog::packages::catalogs(paths).map_err(|e| SbomRequestError::Internal(e.to_string()))?;
+    caches.extend(catalogs.iter().map(|c| paths.catalog_cache(c)));
+    Sbom::gather(&lock, subject, |p| narinfo_record(&caches, p)).map_err(|e| match e {
         SbomError::MissingRecord { .. } => SbomRequestError::Internal(e.to_string()),
         other => unprocessable(other),
     })
 }
 
-/// A path's record from `<cache>/<hash>.narinfo`.
-fn narinfo_record(cache: &Path, p: &StorePath) -> Result<PathRecord, SbomError> {
-    let file = cache.join(format!("{}.narinfo", p.hash_part()));
+/// A path's record from `<cache>/<hash>.narinfo` of the first of `caches` that has it.
+fn narinfo_record(caches: &[PathBuf], p: &StorePath) -> Result<PathRecord, SbomError> {
+    let name = format!("{}.narinfo", p.hash_part());
+    let file = caches.iter().map(|c| c.join(&name)).find(|f| f.exists()).unwrap_or_else(|| caches[0].join(&name));
     let missing = |reason: String| SbomError::MissingRecord { path: p.to_string(), reason };
     let text = std::fs::read_to_string(&file).map_err(|e| {
         missing(match e.kind() {

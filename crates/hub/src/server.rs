@@ -88,7 +88,8 @@ impl HubServer {
         let addr = listener
             .local_addr()
             .map_err(|e| HubServerError::Listen { addr: listen.to_owned(), message: e.to_string() })?;
-        let ctx = Arc::new(Context { paths, children: ChildRegistry::default(), pull, git_upstream });
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let ctx = Arc::new(Context { paths, children: ChildRegistry::default(), pull, git_upstream, scheme });
         Ok(HubServer { listener, addr, tls, ctx, max_in_flight: options.max_in_flight.max(1) })
     }
 

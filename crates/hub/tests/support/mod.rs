@@ -186,12 +186,28 @@ impl Conn {
 
     /// Sends one request and reads its whole response (no body for HEAD, 204 or 304, as HTTP says).
     pub fn request(&mut self, method: &str, path: &str, headers: &[(&str, &str)]) -> std::io::Result<Answer> {
+        self.request_with_body(method, path, headers, None)
+    }
+
+    /// [`Conn::request`] with a request body (sent with its Content-Length).
+    pub fn request_with_body(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+    ) -> std::io::Result<Answer> {
         let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {}\r\n", self.hostport);
         for (k, v) in headers {
             req.push_str(&format!("{k}: {v}\r\n"));
         }
+        if let Some(body) = body {
+            req.push_str(&format!("Content-Length: {}\r\n", body.len()));
+        }
         req.push_str("\r\n");
-        self.reader.get_mut().write_all(req.as_bytes())?;
+        let mut bytes = req.into_bytes();
+        bytes.extend_from_slice(body.unwrap_or_default());
+        self.reader.get_mut().write_all(&bytes)?;
         let mut status_line = String::new();
         if self.reader.read_line(&mut status_line)? == 0 {
             return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed before a response"));

@@ -1,0 +1,153 @@
+//! Uploading a staged binary cache to an `s3://` store with presigned PUTs (imageless-s3's
+//! SigV4 signing, the hub's hyper client), in an order that never lets a reader see a narinfo
+//! whose NAR is not there yet: `nix-cache-info` first, then every NAR, then the narinfos.
+//!
+//! Credentials: hub.json's `catalog_store_credentials` (an AWS shared-credentials file) with the
+//! URL's `profile` (else `default`); without it, the environment's AWS chain. Errors name the
+//! object (`s3://bucket/key`) and S3's error code, never a presigned URL or a key.
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use futures_util::TryStreamExt;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use imageless_s3::{Credentials, S3Store, S3Url};
+
+use crate::error::HubServerError;
+
+/// One object to put: its key in the bucket and the staged file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upload {
+    pub key: String,
+    pub file: PathBuf,
+}
+
+/// The uploads of a staged binary cache directory, in order: `nix-cache-info`, `nar/*`, then
+/// `*.ls` listings and `*.narinfo` files (each group sorted). Other files (Nix's empty `log/`
+/// and `realisations/`) are not uploaded.
+pub fn plan(staging: &Path) -> Result<Vec<Upload>, HubServerError> {
+    let names = |dir: &Path| -> Result<Vec<String>, HubServerError> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .map_err(HubServerError::io(dir))?
+            .filter_map(|e| {
+                let e = e.ok()?;
+                e.file_type().ok()?.is_file().then(|| e.file_name().into_string().ok()).flatten()
+            })
+            .collect();
+        names.sort();
+        Ok(names)
+    };
+    let top = names(staging)?;
+    let mut out = Vec::new();
+    if top.iter().any(|n| n == "nix-cache-info") {
+        out.push(Upload { key: "nix-cache-info".into(), file: staging.join("nix-cache-info") });
+    }
+    let nar_dir = staging.join("nar");
+    if nar_dir.is_dir() {
+        out.extend(names(&nar_dir)?.into_iter().map(|n| Upload { key: format!("nar/{n}"), file: nar_dir.join(n) }));
+    }
+    for suffix in [".ls", ".narinfo"] {
+        out.extend(
+            top.iter().filter(|n| n.ends_with(suffix)).map(|n| Upload { key: n.clone(), file: staging.join(n) }),
+        );
+    }
+    Ok(out)
+}
+
+/// Puts every upload of `plan` into `store_url`, one after the other, in order.
+pub fn upload(
+    catalog: &str,
+    store_url: &str,
+    credentials_file: Option<&Path>,
+    plan: &[Upload],
+) -> Result<(), HubServerError> {
+    let fail = |message: String| HubServerError::Catalog { catalog: catalog.to_owned(), message };
+    let url = S3Url::parse(store_url).map_err(|e| fail(e.to_string()))?;
+    let credentials =
+        Credentials::resolve(credentials_file, url.profile.as_deref()).map_err(|e| fail(e.to_string()))?;
+    if credentials.is_none() {
+        return Err(fail(format!(
+            "no credentials to upload to {store_url}: set \"catalog_store_credentials\" in hub.json (an AWS shared-credentials file) or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY"
+        )));
+    }
+    let store = S3Store::new(url, credentials.as_ref()).map_err(|e| fail(e.to_string()))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(HubServerError::io("<tokio runtime>"))?;
+    runtime.block_on(async {
+        let connector = crate::upstream_http::connector()?;
+        let client: Client<_, BoxBody<Bytes, std::io::Error>> = Client::builder(TokioExecutor::new()).build(connector);
+        for u in plan {
+            put(&client, &store, u).await.map_err(fail)?;
+            tracing::debug!(object = %store.object_name(&u.key), "uploaded");
+        }
+        tracing::info!(objects = plan.len(), store = %store.url.original, "uploaded to the catalog store");
+        Ok(())
+    })
+}
+
+async fn put(
+    client: &Client<crate::upstream_http::Connector, BoxBody<Bytes, std::io::Error>>,
+    store: &S3Store,
+    u: &Upload,
+) -> Result<(), String> {
+    let object = store.object_name(&u.key);
+    let file = tokio::fs::File::open(&u.file).await.map_err(|e| format!("{}: {e}", u.file.display()))?;
+    let size = file.metadata().await.map_err(|e| format!("{}: {e}", u.file.display()))?.len();
+    let stream = tokio_util::io::ReaderStream::with_capacity(file, 1 << 20).map_ok(Frame::data);
+    let body = BodyExt::boxed(StreamBody::new(stream));
+    let request = hyper::Request::put(store.presign_put(&u.key).as_str())
+        .header(hyper::header::CONTENT_LENGTH, size)
+        .body(body)
+        .map_err(|e| format!("PUT {object}: {e}"))?;
+    let response = client.request(request).await.map_err(|e| format!("PUT {object} failed: {e}"))?;
+    let status = response.status();
+    if status.is_success() {
+        return Ok(());
+    }
+    let body = http_body_util::Limited::new(response.into_body(), 64 * 1024).collect().await;
+    let text = body.map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned()).unwrap_or_default();
+    let detail = match imageless_s3::error_body::parse(&text) {
+        Some(e) => format!("{}: {}", e.code, e.message),
+        None => "no S3 error document".to_owned(),
+    };
+    Err(format!("PUT {object} answered HTTP {} ({detail})", status.as_u16()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn narinfos_come_after_every_nar() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir_all(d.join("nar")).unwrap();
+        std::fs::create_dir_all(d.join("log")).unwrap();
+        for f in ["nix-cache-info", "bbb.narinfo", "aaa.narinfo", "nar/zz.nar.zst", "nar/aa.nar.zst", "aaa.ls"] {
+            std::fs::write(d.join(f), f).unwrap();
+        }
+        let keys: Vec<String> = plan(d).unwrap().into_iter().map(|u| u.key).collect();
+        assert_eq!(
+            keys,
+            ["nix-cache-info", "nar/aa.nar.zst", "nar/zz.nar.zst", "aaa.ls", "aaa.narinfo", "bbb.narinfo"]
+        );
+        assert_eq!(plan(d).unwrap()[1].file, d.join("nar/aa.nar.zst"));
+    }
+
+    #[test]
+    fn an_upload_without_credentials_is_refused_before_any_request() {
+        let dir = tempfile::tempdir().unwrap();
+        let creds = dir.path().join("credentials");
+        std::fs::write(&creds, "[other]\naws_access_key_id = A\naws_secret_access_key = S\n").unwrap();
+        let err = upload("acme", "s3://bucket?endpoint=127.0.0.1:9&scheme=http&region=x", Some(&creds), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("catalog acme: ") && err.contains("[default]"), "{err}");
+        assert!(!err.contains("= S"), "{err}");
+    }
+}
