@@ -120,6 +120,22 @@ while IFS=$'\t' read -r owner handle; do
     log "granted $owner to $handle"
 done <"$work/out/grants.tsv"
 
+# Custom-catalog packages, after the environments (whose publish leaves them out of the public
+# cache, and puts their public dependencies such as busybox in it): each into its catalog's
+# store (the hub's per-catalog cache), signed with a key generated for the catalog here.
+while IFS=$'\t' read -r catalog name outputs; do
+    key=$work/keys/$catalog-1.sec
+    if [[ ! -f $key ]]; then
+        mkdir -p "$work/keys"
+        nix-store --generate-binary-cache-key "$catalog-1" "$key" "$work/keys/$catalog-1.pub"
+    fi
+    args=(hub publish-package --root "$stage" --catalog "$catalog" --name "$name" --key "$key")
+    IFS=, read -ra outs <<<"$outputs"
+    for o in "${outs[@]}"; do args+=(--output "$o"); done
+    "$imageless" "${args[@]}" >/dev/null || die "imageless ${args[*]} failed"
+    log "published $catalog/$name into catalog $catalog's store"
+done <"$work/out/catalog_packages.tsv"
+
 cp -r "$work/out/world" "$stage/world"
 cp "$work/out/world.json" "$stage/world.json"
 python3 "$world_dir/lock.py" --finish "$stage" "$stamp" "$stage/cache-key.pub"
@@ -138,7 +154,7 @@ rm -rf "$hub_root.old.$$"
 if [[ ${WORLD_KEEP_STORE:-0} != 1 ]]; then
     mapfile -t doomed < <(
         nix-store --query --requisites "${drvs[@]}" "$busybox_path" "$bash_path"
-        python3 -c 'import json,sys; [print(p) for p in json.load(open(sys.argv[1]))["all_store_paths"]]' "$hub_root/world.json"
+        python3 -c 'import json,sys; w=json.load(open(sys.argv[1])); [print(p) for p in w["all_store_paths"] + w["catalog_store_paths"]]' "$hub_root/world.json"
     )
     rm -rf "$roots"
     mapfile -t doomed < <(printf '%s\n' "${doomed[@]}" | sort -u)

@@ -5,7 +5,9 @@
 #   - every lock validates against Flox's schemas (when python's jsonschema and the
 #     schema files are available: FLOX_SCHEMAS, default ../shared/fixtures/flox-schemas beside the repository);
 #   - every store path of world.json realizes from the hub's signed cache into an
-#     empty Nix store, and the packages contain what they should.
+#     empty Nix store, and the packages contain what they should;
+#   - custom-catalog packages' private paths are not in the public cache and realize
+#     from their catalog's cache with the catalog's key.
 #
 #   world/check.sh HUB_ROOT
 set -euo pipefail
@@ -96,6 +98,24 @@ XDG_CACHE_HOME=$tmp/xdg nix-store --store "$tmp/store" --realise "${paths[@]}" \
     >/dev/null 2>"$tmp/realise.log" \
     || { cat "$tmp/realise.log" >&2; die "the hub's cache cannot provide every store path of world.json"; }
 
+# Custom-catalog packages: their private paths are in no public narinfo, and realize from their
+# catalog's cache alone with the catalog's key (the cache holds the whole closure).
+while IFS=$'\t' read -r catalog key; do
+    mapfile -t private < <(python3 -c 'import json,sys; [print(p) for pkg in json.load(open(sys.argv[1]))["catalogs"][sys.argv[2]]["packages"].values() for p in pkg["private_paths"]]' "$hub_root/world.json" "$catalog")
+    [[ ${#private[@]} -gt 0 ]] || die "catalog $catalog has no private paths"
+    for p in "${private[@]}"; do
+        h=${p#/nix/store/}
+        [[ ! -e $hub_root/cache/${h:0:32}.narinfo ]] || die "$p of catalog $catalog is in the public cache"
+    done
+    XDG_CACHE_HOME=$tmp/xdg nix-store --store "$tmp/store" --realise "${private[@]}" \
+        --option substituters "file://$hub_root/catalogs/$catalog/cache" \
+        --option trusted-public-keys "$key" \
+        --option require-sigs true \
+        >/dev/null 2>"$tmp/realise-$catalog.log" \
+        || { cat "$tmp/realise-$catalog.log" >&2; die "catalog $catalog's cache cannot provide its packages' paths"; }
+    [[ $(<"$hub_root/catalogs/$catalog/key.pub") == "$key" ]] || die "catalogs/$catalog/key.pub differs from world.json"
+done < <(python3 -c 'import json,sys; [print(c, v["public_key"], sep="\t") for c, v in sorted(json.load(open(sys.argv[1]))["catalogs"].items())]' "$hub_root/world.json")
+
 # Spot checks on the realized packages (in the temp store, read as files).
 pkg_path() {  # ATTR [OUTPUT]
     python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["packages"][sys.argv[2]]["store_paths"][sys.argv[3]])' \
@@ -114,6 +134,8 @@ cmp -s "$(in_store "$(pkg_path bash)")/bin/bash" "${WORLD_BASH:-/bin/bash-static
 blue=$(in_store "$(pkg_path whoami_blue)")/bin/whoami-pkg
 green=$(in_store "$(pkg_path whoami_green)")/bin/whoami-pkg
 cmp -s "$blue" "$green" && die "the two whoami-pkg files must differ"
+grep -q 'hello-private 1.0 (acme)' "$(in_store "$(pkg_path hello_private)")/bin/hello-private" \
+    || die "hello-private prints the wrong text"
 
 # flox/large: a realistic size, compressed NARs, and the tools tests look around with.
 python3 - "$hub_root" <<'EOF'

@@ -9,8 +9,13 @@ BUILT_JSON  {attr: {"name", "drvPath", "outputs": {output: store path}}} for
             every attribute of packages.nix (what build.sh evaluated)
 OUT_DIR     receives world/envs/<owner>/<name>/<gen>/{manifest.toml,manifest.lock},
             plan.tsv (one publish per line: owner/name, generation, private,
-            lock path, manifest path) and world.json (without the fields only
-            known after publishing).
+            lock path, manifest path), catalog_packages.tsv (one
+            `hub publish-package` per line: catalog, name, out=PATH[,man=PATH])
+            and world.json (without the fields only known after publishing).
+
+A catalog.toml entry whose pkg-path has a catalog prefix (`acme/hello-private`)
+is a custom-catalog package: locked as Flox locks one (attr_path without the
+catalog, no cache URL), published to its catalog's store, not the public cache.
 
 A lockfile is Flox's lockfile v1: the manifest as JSON plus one catalog entry
 per install id for x86_64-linux. Catalog fields that a real catalog would
@@ -58,15 +63,24 @@ def resolve(catalog, install_id, descriptor, where):
     return max(candidates, key=lambda c: version_key(c[1]["version"]))[0]
 
 
+def custom_catalog(pkg_path):
+    """The catalog of a custom-catalog pkg-path (`acme` of `acme/hello-private`), else None
+    (Flox: a pkg-path with a '/' whose first part has no '.')."""
+    first, sep, rest = pkg_path.partition("/")
+    return first if sep and rest and "." not in first else None
+
+
 def locked_entry(catalog, built, attr, install_id, descriptor):
     meta = catalog[attr]
+    in_catalog = custom_catalog(meta["pkg-path"])
     pkg = built[attr]
     name = pkg["name"]
     version = meta["version"]
     if not name.endswith("-" + version):
         raise WorldError(f"catalog.toml: [{attr}] version {version!r} does not match derivation name {name!r}")
     return {
-        "attr_path": meta["pkg-path"],
+        # A custom-catalog package's attr_path is its name within the catalog.
+        "attr_path": meta["pkg-path"].split("/", 1)[1] if in_catalog else meta["pkg-path"],
         "broken": False,
         "derivation": pkg["drvPath"],
         "description": meta["description"],
@@ -149,6 +163,7 @@ def main(world_dir, built_json, out_dir):
                     "priority": p["priority"],
                     "outputs_to_install": p["outputs_to_install"],
                     "store_paths": p["outputs"],
+                    "catalog": custom_catalog(catalog[attrs[p["install_id"]]]["pkg-path"]),
                 }
                 for p in lock["packages"]
             ],
@@ -171,10 +186,20 @@ def main(world_dir, built_json, out_dir):
         if set(grant) != {"owner", "handle"}:
             raise WorldError(f"hub.toml: grants[{i}] = {grant!r}: needs exactly the keys owner and handle")
     (out / "grants.tsv").write_text("".join(f'{g["owner"]}\t{g["handle"]}\n' for g in grants))
+    catalogs = {}
+    for attr, entry in sorted(catalog.items()):
+        name = custom_catalog(entry["pkg-path"])
+        if name:
+            catalogs.setdefault(name, {"packages": {}})["packages"][entry["pkg-path"].split("/", 1)[1]] = {
+                "attr": attr, "store_paths": built[attr]["outputs"]}
+    (out / "catalog_packages.tsv").write_text("".join(
+        f'{c}\t{n}\t{",".join(f"{o}={p}" for o, p in sorted(pkg["store_paths"].items()))}\n'
+        for c, cat in sorted(catalogs.items()) for n, pkg in sorted(cat["packages"].items())))
     world_json = {
         "system": SYSTEM,
         "environments": environments,
         "grants": grants,
+        "catalogs": catalogs,
         "packages": {attr: {"name": built[attr]["name"], "derivation": built[attr]["drvPath"],
                             "store_paths": built[attr]["outputs"]} for attr in sorted(built)},
     }
@@ -189,20 +214,49 @@ def closure(paths):
 
 
 def finish(out_dir, stamp, public_key_file):
-    """Add what is known after building and publishing: closures, stamp, key."""
-    path = pathlib.Path(out_dir) / "world.json"
+    """Add what is known after building and publishing: closures, which paths only the
+    catalogs' stores have (private), stamp, keys."""
+    hub = pathlib.Path(out_dir)
+    path = hub / "world.json"
     world = json.loads(path.read_text())
+
+    def public(p):
+        return (hub / "cache" / f"{pathlib.Path(p).name[:32]}.narinfo").exists()
+
+    private = set()
+    for name, cat in world.get("catalogs", {}).items():
+        cat["public_key_file"] = f"catalogs/{name}/key.pub"
+        cat["public_key"] = (hub / cat["public_key_file"]).read_text().strip()
+        for pkg in cat["packages"].values():
+            pkg["closure"] = closure(list(pkg["store_paths"].values()))
+            pkg["private_paths"] = [p for p in pkg["closure"] if not public(p)]
+            private.update(pkg["private_paths"])
     every = set()
     for env in world["environments"].values():
         for gen in env["generations"].values():
             paths = [p for pkg in gen["packages"] for p in pkg["store_paths"].values()]
             gen["closure"] = closure(paths) if paths else []
+            # Custom-catalog package (catalog/name) -> its closure paths only the catalog's store has.
+            gen["private_paths"] = {
+                f'{pkg["catalog"]}/{n}': world["catalogs"][pkg["catalog"]]["packages"][n]["private_paths"]
+                for pkg in gen["packages"] if pkg.get("catalog")
+                for n in [catalog_name(world, pkg)]
+            }
             every.update(gen["closure"])
-    world["all_store_paths"] = sorted(every | set(closure(
-        [p for pkg in world["packages"].values() for p in pkg["store_paths"].values()])))
+    world["all_store_paths"] = sorted((every | set(closure(
+        [p for pkg in world["packages"].values() for p in pkg["store_paths"].values()]))) - private)
+    world["catalog_store_paths"] = sorted(private)
     world["stamp"] = stamp
     world["cache_public_key"] = pathlib.Path(public_key_file).read_text().strip()
     path.write_text(json.dumps(world, indent=2) + "\n")
+
+
+def catalog_name(world, pkg):
+    """The name within its catalog of a generation's custom-catalog package entry."""
+    for name, entry in world["catalogs"][pkg["catalog"]]["packages"].items():
+        if entry["attr"] == pkg["attr"]:
+            return name
+    raise WorldError(f'package {pkg["attr"]} is in no catalog of world.json')
 
 
 if __name__ == "__main__":

@@ -80,6 +80,16 @@ import ./large.nix { inherit mk bb bashSrc sh; } // rec {
   hello_2_10 = hello "2.10";
   hello_2_12 = hello "2.12";
 
+  # acme's private package: published to catalog `acme` (hub publish-package), so it lives in
+  # the hub's per-catalog cache only, signed with acme's key.
+  hello_private = script {
+    name = "hello-private-1.0";
+    bin = "hello-private";
+    text = ''
+      echo "hello-private 1.0 (acme)"
+    '';
+  };
+
   whoami_blue = whoami "blue";
   whoami_green = whoami "green";
 
