@@ -13,6 +13,16 @@ pub enum NodeCommand {
     /// The node agent: labels the node, then runs disk-pressure gc, pre-pulls, the metrics
     /// endpoint and the pods' pull events until terminated (deploy/README.md).
     Agent(AgentArgs),
+    /// One pre-pull, in a child process of the agent (prints `{"key":…,"generation":…}`).
+    #[command(hide = true)]
+    PullOne {
+        environment: String,
+        #[arg(long)]
+        config: Option<std::path::PathBuf>,
+        /// Read a FloxHub token from stdin.
+        #[arg(long)]
+        token_stdin: bool,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -55,6 +65,18 @@ pub struct LabelArgs {
 }
 
 pub fn run(command: NodeCommand) -> Result<ExitCode, ClusterError> {
+    if let NodeCommand::PullOne { environment, config, token_stdin } = &command {
+        return match crate::agent::prepull::pull_one(config.as_deref(), environment, *token_stdin) {
+            Ok(pulled) => {
+                println!("{}", serde_json::to_string(&pulled).unwrap_or_default());
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                Ok(ExitCode::FAILURE)
+            }
+        };
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -74,6 +96,7 @@ pub fn run(command: NodeCommand) -> Result<ExitCode, ClusterError> {
                 }
             }
             NodeCommand::Wait => wait_for_termination().await?,
+            NodeCommand::PullOne { .. } => unreachable!("handled before the runtime starts"),
             NodeCommand::Agent(args) => {
                 let client = match args.standalone {
                     true => None,

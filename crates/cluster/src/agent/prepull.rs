@@ -162,23 +162,11 @@ pub async fn pull_all(shared: &Arc<Shared>, client: Option<&kube::Client>, optio
             },
             _ => None,
         };
-        let (config, env) = (shared.config.clone(), w.env.clone());
-        let pulled = tokio::task::spawn_blocking(move || {
-            let system = System::host().map_err(|e| format!("flox: {e}"))?;
-            let view = config.store_view == StoreView::Closure;
-            let cache = NodeCache::new(config, system);
-            let rendered = cache.ensure(&env, Mode::Run, token.as_ref()).map_err(|e| e.to_string())?;
-            if view {
-                cache.ensure_view(&rendered).map_err(|e| e.to_string())?;
-            }
-            Ok::<_, String>(rendered)
-        })
-        .await
-        .unwrap_or_else(|e| Err(format!("pre-pull task: {e}")));
+        let pulled = pull_in_child(options, &w.env, token.as_ref()).await;
         match pulled {
             Ok(r) => {
                 tracing::info!(env = name, generation = r.generation, key = r.key, "pre-pulled");
-                pinned.insert(r.key.clone());
+                pinned.insert(r.key);
                 shared.metrics.set_prepull(&name, true);
                 statuses.insert(name, Status::Ready { ready: true, generation: r.generation });
             }
@@ -204,6 +192,64 @@ pub async fn pull_all(shared: &Arc<Shared>, client: Option<&kube::Client>, optio
             shared.metrics.error("prepull");
         }
     }
+}
+
+/// What the child reports on stdout.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct PulledOne {
+    pub key: String,
+    pub generation: u32,
+}
+
+/// Runs `imageless node pull-one` (this binary) for `env`: the fetch's memory and threads live
+/// and die with the child, so the agent itself stays small. The token goes through stdin.
+async fn pull_in_child(options: &AgentOptions, env: &EnvRef, token: Option<&Token>) -> Result<PulledOne, String> {
+    use tokio::io::AsyncWriteExt;
+    let me = std::env::current_exe().map_err(|e| format!("finding the agent's binary: {e}"))?;
+    let mut cmd = tokio::process::Command::new(me);
+    cmd.args(["node", "pull-one", &env.to_string()]);
+    if let Some(config) = &options.config {
+        cmd.arg("--config").arg(config);
+    }
+    if token.is_some() {
+        cmd.arg("--token-stdin");
+    }
+    cmd.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    cmd.kill_on_drop(true);
+    let mut child = cmd.spawn().map_err(|e| format!("starting the pre-pull: {e}"))?;
+    if let (Some(mut stdin), Some(t)) = (child.stdin.take(), token) {
+        let _ = stdin.write_all(t.expose().as_bytes()).await;
+    }
+    let out = child.wait_with_output().await.map_err(|e| format!("waiting for the pre-pull: {e}"))?;
+    if !out.status.success() {
+        let text = String::from_utf8_lossy(&out.stderr);
+        let last = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("the pre-pull failed");
+        return Err(last.trim().trim_start_matches("error: ").to_string());
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| format!("the pre-pull's answer: {e}"))
+}
+
+/// `imageless node pull-one ENV`: the pull itself, in the child (run mode, with the closure view).
+pub fn pull_one(config: Option<&std::path::Path>, env: &str, token_stdin: bool) -> Result<PulledOne, String> {
+    let env = EnvRef::parse(env).map_err(|e| format!("{env:?}: {e}"))?;
+    let token = match token_stdin {
+        true => {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut std::io::Read::take(std::io::stdin(), 16 * 1024), &mut text)
+                .map_err(|e| format!("reading the token: {e}"))?;
+            Some(Token::parse(text.trim()).map_err(|e| e.to_string())?)
+        }
+        false => None,
+    };
+    let config = imageless_node::config::NodeConfig::load(config).map_err(|e| e.to_string())?;
+    let system = System::host().map_err(|e| format!("flox: {e}"))?;
+    let view = config.store_view == StoreView::Closure;
+    let cache = NodeCache::new(config, system);
+    let rendered = cache.ensure(&env, Mode::Run, token.as_ref()).map_err(|e| e.to_string())?;
+    if view {
+        cache.ensure_view(&rendered).map_err(|e| e.to_string())?;
+    }
+    Ok(PulledOne { key: rendered.key, generation: rendered.generation })
 }
 
 fn fail(shared: &Shared, statuses: &mut BTreeMap<String, Status>, env: &str, error: String) {
