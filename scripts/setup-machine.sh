@@ -37,13 +37,14 @@ fi
 
 # The SBOM validators the test suite runs (scripts/validate-sbom.py): spdx-tools and
 # cyclonedx-python-lib with its JSON schema validation, from the configured package index.
-if ! python3 -c 'import spdx_tools.spdx.validation.document_validator, cyclonedx.validation.json, jsonschema' 2>/dev/null; then
-  echo "setup: installing the SBOM validators (spdx-tools, cyclonedx-python-lib)" >&2
+# And prometheus_client, whose text-format parser reads the node agent's metrics (e2e node_agent).
+if ! python3 -c 'import spdx_tools.spdx.validation.document_validator, cyclonedx.validation.json, jsonschema, prometheus_client.parser' 2>/dev/null; then
+  echo "setup: installing the SBOM validators (spdx-tools, cyclonedx-python-lib) and prometheus_client" >&2
   if ! python3 -m pip --version >/dev/null 2>&1; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-pip >/dev/null
   fi
-  validators=('spdx-tools>=0.8' 'cyclonedx-python-lib[json-validation]>=8')
+  validators=('spdx-tools>=0.8' 'cyclonedx-python-lib[json-validation]>=8' 'prometheus-client>=0.20')
   # Debian's own python3 refuses installs outside a venv (PEP 668); a pyenv/venv python does not.
   python3 -m pip install --quiet "${validators[@]}" 2>/dev/null \
     || python3 -m pip install --quiet --break-system-packages "${validators[@]}"
