@@ -32,7 +32,10 @@ pub fn run(bench: &Bench, env: &str, closure: &[String], results: &mut Results) 
     let key = &garage.credentials;
     std::fs::write(
         &credentials,
-        format!("[default]\naws_access_key_id = {}\naws_secret_access_key = {}\n", key.access_key_id, key.secret_access_key),
+        format!(
+            "[default]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
+            key.access_key_id, key.secret_access_key
+        ),
     )?;
     bench.say(&format!("P13: {files} files in s3://{BUCKET}; cold {env} ({} paths), {REPS} turns each", closure.len()));
     let (mut ours, mut theirs) = (Vec::new(), Vec::new());
@@ -72,7 +75,10 @@ pub fn run(bench: &Bench, env: &str, closure: &[String], results: &mut Results) 
     let med = |s: &[f64]| summarize(s).expect("samples").median / 1000.0;
     results.add(figure(
         "P13",
-        &format!("P13 cold imageless pull of {env} ({} paths) from an s3:// bucket on Garage, median of {REPS}", closure.len()),
+        &format!(
+            "P13 cold imageless pull of {env} ({} paths) from an s3:// bucket on Garage, median of {REPS}",
+            closure.len()
+        ),
         "s",
         med(&ours),
         Some(med(&theirs)),

@@ -9,12 +9,12 @@
 //! locked systems) and buildenv's output selection (`builder.pl`, `packagesToPkgs`), so that
 //! the node links the same store paths at the same priorities as `flox activate` would.
 
+mod custom;
 mod error;
 mod manifest;
 mod model;
 mod outdent;
 mod parse;
-mod custom;
 mod select;
 mod vars_order;
 

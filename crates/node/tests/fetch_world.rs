@@ -23,8 +23,10 @@ fn hub_root() -> PathBuf {
     root
 }
 
-/// Every store path of every generation's closure in the world, but `flox/large`'s: its
-/// 235 MB in four compressions would take minutes here; the e2e suite and the bench use it.
+/// Every store path of every generation's closure in the world, but `flox/large`'s (its
+/// 235 MB in four compressions would take minutes here; the e2e suite and the bench use it)
+/// and the private catalog packages' (they are in their catalog's store, not the public cache:
+/// crates/hub/tests/catalog.rs and the e2e catalog test fetch them).
 fn world_closure(root: &Path) -> Vec<StorePath> {
     let world: serde_json::Value = serde_json::from_slice(&std::fs::read(root.join("world.json")).unwrap()).unwrap();
     let mut all = BTreeSet::new();
@@ -37,6 +39,9 @@ fn world_closure(root: &Path) -> Vec<StorePath> {
                 all.insert(p.as_str().unwrap().to_string());
             }
         }
+    }
+    for p in world["catalog_store_paths"].as_array().into_iter().flatten() {
+        all.remove(p.as_str().unwrap());
     }
     all.iter().map(|p| StorePath::parse(p).unwrap()).collect()
 }
