@@ -3,6 +3,10 @@
 //! its website endpoint (plain HTTP reads of a bucket, which Debian's Nix 2.8, built without
 //! S3 support, can use as a binary cache), one key with read and write on the buckets the test
 //! makes. Stopped, and its data removed, on drop.
+//!
+//! [`Garage::start_cluster`]: N nodes on loopback (each its own config, ports and data, one
+//! zone each), connected, with `replication_factor` N; the S3 API, website and key are node 0's
+//! ([`Garage::s3_endpoint`]), and [`Garage::kill_node`] ends another node with SIGKILL.
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -17,6 +21,8 @@ pub struct Garage {
     child: Child,
     dir: tempfile::TempDir,
     config: PathBuf,
+    /// Nodes 1… of a cluster (node 0 is `child`), with their S3 endpoints.
+    others: Vec<(Option<Child>, String)>,
     /// `http://127.0.0.1:PORT` of the S3 API.
     pub s3_endpoint: String,
     /// Port of the website endpoint (a bucket is served for `Host: <bucket alias>`).
@@ -33,59 +39,55 @@ pub fn garage_bin() -> PathBuf {
 
 impl Garage {
     pub fn start() -> anyhow::Result<Garage> {
+        Garage::start_cluster(1)
+    }
+
+    /// `nodes` Garage nodes on loopback with `replication_factor = nodes` (one zone each).
+    pub fn start_cluster(nodes: usize) -> anyhow::Result<Garage> {
         let bin = garage_bin();
         if !bin.is_file() {
             bail!("garage is not built at {}: run scripts/setup-machine.sh", bin.display());
         }
+        let nodes = nodes.max(1);
         let dir = tempfile::Builder::new().prefix("garage-").tempdir()?;
-        let port = || crate::flox_node::free_port();
-        let (s3, rpc, web, admin) = (port(), port(), port(), port());
         let secret: String = (0..32).map(|i| format!("{:02x}", (i * 37 + std::process::id() as usize) % 256)).collect();
-        let config = dir.path().join("garage.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "metadata_dir = \"{d}/meta\"\ndata_dir = \"{d}/data\"\ndb_engine = \"sqlite\"\n\
-                 replication_factor = 1\nrpc_bind_addr = \"127.0.0.1:{rpc}\"\nrpc_public_addr = \"127.0.0.1:{rpc}\"\n\
-                 rpc_secret = \"{secret}\"\n\n[s3_api]\ns3_region = \"{REGION}\"\napi_bind_addr = \"127.0.0.1:{s3}\"\n\
-                 root_domain = \".s3.garage.localhost\"\n\n[s3_web]\nbind_addr = \"127.0.0.1:{web}\"\n\
-                 root_domain = \".web.garage.localhost\"\nindex = \"index.html\"\n\n[admin]\napi_bind_addr = \"127.0.0.1:{admin}\"\n",
-                d = dir.path().display()
-            ),
-        )?;
-        let log = std::fs::File::create(dir.path().join("garage.log"))?;
-        let child = Command::new(&bin)
-            .arg("-c")
-            .arg(&config)
-            .arg("server")
-            .env("RUST_LOG", "garage=warn")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
+        let mut started = Vec::new();
+        for n in 0..nodes {
+            let node_dir = if n == 0 { dir.path().to_path_buf() } else { dir.path().join(format!("node{n}")) };
+            std::fs::create_dir_all(&node_dir)?;
+            started.push(start_node(&bin, &node_dir, &secret, nodes)?);
+        }
         let credentials = Credentials {
             access_key_id: "GK0123456789abcdef01234567".into(),
             secret_access_key: "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef".into(),
             session_token: None,
         };
-        let mut garage =
-            Garage { child, dir, config, s3_endpoint: format!("http://127.0.0.1:{s3}"), web_port: web, credentials };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        // The node id, once the daemon answers.
-        let node_id = loop {
-            if let Some(status) = garage.child.try_wait()? {
-                bail!("garage exited ({status}): {}", garage.log());
-            }
-            if let Ok(out) = garage.cli(&["node", "id", "-q"]) {
-                break out.trim().split('@').next().unwrap_or_default().to_string();
-            }
-            if Instant::now() > deadline {
-                bail!("garage did not answer within 30 s: {}", garage.log());
-            }
-            std::thread::sleep(Duration::from_millis(100));
+        let mut rest = started.split_off(1).into_iter();
+        let first = started.pop().expect("node 0");
+        let others: Vec<(Option<Child>, String, PathBuf, u16)> =
+            rest.by_ref().map(|n| (Some(n.child), format!("http://127.0.0.1:{}", n.s3), n.config, n.rpc)).collect();
+        let other_configs: Vec<(PathBuf, u16)> = others.iter().map(|o| (o.2.clone(), o.3)).collect();
+        let s3 = first.s3;
+        let mut garage = Garage {
+            child: first.child,
+            dir,
+            config: first.config,
+            others: others.into_iter().map(|(c, e, _, _)| (c, e)).collect(),
+            s3_endpoint: format!("http://127.0.0.1:{s3}"),
+            web_port: first.web,
+            credentials,
         };
-        garage.cli(&["layout", "assign", "-z", "dc1", "-c", "1G", &node_id])?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        // Node ids, once each daemon answers.
+        let mut ids = vec![garage.wait_for_id(&garage.config.clone(), deadline)?];
+        for (config, rpc) in &other_configs {
+            let id = garage.wait_for_id(config, deadline)?;
+            garage.cli(&["node", "connect", &format!("{id}@127.0.0.1:{rpc}")])?;
+            ids.push(id);
+        }
+        for (n, id) in ids.iter().enumerate() {
+            garage.cli(&["layout", "assign", "-z", &format!("dc{}", n + 1), "-c", "1G", id])?;
+        }
         garage.cli(&["layout", "apply", "--version", "1"])?;
         let key = &garage.credentials;
         let (id, secret) = (key.access_key_id.clone(), key.secret_access_key.clone());
@@ -98,6 +100,42 @@ impl Garage {
             std::thread::sleep(Duration::from_millis(50));
         }
         Ok(garage)
+    }
+
+    /// The node id (`garage node id -q`, without the address) of the node configured by
+    /// `config`, once it answers.
+    fn wait_for_id(&mut self, config: &Path, deadline: Instant) -> anyhow::Result<String> {
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                bail!("garage exited ({status}): {}", self.log());
+            }
+            let out = Command::new(garage_bin()).arg("-c").arg(config).args(["node", "id", "-q"]).output()?;
+            if out.status.success() {
+                let text = String::from_utf8_lossy(&out.stdout);
+                return Ok(text.trim().split('@').next().unwrap_or_default().to_string());
+            }
+            if Instant::now() > deadline {
+                bail!("garage ({}) did not answer within 30 s: {}", config.display(), self.log());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The S3 endpoints of every node (`http://127.0.0.1:PORT`), node 0 first.
+    pub fn s3_endpoints(&self) -> Vec<String> {
+        std::iter::once(self.s3_endpoint.clone()).chain(self.others.iter().map(|(_, e)| e.clone())).collect()
+    }
+
+    /// Kills node `n` (1…: node 0 holds the S3 endpoint the tests use) with SIGKILL.
+    pub fn kill_node(&mut self, n: usize) -> anyhow::Result<()> {
+        let Some((child, _)) = n.checked_sub(1).and_then(|i| self.others.get_mut(i)) else {
+            bail!("garage node {n}: only nodes 1..{} can be killed", self.others.len() + 1);
+        };
+        if let Some(mut c) = child.take() {
+            c.kill()?;
+            c.wait()?;
+        }
+        Ok(())
     }
 
     /// Runs `garage -c CONFIG ARGS…`; its stdout.
@@ -175,6 +213,44 @@ impl Garage {
     }
 }
 
+/// One started node: its daemon, config and ports.
+struct StartedNode {
+    child: Child,
+    config: PathBuf,
+    s3: u16,
+    rpc: u16,
+    web: u16,
+}
+
+fn start_node(bin: &Path, dir: &Path, secret: &str, replication: usize) -> anyhow::Result<StartedNode> {
+    let port = || crate::flox_node::free_port();
+    let (s3, rpc, web, admin) = (port(), port(), port(), port());
+    let config = dir.join("garage.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "metadata_dir = \"{d}/meta\"\ndata_dir = \"{d}/data\"\ndb_engine = \"sqlite\"\n\
+             replication_factor = {replication}\nrpc_bind_addr = \"127.0.0.1:{rpc}\"\nrpc_public_addr = \"127.0.0.1:{rpc}\"\n\
+             rpc_secret = \"{secret}\"\n\n[s3_api]\ns3_region = \"{REGION}\"\napi_bind_addr = \"127.0.0.1:{s3}\"\n\
+             root_domain = \".s3.garage.localhost\"\n\n[s3_web]\nbind_addr = \"127.0.0.1:{web}\"\n\
+             root_domain = \".web.garage.localhost\"\nindex = \"index.html\"\n\n[admin]\napi_bind_addr = \"127.0.0.1:{admin}\"\n",
+            d = dir.display()
+        ),
+    )?;
+    let log = std::fs::File::create(dir.join("garage.log"))?;
+    let child = Command::new(bin)
+        .arg("-c")
+        .arg(&config)
+        .arg("server")
+        .env("RUST_LOG", "garage=warn")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    Ok(StartedNode { child, config, s3, rpc, web })
+}
+
 fn collect(root: &Path, dir: &Path, out: &mut Vec<(String, PathBuf)>) -> anyhow::Result<()> {
     for e in std::fs::read_dir(dir)? {
         let e = e?;
@@ -191,15 +267,21 @@ fn collect(root: &Path, dir: &Path, out: &mut Vec<(String, PathBuf)>) -> anyhow:
 
 impl Drop for Garage {
     fn drop(&mut self) {
-        crate::signal(self.child.id(), rustix::process::Signal::TERM);
+        let others = self.others.iter_mut().filter_map(|(c, _)| c.as_mut());
+        let mut children: Vec<&mut Child> = std::iter::once(&mut self.child).chain(others).collect();
+        for c in children.iter() {
+            crate::signal(c.id(), rustix::process::Signal::TERM);
+        }
         let deadline = Instant::now() + Duration::from_secs(10);
-        while self.child.try_wait().ok().flatten().is_none() {
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                break;
+        for c in children.iter_mut() {
+            while c.try_wait().ok().flatten().is_none() {
+                if Instant::now() > deadline {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
             }
-            std::thread::sleep(Duration::from_millis(20));
         }
     }
 }

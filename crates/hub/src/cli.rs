@@ -65,6 +65,20 @@ pub struct ServeArgs {
     /// Requests handled at once; more wait their turn.
     #[arg(long, default_value_t = crate::server::DEFAULT_MAX_IN_FLIGHT)]
     pub max_in_flight: usize,
+    /// `s3://BUCKET?endpoint=…&region=…&scheme=…`: keep the public cache's narinfos and NARs
+    /// in this bucket (shared by replicas); overrides `cache_store` in hub.json.
+    #[arg(long)]
+    pub cache_store: Option<String>,
+    /// AWS shared-credentials file for the cache store; overrides `cache_store_credentials`.
+    #[arg(long)]
+    pub cache_store_credentials: Option<PathBuf>,
+    /// The replicas sharing the cache store (comma-separated `http(s)://HOST:PORT` or
+    /// `dns:NAME:PORT`): each missing file is filled by one of them; overrides `fill_peers`.
+    #[arg(long, value_delimiter = ',')]
+    pub fill_peers: Vec<String>,
+    /// This replica's URL as the other replicas reach it (with --fill-peers).
+    #[arg(long)]
+    pub fill_self: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -260,6 +274,10 @@ fn serve(a: ServeArgs) -> Result<(), HubServerError> {
         upstreams,
         upstream_git: a.upstream_git.or(config.upstream_git),
         max_in_flight: a.max_in_flight,
+        cache_store: a.cache_store.or(config.cache_store),
+        cache_store_credentials: a.cache_store_credentials.or(config.cache_store_credentials),
+        fill_peers: if a.fill_peers.is_empty() { config.fill_peers } else { a.fill_peers },
+        fill_self: a.fill_self,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -23,6 +23,11 @@
 //!   --store`): used for the uploads and handed to readers of the catalog in `StoreInfo.auth`.
 //! - `public_url` (optional): the hub's URL as nodes reach it (`https://hub.example.org`), for
 //!   the per-catalog cache URLs it hands out; default: the scheme and `Host` of each request.
+//! - `cache_store` (optional): `s3://BUCKET?endpoint=…&region=…&scheme=…` (Nix's S3 store URL):
+//!   the public cache's narinfos and NARs live in that bucket instead of `DIR/cache`, so
+//!   several replicas share it; `cache_store_credentials`: its AWS shared-credentials file;
+//!   `fill_peers`: the replicas' URLs (or `dns:NAME:PORT`), so each missing file is filled by
+//!   one of them (see `fill_peers.rs`).
 //! - `upstream` (optional): binary cache URLs (`http(s)://HOST[:PORT]/PATH`) that `serve` pulls
 //!   narinfo and NAR files from when its own cache lacks them; read when `serve` starts.
 //!
@@ -66,6 +71,17 @@ pub struct HubConfig {
     /// The hub's URL as nodes reach it; None = from each request's scheme and Host.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub public_url: Option<String>,
+    /// `s3://BUCKET?…`: the public cache's narinfos and NARs in a bucket (`serve
+    /// --cache-store` overrides this); None = `DIR/cache`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_store: Option<String>,
+    /// AWS shared-credentials file for `cache_store` (profile: its `profile`, else `default`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_store_credentials: Option<PathBuf>,
+    /// The replicas sharing `cache_store`: `http(s)://HOST:PORT` or `dns:NAME:PORT` (`serve
+    /// --fill-peers` overrides this).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fill_peers: Vec<String>,
 }
 
 impl HubConfig {
@@ -80,6 +96,9 @@ impl HubConfig {
             upstream_git: None,
             catalog_store_credentials: None,
             public_url: None,
+            cache_store: None,
+            cache_store_credentials: None,
+            fill_peers: Vec::new(),
         }
     }
 

@@ -5,7 +5,9 @@
 //!   static files ([`cache_file`]: the fast path for plain GET/HEAD), token auth,
 //!   `/api/v1/accounts/me`, [`sbom`]: `/api/v1/environments/<owner>/<name>/sbom`; [`pull_through`]: missing cache files fetched once from upstream
 //!   caches; [`git_upstream`]: floxmeta of owners not hosted here passed through to an upstream
-//!   FloxHub.
+//!   FloxHub; [`s3_cache`]: the public cache in an S3 bucket (`cache_store`), shared by
+//!   replicas, [`fill_peers`]: which replica fills which missing file; [`s3_client`]: presigned
+//!   S3 requests over the hub's client.
 //! - [`publish`]: new generations and rollbacks in Flox's floxmeta layout; [`catalog`]: packages
 //!   published to custom catalogs, their stores and `POST /api/v1/catalog/store`.
 //! - [`admin`]: `init`, `token`, `grant`; [`config`]: the root layout and `hub.json`.
@@ -18,6 +20,7 @@ pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod fill_peers;
 pub mod generations;
 pub mod git_backend;
 pub mod git_upstream;
@@ -27,6 +30,8 @@ mod process;
 pub mod publish;
 pub mod pull_through;
 pub mod routes;
+pub mod s3_cache;
+pub mod s3_client;
 pub mod sbom;
 pub mod server;
 mod signals;

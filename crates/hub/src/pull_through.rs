@@ -15,6 +15,12 @@
 //!   upstream costs one failure a minute, not one per file;
 //! - a NAR whose name is its FileHash (as `nix copy` names them) is checked against it while it
 //!   streams: a truncated or corrupt one is discarded and the next upstream asked.
+//!
+//! With the cache on S3 ([`PullThrough::store_in`]), a fetched file is staged under a dot name
+//! in the local cache directory and PUT into the bucket, and a narinfo is put only once the NAR
+//! it names is there (pulled first if needed): a reader of the bucket never finds a narinfo
+//! whose NAR is missing. With fill peers ([`crate::fill_peers`]), a miss of a file another
+//! replica owns is filled by that replica.
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -30,6 +36,8 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::OnceCell;
 
 use crate::error::HubServerError;
+use crate::fill_peers::{FillPeers, FILL_HERE};
+use crate::s3_cache::S3Cache;
 
 /// The longest an upstream may take to accept a connection.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -104,7 +112,14 @@ pub struct PullThrough {
     in_flight: Mutex<HashMap<String, Arc<OnceCell<Pulled>>>>,
     /// Woken whenever an upstream's health changes.
     checked: Arc<tokio::sync::Notify>,
+    /// Set when the cache is in a bucket: fetched files are put there.
+    s3: Option<Arc<S3Cache>>,
+    /// Set when replicas share the bucket: who fills which file.
+    peers: Option<FillPeers>,
 }
+
+/// How long the owner of a file may take to fill it for another replica (a NAR of a few GB).
+const OWNER_TIMEOUT: Duration = Duration::from_secs(900);
 
 /// Checks one `--upstream` value: an absolute http(s) URL without query; the trailing `/` is dropped.
 pub fn parse_upstream(url: &str) -> Result<String, HubServerError> {
@@ -133,7 +148,16 @@ impl PullThrough {
             client,
             in_flight: Mutex::new(HashMap::new()),
             checked: Arc::new(tokio::sync::Notify::new()),
+            s3: None,
+            peers: None,
         }))
+    }
+
+    /// Puts fetched files into `s3` instead of the cache directory (which then only stages
+    /// them); with `peers`, files another replica owns are filled by that replica.
+    pub fn store_in(&mut self, s3: Arc<S3Cache>, peers: Option<FillPeers>) {
+        self.s3 = Some(s3);
+        self.peers = peers;
     }
 
     /// Which cache paths are pulled: narinfos and NARs (never `nix-cache-info`, which is the hub's own).
@@ -144,23 +168,106 @@ impl PullThrough {
     /// Fetches `rel` (a path below the cache, already validated) unless a fetch is in flight, in
     /// which case this waits for that one's result.
     pub async fn pull(&self, rel: &str) -> Pulled {
+        self.pull_from(rel, false).await
+    }
+
+    /// [`Self::pull`]; `fill_here`: asked by another replica ([`FILL_HERE`]), so never passed on
+    /// to an owner.
+    /// Boxed, with its type spelled out: a narinfo's pull pulls its NAR through this again.
+    pub fn pull_from<'a>(
+        &'a self,
+        rel: &'a str,
+        fill_here: bool,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Pulled> + Send + 'a>> {
+        Box::pin(self.pull_flight(rel, fill_here))
+    }
+
+    async fn pull_flight(&self, rel: &str, fill_here: bool) -> Pulled {
+        // Fills done here and fills passed to an owner are separate flights: a replica asked to
+        // fill a file never waits on its own request to another replica for it.
+        let owner = match (&self.peers, fill_here) {
+            (Some(peers), false) => Some(peers.owner(rel).await).filter(|o| o != peers.this()),
+            _ => None,
+        };
+        let flight = match &owner {
+            Some(_) => format!("owner:{rel}"),
+            None => rel.to_owned(),
+        };
         let cell = {
             let mut map = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
-            map.entry(rel.to_owned()).or_default().clone()
+            map.entry(flight.clone()).or_default().clone()
         };
-        let result = *cell.get_or_init(|| self.fetch_first(rel)).await;
+        let result = *cell
+            .get_or_init(|| async {
+                match &owner {
+                    Some(owner) => match self.ask_owner(owner, rel).await {
+                        Some(pulled) => pulled,
+                        None => self.fetch_first(rel).await,
+                    },
+                    None => self.fetch_first(rel).await,
+                }
+            })
+            .await;
         let mut map = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
-        if map.get(rel).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
-            map.remove(rel);
+        if map.get(&flight).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+            map.remove(&flight);
         }
         result
     }
 
+    /// Asks the replica that owns `rel` to fill it (a HEAD that it answers once the file is in
+    /// the bucket). None when it cannot be asked: this replica fills it then.
+    async fn ask_owner(&self, owner: &str, rel: &str) -> Option<Pulled> {
+        let uri: Uri = format!("{owner}/cache/{rel}").parse().ok()?;
+        let request = hyper::Request::head(uri)
+            .header(FILL_HERE, "1")
+            .header(hyper::header::USER_AGENT, concat!("imageless-hub/", env!("CARGO_PKG_VERSION")))
+            .body(Empty::new())
+            .ok()?;
+        let answer = tokio::time::timeout(OWNER_TIMEOUT, self.client.request(request)).await;
+        let pulled = match answer {
+            Ok(Ok(response)) => match response.status() {
+                StatusCode::OK => Some(Pulled::Stored),
+                StatusCode::NOT_FOUND => Some(Pulled::NotFound),
+                StatusCode::BAD_GATEWAY => Some(Pulled::Unavailable),
+                other => {
+                    tracing::warn!(target: "imageless_hub::pull", "fill owner {owner}: {rel}: answered {other}; filling it here");
+                    None
+                }
+            },
+            Ok(Err(e)) => {
+                tracing::warn!(target: "imageless_hub::pull", "fill owner {owner}: {rel}: {}; filling it here", error_chain(&e));
+                None
+            }
+            Err(_) => {
+                tracing::warn!(target: "imageless_hub::pull", "fill owner {owner}: {rel}: no answer; filling it here");
+                None
+            }
+        };
+        if pulled.is_some() {
+            tracing::debug!(target: "imageless_hub::pull", "{rel} filled by its owner {owner}");
+        }
+        pulled
+    }
+
+    /// Whether `rel` is already stored (by a fetch that finished just before this one began,
+    /// or by another replica); Err when the bucket cannot say.
+    async fn stored(&self, rel: &str, dest: &Path) -> Result<bool, String> {
+        match &self.s3 {
+            None => Ok(tokio::fs::metadata(dest).await.is_ok_and(|m| m.is_file())),
+            Some(s3) => s3.exists(rel).await.map_err(|e| e.to_string()),
+        }
+    }
+
     async fn fetch_first(&self, rel: &str) -> Pulled {
         let dest = rel.split('/').fold(self.cache_dir.clone(), |p, s| p.join(s));
-        if tokio::fs::metadata(&dest).await.is_ok_and(|m| m.is_file()) {
-            // Stored by a fetch that finished just before this one began.
-            return Pulled::Stored;
+        match self.stored(rel, &dest).await {
+            Ok(true) => return Pulled::Stored,
+            Ok(false) => {}
+            Err(e) => {
+                tracing::error!(target: "imageless_hub::pull", "{rel}: {e}");
+                return Pulled::Unavailable;
+            }
         }
         let mut unavailable = false;
         for upstream in self.order().await {
@@ -275,16 +382,37 @@ impl PullThrough {
         // A dot name: resolve_cache_path never serves it, so a half-written file is never seen.
         let tmp = parent.join(format!(".pull-{}-{}", std::process::id(), unique()));
         let written = self.write_body(response.into_body(), &tmp, expected, limit, file_hash_of(rel)).await;
-        let renamed = match written {
-            Ok(()) => {
-                tokio::fs::rename(&tmp, dest).await.map_err(|e| UpstreamError::file(format!("{}: {e}", dest.display())))
-            }
+        let kept = match written {
+            Ok(()) => self.keep(rel, &tmp, dest).await,
             Err(e) => Err(e),
         };
-        if renamed.is_err() {
+        if kept.is_err() || self.s3.is_some() {
             let _ = tokio::fs::remove_file(&tmp).await;
         }
-        renamed.map(|()| true)
+        kept.map(|()| true)
+    }
+
+    /// Moves a fetched file into the cache: renamed into place, or put into the bucket (a
+    /// narinfo only after its NAR).
+    async fn keep(&self, rel: &str, tmp: &Path, dest: &Path) -> Result<(), UpstreamError> {
+        let Some(s3) = &self.s3 else {
+            return tokio::fs::rename(tmp, dest)
+                .await
+                .map_err(|e| UpstreamError::file(format!("{}: {e}", dest.display())));
+        };
+        if rel.ends_with(".narinfo") {
+            let text = tokio::fs::read_to_string(tmp)
+                .await
+                .map_err(|e| UpstreamError::file(format!("{}: {e}", tmp.display())))?;
+            let nar =
+                narinfo_nar(&text).ok_or_else(|| UpstreamError::file("a narinfo without a URL: nar/… line".into()))?;
+            // Boxed: pulling the NAR goes through the same code as this narinfo's pull.
+            let pulled = self.pull_from(&nar, false).await;
+            if pulled != Pulled::Stored {
+                return Err(UpstreamError::file(format!("its NAR {nar} could not be pulled ({pulled:?})")));
+            }
+        }
+        s3.put_file(rel, tmp).await.map_err(|e| UpstreamError::file(e.to_string()))
     }
 
     async fn write_body(
@@ -425,6 +553,15 @@ fn file_hash_of(rel: &str) -> Option<[u8; 32]> {
     nix_base32::from_nix_base32(digits)?.try_into().ok()
 }
 
+/// The NAR a narinfo's `URL:` names (`nar/<file>`), when it is one the pull-through pulls.
+fn narinfo_nar(text: &str) -> Option<String> {
+    let url = text.lines().find_map(|l| l.strip_prefix("URL:"))?.trim();
+    (PullThrough::pulls(url)
+        && url.starts_with("nar/")
+        && crate::cache::resolve_cache_path(Path::new("/"), url).is_some())
+    .then(|| url.to_owned())
+}
+
 /// The error and its causes on one line (hyper's Display omits the cause).
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
@@ -455,6 +592,15 @@ mod tests {
         for bad in ["ftp://x/cache", "cache", "http://x/cache?a=b", "http://user:pw@x/cache", ""] {
             let err = parse_upstream(bad).unwrap_err().to_string();
             assert!(err.contains("upstream cache URL") && err.contains("http://HOST[:PORT]"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_nar_a_narinfo_names() {
+        let n = "StorePath: /nix/store/x\nURL: nar/0abc.nar.zst\nCompression: zstd\n";
+        assert_eq!(narinfo_nar(n).as_deref(), Some("nar/0abc.nar.zst"));
+        for bad in ["StorePath: x\n", "URL: ../x.nar\n", "URL: nar/../../x\n", "URL: http://x/nar/a.nar\n"] {
+            assert_eq!(narinfo_nar(bad), None, "{bad}");
         }
     }
 

@@ -21,6 +21,7 @@ use crate::error::HubServerError;
 use crate::git_backend::{self, CgiRequest, ChildRegistry, GitRoute};
 use crate::git_upstream::{GitUpstream, GitUpstreamError};
 use crate::pull_through::{PullThrough, Pulled};
+use crate::s3_cache::S3Cache;
 use crate::sbom;
 
 /// What every request handler shares.
@@ -34,6 +35,8 @@ pub struct Context {
     /// `http` or `https`: how callers reach this server (for URLs handed out when hub.json
     /// has no `public_url`).
     pub scheme: &'static str,
+    /// Set when the public cache's narinfos and NARs live in a bucket (`cache_store`).
+    pub s3: Option<Arc<S3Cache>>,
 }
 
 /// One handler for every path: the routes are few and their rules (auth, visibility) are ours.
@@ -99,6 +102,9 @@ impl Context {
         let query = request.uri().query().unwrap_or("").to_owned();
         if let Some(rest) = path.strip_prefix("/git/") {
             self.git(request, rest, &query).await
+        } else if let (Some(rest), Some(s3)) = (path.strip_prefix("/cache/"), &self.s3) {
+            let rest = rest.to_owned();
+            (self.s3_cache_file(s3, request, &rest).await, None)
         } else if let Some(rest) = path.strip_prefix("/cache/") {
             let cache_dir = self.paths.cache();
             (self.cache_file(request, &cache_dir, rest, true).await, None)
@@ -239,6 +245,45 @@ impl Context {
         match ServeFile::new_with_mime(&file, &mime).oneshot(request).await {
             Ok(response) => response.map(Body::new),
             Err(never) => match never {},
+        }
+    }
+
+    /// A file of the public cache when it is in a bucket: `nix-cache-info` from the root (the
+    /// hub's own), narinfos and NARs streamed from the bucket, pulled through first when
+    /// missing and the hub has upstreams.
+    async fn s3_cache_file(&self, s3: &S3Cache, request: Request, rest: &str) -> Response {
+        if !matches!(*request.method(), Method::GET | Method::HEAD) {
+            return text(405, "the cache is read-only: GET and HEAD only");
+        }
+        if rest == "nix-cache-info" {
+            let cache_dir = self.paths.cache();
+            return self.cache_file(request, &cache_dir, rest, false).await;
+        }
+        if cache::resolve_cache_path(Path::new("/"), rest).is_none() || !PullThrough::pulls(rest) {
+            return text(404, "not found");
+        }
+        let fill_here = request.headers().contains_key(crate::fill_peers::FILL_HERE);
+        let content_type = cache::content_type(rest);
+        let mut pulled = false;
+        loop {
+            match s3.serve(request.method(), request.headers(), rest, content_type).await {
+                Ok(Some(response)) => return response,
+                Ok(None) if pulled => return text(404, "not found"),
+                Ok(None) => {
+                    let Some(pull) = self.pull.as_ref() else {
+                        return text(404, "not found");
+                    };
+                    match pull.pull_from(rest, fill_here).await {
+                        Pulled::Stored => pulled = true,
+                        Pulled::NotFound => return text(404, "not found"),
+                        Pulled::Unavailable => return text(502, "no upstream cache could be reached for this file"),
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(target: "imageless_hub::s3", "cache file {rest}: {e}");
+                    return text(502, "the cache store could not be read");
+                }
+            }
         }
     }
 

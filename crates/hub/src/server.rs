@@ -19,10 +19,12 @@ use tower::ServiceBuilder;
 
 use crate::config::HubPaths;
 use crate::error::HubServerError;
+use crate::fill_peers::FillPeers;
 use crate::git_backend::ChildRegistry;
 use crate::git_upstream::GitUpstream;
 use crate::pull_through::PullThrough;
 use crate::routes::{self, Context};
+use crate::s3_cache::S3Cache;
 
 /// How long shutdown waits for requests in flight before ending their connections and git children.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -44,6 +46,14 @@ pub struct ServeOptions {
     /// A FloxHub git base URL for owners this hub does not host.
     pub upstream_git: Option<String>,
     pub max_in_flight: usize,
+    /// `s3://BUCKET?…`: the public cache's narinfos and NARs live in this bucket.
+    pub cache_store: Option<String>,
+    /// AWS shared-credentials file for `cache_store`.
+    pub cache_store_credentials: Option<PathBuf>,
+    /// The replicas sharing `cache_store` (URLs or `dns:NAME:PORT`), see [`crate::fill_peers`].
+    pub fill_peers: Vec<String>,
+    /// This replica's URL among `fill_peers`.
+    pub fill_self: Option<String>,
 }
 
 impl ServeOptions {
@@ -54,6 +64,10 @@ impl ServeOptions {
             upstreams: Vec::new(),
             upstream_git: None,
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            cache_store: None,
+            cache_store_credentials: None,
+            fill_peers: Vec::new(),
+            fill_self: None,
         }
     }
 }
@@ -80,7 +94,27 @@ impl HubServer {
             Some((cert, key)) => Some(crate::tls::acceptor(cert, key)?),
             None => None,
         };
-        let pull = PullThrough::new(&options.upstreams, paths.cache())?;
+        let mut pull = PullThrough::new(&options.upstreams, paths.cache())?;
+        let s3 = match &options.cache_store {
+            Some(url) => {
+                let s3 = Arc::new(S3Cache::new(url, options.cache_store_credentials.as_deref())?);
+                s3.check(crate::cache::NIX_CACHE_INFO).await?;
+                let peers = FillPeers::new(&options.fill_peers, options.fill_self.as_deref())?;
+                if let Some(pull) = pull.as_mut() {
+                    pull.store_in(s3.clone(), peers);
+                }
+                tracing::info!(target: "imageless_hub::s3", "cache store: {}", s3.url());
+                Some(s3)
+            }
+            None if !options.fill_peers.is_empty() => {
+                return Err(HubServerError::InvalidInput {
+                    what: "fill peers",
+                    value: options.fill_peers.join(","),
+                    accepted: "only with a cache store (--cache-store s3://…): replicas on one volume need none",
+                })
+            }
+            None => None,
+        };
         let git_upstream = GitUpstream::new(options.upstream_git.as_deref())?;
         let listener = TcpListener::bind(addr)
             .await
@@ -89,7 +123,7 @@ impl HubServer {
             .local_addr()
             .map_err(|e| HubServerError::Listen { addr: listen.to_owned(), message: e.to_string() })?;
         let scheme = if tls.is_some() { "https" } else { "http" };
-        let ctx = Arc::new(Context { paths, children: ChildRegistry::default(), pull, git_upstream, scheme });
+        let ctx = Arc::new(Context { paths, children: ChildRegistry::default(), pull, git_upstream, scheme, s3 });
         Ok(HubServer { listener, addr, tls, ctx, max_in_flight: options.max_in_flight.max(1) })
     }
 

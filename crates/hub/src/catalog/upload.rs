@@ -1,5 +1,5 @@
 //! Uploading a staged binary cache to an `s3://` store with presigned PUTs (imageless-s3's
-//! SigV4 signing, the hub's hyper client), in an order that never lets a reader see a narinfo
+//! SigV4 signing, the hub's hyper client: [`crate::s3_client`]), in an order that never lets a reader see a narinfo
 //! whose NAR is not there yet: `nix-cache-info` first, then every NAR, then the narinfos.
 //!
 //! Credentials: hub.json's `catalog_store_credentials` (an AWS shared-credentials file) with the
@@ -7,13 +7,6 @@
 //! object (`s3://bucket/key`) and S3's error code, never a presigned URL or a key.
 use std::path::{Path, PathBuf};
 
-use bytes::Bytes;
-use futures_util::TryStreamExt;
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, StreamBody};
-use hyper::body::Frame;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use imageless_s3::{Credentials, S3Store, S3Url};
 
 use crate::error::HubServerError;
@@ -79,43 +72,14 @@ pub fn upload(
         .build()
         .map_err(HubServerError::io("<tokio runtime>"))?;
     runtime.block_on(async {
-        let connector = crate::upstream_http::connector()?;
-        let client: Client<_, BoxBody<Bytes, std::io::Error>> = Client::builder(TokioExecutor::new()).build(connector);
+        let client = crate::s3_client::client()?;
         for u in plan {
-            put(&client, &store, u).await.map_err(fail)?;
+            crate::s3_client::put_file(&client, &store, &u.key, &u.file).await.map_err(|e| fail(e.to_string()))?;
             tracing::debug!(object = %store.object_name(&u.key), "uploaded");
         }
         tracing::info!(objects = plan.len(), store = %store.url.original, "uploaded to the catalog store");
         Ok(())
     })
-}
-
-async fn put(
-    client: &Client<crate::upstream_http::Connector, BoxBody<Bytes, std::io::Error>>,
-    store: &S3Store,
-    u: &Upload,
-) -> Result<(), String> {
-    let object = store.object_name(&u.key);
-    let file = tokio::fs::File::open(&u.file).await.map_err(|e| format!("{}: {e}", u.file.display()))?;
-    let size = file.metadata().await.map_err(|e| format!("{}: {e}", u.file.display()))?.len();
-    let stream = tokio_util::io::ReaderStream::with_capacity(file, 1 << 20).map_ok(Frame::data);
-    let body = BodyExt::boxed(StreamBody::new(stream));
-    let request = hyper::Request::put(store.presign_put(&u.key).as_str())
-        .header(hyper::header::CONTENT_LENGTH, size)
-        .body(body)
-        .map_err(|e| format!("PUT {object}: {e}"))?;
-    let response = client.request(request).await.map_err(|e| format!("PUT {object} failed: {e}"))?;
-    let status = response.status();
-    if status.is_success() {
-        return Ok(());
-    }
-    let body = http_body_util::Limited::new(response.into_body(), 64 * 1024).collect().await;
-    let text = body.map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned()).unwrap_or_default();
-    let detail = match imageless_s3::error_body::parse(&text) {
-        Some(e) => format!("{}: {}", e.code, e.message),
-        None => "no S3 error document".to_owned(),
-    };
-    Err(format!("PUT {object} answered HTTP {} ({detail})", status.as_u16()))
 }
 
 #[cfg(test)]
