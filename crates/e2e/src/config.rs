@@ -54,6 +54,46 @@ pub fn private_config(
     }
 }
 
+/// Points the CRI image service at `hosts_dir` (containerd's `config_path`, the way containerd
+/// configures registries since 1.5) and writes `hosts_dir/<addr>/hosts.toml` for each plain-HTTP
+/// registry in `registries` (`host:port`): a pull of `<addr>/name:tag` then goes to
+/// `http://<addr>` with no TLS, as a node's config would say for an in-cluster registry.
+/// Returns the edited config text; nothing else of it changes.
+pub fn plain_http_registry_hosts(
+    config_text: &str,
+    version: ContainerdVersion,
+    hosts_dir: &Path,
+    registries: &[&str],
+) -> anyhow::Result<String> {
+    let mut doc = parse_doc(config_text)?;
+    let registry: &[&str] = match version.config_version() {
+        3 => &["plugins", "io.containerd.cri.v1.images", "registry"],
+        _ => &["plugins", "io.containerd.grpc.v1.cri", "registry"],
+    };
+    set_path(&mut doc, registry, "config_path", &hosts_dir.to_string_lossy())?;
+    for addr in registries {
+        let dir = hosts_dir.join(addr);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let text = format!(
+            "server = \"http://{addr}\"\n\n[host.\"http://{addr}\"]\n  capabilities = [\"pull\", \"resolve\"]\n"
+        );
+        std::fs::write(dir.join("hosts.toml"), text).with_context(|| format!("writing {}", dir.display()))?;
+    }
+    Ok(doc.to_string())
+}
+
+/// A [`crate::ConfigHook`] that applies [`plain_http_registry_hosts`] to a daemon's config,
+/// the hosts directory in the daemon's own dir (`<dir>/certs.d`).
+pub fn registry_hook(version: ContainerdVersion, registries: Vec<String>) -> crate::ConfigHook {
+    crate::ConfigHook(std::sync::Arc::new(move |config: &Path, dir: &Path| {
+        let text = std::fs::read_to_string(config).with_context(|| format!("reading {}", config.display()))?;
+        let addrs: Vec<&str> = registries.iter().map(String::as_str).collect();
+        let text = plain_http_registry_hosts(&text, version, &dir.join("certs.d"), &addrs)?;
+        std::fs::write(config, text).with_context(|| format!("writing {}", config.display()))?;
+        Ok(())
+    }))
+}
+
 fn table_at<'a>(doc: &'a mut DocumentMut, path: &[&str]) -> Option<&'a mut Table> {
     let mut t = doc.as_table_mut();
     for key in path {
@@ -112,6 +152,29 @@ mod tests {
         let flox = &cri["containerd"]["runtimes"]["flox"];
         assert!(flox["options"]["BinaryName"].as_str().unwrap().ends_with("target/debug/flox-runc"));
         assert!(cri["containerd"]["runtimes"]["runc"].is_table());
+    }
+
+    #[test]
+    fn registry_hosts_set_config_path_and_plain_http() {
+        let dir = tempfile::tempdir().unwrap();
+        for v in [ContainerdVersion::V1_7, ContainerdVersion::V2_1] {
+            let base = private_config(&fixture(v), v, Path::new("/t"), None).unwrap();
+            let text = plain_http_registry_hosts(&base, v, dir.path(), &["127.0.0.1:5000"]).unwrap();
+            let doc: toml::Table = toml::from_str(&text).unwrap();
+            let reg = match v.config_version() {
+                3 => &doc["plugins"]["io.containerd.cri.v1.images"]["registry"],
+                _ => &doc["plugins"]["io.containerd.grpc.v1.cri"]["registry"],
+            };
+            assert_eq!(reg["config_path"].as_str(), Some(dir.path().to_str().unwrap()));
+            // Everything else is as before.
+            let without =
+                text.replace(&format!("config_path = {:?}", dir.path().to_str().unwrap()), "config_path = \"\"");
+            assert_eq!(toml::from_str::<toml::Table>(&without).unwrap(), toml::from_str::<toml::Table>(&base).unwrap());
+        }
+        let hosts: toml::Table =
+            toml::from_str(&std::fs::read_to_string(dir.path().join("127.0.0.1:5000/hosts.toml")).unwrap()).unwrap();
+        assert_eq!(hosts["server"].as_str(), Some("http://127.0.0.1:5000"));
+        assert!(hosts["host"]["http://127.0.0.1:5000"]["capabilities"].as_array().unwrap().len() == 2);
     }
 
     #[test]

@@ -27,6 +27,8 @@ mod containerd;
 pub mod docs;
 pub mod flox_node;
 pub mod garage;
+pub mod oci_image;
+pub mod registry;
 pub mod static_server;
 pub mod store_tree;
 pub mod without_nix;
