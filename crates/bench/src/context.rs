@@ -99,7 +99,9 @@ impl Bench {
                 shim_launcher: bins.release_dir.join("containerd-shim-flox-v2"),
             },
             extra_config: String::new(),
-            hook: None,
+            // CRI pulls from plain-HTTP registries listed in `<daemon dir>/certs.d` (P11, P12
+            // add theirs when they start one); nothing else of the node changes.
+            hook: Some(imageless_e2e::config::registry_hook(VERSION, Vec::new())),
         };
         let node = FloxNode::start_setup(VERSION, setup).context("starting the benchmark's node")?;
         let dir = node.dir.path().join("bench");
@@ -109,6 +111,11 @@ impl Bench {
 
     pub fn say(&self, what: &str) {
         self.progress.say(what)
+    }
+
+    /// The containerd's registry hosts directory (`config_path`, see `registry_hook`).
+    pub fn registry_hosts_dir(&self) -> PathBuf {
+        self.node.containerd.dir().join("certs.d")
     }
 
     pub async fn runner(&self) -> anyhow::Result<PodRunner> {

@@ -18,6 +18,9 @@
 //! - P8 20 cold pulls at once through a pull-through hub vs straight from its upstream.
 //! - P9 cold `imageless pull` of flox/large (and a small env) vs `nix copy` into empty stores.
 //! - P10 ExecSync into a hook environment's pod vs a hook-less one (execs attach: ≤ 2 ms added).
+//! - P11 cold start of flox/large on an empty node vs the image a user would build instead (its
+//!   closure, per-path and single-layer layers, gzip and zstd) pulled from docker-registry on
+//!   loopback through CRI; anchors: the pull alone and the physical limit (closure copy).
 //! - P13 cold `imageless pull flox/large` from an `s3://` bucket on Garage vs `nix copy` from the
 //!   same bucket through Garage's website endpoint.
 //!
@@ -29,6 +32,7 @@ mod context;
 mod cri_steps;
 mod nixns;
 mod p10_exec_attach;
+mod p11_cold_vs_image;
 mod p13_s3_pull;
 mod p1_breakdown;
 mod p1_ladder;
@@ -152,6 +156,14 @@ fn run_figures(
     }
     if wanted("P10") {
         rt.block_on(p10_exec_attach::run(bench, results))?;
+    }
+    if wanted("P11") {
+        let case = p11_cold_vs_image::Case {
+            env: p6_large::LARGE_ENV,
+            command: "large-app",
+            prints: "large-app: 250 libraries",
+        };
+        rt.block_on(p11_cold_vs_image::run(bench, &case, results))?;
     }
     if wanted("P13") {
         p13_s3_pull::run(bench, p6_large::LARGE_ENV, &large_closure, results)?;

@@ -71,15 +71,21 @@ pub fn plain_http_registry_hosts(
         _ => &["plugins", "io.containerd.grpc.v1.cri", "registry"],
     };
     set_path(&mut doc, registry, "config_path", &hosts_dir.to_string_lossy())?;
+    std::fs::create_dir_all(hosts_dir).with_context(|| format!("creating {}", hosts_dir.display()))?;
     for addr in registries {
-        let dir = hosts_dir.join(addr);
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let text = format!(
-            "server = \"http://{addr}\"\n\n[host.\"http://{addr}\"]\n  capabilities = [\"pull\", \"resolve\"]\n"
-        );
-        std::fs::write(dir.join("hosts.toml"), text).with_context(|| format!("writing {}", dir.display()))?;
+        write_plain_http_host(hosts_dir, addr)?;
     }
     Ok(doc.to_string())
+}
+
+/// Writes `hosts_dir/<addr>/hosts.toml` for a plain-HTTP registry at `addr`. containerd reads
+/// the hosts directory at every pull, so a registry started after the daemon can be added.
+pub fn write_plain_http_host(hosts_dir: &Path, addr: &str) -> anyhow::Result<()> {
+    let dir = hosts_dir.join(addr);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let text =
+        format!("server = \"http://{addr}\"\n\n[host.\"http://{addr}\"]\n  capabilities = [\"pull\", \"resolve\"]\n");
+    std::fs::write(dir.join("hosts.toml"), text).with_context(|| format!("writing {}", dir.display()))
 }
 
 /// A [`crate::ConfigHook`] that applies [`plain_http_registry_hosts`] to a daemon's config,

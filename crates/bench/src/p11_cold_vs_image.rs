@@ -1,0 +1,372 @@
+//! P11 cold start against the image a user would build instead (issue 28): on an empty node,
+//! the time from the pod's first CRI call to its container's first output,
+//! - flox: a `flox/large` pod on the flox handler (the node realizes the closure from the hub
+//!   on loopback, renders, builds the view, starts);
+//! - image: the image holding exactly the same closure under /nix/store with the same command,
+//!   pushed with skopeo to Debian's docker-registry on loopback and pulled by the node's own
+//!   containerd through CRI PullImage (plain HTTP through hosts.toml), then a runc pod of it.
+//!   Built the two ways users build them: one layer per store path (nix2container,
+//!   nix-snapshotter) and one layer for the whole closure (a Dockerfile COPY), gzip (what
+//!   registries serve by default; the targets) and zstd (context rows).
+//!
+//! Our runner pulls the image before RunPodSandbox where the kubelet pulls after it; the sum is
+//! the same (the kubelet does not overlap them). Each turn starts cold: the flox side with
+//! [`Bench::make_cold`], the image side with the image and its content removed
+//! (`ctr images rm --sync` runs containerd's GC, which removes the unpacked snapshots too).
+//!
+//! Anchors next to ours: the registry pull alone (CRI PullImage: fetch + unpack), and the
+//! physical limit on this machine: copying the uncompressed closure's files from page cache
+//! into fresh files (read + write every byte, create every file, link and directory).
+//! Bytes transferred: the registry's own count of what it served; for flox, the cache files
+//! the hub's access log shows the node fetched, sized as the hub stores them.
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use imageless_e2e::flox_node::{env_pod, runc_pod};
+use imageless_e2e::oci_image::{self, BuiltImage, ImageSpec, LayerCompression, Layering};
+use imageless_e2e::registry::Registry;
+use imageless_e2e::{PodRunner, RunOptions, FLOX_EMPTY_IMAGE};
+
+use crate::context::{Bench, VERSION};
+use crate::report::{figure, Results};
+use crate::stats::{ms, summarize, Target};
+use crate::timing::start_timed;
+
+/// Turns of each side (cold starts of 235 MB and more: seconds each).
+const REPS: usize = 3;
+
+/// One image variant and its figure's target.
+struct Variant {
+    layering: Layering,
+    compression: LayerCompression,
+    target: Target,
+}
+
+const VARIANTS: [Variant; 4] = [
+    Variant { layering: Layering::PerPath, compression: LayerCompression::Gzip, target: Target::RatioAtMost(0.5) },
+    Variant { layering: Layering::Single, compression: LayerCompression::Gzip, target: Target::RatioAtMost(0.5) },
+    Variant { layering: Layering::PerPath, compression: LayerCompression::Zstd, target: Target::None },
+    Variant { layering: Layering::Single, compression: LayerCompression::Zstd, target: Target::None },
+];
+
+impl Variant {
+    fn key(&self) -> String {
+        format!("{}_{}", self.layering.as_str(), self.compression.as_str())
+    }
+}
+
+/// The environment a P11 row is about: its name, the line its command prints.
+pub struct Case<'a> {
+    pub env: &'a str,
+    pub command: &'a str,
+    pub prints: &'a str,
+}
+
+/// Samples of one side: first output and (image side) the pull alone, ms; bytes transferred.
+#[derive(Default)]
+struct Side {
+    first_output: Vec<f64>,
+    pull: Vec<f64>,
+    bytes: Vec<f64>,
+}
+
+pub async fn run(bench: &Bench, case: &Case<'_>, results: &mut Results) -> anyhow::Result<()> {
+    let env = case.env;
+    let key = env.replace('/', "_");
+    let world = bench.node.hub.world()?;
+    let entry = &world["environments"][env];
+    let generation = &entry["generations"][entry["live_generation"].to_string()];
+    let closure = oci_image::closure_of_generation(generation);
+    if closure.is_empty() {
+        bail!("world.json has no closure for {env}");
+    }
+    let registry = Registry::start()?;
+    imageless_e2e::config::write_plain_http_host(&bench.registry_hosts_dir(), &registry.addr)?;
+
+    bench.say(&format!("P11: {env} ({} paths): realizing its closure for the images", closure.len()));
+    let scratch = bench.dir.join(format!("p11-{key}"));
+    let store = oci_image::realize_store(
+        &bench.bins.imageless(),
+        &bench.node_config(&scratch.join("state"), "")?,
+        &scratch,
+        env,
+    )?;
+    let physical = physical_limit(&store, &closure, &scratch)?;
+    bench.say(&format!("P11: physical limit (copy of the closure from page cache): {:.0} ms", physical.median));
+
+    let mut images = Vec::new();
+    for v in &VARIANTS {
+        let t = Instant::now();
+        let spec = ImageSpec {
+            store_dir: store.clone(),
+            closure: closure.clone(),
+            env: vec![oci_image::path_of_generation(generation)],
+            cmd: vec![case.command.to_string()],
+            layering: v.layering,
+            compression: v.compression,
+        };
+        let tag = v.key().replace('_', "-");
+        let layout = scratch.join(format!("oci-{tag}"));
+        let image = oci_image::build(&spec, &layout, &tag)?;
+        let reference = registry.reference(&format!("p11/{}:{tag}", key.replace('_', "-")));
+        oci_image::push(&image, &reference)?;
+        std::fs::remove_dir_all(&layout)?;
+        bench.say(&format!(
+            "P11: image {tag}: {} layers, {:.0} MB compressed of {:.0} MB tar, built and pushed in {:.1} s",
+            image.layers.len(),
+            image.transfer_bytes() as f64 / 1e6,
+            image.tar_bytes as f64 / 1e6,
+            t.elapsed().as_secs_f64()
+        ));
+        images.push((image, reference));
+    }
+    remove_tree(&scratch);
+
+    let runner = bench.runner().await?;
+    let opts = bench.run_options();
+    let mut flox = Side::default();
+    let mut by_image: Vec<Side> = VARIANTS.iter().map(|_| Side::default()).collect();
+    bench.say(&format!("P11: {REPS} cold starts each: flox vs {} images, in rotating order", VARIANTS.len()));
+    for rep in 0..REPS {
+        for k in 0..=VARIANTS.len() {
+            let idx = (k + rep) % (VARIANTS.len() + 1);
+            if idx == 0 {
+                flox_turn(bench, &runner, &opts, case, &closure, &mut flox).await?;
+            } else {
+                let (image, reference) = &images[idx - 1];
+                image_turn(bench, &registry, &runner, &opts, case, image, reference, &mut by_image[idx - 1]).await?;
+            }
+        }
+    }
+
+    results.samples(&format!("P11.{key}.flox.first_output"), &flox.first_output);
+    results.samples(&format!("P11.{key}.physical_limit"), &physical.samples);
+    let f = summarize(&flox.first_output).expect("samples");
+    let flox_mb = summarize(&flox.bytes).expect("samples").median / 1e6;
+    for (v, side) in VARIANTS.iter().zip(&by_image) {
+        let vk = v.key();
+        results.samples(&format!("P11.{key}.image_{vk}.first_output"), &side.first_output);
+        results.samples(&format!("P11.{key}.image_{vk}.pull"), &side.pull);
+        let i = summarize(&side.first_output).expect("samples");
+        let p = summarize(&side.pull).expect("samples");
+        let what = format!("{} {} image", v.layering.as_str().replace('_', "-"), v.compression.as_str());
+        results.add(figure(
+            &format!("P11.{key}.vs_{vk}"),
+            &format!(
+                "P11 cold start {env} ({} paths) → first output, flox (hub on loopback) vs the {what} (registry on \
+                 loopback), median of {REPS}",
+                closure.len()
+            ),
+            "ms",
+            f.median,
+            Some(i.median),
+            &format!("{what}: CRI pull + runc pod"),
+            v.target,
+        ));
+        results.add(figure(
+            &format!("P11.{key}.context.pull_{vk}"),
+            &format!("P11 anchor: the registry pull alone (CRI PullImage of the {what}: fetch + unpack), median"),
+            "ms",
+            p.median,
+            Some(i.median),
+            "that image's whole cold start",
+            Target::None,
+        ));
+        results.add(figure(
+            &format!("P11.{key}.bytes_{vk}"),
+            &format!("P11 bytes transferred for a cold start of {env}: flox (cache files fetched) vs the {what}"),
+            "MB",
+            flox_mb,
+            Some(summarize(&side.bytes).expect("samples").median / 1e6),
+            &format!("{what} (the registry's count)"),
+            Target::None,
+        ));
+    }
+    results.add(figure(
+        &format!("P11.{key}.vs_physical_limit"),
+        &format!(
+            "P11 cold start {env} → first output (flox) vs the physical limit here: copying its uncompressed \
+             closure ({:.0} MB) from page cache into fresh files",
+            physical.bytes as f64 / 1e6
+        ),
+        "ms",
+        f.median,
+        Some(physical.median),
+        "closure copy from page cache",
+        Target::RatioAtMost(2.0),
+    ));
+    // Leave nothing of the environment for later figures' cold starts.
+    bench.make_cold(&closure)?;
+    Ok(())
+}
+
+/// One cold flox start: node made cold, pod started and checked, pod removed.
+async fn flox_turn(
+    bench: &Bench,
+    runner: &PodRunner,
+    opts: &RunOptions,
+    case: &Case<'_>,
+    closure: &[String],
+    side: &mut Side,
+) -> anyhow::Result<()> {
+    bench.make_cold(closure)?;
+    let mark = bench.node.hub.log_mark();
+    let yaml = env_pod("p11-flox", case.env, FLOX_EMPTY_IMAGE, &[case.command]);
+    let t = start_timed(runner, &yaml, opts, Instant::now()).await?;
+    let out = first_line(&t.pod).await?;
+    t.pod.remove().await?;
+    if out.trim() != case.prints {
+        bail!("P11 flox pod printed {out:?}, expected {:?}", case.prints);
+    }
+    side.first_output.push(ms(t.first_output));
+    side.bytes.push(hub_cache_bytes_since(bench, mark) as f64);
+    Ok(())
+}
+
+/// One cold image start: image and its content absent, pulled through CRI, pod started and
+/// checked, then pod and image removed again.
+#[allow(clippy::too_many_arguments)]
+async fn image_turn(
+    bench: &Bench,
+    registry: &Registry,
+    runner: &PodRunner,
+    opts: &RunOptions,
+    case: &Case<'_>,
+    image: &BuiltImage,
+    reference: &str,
+    side: &mut Side,
+) -> anyhow::Result<()> {
+    remove_image(bench, image, reference)?;
+    let client = bench.node.containerd.client().await?;
+    let mark = registry.log_mark();
+    let t0 = Instant::now();
+    client.pull_image(reference).await.map_err(|e| anyhow::anyhow!("CRI PullImage {reference}: {e}"))?;
+    let pulled = t0.elapsed();
+    let yaml = runc_pod("p11-image", reference, &[case.command]);
+    let t = start_timed(runner, &yaml, opts, t0).await?;
+    let out = first_line(&t.pod).await?;
+    t.pod.remove().await?;
+    if out.trim() != case.prints {
+        bail!("P11 image pod ({reference}) printed {out:?}, expected {:?}", case.prints);
+    }
+    side.first_output.push(ms(t.first_output));
+    side.pull.push(ms(pulled));
+    side.bytes.push(registry.bytes_served_since(mark) as f64);
+    remove_image(bench, image, reference)
+}
+
+/// The pod's first whole line of stdout (the first bytes may come before the newline).
+async fn first_line(pod: &imageless_e2e::RunningPod) -> anyhow::Result<String> {
+    let mut out = String::new();
+    for _ in 0..200 {
+        out = pod.stdout(None)?;
+        if out.contains('\n') {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    Ok(out)
+}
+
+/// `ctr images rm --sync` (containerd's GC runs before it returns: content and snapshots of
+/// the image go), then checks none of the image's layers is left in the content store.
+fn remove_image(bench: &Bench, image: &BuiltImage, reference: &str) -> anyhow::Result<()> {
+    let ctr = |args: &[&str]| -> anyhow::Result<std::process::Output> {
+        Command::new(VERSION.ctr())
+            .arg("-a")
+            .arg(bench.node.containerd.socket())
+            .args(["-n", "k8s.io"])
+            .args(args)
+            .output()
+            .context("running ctr")
+    };
+    // Absent already is fine ("not found").
+    ctr(&["images", "rm", "--sync", reference])?;
+    let listed = ctr(&["content", "ls", "-q"])?;
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    let left = image.layers.iter().filter(|l| listed.lines().any(|d| d.trim() == l.digest)).count();
+    if left > 0 {
+        bail!("P11: {left} layers of {reference} are still in containerd's content store after removal");
+    }
+    Ok(())
+}
+
+/// Bytes of the hub's cache files (`GET /cache/…` answered 200) logged since `mark`, sized as
+/// the hub stores them.
+fn hub_cache_bytes_since(bench: &Bench, mark: usize) -> u64 {
+    let hub = &bench.node.hub;
+    let log = hub.access_log();
+    let since = log.get(mark.min(log.len())..).unwrap_or("");
+    since
+        .lines()
+        .filter_map(|l| {
+            let rest = l.split("GET ").nth(1)?;
+            let mut it = rest.split_whitespace();
+            let path = it.next()?;
+            (it.next()? == "200" && path.starts_with("/cache/")).then_some(path)
+        })
+        .filter_map(|p| std::fs::metadata(hub.root.join(p.trim_start_matches('/'))).ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+struct Physical {
+    samples: Vec<f64>,
+    median: f64,
+    bytes: u64,
+}
+
+/// The physical limit: the closure's files copied from page cache (read once first) into a
+/// fresh directory on the node's disk, median of 3.
+fn physical_limit(store: &Path, closure: &[String], scratch: &Path) -> anyhow::Result<Physical> {
+    let mut bytes = 0;
+    let mut samples = Vec::new();
+    for turn in 0..4 {
+        let dest = scratch.join(format!("copy-{turn}"));
+        std::fs::create_dir_all(&dest)?;
+        let t = Instant::now();
+        let mut n = 0;
+        for p in closure {
+            let base = p.trim_start_matches("/nix/store/");
+            n += copy_tree(&store.join(base), &dest.join(base))?;
+        }
+        // The first turn only makes sure the source is in page cache.
+        if turn > 0 {
+            samples.push(ms(t.elapsed()));
+        }
+        bytes = n;
+        remove_tree(&dest);
+    }
+    let median = summarize(&samples).expect("samples").median;
+    Ok(Physical { samples, median, bytes })
+}
+
+/// Copies a file, directory or symlink by reading and writing (no copy offload): its bytes.
+fn copy_tree(src: &Path, dest: &Path) -> anyhow::Result<u64> {
+    let meta = std::fs::symlink_metadata(src).with_context(|| format!("reading {}", src.display()))?;
+    if meta.file_type().is_symlink() {
+        std::os::unix::fs::symlink(std::fs::read_link(src)?, dest)?;
+        Ok(0)
+    } else if meta.is_dir() {
+        std::fs::create_dir(dest)?;
+        let mut n = 0;
+        for e in std::fs::read_dir(src)? {
+            let e = e?;
+            n += copy_tree(&e.path(), &dest.join(e.file_name()))?;
+        }
+        Ok(n)
+    } else {
+        let data = std::fs::read(src)?;
+        std::fs::write(dest, &data)?;
+        std::fs::set_permissions(dest, meta.permissions())?;
+        Ok(data.len() as u64)
+    }
+}
+
+/// Removes a tree whose directories may be read-only (store paths are).
+fn remove_tree(dir: &Path) {
+    let _ = Command::new("chmod").arg("-R").arg("u+w").arg(dir).status();
+    let _ = std::fs::remove_dir_all(dir);
+}
