@@ -23,6 +23,8 @@
 //!   loopback through CRI; anchors: the pull alone and the physical limit (closure copy).
 //! - P13 cold `imageless pull flox/large` from an `s3://` bucket on Garage vs `nix copy` from the
 //!   same bucket through Garage's website endpoint.
+//! - P14 serving flox/large's cache files to 16 clients at once from one hub replica whose cache
+//!   is an S3 bucket (Garage) vs nginx from disk; three replicas vs one as context.
 //!
 //! Environment: IMAGELESS_BENCH_BIN_DIR (the measured binaries, default target/image/bin),
 //! IMAGELESS_ACTIVATOR, IMAGELESS_HUB_ROOT (as for the e2e tests); IMAGELESS_BENCH_STRACE=DIR
@@ -34,6 +36,7 @@ mod nixns;
 mod p10_exec_attach;
 mod p11_cold_vs_image;
 mod p13_s3_pull;
+mod p14_s3_serving;
 mod p1_breakdown;
 mod p1_ladder;
 mod p1_warm_start;
@@ -167,6 +170,9 @@ fn run_figures(
     }
     if wanted("P13") {
         p13_s3_pull::run(bench, p6_large::LARGE_ENV, &large_closure, results)?;
+    }
+    if wanted("P14") {
+        p14_s3_serving::run(bench, p6_large::LARGE_ENV, &large_closure, results)?;
     }
     if let Some(dir) = std::env::var_os("IMAGELESS_BENCH_STRACE") {
         rt.block_on(strace::warm_starts(bench, Path::new(&dir)))?;

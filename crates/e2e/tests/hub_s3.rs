@@ -318,5 +318,21 @@ fn nix_copy_from_a_replica_on_s3_for_every_public_environment() {
         assert!(target.join(p.trim_start_matches('/')).exists(), "{p} not in the copy");
     }
     eprintln!("nix copy: {} paths of every public environment", paths.len());
+
+    // HEAD, Range and a missing file, answered from the bucket as from disk.
+    let some: Vec<String> = paths.iter().take(1).cloned().collect();
+    let nar = &nar_files(&upstream.root.join("cache"), &some)[0];
+    let bytes = std::fs::read(upstream.root.join("cache").join(nar)).unwrap();
+    let http = reqwest::blocking::Client::new();
+    let head = http.head(format!("{}/cache/{nar}", replica.url)).send().unwrap();
+    assert_eq!(head.status(), 200);
+    assert_eq!(head.headers()["content-length"], bytes.len().to_string().as_str());
+    let range = http.get(format!("{}/cache/{nar}", replica.url)).header("range", "bytes=10-19").send().unwrap();
+    assert_eq!(range.status(), 206);
+    assert_eq!(range.bytes().unwrap().as_ref(), &bytes[10..20]);
+    let missing = http.get(format!("{}/cache/{}.narinfo", replica.url, "0".repeat(32))).send().unwrap();
+    assert_eq!(missing.status(), 404);
+    let info = http.get(format!("{}/cache/nix-cache-info", replica.url)).send().unwrap().text().unwrap();
+    assert!(info.contains("StoreDir: /nix/store"), "{info}");
     let _ = Command::new("chmod").arg("-R").arg("u+w").arg(&target).status();
 }
