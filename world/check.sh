@@ -152,8 +152,19 @@ for p in closure:
 if len(closure) < 300 or nar_size < 200_000_000:
     sys.exit(f"world check: flox/large has {len(closure)} store paths, {nar_size} bytes; needs >= 300 and >= 200 MB")
 print(f"world check: flox/large: {len(closure)} store paths, {nar_size / 1e6:.0f} MB unpacked", file=sys.stderr)
+# Generation 2 is the update case (P12): it must share about 90 % of its paths with generation 1.
+gens = json.loads((hub / "world.json").read_text())["environments"]["flox/large"]["generations"]
+if "2" not in gens:
+    sys.exit("world check: flox/large has no generation 2")
+second = set(gens["2"]["closure"])
+shared = len(second & set(closure)) / len(second)
+if len(second) < 300 or not 0.85 <= shared <= 0.95:
+    sys.exit(f"world check: flox/large:2 has {len(second)} paths, {shared:.0%} shared with generation 1; needs >= 300 and 85-95 %")
+print(f"world check: flox/large:2: {len(second)} store paths, {shared:.1%} shared with generation 1", file=sys.stderr)
 EOF
-[[ $(wc -l <"$(in_store "$(pkg_path large_app)")/lib/large-app/libraries") -eq 250 ]] || die "large-app does not list 250 libraries"
+for app in large_app large_app_1_1; do
+    [[ $(wc -l <"$(in_store "$(pkg_path $app)")/lib/large-app/libraries") -eq 250 ]] || die "$app does not list 250 libraries"
+done
 for tool in cat wc sleep; do
     [[ -L $(in_store "$(pkg_path large_coreutils)")/bin/$tool ]] || die "coreutils lacks bin/$tool"
 done

@@ -20,10 +20,15 @@ let
   libName = layer: j: "large${pad (layer * perLayer + j)}";
 
   # Library j of `layer`; it links libraries of layer-1 (none for layer 0).
-  lib = layer: j:
+  lib = layer: j: libRev 1 layer j;
+  # Revision `rev` of that library: rev 1 is version 1.0 (generation 1's, unchanged text so
+  # its store paths stay the same), rev 2 version 1.1 with one more line in its .so.
+  libRev = rev: layer: j:
     let
       i = layer * perLayer + j;
       name = libName layer j;
+      version = if rev == 1 then "1.0" else "1.${toString (rev - 1)}";
+      revLine = if rev == 1 then "" else " rev ${toString rev}";
       # 4 KiB blocks cut out of busybox (1.9 MB) or bash (2.3 MB): 0.25 to 1.5 MB.
       count = 60 + mod (i * 37) 300;
       source = if mod i 2 == 0 then "${bb}/bin/busybox" else "${bashSrc}/bin/bash";
@@ -35,12 +40,12 @@ let
       ];
     in
     mk {
-      name = "lib${name}-1.0";
+      name = "lib${name}-${version}";
       extra = { inherit source; deps = deps; };
       script = ''
         mkdir -p $out/lib/pkgconfig $out/include $out/share/doc/lib${name} $out/nix-support
         dd if="$source" of=$out/lib/lib${name}.so.1.0 bs=4096 skip=${toString skip} count=${toString count} 2>/dev/null
-        printf 'lib${name} build ${toString i}\n' >> $out/lib/lib${name}.so.1.0
+        printf 'lib${name} build ${toString i}${revLine}\n' >> $out/lib/lib${name}.so.1.0
         ln -s lib${name}.so.1.0 $out/lib/lib${name}.so.1
         ln -s lib${name}.so.1 $out/lib/lib${name}.so
         printf '%s\n' '#ifndef ${name}_H' '#define ${name}_H' 'int ${name}_init(void);' '#endif' > $out/include/${name}.h
@@ -62,6 +67,29 @@ let
   allLibs = builtins.concatLists (builtins.genList
     (layer: builtins.genList (j: libs.${toString layer}.${toString j}) perLayer)
     layers);
+
+  # flox/large generation 2 (large-app 1.1): the first 30 libraries of the top layer rebuilt
+  # (an update of some leaf libraries), so its closure shares 284 of its 315 paths (90 %)
+  # with generation 1's; top-layer libraries are linked by large-app only.
+  updatedTop = 30;
+  allLibs2 = builtins.concatLists (builtins.genList
+    (layer: builtins.genList
+      (j: if layer == layers - 1 && j < updatedTop then libRev 2 layer j else libs.${toString layer}.${toString j})
+      perLayer)
+    layers);
+
+  # The application: its libraries are found through lib/large-app/libraries.
+  app = version: appLibs: mk {
+    name = "large-app-${version}";
+    extra = { libs = appLibs; scriptText = "#!${sh}\n"; };
+    script = ''
+      mkdir -p $out/bin $out/lib/large-app
+      for l in $libs; do echo "$l"; done > $out/lib/large-app/libraries
+      printf '%s' "$scriptText" > $out/bin/large-app
+      echo "echo \"large-app: \$(wc -l < $out/lib/large-app/libraries) libraries\"" >> $out/bin/large-app
+      chmod 555 $out/bin/large-app
+    '';
+  };
 
   # A python3.11 site-package: 20 to 59 generated modules in 3 subpackages, metadata.
   pyPkg = i:
@@ -120,16 +148,6 @@ in
     '';
   };
 
-  # The application: its libraries are found through lib/large-app/libraries.
-  large_app = mk {
-    name = "large-app-1.0";
-    extra = { libs = allLibs; scriptText = "#!${sh}\n"; };
-    script = ''
-      mkdir -p $out/bin $out/lib/large-app
-      for l in $libs; do echo "$l"; done > $out/lib/large-app/libraries
-      printf '%s' "$scriptText" > $out/bin/large-app
-      echo "echo \"large-app: \$(wc -l < $out/lib/large-app/libraries) libraries\"" >> $out/bin/large-app
-      chmod 555 $out/bin/large-app
-    '';
-  };
+  large_app = app "1.0" allLibs;
+  large_app_1_1 = app "1.1" allLibs2;
 }
