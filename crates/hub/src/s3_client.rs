@@ -33,7 +33,8 @@ pub type S3Client = Client<crate::upstream_http::Connector, RequestBody>;
 pub const ATTEMPTS: u32 = 4;
 /// The longest a store may take to accept a connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// The longest a store may take to send an answer's head.
+/// The longest a store may take to send an answer's head (a PUT's: after its body, which gets
+/// one more second per MiB, i.e. at least 1 MiB/s).
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
@@ -100,7 +101,8 @@ async fn put(
         .header(hyper::header::CONTENT_LENGTH, size)
         .body(body)
         .map_err(|e| S3RequestError::Transport { method: "PUT", object: object.clone(), message: e.to_string() })?;
-    let response = send(client, request, "PUT", &object).await?;
+    let timeout = ANSWER_TIMEOUT + Duration::from_secs(size >> 20);
+    let response = send(client, request, "PUT", &object, timeout).await?;
     if response.status().is_success() {
         return Ok(());
     }
@@ -127,7 +129,7 @@ pub async fn get(
             object: object.clone(),
             message: e.to_string(),
         })?;
-        let response = send(client, request, "GET", &object).await?;
+        let response = send(client, request, "GET", &object, ANSWER_TIMEOUT).await?;
         if response.status().is_server_error() {
             return Err(answer_error("GET", object.clone(), response).await);
         }
@@ -146,12 +148,13 @@ async fn send(
     request: hyper::Request<RequestBody>,
     method: &'static str,
     object: &str,
+    timeout: Duration,
 ) -> Result<hyper::Response<Incoming>, S3RequestError> {
     let transport = |message: String| S3RequestError::Transport { method, object: object.to_owned(), message };
-    match tokio::time::timeout(ANSWER_TIMEOUT, client.request(request)).await {
+    match tokio::time::timeout(timeout, client.request(request)).await {
         Ok(Ok(response)) => Ok(response),
         Ok(Err(e)) => Err(transport(error_chain(&e))),
-        Err(_) => Err(transport(format!("no answer within {} s", ANSWER_TIMEOUT.as_secs()))),
+        Err(_) => Err(transport(format!("no answer within {} s", timeout.as_secs()))),
     }
 }
 
