@@ -21,6 +21,8 @@
 //! - P11 cold start of flox/large on an empty node vs the image a user would build instead (its
 //!   closure, per-path and single-layer layers, gzip and zstd) pulled from docker-registry on
 //!   loopback through CRI; anchors: the pull alone and the physical limit (closure copy).
+//! - P12 the update case: flox/large generation 2 after generation 1 (90 % of the paths shared)
+//!   vs image v2 after v1 (per-path and single-layer), time to first output and bytes.
 //! - P13 cold `imageless pull flox/large` from an `s3://` bucket on Garage vs `nix copy` from the
 //!   same bucket through Garage's website endpoint.
 //! - P14 serving flox/large's cache files to 16 clients at once from one hub replica whose cache
@@ -35,6 +37,7 @@ mod cri_steps;
 mod nixns;
 mod p10_exec_attach;
 mod p11_cold_vs_image;
+mod p12_update_vs_image;
 mod p13_s3_pull;
 mod p14_s3_serving;
 mod p1_breakdown;
@@ -167,6 +170,14 @@ fn run_figures(
             prints: "large-app: 250 libraries",
         };
         rt.block_on(p11_cold_vs_image::run(bench, &case, results))?;
+    }
+    if wanted("P12") {
+        let case = p11_cold_vs_image::Case {
+            env: p6_large::LARGE_ENV,
+            command: "large-app",
+            prints: "large-app: 250 libraries",
+        };
+        rt.block_on(p12_update_vs_image::run(bench, &case, results))?;
     }
     if wanted("P13") {
         p13_s3_pull::run(bench, p6_large::LARGE_ENV, &large_closure, results)?;

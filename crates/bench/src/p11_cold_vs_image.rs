@@ -38,10 +38,10 @@ use crate::timing::start_timed;
 const REPS: usize = 3;
 
 /// One image variant and its figure's target.
-struct Variant {
-    layering: Layering,
-    compression: LayerCompression,
-    target: Target,
+pub(crate) struct Variant {
+    pub layering: Layering,
+    pub compression: LayerCompression,
+    pub target: Target,
 }
 
 const VARIANTS: [Variant; 4] = [
@@ -52,7 +52,7 @@ const VARIANTS: [Variant; 4] = [
 ];
 
 impl Variant {
-    fn key(&self) -> String {
+    pub fn key(&self) -> String {
         format!("{}_{}", self.layering.as_str(), self.compression.as_str())
     }
 }
@@ -96,32 +96,7 @@ pub async fn run(bench: &Bench, case: &Case<'_>, results: &mut Results) -> anyho
     let physical = physical_limit(&store, &closure, &scratch)?;
     bench.say(&format!("P11: physical limit (copy of the closure from page cache): {:.0} ms", physical.median));
 
-    let mut images = Vec::new();
-    for v in &VARIANTS {
-        let t = Instant::now();
-        let spec = ImageSpec {
-            store_dir: store.clone(),
-            closure: closure.clone(),
-            env: vec![oci_image::path_of_generation(generation)],
-            cmd: vec![case.command.to_string()],
-            layering: v.layering,
-            compression: v.compression,
-        };
-        let tag = v.key().replace('_', "-");
-        let layout = scratch.join(format!("oci-{tag}"));
-        let image = oci_image::build(&spec, &layout, &tag)?;
-        let reference = registry.reference(&format!("p11/{}:{tag}", key.replace('_', "-")));
-        oci_image::push(&image, &reference)?;
-        std::fs::remove_dir_all(&layout)?;
-        bench.say(&format!(
-            "P11: image {tag}: {} layers, {:.0} MB compressed of {:.0} MB tar, built and pushed in {:.1} s",
-            image.layers.len(),
-            image.transfer_bytes() as f64 / 1e6,
-            image.tar_bytes as f64 / 1e6,
-            t.elapsed().as_secs_f64()
-        ));
-        images.push((image, reference));
-    }
+    let images = build_and_push(bench, &registry, &store, generation, case.command, &scratch, &key, &VARIANTS)?;
     remove_tree(&scratch);
 
     let runner = bench.runner().await?;
@@ -202,6 +177,48 @@ pub async fn run(bench: &Bench, case: &Case<'_>, results: &mut Results) -> anyho
     Ok(())
 }
 
+/// Builds the image of `generation`'s closure (held in `store`) in each variant and pushes it
+/// to `registry` as `p11/<name>:<variant>`: (image, reference) per variant.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn build_and_push(
+    bench: &Bench,
+    registry: &Registry,
+    store: &Path,
+    generation: &serde_json::Value,
+    command: &str,
+    scratch: &Path,
+    name: &str,
+    variants: &[Variant],
+) -> anyhow::Result<Vec<(BuiltImage, String)>> {
+    let mut images = Vec::new();
+    for v in variants {
+        let t = Instant::now();
+        let spec = ImageSpec {
+            store_dir: store.to_path_buf(),
+            closure: oci_image::closure_of_generation(generation),
+            env: vec![oci_image::path_of_generation(generation)],
+            cmd: vec![command.to_string()],
+            layering: v.layering,
+            compression: v.compression,
+        };
+        let tag = v.key().replace('_', "-");
+        let layout = scratch.join(format!("oci-{tag}"));
+        let image = oci_image::build(&spec, &layout, &tag)?;
+        let reference = registry.reference(&format!("p11/{}:{tag}", name.replace('_', "-")));
+        oci_image::push(&image, &reference)?;
+        std::fs::remove_dir_all(&layout)?;
+        bench.say(&format!(
+            "image {name}:{tag}: {} layers, {:.0} MB compressed of {:.0} MB tar, built and pushed in {:.1} s",
+            image.layers.len(),
+            image.transfer_bytes() as f64 / 1e6,
+            image.tar_bytes as f64 / 1e6,
+            t.elapsed().as_secs_f64()
+        ));
+        images.push((image, reference));
+    }
+    Ok(images)
+}
+
 /// One cold flox start: node made cold, pod started and checked, pod removed.
 async fn flox_turn(
     bench: &Bench,
@@ -238,7 +255,7 @@ async fn image_turn(
     reference: &str,
     side: &mut Side,
 ) -> anyhow::Result<()> {
-    remove_image(bench, image, reference)?;
+    remove_images(bench, &[(image, reference)])?;
     let client = bench.node.containerd.client().await?;
     let mark = registry.log_mark();
     let t0 = Instant::now();
@@ -254,11 +271,11 @@ async fn image_turn(
     side.first_output.push(ms(t.first_output));
     side.pull.push(ms(pulled));
     side.bytes.push(registry.bytes_served_since(mark) as f64);
-    remove_image(bench, image, reference)
+    remove_images(bench, &[(image, reference)])
 }
 
 /// The pod's first whole line of stdout (the first bytes may come before the newline).
-async fn first_line(pod: &imageless_e2e::RunningPod) -> anyhow::Result<String> {
+pub(crate) async fn first_line(pod: &imageless_e2e::RunningPod) -> anyhow::Result<String> {
     let mut out = String::new();
     for _ in 0..200 {
         out = pod.stdout(None)?;
@@ -270,9 +287,10 @@ async fn first_line(pod: &imageless_e2e::RunningPod) -> anyhow::Result<String> {
     Ok(out)
 }
 
-/// `ctr images rm --sync` (containerd's GC runs before it returns: content and snapshots of
-/// the image go), then checks none of the image's layers is left in the content store.
-fn remove_image(bench: &Bench, image: &BuiltImage, reference: &str) -> anyhow::Result<()> {
+/// `ctr images rm --sync` of each image (containerd's GC runs before it returns: content and
+/// snapshots no image references go), then checks none of their layers is left in the content
+/// store: the next pull starts cold.
+pub(crate) fn remove_images(bench: &Bench, images: &[(&BuiltImage, &str)]) -> anyhow::Result<()> {
     let ctr = |args: &[&str]| -> anyhow::Result<std::process::Output> {
         Command::new(VERSION.ctr())
             .arg("-a")
@@ -282,20 +300,24 @@ fn remove_image(bench: &Bench, image: &BuiltImage, reference: &str) -> anyhow::R
             .output()
             .context("running ctr")
     };
-    // Absent already is fine ("not found").
-    ctr(&["images", "rm", "--sync", reference])?;
+    for (_, reference) in images {
+        // Absent already is fine ("not found").
+        ctr(&["images", "rm", "--sync", reference])?;
+    }
     let listed = ctr(&["content", "ls", "-q"])?;
     let listed = String::from_utf8_lossy(&listed.stdout);
-    let left = image.layers.iter().filter(|l| listed.lines().any(|d| d.trim() == l.digest)).count();
-    if left > 0 {
-        bail!("P11: {left} layers of {reference} are still in containerd's content store after removal");
+    for (image, reference) in images {
+        let left = image.layers.iter().filter(|l| listed.lines().any(|d| d.trim() == l.digest)).count();
+        if left > 0 {
+            bail!("{left} layers of {reference} are still in containerd's content store after its removal");
+        }
     }
     Ok(())
 }
 
 /// Bytes of the hub's cache files (`GET /cache/…` answered 200) logged since `mark`, sized as
 /// the hub stores them.
-fn hub_cache_bytes_since(bench: &Bench, mark: usize) -> u64 {
+pub(crate) fn hub_cache_bytes_since(bench: &Bench, mark: usize) -> u64 {
     let hub = &bench.node.hub;
     let log = hub.access_log();
     let since = log.get(mark.min(log.len())..).unwrap_or("");
@@ -366,7 +388,7 @@ fn copy_tree(src: &Path, dest: &Path) -> anyhow::Result<u64> {
 }
 
 /// Removes a tree whose directories may be read-only (store paths are).
-fn remove_tree(dir: &Path) {
+pub(crate) fn remove_tree(dir: &Path) {
     let _ = Command::new("chmod").arg("-R").arg("u+w").arg(dir).status();
     let _ = std::fs::remove_dir_all(dir);
 }
