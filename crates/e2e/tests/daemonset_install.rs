@@ -21,7 +21,9 @@
 //!    an operator adds (README: /etc/imageless/config.toml), given through IMAGELESS_CONFIG.
 //! 4. The uninstaller DaemonSet (deploy/uninstall/), rendered the same way, runs with
 //!    `--skip-container unlabel-node` (the init container that needs the API server); then the
-//!    config has its original bytes and NODE is, path for path, what it was before install.
+//!    config has its original bytes and NODE is, path for path, what it was before install, but
+//!    for the empty directories the agent container's hostPath volumes (DirectoryOrCreate) made
+//!    before install ran (/var/lib/imageless, /etc/imageless), as the kubelet makes them.
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -60,6 +62,19 @@ fn rendered_workload(dir: &str, kind: &str, name: &str) -> String {
         .find(|d| d["kind"].as_str() == Some(kind) && d["metadata"]["name"].as_str() == Some(name))
         .unwrap_or_else(|| panic!("deploy/{dir} renders no {kind} {name}:\n{text}"));
     serde_yaml::to_string(&doc).unwrap()
+}
+
+/// The hostPath directories of type DirectoryOrCreate in a rendered workload, as node-root
+/// relative paths (what `imageless pod run --host-path-root` creates beneath the root).
+fn created_host_dirs(workload: &str) -> Vec<PathBuf> {
+    let doc: serde_yaml::Value = serde_yaml::from_str(workload).expect("rendered YAML");
+    let volumes = doc["spec"]["template"]["spec"]["volumes"].as_sequence().cloned().unwrap_or_default();
+    volumes
+        .iter()
+        .filter(|v| v["hostPath"]["type"].as_str() == Some("DirectoryOrCreate"))
+        .filter_map(|v| v["hostPath"]["path"].as_str())
+        .map(|p| PathBuf::from(p.trim_start_matches('/')))
+        .collect()
 }
 
 /// One path of a node root: type and permission bits, owner, and a file's bytes or a link's target.
@@ -159,7 +174,8 @@ fn daemonset_installs_runs_echoip_and_uninstalls(version: ContainerdVersion) {
 
     // 2. The installer DaemonSet's own pod.
     let installer = work.path().join("installer-daemonset.yaml");
-    std::fs::write(&installer, rendered_workload(".", "DaemonSet", "imageless-installer")).unwrap();
+    let installer_yaml = rendered_workload(".", "DaemonSet", "imageless-installer");
+    std::fs::write(&installer, &installer_yaml).unwrap();
     let out = pod_cli(
         &cluster,
         &["run", installer.to_str().unwrap(), "--host-network", "--host-path-root", root_arg, "--timeout", "120s"],
@@ -267,9 +283,21 @@ fn daemonset_installs_runs_echoip_and_uninstalls(version: ContainerdVersion) {
         assert!(!bin.join(name).exists(), "{name} left after uninstall");
     }
     let after = snapshot(node_root);
+    // The agent's hostPath volumes of type DirectoryOrCreate (/var/lib/imageless, /etc/imageless)
+    // are created when the pod's volumes are set up, before install runs, as the kubelet does: so
+    // install did not create them and uninstall leaves them, empty.
+    let volume_dirs = created_host_dirs(&installer_yaml);
+    assert!(!volume_dirs.is_empty(), "the agent mounts the state root and node config by hostPath");
+    for dir in &volume_dirs {
+        let (mode, ..) = after.get(dir).unwrap_or_else(|| panic!("/{} was created for the pod", dir.display()));
+        assert_eq!(mode & 0o170000, 0o040000, "/{} is a directory", dir.display());
+        let inside: Vec<_> = after.keys().filter(|p| p.starts_with(dir) && p != &dir).collect();
+        assert!(inside.is_empty(), "uninstall left files in /{}: {inside:?}", dir.display());
+    }
     let changed: Vec<String> = after
         .keys()
         .chain(before.keys())
+        .filter(|p| before.contains_key(*p) || !volume_dirs.contains(*p))
         .filter(|p| before.get(*p) != after.get(*p))
         .map(|p| format!("/{}", p.display()))
         .collect::<std::collections::BTreeSet<_>>()
