@@ -300,9 +300,15 @@ pub(crate) fn remove_images(bench: &Bench, images: &[(&BuiltImage, &str)]) -> an
             .output()
             .context("running ctr")
     };
-    for (_, reference) in images {
-        // Absent already is fine ("not found").
-        ctr(&["images", "rm", "--sync", reference])?;
+    for (image, reference) in images {
+        // CRI keeps three names per image: the tag, `repo@<manifest digest>` and the image id
+        // (the config's digest); its content goes only with the last. Absent names are fine.
+        let repo = match reference.rsplit_once(':') {
+            Some((repo, tag)) if !tag.contains('/') => repo,
+            _ => reference,
+        };
+        let by_digest = format!("{repo}@{}", image.manifest.digest);
+        ctr(&["images", "rm", "--sync", reference, &by_digest, &image.config.digest])?;
     }
     let listed = ctr(&["content", "ls", "-q"])?;
     let listed = String::from_utf8_lossy(&listed.stdout);

@@ -246,7 +246,8 @@ fn write_layer(
     }
     let (compressor, diff_id, tar_bytes) = tar.into_inner()?.finish();
     let (file, digest, size) = compressor.finish()?.finish();
-    file.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+    // No fsync: the layout is read back at once (by skopeo) and is scratch.
+    file.into_inner().map_err(|e| e.into_error())?;
     std::fs::rename(&tmp, blobs.join(digest.trim_start_matches("sha256:")))?;
     Ok((Blob { digest, size }, diff_id, tar_bytes))
 }
