@@ -27,6 +27,8 @@
 //!   same bucket through Garage's website endpoint.
 //! - P14 serving flox/large's cache files to 16 clients at once from one hub replica whose cache
 //!   is an S3 bucket (Garage) vs nginx from disk; three replicas vs one as context.
+//! - P15 the node agent (`imageless node agent --standalone`): its RSS and CPU at idle and while
+//!   20 cold flox pods start at once.
 //!
 //! Environment: IMAGELESS_BENCH_BIN_DIR (the measured binaries, default target/image/bin),
 //! IMAGELESS_ACTIVATOR, IMAGELESS_HUB_ROOT (as for the e2e tests); IMAGELESS_BENCH_STRACE=DIR
@@ -40,6 +42,7 @@ mod p11_cold_vs_image;
 mod p12_update_vs_image;
 mod p13_s3_pull;
 mod p14_s3_serving;
+mod p15_agent;
 mod p1_breakdown;
 mod p1_ladder;
 mod p1_warm_start;
@@ -184,6 +187,9 @@ fn run_figures(
     }
     if wanted("P14") {
         p14_s3_serving::run(bench, p6_large::LARGE_ENV, &large_closure, results)?;
+    }
+    if wanted("P15") {
+        rt.block_on(p15_agent::run(bench, small_env, small_closure, results))?;
     }
     if let Some(dir) = std::env::var_os("IMAGELESS_BENCH_STRACE") {
         rt.block_on(strace::warm_starts(bench, Path::new(&dir)))?;

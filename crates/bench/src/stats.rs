@@ -117,7 +117,7 @@ pub struct Figure {
     /// Short id, e.g. `P1.running.median`.
     pub id: String,
     pub name: String,
-    /// `ms`, `s`, `MB` or `count`.
+    /// `ms`, `s`, `MB`, `%` (of one core) or `count`.
     pub unit: &'static str,
     pub ours: f64,
     pub baseline: Option<f64>,
@@ -215,6 +215,7 @@ pub fn fmt_value(v: f64, unit: &str) -> String {
         "count" => format!("{v:.0}"),
         "s" => format!("{v:.2} s"),
         "MB" => format!("{v:.1} MB"),
+        "%" => format!("{v:.2} %"),
         _ => format!("{v:.1} {unit}"),
     }
 }
