@@ -29,14 +29,7 @@ pub fn run(bench: &Bench, env: &str, closure: &[String], results: &mut Results) 
     let files = garage.upload_dir(BUCKET, &bench.node.hub.root.join("cache"))?;
     let website = garage.serve_website_as_localhost(BUCKET)?;
     let credentials = bench.dir.join("p13-aws-credentials");
-    let key = &garage.credentials;
-    std::fs::write(
-        &credentials,
-        format!(
-            "[default]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
-            key.access_key_id, key.secret_access_key
-        ),
-    )?;
+    garage.write_credentials_file(&credentials)?;
     bench.say(&format!("P13: {files} files in s3://{BUCKET}; cold {env} ({} paths), {REPS} turns each", closure.len()));
     let (mut ours, mut theirs) = (Vec::new(), Vec::new());
     for turn in 0..REPS * 2 {

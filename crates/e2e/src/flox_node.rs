@@ -444,6 +444,23 @@ pub fn env_pod(name: &str, env: &str, image: &str, command: &[&str]) -> String {
     flox_pod(name, &[(ENV_ANNOTATION, env)], image, command)
 }
 
+/// A one-container flox pod of `env` on flox/empty running `command`, with the FloxHub token
+/// secret `floxhub-token` mounted at /var/run/secrets/flox.dev as Flox's docs write it (when
+/// `with_secret`; pass the secret's directory to [`FloxNode::run`] under that name).
+pub fn token_pod(name: &str, env: &str, command: &str, with_secret: bool) -> String {
+    let (volumes, mounts) = if with_secret {
+        (
+            "  volumes:\n  - name: secret-volume\n    secret:\n      secretName: floxhub-token\n",
+            "    volumeMounts:\n    - name: secret-volume\n      mountPath: \"/var/run/secrets/flox.dev\"\n      readOnly: true\n",
+        )
+    } else {
+        ("", "")
+    };
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  annotations:\n    flox.dev/environment: \"{env}\"\nspec:\n  runtimeClassName: flox\n{volumes}  containers:\n  - name: empty\n    image: flox/empty:1.0.0\n    command: [\"{command}\"]\n{mounts}"
+    )
+}
+
 /// A one-container pod on the default runc handler.
 pub fn runc_pod(name: &str, image: &str, command: &[&str]) -> String {
     pod_yaml(name, None, &[], image, command)

@@ -174,6 +174,20 @@ impl Garage {
         ) + "&scheme=http"
     }
 
+    /// Writes the test key as an AWS shared-credentials file (`[default]` profile) at `path`,
+    /// as an operator gives it to a node (`s3_credentials_file`) or a hub.
+    pub fn write_credentials_file(&self, path: &Path) -> anyhow::Result<()> {
+        let k = &self.credentials;
+        std::fs::write(
+            path,
+            format!(
+                "[default]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
+                k.access_key_id, k.secret_access_key
+            ),
+        )?;
+        Ok(())
+    }
+
     /// A store of `bucket` with the test key.
     pub fn store(&self, bucket: &str) -> anyhow::Result<S3Store> {
         Ok(S3Store::new(S3Url::parse(&self.substituter(bucket))?, Some(&self.credentials))?)

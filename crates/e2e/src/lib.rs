@@ -22,6 +22,7 @@ pub use imageless_cri_pod::stream_exec::{ExecExit, ExecStreams};
 pub use imageless_cri_pod::{CriClient, PodError, PodManifest, PodRunner, RunOptions, RunningPod};
 use toml_edit::{DocumentMut, Item, Value};
 
+pub mod bad_peers;
 pub mod config;
 mod containerd;
 pub mod docs;

@@ -7,10 +7,10 @@
 //! names the three bad substituters.
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use imageless_e2e::bad_peers::{closed_port_url, Silent};
 use imageless_e2e::flox_node::{self as support, flox_pod, FloxNode};
 use imageless_e2e::static_server::Nginx;
 use imageless_e2e::store_tree::tree;
@@ -86,48 +86,6 @@ fn truncated_copy(cache: &Path, dest: &Path) {
         let bytes = std::fs::read(e.path()).unwrap();
         std::fs::write(dest.join("nar").join(e.file_name()), &bytes[..bytes.len() / 2]).unwrap();
     }
-}
-
-/// Accepts connections and never answers, until dropped.
-struct Silent {
-    url: String,
-    stop: Arc<AtomicBool>,
-    accepted: Arc<AtomicUsize>,
-}
-
-impl Silent {
-    fn start() -> Silent {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}/cache", listener.local_addr().unwrap());
-        let (stop, accepted) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)));
-        let (s, a) = (stop.clone(), accepted.clone());
-        std::thread::spawn(move || {
-            let mut held = Vec::new();
-            for conn in listener.incoming() {
-                if s.load(Ordering::SeqCst) {
-                    break;
-                }
-                a.fetch_add(1, Ordering::SeqCst);
-                held.push(conn);
-            }
-        });
-        Silent { url, stop, accepted }
-    }
-}
-
-impl Drop for Silent {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = std::net::TcpStream::connect(self.url.trim_start_matches("http://").trim_end_matches("/cache"));
-    }
-}
-
-/// A port where nothing listens.
-fn closed_port_url() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    drop(listener);
-    format!("http://127.0.0.1:{port}/cache")
 }
 
 /// The node's substituters and trusted keys, in its config file (read at every runtime call).
@@ -234,7 +192,7 @@ fn failover(version: ContainerdVersion) {
     assert_eq!(tree(&node.store_dir(), &closure), reference, "the closure differs from a clean pull's");
     assert!(took < clean * 2, "cold start {took:?} is over twice the clean pull's {clean:?}");
     assert!(truncated.access_log().contains("GET /cache/nar/"), "the truncated cache was asked for NARs");
-    assert!(silent.accepted.load(Ordering::SeqCst) >= 1, "the silent server was asked");
+    assert!(silent.accepted() >= 1, "the silent server was asked");
     // What the user sees: one warning line in the container's runc log naming the three.
     let warning = log
         .lines()

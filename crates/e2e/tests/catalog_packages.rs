@@ -70,17 +70,7 @@ fn run(cmd: &mut Command) -> String {
 }
 
 fn pod(name: &str, with_secret: bool) -> String {
-    let (volumes, mounts) = if with_secret {
-        (
-            "  volumes:\n  - name: secret-volume\n    secret:\n      secretName: floxhub-token\n",
-            "    volumeMounts:\n    - name: secret-volume\n      mountPath: \"/var/run/secrets/flox.dev\"\n      readOnly: true\n",
-        )
-    } else {
-        ("", "")
-    };
-    format!(
-        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  annotations:\n    flox.dev/environment: \"acme/withpkg\"\nspec:\n  runtimeClassName: flox\n{volumes}  containers:\n  - name: app\n    image: flox/empty:1.0.0\n    command: [\"hello-private\"]\n{mounts}"
-    )
+    support::token_pod(name, "acme/withpkg", "hello-private", with_secret)
 }
 
 /// Publishes the world's hello-private to `BUCKET` through `proxy` (the hub uploads with the
@@ -109,15 +99,7 @@ fn publish_to_garage(node: &mut FloxNode, garage: &Garage, proxy: &RecordingProx
     run(Command::new("nix-store").args(["--generate-binary-cache-key", "acme-s3-1"]).arg(&key_sec).arg(&key_pub));
     // The publisher store's credentials, in hub.json.
     let creds = work.join("publisher-credentials");
-    let k = &garage.credentials;
-    std::fs::write(
-        &creds,
-        format!(
-            "[default]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
-            k.access_key_id, k.secret_access_key
-        ),
-    )
-    .unwrap();
+    garage.write_credentials_file(&creds).unwrap();
     let hub_json = node.hub.root.join("hub.json");
     let mut config: serde_json::Value = serde_json::from_slice(&std::fs::read(&hub_json).unwrap()).unwrap();
     config["catalog_store_credentials"] = serde_json::json!(creds.display().to_string());

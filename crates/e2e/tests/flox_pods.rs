@@ -68,17 +68,7 @@ async fn generations(node: &FloxNode) {
 }
 
 fn private_pod(with_secret: bool) -> String {
-    let (volumes, mounts) = if with_secret {
-        (
-            "  volumes:\n  - name: secret-volume\n    secret:\n      secretName: floxhub-token\n",
-            "    volumeMounts:\n    - name: secret-volume\n      mountPath: \"/var/run/secrets/flox.dev\"\n      readOnly: true\n",
-        )
-    } else {
-        ("", "")
-    };
-    format!(
-        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: private\n  annotations:\n    flox.dev/environment: \"acme/private\"\nspec:\n  runtimeClassName: flox\n{volumes}  containers:\n  - name: empty\n    image: flox/empty:1.0.0\n    command: [\"hello\"]\n{mounts}"
-    )
+    support::token_pod("private", "acme/private", "hello", with_secret)
 }
 
 async fn private_environment(node: &FloxNode) {
