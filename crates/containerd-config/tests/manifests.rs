@@ -109,6 +109,7 @@ fn parse_all(docs: &[serde_yaml::Value]) -> Vec<String> {
             }
             "Service" => drop(strict::<k8s_openapi::api::core::v1::Service>(doc)),
             "PersistentVolumeClaim" => drop(strict::<k8s_openapi::api::core::v1::PersistentVolumeClaim>(doc)),
+            "PodDisruptionBudget" => drop(strict::<k8s_openapi::api::policy::v1::PodDisruptionBudget>(doc)),
             other => panic!("deploy/ renders a {other}, which this test does not know"),
         }
         kinds.push(kind);
@@ -202,6 +203,34 @@ fn hub_cache_kustomization_renders_and_serves_from_the_installer_image() {
     assert_eq!(hub["command"][2], "serve");
 }
 
+/// The replicas on object storage: a Deployment of N hub replicas whose cache is the bucket (no
+/// volume for it), credentials from the Secret, a Service, a headless Service for the fill
+/// peers, and a PodDisruptionBudget.
+#[test]
+fn hub_cache_s3_kustomization_renders_replicas_without_a_cache_volume() {
+    let docs = kustomize("hub-cache/s3");
+    let kinds = parse_all(&docs);
+    for kind in ["Deployment", "Service", "PodDisruptionBudget"] {
+        assert!(kinds.contains(&kind.to_string()), "{kind} missing: {kinds:?}");
+    }
+    let deployment = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
+    assert!(
+        deployment["spec"]["replicas"].as_u64().unwrap_or(1) >= 2,
+        "replicas: {:?}",
+        deployment["spec"]["replicas"]
+    );
+    let pod = &deployment["spec"]["template"]["spec"];
+    let hub = &pod["containers"][0];
+    let command: Vec<&str> = hub["command"].as_sequence().unwrap().iter().filter_map(|v| v.as_str()).collect();
+    assert_eq!(&command[..3], ["/opt/imageless/bin/imageless", "hub", "serve"], "{command:?}");
+    let text = serde_yaml::to_string(deployment).unwrap();
+    assert!(text.contains("s3://") && text.contains("imageless-hub-cache-s3"), "the bucket and its Secret: {text}");
+    assert!(
+        !pod["volumes"].as_sequence().into_iter().flatten().any(|v| v.get("persistentVolumeClaim").is_some()),
+        "no volume claim: the cache is the bucket"
+    );
+}
+
 /// What `kustomize edit set image imageless-installer=registry.example.com/ops/imageless-installer:v9`
 /// writes into kustomization.yaml (`images:` with newName and newTag) moves every container of
 /// the installer, uninstaller and hub cache to that image, and nothing else changes: the image is
@@ -212,7 +241,7 @@ fn setting_the_image_in_the_kustomization_moves_every_container() {
     let copy = tempfile::tempdir().unwrap();
     copy_tree(&deploy, copy.path());
     let set = "images:\n  - name: imageless-installer\n    newName: registry.example.com/ops/imageless-installer\n    newTag: v9\n";
-    for dir in [".", "uninstall", "hub-cache"] {
+    for dir in [".", "uninstall", "hub-cache", "hub-cache/s3"] {
         let file = copy.path().join(dir).join("kustomization.yaml");
         let text = std::fs::read_to_string(&file).unwrap();
         let at = text.find("images:").unwrap_or_else(|| panic!("{dir}/kustomization.yaml sets no image"));
