@@ -336,3 +336,57 @@ fn nix_copy_from_a_replica_on_s3_for_every_public_environment() {
     assert!(info.contains("StoreDir: /nix/store"), "{info}");
     let _ = Command::new("chmod").arg("-R").arg("u+w").arg(&target).status();
 }
+
+/// `hub publish` on a hub whose cache is a bucket: the NARs and narinfos the publish added to
+/// its local cache are in the bucket afterwards (NARs first, narinfos last), so every replica
+/// serves the new generation without pulling it through.
+#[test]
+fn hub_publish_puts_what_it_adds_into_the_cache_bucket() {
+    let world = world_root();
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path().join("hub");
+    let imageless = imageless_e2e::flox_node::imageless();
+    let run = |cmd: &mut Command| {
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    run(Command::new(&imageless).args(["hub", "init", "--root"]).arg(&root));
+    let garage = Garage::start().unwrap();
+    garage.create_bucket(BUCKET).unwrap();
+    let creds = credentials(work.path(), &garage);
+    let hub_json = root.join("hub.json");
+    let mut config: serde_json::Value = serde_json::from_slice(&std::fs::read(&hub_json).unwrap()).unwrap();
+    config["cache_store"] = serde_json::json!(cache_store(&garage));
+    config["cache_store_credentials"] = serde_json::json!(creds.display().to_string());
+    std::fs::write(&hub_json, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
+    // flox/hello's closure into this machine's store (publish copies from there).
+    let world_json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(world.join("world.json")).unwrap()).unwrap();
+    let closure = closure_of(&world_json, "flox/hello");
+    run(Command::new("nix")
+        .args(["--extra-experimental-features", "nix-command", "copy", "--no-check-sigs", "--from"])
+        .arg(format!("file://{}", world.join("cache").display()))
+        .args(&closure));
+    let lock = world.join("world/envs/flox/hello/1/manifest.lock");
+    run(Command::new(&imageless)
+        .args(["hub", "publish", "--root"])
+        .arg(&root)
+        .args(["flox/hello", "--lock"])
+        .arg(&lock));
+    let store = garage.store(BUCKET).unwrap();
+    let http = reqwest::blocking::Client::new();
+    let local: Vec<String> = nar_files(&root.join("cache"), &closure);
+    assert_eq!(local.len(), closure.len());
+    for key in
+        closure.iter().map(|p| format!("{}.narinfo", &p["/nix/store/".len().."/nix/store/".len() + 32])).chain(local)
+    {
+        let resp = http.get(store.presign_get(&key).as_str()).send().unwrap();
+        assert_eq!(resp.status(), 200, "{key} is not in the bucket");
+        assert_eq!(
+            resp.bytes().unwrap().as_ref(),
+            std::fs::read(root.join("cache").join(&key)).unwrap().as_slice(),
+            "{key}"
+        );
+    }
+}

@@ -230,7 +230,31 @@ pub fn run(command: HubCommand) -> Result<ExitCode, HubServerError> {
                 private: a.private,
                 copy_paths: !a.no_paths,
             };
-            let generation = publish::publish(&HubPaths::new(a.root), &request)?;
+            let paths = HubPaths::new(a.root);
+            // With the cache on object storage, what the publish added to the local cache goes to
+            // the bucket too (NARs first, narinfos last), so every replica serves it.
+            let config = paths.load()?;
+            let bucket = config.cache_store.clone().map(|url| (url, config.cache_store_credentials.clone()));
+            let before = match &bucket {
+                Some(_) => crate::catalog::upload::keys(&paths.cache())?,
+                None => Default::default(),
+            };
+            let generation = publish::publish(&paths, &request)?;
+            if let Some((url, credentials)) = bucket {
+                let plan = crate::catalog::upload::plan_new(&paths.cache(), &before)?;
+                let fail = |message: String| HubServerError::InvalidInput {
+                    what: "cache_store upload",
+                    value: message,
+                    accepted: "a bucket the hub's cache_store_credentials may write",
+                };
+                crate::catalog::upload::upload_to(
+                    &url,
+                    credentials.as_deref(),
+                    &plan,
+                    "cache_store_credentials",
+                    &fail,
+                )?;
+            }
             print_line(&generation.to_string())?;
         }
         HubCommand::PublishPackage(a) => {

@@ -58,12 +58,35 @@ pub fn upload(
     plan: &[Upload],
 ) -> Result<(), HubServerError> {
     let fail = |message: String| HubServerError::Catalog { catalog: catalog.to_owned(), message };
+    upload_to(store_url, credentials_file, plan, "catalog_store_credentials", &fail)
+}
+
+/// The files of `cache` (a binary-cache directory) that are not in `before`, in upload order.
+pub fn plan_new(cache: &Path, before: &std::collections::BTreeSet<String>) -> Result<Vec<Upload>, HubServerError> {
+    Ok(plan(cache)?.into_iter().filter(|u| !before.contains(&u.key)).collect())
+}
+
+/// Every file key of `cache` now (`nar/…`, `*.narinfo`, …).
+pub fn keys(cache: &Path) -> Result<std::collections::BTreeSet<String>, HubServerError> {
+    Ok(plan(cache)?.into_iter().map(|u| u.key).collect())
+}
+
+/// Uploads `plan` to `store_url` in its order (narinfos last, so a reader never sees a narinfo
+/// whose NAR is not there yet); `credentials_key` names the hub.json key in the error when
+/// there are no credentials.
+pub fn upload_to(
+    store_url: &str,
+    credentials_file: Option<&Path>,
+    plan: &[Upload],
+    credentials_key: &str,
+    fail: &dyn Fn(String) -> HubServerError,
+) -> Result<(), HubServerError> {
     let url = S3Url::parse(store_url).map_err(|e| fail(e.to_string()))?;
     let credentials =
         Credentials::resolve(credentials_file, url.profile.as_deref()).map_err(|e| fail(e.to_string()))?;
     if credentials.is_none() {
         return Err(fail(format!(
-            "no credentials to upload to {store_url}: set \"catalog_store_credentials\" in hub.json (an AWS shared-credentials file) or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY"
+            "no credentials to upload to {store_url}: set \"{credentials_key}\" in hub.json (an AWS shared-credentials file) or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY"
         )));
     }
     let store = S3Store::new(url, credentials.as_ref()).map_err(|e| fail(e.to_string()))?;
@@ -77,7 +100,7 @@ pub fn upload(
             crate::s3_client::put_file(&client, &store, &u.key, &u.file).await.map_err(|e| fail(e.to_string()))?;
             tracing::debug!(object = %store.object_name(&u.key), "uploaded");
         }
-        tracing::info!(objects = plan.len(), store = %store.url.original, "uploaded to the catalog store");
+        tracing::info!(objects = plan.len(), store = %store.url.original, "uploaded");
         Ok(())
     })
 }
