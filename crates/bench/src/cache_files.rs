@@ -2,6 +2,8 @@
 //! the NAR file its `URL:` names, with their sizes; and bytes served per the access log.
 use std::collections::HashMap;
 use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
@@ -49,6 +51,56 @@ pub fn served(log: &str, files: &[CacheFile]) -> (usize, u64) {
         bytes += sizes.get(rel).copied().unwrap_or(0);
     }
     (n, bytes)
+}
+
+/// `clients` curl processes at once, client i GETting every file of `files` from
+/// `bases[i % len]` on one connection; the wall time until the last finished. Fails unless each
+/// got every byte.
+pub fn fetch_with_clients(
+    dir: &Path,
+    clients: usize,
+    bases: &[String],
+    files: &[CacheFile],
+) -> anyhow::Result<Duration> {
+    let mut lists = Vec::new();
+    for (i, base) in bases.iter().enumerate() {
+        let list = dir.join(format!("curl-{i}-{}.cfg", base.replace([':', '/', '.'], "_")));
+        let mut cfg = String::from("fail\nsilent\nshow-error\nwrite-out = \"%{size_download}\\n\"\n");
+        for f in files {
+            cfg.push_str(&format!("url = \"{base}/cache/{}\"\noutput = \"/dev/null\"\n", f.rel));
+        }
+        std::fs::write(&list, cfg)?;
+        lists.push(list);
+    }
+    let want: u64 = files.iter().map(|f| f.size).sum();
+    let t0 = Instant::now();
+    let children: Vec<_> = (0..clients)
+        .map(|i| {
+            Command::new("curl")
+                .arg("-K")
+                .arg(&lists[i % lists.len()])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+        })
+        .collect::<Result<_, _>>()
+        .context("running curl")?;
+    let mut outputs = Vec::new();
+    for c in children {
+        outputs.push(c.wait_with_output()?);
+    }
+    let took = t0.elapsed();
+    for out in outputs {
+        let got: u64 = String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.trim().parse::<u64>().ok()).sum();
+        if !out.status.success() || got != want {
+            bail!(
+                "a client got {got} of {want} bytes ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+    }
+    Ok(took)
 }
 
 #[cfg(test)]

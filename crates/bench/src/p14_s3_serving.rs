@@ -7,15 +7,14 @@
 //! On a 2-core machine the replicas, Garage and the 16 curls share the same two cores, so three
 //! replicas cannot be faster than one here: the figure shows their cost, not scale-out.
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use imageless_e2e::flox_node::Hub;
 use imageless_e2e::garage::{Garage, REGION};
 use imageless_e2e::static_server::Nginx;
 
-use crate::cache_files::{self, CacheFile};
+use crate::cache_files::{self};
 use crate::context::Bench;
 use crate::report::{figure, Results};
 use crate::stats::{ms, summarize, Target};
@@ -23,51 +22,6 @@ use crate::stats::{ms, summarize, Target};
 const CLIENTS: usize = 16;
 const ROUNDS: usize = 3;
 const BUCKET: &str = "p14-cache";
-
-/// `CLIENTS` curl processes at once, client i GETting every file of `files` from
-/// `bases[i % len]` on one connection; the wall time until the last finished. Fails unless each
-/// got every byte.
-fn fetch_all(dir: &Path, bases: &[String], files: &[CacheFile]) -> anyhow::Result<Duration> {
-    let mut lists = Vec::new();
-    for (i, base) in bases.iter().enumerate() {
-        let list = dir.join(format!("p14-curl-{i}.cfg"));
-        let mut cfg = String::from("fail\nsilent\nshow-error\nwrite-out = \"%{size_download}\\n\"\n");
-        for f in files {
-            cfg.push_str(&format!("url = \"{base}/cache/{}\"\noutput = \"/dev/null\"\n", f.rel));
-        }
-        std::fs::write(&list, cfg)?;
-        lists.push(list);
-    }
-    let want: u64 = files.iter().map(|f| f.size).sum();
-    let t0 = Instant::now();
-    let children: Vec<_> = (0..CLIENTS)
-        .map(|i| {
-            Command::new("curl")
-                .arg("-K")
-                .arg(&lists[i % lists.len()])
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-        })
-        .collect::<Result<_, _>>()
-        .context("running curl")?;
-    let mut outputs = Vec::new();
-    for c in children {
-        outputs.push(c.wait_with_output()?);
-    }
-    let took = t0.elapsed();
-    for out in outputs {
-        let got: u64 = String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.trim().parse::<u64>().ok()).sum();
-        if !out.status.success() || got != want {
-            bail!(
-                "a client got {got} of {want} bytes ({}): {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-    }
-    Ok(took)
-}
 
 /// One replica on `store`: a fresh `hub init` root, the bucket as its cache.
 fn replica(bench: &Bench, n: usize, store: &str, credentials: &Path) -> anyhow::Result<Hub> {
@@ -122,9 +76,9 @@ pub fn run(bench: &Bench, env: &str, closure: &[String], results: &mut Results) 
         // Who goes first rotates with the round.
         for turn in 0..3 {
             match (turn + round) % 3 {
-                0 => s3_one.push(ms(fetch_all(&bench.dir, &one, &files)?)),
-                1 => from_disk.push(ms(fetch_all(&bench.dir, &disk, &files)?)),
-                _ => s3_three.push(ms(fetch_all(&bench.dir, &three, &files)?)),
+                0 => s3_one.push(ms(cache_files::fetch_with_clients(&bench.dir, CLIENTS, &one, &files)?)),
+                1 => from_disk.push(ms(cache_files::fetch_with_clients(&bench.dir, CLIENTS, &disk, &files)?)),
+                _ => s3_three.push(ms(cache_files::fetch_with_clients(&bench.dir, CLIENTS, &three, &files)?)),
             }
         }
     }
