@@ -39,6 +39,7 @@ mod cri_steps;
 mod nixns;
 mod p10_exec_attach;
 mod p11_cold_vs_image;
+mod p11_node_rss;
 mod p12_update_vs_image;
 mod p13_s3_pull;
 mod p14_s3_serving;

@@ -16,7 +16,8 @@
 //!
 //! Anchors next to ours: the registry pull alone (CRI PullImage: fetch + unpack), and the
 //! physical limit on this machine: copying the uncompressed closure's files from page cache
-//! into fresh files (read + write every byte, create every file, link and directory).
+//! into fresh files with `cp -a` (read + write every byte, create every file, link and
+//! directory). Every timed turn starts after `sync` (see [`physical_limit`]).
 //! Bytes transferred: the registry's own count of what it served; for flox, the cache files
 //! the hub's access log shows the node fetched, sized as the hub stores them.
 use std::path::Path;
@@ -30,9 +31,10 @@ use imageless_e2e::registry::Registry;
 use imageless_e2e::{PodRunner, RunOptions, FLOX_EMPTY_IMAGE};
 
 use crate::context::{Bench, VERSION};
+use crate::p11_node_rss::RssSampler;
 use crate::report::{figure, Results};
 use crate::stats::{ms, summarize, Target};
-use crate::timing::start_timed;
+use crate::timing::{start_timed, timed};
 
 /// Turns of each side (cold starts of 235 MB and more: seconds each).
 const REPS: usize = 3;
@@ -70,6 +72,8 @@ struct Side {
     first_output: Vec<f64>,
     pull: Vec<f64>,
     bytes: Vec<f64>,
+    /// Flox side: the node's peak RSS during the start (see p11_node_rss), bytes.
+    peak_rss: Vec<f64>,
 }
 
 pub async fn run(bench: &Bench, case: &Case<'_>, results: &mut Results) -> anyhow::Result<()> {
@@ -160,6 +164,17 @@ pub async fn run(bench: &Bench, case: &Case<'_>, results: &mut Results) -> anyho
         ));
     }
     results.add(figure(
+        &format!("P11.{key}.flox_pull_peak_rss"),
+        &format!(
+            "P11 the node's peak RSS during a cold {env} start (shim proxy + prefetch, summed, 5 ms samples), max of {REPS}"
+        ),
+        "MB",
+        flox.peak_rss.iter().cloned().fold(0.0, f64::max) / 1e6,
+        None,
+        "",
+        Target::AtMost(64.0),
+    ));
+    results.add(figure(
         &format!("P11.{key}.vs_physical_limit"),
         &format!(
             "P11 cold start {env} → first output (flox) vs the physical limit here: copying its uncompressed \
@@ -229,11 +244,20 @@ async fn flox_turn(
     side: &mut Side,
 ) -> anyhow::Result<()> {
     bench.make_cold(closure)?;
+    sync()?;
     let mark = bench.node.hub.log_mark();
     let yaml = env_pod("p11-flox", case.env, FLOX_EMPTY_IMAGE, &[case.command]);
-    let t = start_timed(runner, &yaml, opts, Instant::now()).await?;
+    let sampler = RssSampler::start(vec![
+        bench.bins.release_dir.join("containerd-shim-flox-v2"),
+        bench.bins.flox_runc(),
+        bench.bins.imageless(),
+    ]);
+    let started = start_timed(runner, &yaml, opts, Instant::now()).await;
+    let peak = sampler.stop();
+    let t = started?;
     let out = first_line(&t.pod).await?;
     t.pod.remove().await?;
+    side.peak_rss.push(peak as f64);
     if out.trim() != case.prints {
         bail!("P11 flox pod printed {out:?}, expected {:?}", case.prints);
     }
@@ -256,6 +280,7 @@ async fn image_turn(
     side: &mut Side,
 ) -> anyhow::Result<()> {
     remove_images(bench, &[(image, reference)])?;
+    sync()?;
     let client = bench.node.containerd.client().await?;
     let mark = registry.log_mark();
     let t0 = Instant::now();
@@ -346,51 +371,58 @@ struct Physical {
     bytes: u64,
 }
 
-/// The physical limit: the closure's files copied from page cache (read once first) into a
-/// fresh directory on the node's disk, median of 3.
+/// The physical limit: the closure's files copied with `cp -a` from page cache (read once
+/// first) into a fresh directory on the node's disk, median of 3. Each copy starts after
+/// `sync`, as every cold turn does: deleting a store's worth of files leaves the disk
+/// discarding for seconds (ext4 `discard`: removing this closure took 7.5 s here), and that
+/// work must not land in whichever measurement comes next.
 fn physical_limit(store: &Path, closure: &[String], scratch: &Path) -> anyhow::Result<Physical> {
-    let mut bytes = 0;
+    let sources: Vec<std::path::PathBuf> =
+        closure.iter().map(|p| store.join(p.trim_start_matches("/nix/store/"))).collect();
+    let bytes = sources.iter().map(|p| tree_bytes(p)).sum::<anyhow::Result<u64>>()?;
     let mut samples = Vec::new();
     for turn in 0..4 {
         let dest = scratch.join(format!("copy-{turn}"));
         std::fs::create_dir_all(&dest)?;
-        let t = Instant::now();
-        let mut n = 0;
-        for p in closure {
-            let base = p.trim_start_matches("/nix/store/");
-            n += copy_tree(&store.join(base), &dest.join(base))?;
-        }
+        sync()?;
+        let mut cmd = Command::new("cp");
+        cmd.arg("-a").args(&sources).arg(&dest);
+        let (took, _) = timed(&mut cmd)?;
         // The first turn only makes sure the source is in page cache.
         if turn > 0 {
-            samples.push(ms(t.elapsed()));
+            samples.push(ms(took));
         }
-        bytes = n;
-        remove_tree(&dest);
+    }
+    for turn in 0..4 {
+        remove_tree(&scratch.join(format!("copy-{turn}")));
     }
     let median = summarize(&samples).expect("samples").median;
     Ok(Physical { samples, median, bytes })
 }
 
-/// Copies a file, directory or symlink by reading and writing (no copy offload): its bytes.
-fn copy_tree(src: &Path, dest: &Path) -> anyhow::Result<u64> {
-    let meta = std::fs::symlink_metadata(src).with_context(|| format!("reading {}", src.display()))?;
-    if meta.file_type().is_symlink() {
-        std::os::unix::fs::symlink(std::fs::read_link(src)?, dest)?;
-        Ok(0)
-    } else if meta.is_dir() {
-        std::fs::create_dir(dest)?;
+/// Bytes of the regular files below `path`.
+fn tree_bytes(path: &Path) -> anyhow::Result<u64> {
+    let meta = std::fs::symlink_metadata(path).with_context(|| format!("reading {}", path.display()))?;
+    if meta.is_dir() {
         let mut n = 0;
-        for e in std::fs::read_dir(src)? {
-            let e = e?;
-            n += copy_tree(&e.path(), &dest.join(e.file_name()))?;
+        for e in std::fs::read_dir(path)? {
+            n += tree_bytes(&e?.path())?;
         }
         Ok(n)
+    } else if meta.is_file() {
+        Ok(meta.len())
     } else {
-        let data = std::fs::read(src)?;
-        std::fs::write(dest, &data)?;
-        std::fs::set_permissions(dest, meta.permissions())?;
-        Ok(data.len() as u64)
+        Ok(0)
     }
+}
+
+/// Flushes the machine's dirty data (and finishes pending discards) before a timed turn.
+pub(crate) fn sync() -> anyhow::Result<()> {
+    let status = Command::new("sync").status().context("running sync")?;
+    if !status.success() {
+        bail!("sync failed ({status})");
+    }
+    Ok(())
 }
 
 /// Removes a tree whose directories may be read-only (store paths are).

@@ -1,0 +1,53 @@
+//! The node's memory while it pulls (P11): the resident set of every process running one of
+//! the flox binaries (the per-pod shim proxy and the prefetch it spawns, both
+//! `containerd-shim-flox-v2`; `flox-runc` where it runs), summed, sampled every 5 ms from
+//! /proc; the peak of that sum. The stock runc shim is not counted: a runc pod has one too.
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+pub struct RssSampler {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<u64>,
+}
+
+impl RssSampler {
+    /// Starts sampling processes whose executable is one of `exes`.
+    pub fn start(exes: Vec<PathBuf>) -> RssSampler {
+        let exes: Vec<PathBuf> = exes.into_iter().map(|p| p.canonicalize().unwrap_or(p)).collect();
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut peak = 0;
+            while !flag.load(Ordering::Relaxed) {
+                peak = peak.max(rss_of(&exes));
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            peak.max(rss_of(&exes))
+        });
+        RssSampler { stop, thread }
+    }
+
+    /// Stops sampling: the peak summed RSS in bytes.
+    pub fn stop(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap_or(0)
+    }
+}
+
+/// Summed VmRSS (bytes) of the processes running one of `exes`.
+fn rss_of(exes: &[PathBuf]) -> u64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return 0 };
+    dir.flatten()
+        .filter(|e| e.file_name().to_str().is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit())))
+        .filter(|e| std::fs::read_link(e.path().join("exe")).is_ok_and(|x| exes.contains(&x)))
+        .filter_map(|e| std::fs::read_to_string(e.path().join("status")).ok())
+        .filter_map(|s| {
+            let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+            line.split_whitespace().nth(1)?.parse::<u64>().ok()
+        })
+        .map(|kb| kb * 1024)
+        .sum()
+}
