@@ -40,6 +40,7 @@ mod nixns;
 mod p10_exec_attach;
 mod p11_cold_vs_image;
 mod p11_node_rss;
+mod p11_pod_memory;
 mod p12_update_vs_image;
 mod p13_s3_pull;
 mod p14_s3_serving;
@@ -174,6 +175,7 @@ fn run_figures(
             prints: "large-app: 250 libraries",
         };
         rt.block_on(p11_cold_vs_image::run(bench, &case, results))?;
+        rt.block_on(p11_pod_memory::run(bench, p6_large::LARGE_ENV, results))?;
     }
     if wanted("P12") {
         let case = p11_cold_vs_image::Case {
