@@ -247,11 +247,9 @@ async fn flox_turn(
     sync()?;
     let mark = bench.node.hub.log_mark();
     let yaml = env_pod("p11-flox", case.env, FLOX_EMPTY_IMAGE, &[case.command]);
-    let sampler = RssSampler::start(vec![
-        bench.bins.release_dir.join("containerd-shim-flox-v2"),
-        bench.bins.flox_runc(),
-        bench.bins.imageless(),
-    ]);
+    // Not `imageless`: the bench's hub runs that binary, and the node's pull runs in the shim.
+    let sampler =
+        RssSampler::start(vec![bench.bins.release_dir.join("containerd-shim-flox-v2"), bench.bins.flox_runc()]);
     let started = start_timed(runner, &yaml, opts, Instant::now()).await;
     let peak = sampler.stop();
     let t = started?;
