@@ -111,7 +111,11 @@ async fn pull_records_become_the_pods_events_in_order_with_their_figures() {
     let client = kube::Client::try_from(kube_config).unwrap();
     let mut poster = events::EventPoster::new(client, "node-1");
 
-    let sources = [("http://127.0.0.1:1/cache".to_string(), SourceBytes { paths: 7, bytes: 1_234_567 })].into();
+    let sources = [(
+        "http://127.0.0.1:1/cache".to_string(),
+        SourceBytes { paths: 7, bytes: 1_234_567, ..SourceBytes::default() },
+    )]
+    .into();
     let failed = || Phase::Failed {
         duration_ms: 20,
         kind: "no-room".into(),
@@ -119,7 +123,11 @@ async fn pull_records_become_the_pods_events_in_order_with_their_figures() {
     };
     for r in [
         record("1.0", pod("web-1", None), Phase::Start { paths: 7, bytes: 1_234_567 }),
-        record("1.0", pod("web-1", None), Phase::End { duration_ms: 1500, paths: 7, bytes: 1_234_567, sources }),
+        record(
+            "1.0",
+            pod("web-1", None),
+            Phase::End { duration_ms: 1500, paths: 7, bytes: 1_234_567, sources, warnings: Vec::new() },
+        ),
         record("1.1", None, Phase::Start { paths: 1, bytes: 1 }),
         record("1.2", pod("web-2", Some("app")), failed()),
         record("1.3", pod("web-2", Some("app")), failed()),

@@ -635,9 +635,15 @@ impl PullLog {
         let sources = report
             .sources
             .iter()
-            .filter(|(_, s)| s.paths > 0)
+            .filter(|(_, s)| s.paths > 0 || s.corrupt > 0 || s.skipped.is_some())
             .map(|(url, s)| {
-                (pull_record::url_without_userinfo(url), pull_record::SourceBytes { paths: s.paths, bytes: s.bytes })
+                let got = pull_record::SourceBytes {
+                    paths: s.paths,
+                    bytes: s.bytes,
+                    corrupt: s.corrupt,
+                    skipped: s.skipped.map(str::to_string),
+                };
+                (pull_record::url_without_userinfo(url), got)
             })
             .collect();
         let phase = pull_record::Phase::End {
@@ -645,6 +651,7 @@ impl PullLog {
             paths: report.downloaded,
             bytes: report.nar_bytes,
             sources,
+            warnings: report.warnings.clone(),
         };
         pull_record::append(&self.state_root, &self.record(phase));
         self.done.set(true);

@@ -76,6 +76,16 @@ impl PodRef {
 pub struct SourceBytes {
     pub paths: u64,
     pub bytes: u64,
+    /// NARs it served that failed their checks (discarded, fetched elsewhere).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub corrupt: u64,
+    /// Why the pull skipped it (`down`, `slow`, `invalid`), if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skipped: Option<String>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -84,7 +94,15 @@ pub enum Phase {
     /// The closure is planned: `paths` store paths of `bytes` NAR bytes to fetch.
     Start { paths: usize, bytes: u64 },
     /// Rendered: `bytes` NAR bytes of `paths` paths fetched, by substituter URL.
-    End { duration_ms: u64, paths: usize, bytes: u64, sources: BTreeMap<String, SourceBytes> },
+    End {
+        duration_ms: u64,
+        paths: usize,
+        bytes: u64,
+        sources: BTreeMap<String, SourceBytes>,
+        /// The pull's warnings (substituters skipped, corrupt NARs), as the runc log shows them.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        warnings: Vec<String>,
+    },
     /// The pull failed with the runtime's message; `kind` sorts it (`no-room`, `no-space`,
     /// `hub`, `fetch`, `lockfile`, `render`, `other`).
     Failed { duration_ms: u64, kind: String, message: String },
@@ -273,7 +291,12 @@ mod tests {
                 duration_ms: 12,
                 paths: 3,
                 bytes: 300,
-                sources: [("http://h/cache".to_string(), SourceBytes { paths: 3, bytes: 300 })].into(),
+                sources: [(
+                    "http://h/cache".to_string(),
+                    SourceBytes { paths: 3, bytes: 300, ..SourceBytes::default() },
+                )]
+                .into(),
+                warnings: Vec::new(),
             },
         );
         let text = serde_json::to_string(&r).unwrap();

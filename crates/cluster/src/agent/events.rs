@@ -50,14 +50,19 @@ pub fn event_for(record: &PullRecord) -> Option<EventSpec> {
             "Pulling",
             format!("Pulling {what}: {paths} store paths, {} ({bytes} bytes) to fetch", human(*bytes)),
         ),
-        Phase::End { duration_ms, paths, bytes, sources } => {
+        Phase::End { duration_ms, paths, bytes, sources, warnings } => {
             let from = if sources.is_empty() {
                 "nothing fetched: the node store had every path".to_string()
             } else {
-                let parts: Vec<String> =
-                    sources.iter().map(|(url, s)| format!("{url} ({} paths, {} bytes)", s.paths, s.bytes)).collect();
+                let parts: Vec<String> = sources
+                    .iter()
+                    .filter(|(_, s)| s.paths > 0)
+                    .map(|(url, s)| format!("{url} ({} paths, {} bytes)", s.paths, s.bytes))
+                    .collect();
                 format!("from {}", parts.join(", "))
             };
+            // Substituters skipped or corrupt NARs: what the runc log says, on the event too.
+            let from = if warnings.is_empty() { from } else { format!("{from}; {}", warnings.join("; ")) };
             (
                 "Normal",
                 "PulledEnvironment",
@@ -217,9 +222,14 @@ mod tests {
             e.note,
             "Pulling environment flox/hello generation 3: 12 store paths, 45.2 MB (45234567 bytes) to fetch"
         );
-        let sources = [("http://hub/cache".to_string(), SourceBytes { paths: 12, bytes: 45_234_567 })].into();
-        let e =
-            event_for(&record(Phase::End { duration_ms: 1234, paths: 12, bytes: 45_234_567, sources }, None)).unwrap();
+        let sources =
+            [("http://hub/cache".to_string(), SourceBytes { paths: 12, bytes: 45_234_567, ..SourceBytes::default() })]
+                .into();
+        let e = event_for(&record(
+            Phase::End { duration_ms: 1234, paths: 12, bytes: 45_234_567, sources, warnings: Vec::new() },
+            None,
+        ))
+        .unwrap();
         assert_eq!(e.reason, "PulledEnvironment");
         assert_eq!(
             e.note,

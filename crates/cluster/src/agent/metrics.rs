@@ -33,6 +33,10 @@ struct State {
     duration_count: u64,
     fetched_bytes: BTreeMap<String, u64>,
     fetched_paths: BTreeMap<String, u64>,
+    /// NARs that failed their checks, by substituter.
+    corrupt_nars: BTreeMap<String, u64>,
+    /// Pulls that skipped a substituter, by (substituter, why: down, slow, invalid).
+    skipped: BTreeMap<(String, String), u64>,
     hits: u64,
     misses: u64,
     gc_runs: u64,
@@ -62,8 +66,16 @@ impl Metrics {
                 s.pulls_succeeded += 1;
                 s.observe_duration(*duration_ms);
                 for (url, got) in sources {
-                    *s.fetched_bytes.entry(url.clone()).or_default() += got.bytes;
-                    *s.fetched_paths.entry(url.clone()).or_default() += got.paths;
+                    if got.paths > 0 {
+                        *s.fetched_bytes.entry(url.clone()).or_default() += got.bytes;
+                        *s.fetched_paths.entry(url.clone()).or_default() += got.paths;
+                    }
+                    if got.corrupt > 0 {
+                        *s.corrupt_nars.entry(url.clone()).or_default() += got.corrupt;
+                    }
+                    if let Some(why) = &got.skipped {
+                        *s.skipped.entry((url.clone(), why.clone())).or_default() += 1;
+                    }
                 }
             }
             Phase::Failed { duration_ms, kind, .. } => {
@@ -164,6 +176,27 @@ impl State {
             "source",
             &self.fetched_paths,
         );
+        labelled(
+            &mut out,
+            "imageless_substituter_corrupt_nars_total",
+            "NARs a substituter served that failed their checks (discarded, fetched from another), by substituter.",
+            "source",
+            &self.corrupt_nars,
+        );
+        header(
+            &mut out,
+            "imageless_substituter_skipped_total",
+            "counter",
+            "Pulls that skipped a substituter, by substituter and reason (down: refused, stalled or 5xx; slow: no nix-cache-info in time; invalid: not a cache for /nix/store).",
+        );
+        for ((url, why), n) in &self.skipped {
+            let _ = writeln!(
+                out,
+                "imageless_substituter_skipped_total{{source=\"{}\",reason=\"{}\"}} {n}",
+                escape(url),
+                escape(why)
+            );
+        }
         counter(
             &mut out,
             "imageless_environment_cache_hits_total",
@@ -268,7 +301,16 @@ mod tests {
             duration_ms: 700,
             paths: 2,
             bytes: 300,
-            sources: [("http://h/\"cache\"".to_string(), SourceBytes { paths: 2, bytes: 300 })].into(),
+            sources: [
+                ("http://h/\"cache\"".to_string(), SourceBytes { paths: 2, bytes: 300, ..SourceBytes::default() }),
+                (
+                    "http://down/cache".to_string(),
+                    SourceBytes { skipped: Some("down".into()), ..SourceBytes::default() },
+                ),
+                ("http://bad/cache".to_string(), SourceBytes { corrupt: 3, ..SourceBytes::default() }),
+            ]
+            .into(),
+            warnings: Vec::new(),
         }));
         m.observe(&record(Phase::Hit));
         m.observe(&record(Phase::Failed { duration_ms: 50, kind: "no-room".into(), message: "x".into() }));
@@ -284,6 +326,8 @@ mod tests {
         let text = m.render(&StoreGauges::default());
         for line in [
             "imageless_pulls_total{result=\"success\"} 1",
+            "imageless_substituter_skipped_total{source=\"http://down/cache\",reason=\"down\"} 1",
+            "imageless_substituter_corrupt_nars_total{source=\"http://bad/cache\"} 3",
             "imageless_pulls_total{result=\"failure\"} 1",
             "imageless_pull_duration_seconds_bucket{le=\"0.1\"} 1",
             "imageless_pull_duration_seconds_bucket{le=\"1\"} 2",

@@ -115,6 +115,10 @@ pub struct SourceReport {
     pub paths: u64,
     pub bytes: u64,
     pub corrupt: u64,
+    /// Why the pull did not use it first: `down` (refused, stalled, 5xx, now or earlier in
+    /// this process), `slow` (no nix-cache-info within the hedge), `invalid` (not a cache for
+    /// /nix/store); None when it was asked as ranked.
+    pub skipped: Option<&'static str>,
 }
 
 impl Sources {
@@ -313,10 +317,17 @@ impl Sources {
             .iter()
             .map(|s| {
                 let c = &s.counters;
+                let skipped = match self.state(s) {
+                    State::Down { reason, .. } if reason.starts_with("nix-cache-info says StoreDir") => Some("invalid"),
+                    State::Down { .. } => Some("down"),
+                    _ if s.slow_after_ms.load(Ordering::SeqCst) > 0 => Some("slow"),
+                    _ => None,
+                };
                 let r = SourceReport {
                     paths: c.paths.load(Ordering::Relaxed),
                     bytes: c.bytes.load(Ordering::Relaxed),
                     corrupt: c.corrupt.load(Ordering::Relaxed),
+                    skipped,
                 };
                 (s.url.clone(), r)
             })
