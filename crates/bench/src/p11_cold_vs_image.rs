@@ -74,6 +74,8 @@ struct Side {
     bytes: Vec<f64>,
     /// Flox side: the node's peak RSS during the start (see p11_node_rss), bytes.
     peak_rss: Vec<f64>,
+    /// Flox side: the largest single process's peak RSS, bytes.
+    peak_rss_one: Vec<f64>,
 }
 
 pub async fn run(bench: &Bench, case: &Case<'_>, results: &mut Results) -> anyhow::Result<()> {
@@ -175,6 +177,15 @@ pub async fn run(bench: &Bench, case: &Case<'_>, results: &mut Results) -> anyho
         Target::AtMost(64.0),
     ));
     results.add(figure(
+        &format!("P11.{key}.context.flox_pull_peak_rss_one_process"),
+        &format!("P11 context: the largest single flox process's peak RSS during a cold {env} start, max of {REPS}"),
+        "MB",
+        flox.peak_rss_one.iter().cloned().fold(0.0, f64::max) / 1e6,
+        None,
+        "",
+        Target::None,
+    ));
+    results.add(figure(
         &format!("P11.{key}.vs_physical_limit"),
         &format!(
             "P11 cold start {env} → first output (flox) vs the physical limit here: copying its uncompressed \
@@ -244,7 +255,7 @@ async fn flox_turn(
     side: &mut Side,
 ) -> anyhow::Result<()> {
     bench.make_cold(closure)?;
-    sync()?;
+    settle().await?;
     let mark = bench.node.hub.log_mark();
     let yaml = env_pod("p11-flox", case.env, FLOX_EMPTY_IMAGE, &[case.command]);
     // Not `imageless`: the bench's hub runs that binary, and the node's pull runs in the shim.
@@ -255,7 +266,8 @@ async fn flox_turn(
     let t = started?;
     let out = first_line(&t.pod).await?;
     t.pod.remove().await?;
-    side.peak_rss.push(peak as f64);
+    side.peak_rss.push(peak.sum as f64);
+    side.peak_rss_one.push(peak.largest as f64);
     if out.trim() != case.prints {
         bail!("P11 flox pod printed {out:?}, expected {:?}", case.prints);
     }
@@ -278,7 +290,7 @@ async fn image_turn(
     side: &mut Side,
 ) -> anyhow::Result<()> {
     remove_images(bench, &[(image, reference)])?;
-    sync()?;
+    settle().await?;
     let client = bench.node.containerd.client().await?;
     let mark = registry.log_mark();
     let t0 = Instant::now();
@@ -412,6 +424,14 @@ fn tree_bytes(path: &Path) -> anyhow::Result<u64> {
     } else {
         Ok(0)
     }
+}
+
+/// Before a timed turn: a quiet moment, then `sync`. The quiet lets the work the previous turn
+/// left behind finish (containerd's scheduled GC after an image turn's hundreds of content and
+/// snapshot changes, the shims' exits), so it lands in neither side's next measurement.
+pub(crate) async fn settle() -> anyhow::Result<()> {
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    sync()
 }
 
 /// Flushes the machine's dirty data (and finishes pending discards) before a timed turn.

@@ -10,7 +10,14 @@ use std::time::Duration;
 
 pub struct RssSampler {
     stop: Arc<AtomicBool>,
-    thread: JoinHandle<u64>,
+    thread: JoinHandle<Peak>,
+}
+
+/// Peaks of a sampling: the summed RSS and the largest single process's RSS, bytes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Peak {
+    pub sum: u64,
+    pub largest: u64,
 }
 
 impl RssSampler {
@@ -20,26 +27,31 @@ impl RssSampler {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::spawn(move || {
-            let mut peak = 0;
-            while !flag.load(Ordering::Relaxed) {
-                peak = peak.max(rss_of(&exes));
+            let mut peak = Peak::default();
+            loop {
+                let done = flag.load(Ordering::Relaxed);
+                let rss = rss_of(&exes);
+                peak.sum = peak.sum.max(rss.iter().sum());
+                peak.largest = peak.largest.max(rss.iter().copied().max().unwrap_or(0));
+                if done {
+                    return peak;
+                }
                 std::thread::sleep(Duration::from_millis(5));
             }
-            peak.max(rss_of(&exes))
         });
         RssSampler { stop, thread }
     }
 
-    /// Stops sampling: the peak summed RSS in bytes.
-    pub fn stop(self) -> u64 {
+    /// Stops sampling: the peaks.
+    pub fn stop(self) -> Peak {
         self.stop.store(true, Ordering::Relaxed);
-        self.thread.join().unwrap_or(0)
+        self.thread.join().unwrap_or_default()
     }
 }
 
-/// Summed VmRSS (bytes) of the processes running one of `exes`.
-fn rss_of(exes: &[PathBuf]) -> u64 {
-    let Ok(dir) = std::fs::read_dir("/proc") else { return 0 };
+/// VmRSS (bytes) of each process running one of `exes`.
+fn rss_of(exes: &[PathBuf]) -> Vec<u64> {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
     dir.flatten()
         .filter(|e| e.file_name().to_str().is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit())))
         .filter(|e| std::fs::read_link(e.path().join("exe")).is_ok_and(|x| exes.contains(&x)))
@@ -49,5 +61,5 @@ fn rss_of(exes: &[PathBuf]) -> u64 {
             line.split_whitespace().nth(1)?.parse::<u64>().ok()
         })
         .map(|kb| kb * 1024)
-        .sum()
+        .collect()
 }

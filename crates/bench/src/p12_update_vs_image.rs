@@ -17,7 +17,7 @@ use imageless_e2e::{PodRunner, RunOptions, FLOX_EMPTY_IMAGE};
 
 use crate::context::Bench;
 use crate::p11_cold_vs_image::{
-    build_and_push, first_line, hub_cache_bytes_since, remove_images, remove_tree, sync, Case, Variant,
+    build_and_push, first_line, hub_cache_bytes_since, remove_images, remove_tree, settle, Case, Variant,
 };
 use crate::report::{figure, Results};
 use crate::stats::{ms, summarize, Target};
@@ -146,7 +146,7 @@ async fn flox_update(
     bench.make_cold(both)?;
     for (n, timed) in [(1, false), (2, true)] {
         if timed {
-            sync()?;
+            settle().await?;
         }
         let mark = bench.node.hub.log_mark();
         let yaml = env_pod(&format!("p12-flox-{n}"), &format!("{}:{n}", case.env), FLOX_EMPTY_IMAGE, &[case.command]);
@@ -177,7 +177,7 @@ async fn image_update(
     remove_images(bench, &[(v1, r1), (v2, r2)])?;
     let client = bench.node.containerd.client().await?;
     client.pull_image(r1).await.map_err(|e| anyhow::anyhow!("CRI PullImage {r1}: {e}"))?;
-    sync()?;
+    settle().await?;
     let mark = registry.log_mark();
     let t0 = Instant::now();
     client.pull_image(r2).await.map_err(|e| anyhow::anyhow!("CRI PullImage {r2}: {e}"))?;
