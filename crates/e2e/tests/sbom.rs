@@ -78,7 +78,10 @@ fn flox_pod_reads_its_sbom_and_it_is_what_imageless_sbom_and_the_hub_say() {
     let (ok, cli_spdx, stderr) = imageless_sbom(&node, &["flox/large"]);
     assert!(ok, "{stderr}");
     assert_eq!(pod_spdx, cli_spdx, "the pod's SPDX document differs from `imageless sbom`");
-    let (ok, cli_cdx, stderr) = imageless_sbom(&node, &["flox/large:1", "--format", "cyclonedx"]);
+    // The pod ran the live generation; pinned to it, the CLI says the same.
+    let live = node.world()["environments"]["flox/large"]["live_generation"].to_string();
+    let pinned = format!("flox/large:{live}");
+    let (ok, cli_cdx, stderr) = imageless_sbom(&node, &[pinned.as_str(), "--format", "cyclonedx"]);
     assert!(ok, "{stderr}");
     assert_eq!(pod_cdx, cli_cdx, "the pod's CycloneDX document differs from `imageless sbom`");
     assert_eq!(hub_get(&node, "/api/v1/environments/flox/large/sbom", None), (200, cli_spdx.clone()));
@@ -86,7 +89,7 @@ fn flox_pod_reads_its_sbom_and_it_is_what_imageless_sbom_and_the_hub_say() {
 
     // flox/large: every store path of the closure once, with the NAR hash the node verified.
     let world = node.world();
-    let closure: Vec<String> = world["environments"]["flox/large"]["generations"]["1"]["closure"]
+    let closure: Vec<String> = world["environments"]["flox/large"]["generations"][live.as_str()]["closure"]
         .as_array()
         .unwrap()
         .iter()
@@ -140,12 +143,15 @@ fn flox_pod_reads_its_sbom_and_it_is_what_imageless_sbom_and_the_hub_say() {
     assert_eq!(hub_get(&node, "/api/v1/environments/acme/private/sbom", Some(&alice)), (200, private));
 
     // Bad input: one clear error each.
+    let generations = world["environments"]["flox/large"]["generations"].as_object().unwrap();
+    let available = generations.keys().cloned().collect::<Vec<_>>().join(", ");
+    let missing = format!("flox: generation 9 of flox/large does not exist; available: {available} (live: {live})");
+    let unlocked = format!(
+        "flox: flox/large generation {live} is not locked for system aarch64-linux; its manifest.lock has packages for: x86_64-linux"
+    );
     let cases: [(&[&str], &str); 4] = [
-        (&["flox/large:9"], "flox: generation 9 of flox/large does not exist; available: 1 (live: 1)"),
-        (
-            &["flox/large", "--system", "aarch64-linux"],
-            "flox: flox/large generation 1 is not locked for system aarch64-linux; its manifest.lock has packages for: x86_64-linux",
-        ),
+        (&["flox/large:9"], &missing),
+        (&["flox/large", "--system", "aarch64-linux"], &unlocked),
         (&["flox/large", "--system", "riscv64-linux"], "--system: system 'riscv64-linux' is not supported; accepted: x86_64-linux, aarch64-linux, x86_64-darwin, aarch64-darwin"),
         (&["flox/large", "--format", "xml"], "--format: SBOM format \"xml\" is not supported; accepted: \"spdx\" (SPDX 2.3 JSON) or \"cyclonedx\" (CycloneDX 1.6 JSON)"),
     ];
