@@ -319,6 +319,20 @@ fn nix_copy_from_a_replica_on_s3_for_every_public_environment() {
     }
     eprintln!("nix copy: {} paths of every public environment", paths.len());
 
+    // The replica's disk tier kept what it served whole from the bucket (in the background).
+    let tier = dir.join("root/cache/nar");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let kept = loop {
+        let kept = std::fs::read_dir(&tier)
+            .map(|d| d.flatten().filter(|e| !e.file_name().to_string_lossy().starts_with('.')).count())
+            .unwrap_or(0);
+        if kept >= paths.len() || std::time::Instant::now() > deadline {
+            break kept;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert_eq!(kept, paths.len(), "NARs kept in the replica's disk tier");
+
     // HEAD, Range and a missing file, answered from the bucket as from disk.
     let some: Vec<String> = paths.iter().take(1).cloned().collect();
     let nar = &nar_files(&upstream.root.join("cache"), &some)[0];

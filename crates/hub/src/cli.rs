@@ -302,6 +302,7 @@ fn serve(a: ServeArgs) -> Result<(), HubServerError> {
         cache_store_credentials: a.cache_store_credentials.or(config.cache_store_credentials),
         fill_peers: if a.fill_peers.is_empty() { config.fill_peers } else { a.fill_peers },
         fill_self: a.fill_self,
+        cache_store_local_bytes: config.cache_store_local_bytes.unwrap_or(crate::s3_tier::DEFAULT_BYTES),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

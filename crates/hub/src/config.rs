@@ -27,7 +27,8 @@
 //!   the public cache's narinfos and NARs live in that bucket instead of `DIR/cache`, so
 //!   several replicas share it; `cache_store_credentials`: its AWS shared-credentials file;
 //!   `fill_peers`: the replicas' URLs (or `dns:NAME:PORT`), so each missing file is filled by
-//!   one of them (see `fill_peers.rs`).
+//!   one of them (see `fill_peers.rs`); `cache_store_local_bytes`: the replica's disk tier in
+//!   front of the bucket (`DIR/cache`, see `s3_tier.rs`), default 4 GiB, 0 turns it off.
 //! - `upstream` (optional): binary cache URLs (`http(s)://HOST[:PORT]/PATH`) that `serve` pulls
 //!   narinfo and NAR files from when its own cache lacks them; read when `serve` starts.
 //!
@@ -82,6 +83,9 @@ pub struct HubConfig {
     /// --fill-peers` overrides this).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub fill_peers: Vec<String>,
+    /// Bytes of the replica's disk tier in front of `cache_store` (None: the default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_store_local_bytes: Option<u64>,
 }
 
 impl HubConfig {
@@ -99,6 +103,7 @@ impl HubConfig {
             cache_store: None,
             cache_store_credentials: None,
             fill_peers: Vec::new(),
+            cache_store_local_bytes: None,
         }
     }
 

@@ -32,6 +32,7 @@ pub mod pull_through;
 pub mod routes;
 pub mod s3_cache;
 pub mod s3_client;
+pub mod s3_tier;
 pub mod sbom;
 pub mod server;
 mod signals;

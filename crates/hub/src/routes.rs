@@ -37,6 +37,8 @@ pub struct Context {
     pub scheme: &'static str,
     /// Set when the public cache's narinfos and NARs live in a bucket (`cache_store`).
     pub s3: Option<Arc<S3Cache>>,
+    /// The replica's disk tier in front of the bucket (with `s3`, unless turned off).
+    pub tier: Option<Arc<crate::s3_tier::Tier>>,
 }
 
 /// One handler for every path: the routes are few and their rules (auth, visibility) are ours.
@@ -102,9 +104,9 @@ impl Context {
         let query = request.uri().query().unwrap_or("").to_owned();
         if let Some(rest) = path.strip_prefix("/git/") {
             self.git(request, rest, &query).await
-        } else if let (Some(rest), Some(s3)) = (path.strip_prefix("/cache/"), &self.s3) {
+        } else if let (Some(rest), Some(s3)) = (path.strip_prefix("/cache/"), self.s3.clone()) {
             let rest = rest.to_owned();
-            (self.s3_cache_file(s3, request, &rest).await, None)
+            (self.s3_cache_file(&s3, request, &rest).await, None)
         } else if let Some(rest) = path.strip_prefix("/cache/") {
             let cache_dir = self.paths.cache();
             (self.cache_file(request, &cache_dir, rest, true).await, None)
@@ -251,7 +253,7 @@ impl Context {
     /// A file of the public cache when it is in a bucket: `nix-cache-info` from the root (the
     /// hub's own), narinfos and NARs streamed from the bucket, pulled through first when
     /// missing and the hub has upstreams.
-    async fn s3_cache_file(&self, s3: &S3Cache, request: Request, rest: &str) -> Response {
+    async fn s3_cache_file(&self, s3: &Arc<S3Cache>, request: Request, rest: &str) -> Response {
         if !matches!(*request.method(), Method::GET | Method::HEAD) {
             return text(405, "the cache is read-only: GET and HEAD only");
         }
@@ -262,12 +264,24 @@ impl Context {
         if cache::resolve_cache_path(Path::new("/"), rest).is_none() || !PullThrough::pulls(rest) {
             return text(404, "not found");
         }
+        // Kept on this replica's disk: served as from a cache on disk (sendfile), no store
+        // round trip.
+        if let Some(tier) = self.tier.as_ref().filter(|t| t.has(rest)) {
+            let dir = tier.dir().to_path_buf();
+            return self.cache_file(request, &dir, rest, false).await;
+        }
         let fill_here = request.headers().contains_key(crate::fill_peers::FILL_HERE);
         let content_type = cache::content_type(rest);
+        let whole_get = *request.method() == Method::GET && !request.headers().contains_key(header::RANGE);
         let mut pulled = false;
         loop {
             match s3.serve(request.method(), request.headers(), rest, content_type).await {
-                Ok(Some(response)) => return response,
+                Ok(Some(response)) => {
+                    if let (Some(tier), true, true) = (&self.tier, whole_get, response.status() == StatusCode::OK) {
+                        tier.fill(s3.clone(), rest);
+                    }
+                    return response;
+                }
                 Ok(None) if pulled => return text(404, "not found"),
                 Ok(None) => {
                     let Some(pull) = self.pull.as_ref() else {

@@ -107,6 +107,15 @@ impl S3Cache {
         Ok(())
     }
 
+    /// A whole object (200), for the disk tier; an error for anything else.
+    pub async fn get_whole(&self, key: &str) -> Result<hyper::Response<hyper::body::Incoming>, S3RequestError> {
+        let response = s3_client::get(&self.client, &self.store, key, &[]).await?;
+        if response.status() != StatusCode::OK {
+            return Err(s3_client::answer_error("GET", self.object_name(key), response).await);
+        }
+        Ok(response)
+    }
+
     /// Whether `key` is in the bucket.
     pub async fn exists(&self, key: &str) -> Result<bool, S3RequestError> {
         let range = [(header::RANGE, HeaderValue::from_static("bytes=0-0"))];

@@ -54,6 +54,8 @@ pub struct ServeOptions {
     pub fill_peers: Vec<String>,
     /// This replica's URL among `fill_peers`.
     pub fill_self: Option<String>,
+    /// Bytes of the disk tier in front of `cache_store` (0: off).
+    pub cache_store_local_bytes: u64,
 }
 
 impl ServeOptions {
@@ -68,6 +70,7 @@ impl ServeOptions {
             cache_store_credentials: None,
             fill_peers: Vec::new(),
             fill_self: None,
+            cache_store_local_bytes: crate::s3_tier::DEFAULT_BYTES,
         }
     }
 }
@@ -123,7 +126,8 @@ impl HubServer {
             .local_addr()
             .map_err(|e| HubServerError::Listen { addr: listen.to_owned(), message: e.to_string() })?;
         let scheme = if tls.is_some() { "https" } else { "http" };
-        let ctx = Arc::new(Context { paths, children: ChildRegistry::default(), pull, git_upstream, scheme, s3 });
+        let tier = s3.as_ref().and_then(|_| crate::s3_tier::Tier::new(paths.cache(), options.cache_store_local_bytes));
+        let ctx = Arc::new(Context { paths, children: ChildRegistry::default(), pull, git_upstream, scheme, s3, tier });
         Ok(HubServer { listener, addr, tls, ctx, max_in_flight: options.max_in_flight.max(1) })
     }
 
