@@ -51,14 +51,7 @@ pub fn run(bench: &Bench, env: &str, closure: &[String], results: &mut Results) 
     garage.create_bucket(BUCKET)?;
     garage.upload_dir(BUCKET, &hub.root.join("cache"))?;
     let credentials = bench.dir.join("p14-aws-credentials");
-    let key = &garage.credentials;
-    std::fs::write(
-        &credentials,
-        format!(
-            "[default]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
-            key.access_key_id, key.secret_access_key
-        ),
-    )?;
+    garage.write_credentials_file(&credentials)?;
     let store = format!(
         "s3://{BUCKET}?endpoint={}&region={REGION}&scheme=http",
         garage.s3_endpoint.trim_start_matches("http://")

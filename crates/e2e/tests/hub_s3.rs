@@ -98,15 +98,7 @@ fn round_robin(backends: Vec<String>) -> String {
 
 fn credentials(dir: &Path, garage: &Garage) -> PathBuf {
     let path = dir.join("aws-credentials");
-    let k = &garage.credentials;
-    std::fs::write(
-        &path,
-        format!(
-            "[default]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
-            k.access_key_id, k.secret_access_key
-        ),
-    )
-    .unwrap();
+    garage.write_credentials_file(&path).unwrap();
     path
 }
 

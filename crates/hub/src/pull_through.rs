@@ -38,6 +38,7 @@ use tokio::sync::OnceCell;
 use crate::error::HubServerError;
 use crate::fill_peers::{FillPeers, FILL_HERE};
 use crate::s3_cache::S3Cache;
+use crate::upstream_http::error_chain;
 
 /// The longest an upstream may take to accept a connection.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -560,18 +561,6 @@ fn narinfo_nar(text: &str) -> Option<String> {
         && url.starts_with("nar/")
         && crate::cache::resolve_cache_path(Path::new("/"), url).is_some())
     .then(|| url.to_owned())
-}
-
-/// The error and its causes on one line (hyper's Display omits the cause).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(c) = source {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        source = c.source();
-    }
-    s
 }
 
 /// A number unique within this process, for temp file names.

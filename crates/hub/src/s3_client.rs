@@ -23,6 +23,7 @@ use hyper_util::rt::TokioExecutor;
 use imageless_s3::S3Store;
 
 use crate::error::HubServerError;
+use crate::upstream_http::error_chain;
 
 /// A request body: a file streamed in 1 MiB frames, a small buffer, or nothing.
 pub type RequestBody = BoxBody<Bytes, std::io::Error>;
@@ -190,18 +191,6 @@ where
             other => return other,
         }
     }
-}
-
-/// The error and its causes on one line (hyper's Display omits the cause).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(c) = source {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        source = c.source();
-    }
-    s
 }
 
 #[cfg(test)]

@@ -64,6 +64,18 @@ fn without_userinfo(url: &str) -> String {
     }
 }
 
+/// An error and its causes on one line (hyper's Display omits the cause).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(c) = source {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        source = c.source();
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
