@@ -139,6 +139,7 @@ impl Fetcher {
     /// Makes the closure of `wanted` valid in the node store. On error, no path that failed
     /// a check is visible, and when any narinfo of the closure fails, nothing was written.
     pub fn realize(&self, wanted: &[StorePath]) -> Result<FetchReport, FetchError> {
+        limit_malloc_arenas();
         // A runtime of our own on a thread of our own: callers are synchronous, and this
         // works even when one of them runs inside another runtime.
         std::thread::scope(|scope| {
@@ -330,4 +331,26 @@ pub fn s3_stores(config: &NodeConfig) -> Result<Vec<(String, imageless_s3::S3Sto
         stores.push((s.clone(), store));
     }
     Ok(stores)
+}
+
+/// glibc gives each thread that contends for the heap an arena of its own (up to 8 per core)
+/// and keeps their freed memory: a fetch's runtime and unpack threads left a pull of
+/// `flox/large` at 68 MB peak RSS, 48 MB with two arenas (measured with `MALLOC_ARENA_MAX=2`,
+/// same time). The node's processes are short-lived or idle between pulls, so two arenas cost
+/// nothing measurable. Set once, before the fetch's threads exist; an explicit
+/// `MALLOC_ARENA_MAX` in the environment wins.
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+                // SAFETY: mallopt only changes the allocator's tuning; M_ARENA_MAX with a positive
+                // value is always accepted.
+                unsafe {
+                    libc::mallopt(libc::M_ARENA_MAX, 2);
+                }
+            }
+        });
+    }
 }
