@@ -428,22 +428,15 @@ impl PullThrough {
         let mut file = tokio::fs::File::create(tmp).await.map_err(local)?;
         let mut written: u64 = 0;
         let mut hasher = file_hash.map(|_| Sha256::new());
-        loop {
-            let frame = tokio::time::timeout(STALL_TIMEOUT, body.frame()).await.map_err(|_| {
-                UpstreamError::down(format!("the body stalled (no data for {} s)", STALL_TIMEOUT.as_secs()))
-            })?;
-            let Some(frame) = frame else { break };
-            let frame = frame.map_err(|e| UpstreamError::down(format!("reading the body: {e}")))?;
-            if let Ok(data) = frame.into_data() {
-                written += data.len() as u64;
-                if limit.is_some_and(|l| written > l) {
-                    return Err(UpstreamError::file("a narinfo larger than any narinfo".into()));
-                }
-                if let Some(h) = hasher.as_mut() {
-                    h.update(&data);
-                }
-                file.write_all(&data).await.map_err(local)?;
+        while let Some(data) = next_data(&mut body).await? {
+            written += data.len() as u64;
+            if limit.is_some_and(|l| written > l) {
+                return Err(UpstreamError::file("a narinfo larger than any narinfo".into()));
             }
+            if let Some(h) = hasher.as_mut() {
+                h.update(&data);
+            }
+            file.write_all(&data).await.map_err(local)?;
         }
         if expected.is_some_and(|e| e != written) {
             return Err(UpstreamError::file(format!("body ended after {written} of {} bytes", expected.unwrap_or(0))));
@@ -516,20 +509,28 @@ async fn request(
     }
 }
 
-/// A small body (nix-cache-info), bounded in size and silence.
-async fn read_small(mut body: hyper::body::Incoming) -> Result<String, UpstreamError> {
-    let mut bytes = Vec::new();
+/// The next data of an upstream's body (None at its end), bounded in silence: a body that
+/// stalls marks its upstream down.
+async fn next_data(body: &mut hyper::body::Incoming) -> Result<Option<Bytes>, UpstreamError> {
     loop {
         let frame = tokio::time::timeout(STALL_TIMEOUT, body.frame()).await.map_err(|_| {
             UpstreamError::down(format!("the body stalled (no data for {} s)", STALL_TIMEOUT.as_secs()))
         })?;
-        let Some(frame) = frame else { break };
+        let Some(frame) = frame else { return Ok(None) };
         let frame = frame.map_err(|e| UpstreamError::down(format!("reading the body: {e}")))?;
         if let Ok(data) = frame.into_data() {
-            bytes.extend_from_slice(&data);
-            if bytes.len() as u64 > MAX_NARINFO {
-                return Err(UpstreamError::file("a nix-cache-info over 1 MiB".into()));
-            }
+            return Ok(Some(data));
+        }
+    }
+}
+
+/// A small body (nix-cache-info), bounded in size and silence.
+async fn read_small(mut body: hyper::body::Incoming) -> Result<String, UpstreamError> {
+    let mut bytes = Vec::new();
+    while let Some(data) = next_data(&mut body).await? {
+        bytes.extend_from_slice(&data);
+        if bytes.len() as u64 > MAX_NARINFO {
+            return Err(UpstreamError::file("a nix-cache-info over 1 MiB".into()));
         }
     }
     Ok(String::from_utf8_lossy(&bytes).into_owned())
