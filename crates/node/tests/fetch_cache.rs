@@ -241,6 +241,27 @@ fn bad_config_is_named() {
     c.trusted_public_keys = vec!["k:notbase64!".into()];
     let e = Fetcher::from_config(&c).err().unwrap().to_string();
     assert!(e.contains("trusted_public_keys") && e.contains("k:notbase64!"), "{e}");
+    c.trusted_public_keys = vec![support::public_key()];
+    c.substituter_stall_timeout_ms = 0;
+    let e = Fetcher::from_config(&c).err().unwrap().to_string();
+    assert_eq!(
+        e,
+        "flox: node config: substituter_stall_timeout_ms = \"0\" is not valid; accepted: a number of milliseconds, at least 1"
+    );
+    c.substituter_stall_timeout_ms = 1000;
+    c.substituters = vec!["s3://nix-cache?secret-key=/k".into()];
+    let e = Fetcher::from_config(&c).err().unwrap().to_string();
+    assert_eq!(
+        e,
+        "flox: node config: substituters: s3://nix-cache?secret-key=/k: parameter \"secret-key\" is not valid; accepted: region, endpoint, scheme, profile, addressing-style"
+    );
+    c.substituters = vec!["s3://nix-cache?profile=ci".into()];
+    c.s3_credentials_file = Some(state.path().join("no-such-file"));
+    let e = Fetcher::from_config(&c).err().unwrap().to_string();
+    assert!(
+        e.starts_with("flox: node config: substituters: S3 credentials file ") && e.contains("no-such-file"),
+        "{e}"
+    );
 }
 
 #[test]
