@@ -100,6 +100,17 @@ fn pull_from_an_s3_bucket_matches_the_pull_through_the_hub() {
     );
     assert!(store_entries(&missing).is_empty());
 
+    // An S3 endpoint that refuses connections: the error names the object, never the presigned
+    // URL (it carries a signature).
+    let closed = imageless_e2e::bad_peers::closed_port_url();
+    let port = closed.trim_start_matches("http://127.0.0.1:").trim_end_matches("/cache");
+    let down = format!("s3://nix-cache?region=garage&endpoint=127.0.0.1:{port}&scheme=http&addressing-style=path");
+    let out = pull(&missing, &hub, &down, &creds);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("down: GET s3://nix-cache/nix-cache-info failed: "), "{stderr}");
+    assert!(!stderr.contains("X-Amz-") && !stderr.contains(&key.access_key_id), "{stderr}");
+
     // A credentials file without the profile the URL names.
     let out = pull(&missing, &hub, &format!("{substituter}&profile=prod"), &creds);
     let stderr = String::from_utf8_lossy(&out.stderr);

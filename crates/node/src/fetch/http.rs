@@ -128,7 +128,7 @@ impl Http {
         let sent = tokio::time::timeout(bound, request.send()).await;
         let resp = match sent {
             Ok(Ok(resp)) => resp,
-            Ok(Err(e)) => return Err(self.request_failed(&url, &e)),
+            Ok(Err(e)) => return Err(self.request_failed(&url, e)),
             Err(_) => return Err(SourceError::Stalled { url, secs: bound.as_secs_f64() }),
         };
         match (resp.status().as_u16(), &s3) {
@@ -153,27 +153,31 @@ impl Http {
                     }
                 }
                 Ok(None) => break,
-                Err(e) => return Err(self.body_failed(&url, &e)),
+                Err(e) => return Err(self.body_failed(&url, e)),
             }
         }
         Ok(Some(String::from_utf8_lossy(&bytes).into_owned()))
     }
 
     /// The error of a request that got no answer head.
-    pub fn request_failed(&self, url: &str, e: &reqwest::Error) -> SourceError {
+    /// (reqwest's own text names the request's URL, which for S3 is a presigned one carrying a
+    /// signature: it is dropped, `url` names the object instead.)
+    pub fn request_failed(&self, url: &str, e: reqwest::Error) -> SourceError {
+        let e = e.without_url();
         if e.is_timeout() && !e.is_connect() {
             SourceError::Stalled { url: url.to_string(), secs: self.deadlines.stall.as_secs_f64() }
         } else {
-            SourceError::Network { url: url.to_string(), detail: error_chain(e) }
+            SourceError::Network { url: url.to_string(), detail: error_chain(&e) }
         }
     }
 
     /// The error of a body that stopped early.
-    pub fn body_failed(&self, url: &str, e: &reqwest::Error) -> SourceError {
+    pub fn body_failed(&self, url: &str, e: reqwest::Error) -> SourceError {
+        let e = e.without_url();
         if e.is_timeout() {
             SourceError::BodyStalled { url: url.to_string(), secs: self.deadlines.stall.as_secs_f64() }
         } else {
-            SourceError::Network { url: url.to_string(), detail: error_chain(e) }
+            SourceError::Network { url: url.to_string(), detail: error_chain(&e) }
         }
     }
 }

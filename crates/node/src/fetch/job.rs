@@ -160,7 +160,7 @@ async fn download_and_unpack(
             }
             Ok(None) => break,
             Err(e) => {
-                let failed = http.body_failed(&url, &e);
+                let failed = http.body_failed(&url, e);
                 let _ = tx.send(Err(failed.to_string())).await;
                 body_error = Some(failed);
                 break;
