@@ -169,4 +169,42 @@ for tool in cat wc sleep; do
     [[ -L $(in_store "$(pkg_path large_coreutils)")/bin/$tool ]] || die "coreutils lacks bin/$tool"
 done
 
+# flox/xlarge: the biggest environment (a thousand store paths, 1.5 GB and more), compressed
+# NARs, a stack of its own (only busybox, bash and coreutils are flox/large's too).
+python3 - "$hub_root" <<'EOF'
+import json, pathlib, sys
+hub = pathlib.Path(sys.argv[1])
+envs = json.loads((hub / "world.json").read_text())["environments"]
+if "flox/xlarge" not in envs:
+    sys.exit("world check: flox/xlarge is missing")
+closure = envs["flox/xlarge"]["generations"]["1"]["closure"]
+nar_size = file_size = 0
+for p in closure:
+    text = (hub / "cache" / f"{pathlib.Path(p).name[:32]}.narinfo").read_text()
+    info = dict(line.split(": ", 1) for line in text.splitlines())
+    nar_size += int(info["NarSize"])
+    file_size += int(info["FileSize"])
+    if info["Compression"] not in ("xz", "zstd"):
+        sys.exit(f"world check: {p} is stored with compression {info['Compression']}, expected xz or zstd")
+if len(closure) < 1000 or nar_size < 1_500_000_000:
+    sys.exit(f"world check: flox/xlarge has {len(closure)} store paths, {nar_size} bytes; needs >= 1000 and >= 1.5 GB")
+large = {p for g in envs["flox/large"]["generations"].values() for p in g["closure"]}
+shared = sorted(p.split("-", 1)[1] for p in set(closure) & large)
+if len(shared) > 3:
+    sys.exit(f"world check: flox/xlarge shares {len(shared)} store paths with flox/large, "
+             f"expected busybox, bash and coreutils only: {shared[:10]}")
+print(f"world check: flox/xlarge: {len(closure)} store paths, {nar_size / 1e6:.0f} MB unpacked, "
+      f"{file_size / 1e6:.0f} MB in the cache", file=sys.stderr)
+EOF
+xlibs=$(in_store "$(pkg_path xlarge_app)")/lib/xlarge-app/libraries
+[[ $(wc -l <"$xlibs") -eq 1000 ]] || die "xlarge_app does not list 1000 libraries"
+[[ $(grep -c -- '-libxlarge[0-9]\{4\}-1\.0$' "$xlibs") -eq 1000 ]] || die "xlarge_app lists something else than 1000 libxlarge libraries"
+while read -r lib; do
+    [[ -f $(in_store "$lib")/nix-support/linked-libraries ]] || die "xlarge_app's library $lib was not realized"
+done <"$xlibs"
+grep -q "echo \"xlarge-app: .*/lib/xlarge-app/libraries) libraries\"" "$(in_store "$(pkg_path xlarge_app)")/bin/xlarge-app" \
+    || die "xlarge-app prints the wrong text"
+[[ $(wc -l <"$(in_store "$(pkg_path xlarge_pydata)")/nix-support/site-packages") -eq 40 ]] \
+    || die "xlarge_pydata does not list 40 packages"
+
 echo "world check: ok (${#paths[@]} store paths realized from $hub_root/cache)"

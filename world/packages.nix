@@ -75,8 +75,11 @@ let
   };
 
 in
-# flox/large's packages (a few hundred generated store paths) next to the small ones.
-import ./large.nix { inherit mk bb bashSrc sh; } // rec {
+# flox/large's packages (a few hundred generated store paths) and flox/xlarge's (a thousand)
+# next to the small ones.
+import ./large.nix { inherit mk bb bashSrc sh; }
+// import ./xlarge.nix { inherit mk bb bashSrc sh; }
+// rec {
   hello_2_10 = hello "2.10";
   hello_2_12 = hello "2.12";
 
