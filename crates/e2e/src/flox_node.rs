@@ -82,6 +82,38 @@ fn hub_command(program: &Path) -> anyhow::Result<Command> {
     Ok(cmd)
 }
 
+/// A private copy of the hub root `world` at `root`: everything copied but the NAR files,
+/// which are hard links. The world's cache is 1 GB (flox/xlarge alone 0.8 GB) and every test
+/// node starts its own hub; NAR files are content-addressed and the hub only ever adds or
+/// renames them, while tests do rewrite other files of their copy in place (nix-cache-info,
+/// hub.json). Falls back to copying where links cannot be made (another filesystem).
+pub fn copy_hub_root(world: &Path, root: &Path) -> anyhow::Result<()> {
+    let cp = |args: &[&str], from: &Path, to: &Path| -> anyhow::Result<bool> {
+        Ok(Command::new("cp").args(args).arg(from).arg(to).status().context("running cp")?.success())
+    };
+    std::fs::create_dir_all(root.join("cache")).with_context(|| format!("creating {}", root.display()))?;
+    for (from, to) in [(world.to_path_buf(), root.to_path_buf()), (world.join("cache"), root.join("cache"))] {
+        for entry in std::fs::read_dir(&from).with_context(|| format!("reading {}", from.display()))? {
+            let entry = entry?;
+            let name = entry.file_name();
+            if (from == world && name == "cache") || (from != world && name == "nar") {
+                continue;
+            }
+            if !cp(&["-a"], &entry.path(), &to.join(&name))? {
+                bail!("copying {} to {} failed", entry.path().display(), to.display());
+            }
+        }
+    }
+    let (nar, dest) = (world.join("cache/nar"), root.join("cache/nar"));
+    if nar.is_dir() && !cp(&["-al"], &nar, &dest)? {
+        let _ = std::fs::remove_dir_all(&dest);
+        if !cp(&["-a"], &nar, &dest)? {
+            bail!("copying {} to {} failed", nar.display(), dest.display());
+        }
+    }
+    Ok(())
+}
+
 impl Hub {
     /// The tests' hub: the debug `imageless` over a copy of the (built) world; panics on failure.
     pub fn start(dir: &Path) -> Hub {
@@ -91,10 +123,7 @@ impl Hub {
     /// A hub served by `program` over a private copy (`<dir>/hub`) of the hub root `world`.
     pub fn start_from(world: &Path, program: &Path, dir: &Path) -> anyhow::Result<Hub> {
         let root = dir.join("hub");
-        let status = Command::new("cp").arg("-a").arg(world).arg(&root).status().context("running cp")?;
-        if !status.success() {
-            bail!("copying {} to {} failed", world.display(), root.display());
-        }
+        copy_hub_root(world, &root)?;
         Self::serve(program, root, dir.join("hub.log"), "127.0.0.1:0", &[])
     }
 

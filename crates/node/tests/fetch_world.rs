@@ -23,15 +23,16 @@ fn hub_root() -> PathBuf {
     root
 }
 
-/// Every store path of every generation's closure in the world, but `flox/large`'s (its
-/// 235 MB in four compressions would take minutes here; the e2e suite and the bench use it)
+/// Every store path of every generation's closure in the world, but `flox/large`'s and
+/// `flox/xlarge`'s (235 MB and 1.6 GB in four compressions would take minutes here; the e2e
+/// suite and the bench use them)
 /// and the private catalog packages' (they are in their catalog's store, not the public cache:
 /// crates/hub/tests/catalog.rs and the e2e catalog test fetch them).
 fn world_closure(root: &Path) -> Vec<StorePath> {
     let world: serde_json::Value = serde_json::from_slice(&std::fs::read(root.join("world.json")).unwrap()).unwrap();
     let mut all = BTreeSet::new();
     for (name, env) in world["environments"].as_object().unwrap() {
-        if name == "flox/large" {
+        if name == "flox/large" || name == "flox/xlarge" {
             continue;
         }
         for generation in env["generations"].as_object().unwrap().values() {

@@ -44,6 +44,54 @@ pub fn world_closure(env: &str) -> Vec<String> {
         .collect()
 }
 
+/// Copies the world's cache into `cache` (made by `init`), but the files of paths only
+/// flox/xlarge has: 0.8 GB these tests do not need (the e2e suite and the bench use it). A copy,
+/// never links: tests cut and rewrite their copy's files in place.
+fn copy_world_cache(cache: &Path) {
+    let root = world_root();
+    let world: serde_json::Value = serde_json::from_slice(&std::fs::read(root.join("world.json")).unwrap()).unwrap();
+    let hash_parts = |env: &serde_json::Value| -> std::collections::BTreeSet<String> {
+        let gens = env["generations"].as_object().into_iter().flatten();
+        gens.flat_map(|(_, g)| g["closure"].as_array().cloned().unwrap_or_default())
+            .filter_map(|p| Some(p.as_str()?.trim_start_matches("/nix/store/").split('-').next()?.to_owned()))
+            .collect()
+    };
+    let envs = world["environments"].as_object().unwrap();
+    let mut skip = envs.get("flox/xlarge").map(hash_parts).unwrap_or_default();
+    for (name, env) in envs {
+        if name != "flox/xlarge" {
+            skip.retain(|h| !hash_parts(env).contains(h));
+        }
+    }
+    let (from, mut sources, mut nars) = (root.join("cache"), Vec::new(), Vec::new());
+    for entry in std::fs::read_dir(&from).unwrap() {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        match name.strip_suffix(".narinfo") {
+            Some(h) if skip.contains(h) => continue,
+            _ if name == "nar" => continue,
+            _ => sources.push(from.join(&name)),
+        }
+    }
+    let skipped_nars: std::collections::BTreeSet<String> = skip
+        .iter()
+        .filter_map(|h| std::fs::read_to_string(from.join(format!("{h}.narinfo"))).ok())
+        .filter_map(|t| t.lines().find_map(|l| l.strip_prefix("URL: nar/").map(str::to_owned)))
+        .collect();
+    for entry in std::fs::read_dir(from.join("nar")).unwrap() {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        if !skipped_nars.contains(&name) {
+            nars.push(from.join("nar").join(name));
+        }
+    }
+    std::fs::create_dir_all(cache.join("nar")).unwrap();
+    for (files, dest) in [(sources, cache.to_path_buf()), (nars, cache.join("nar"))] {
+        for chunk in files.chunks(500) {
+            let status = Command::new("cp").arg("-a").args(chunk).arg(&dest).status().unwrap();
+            assert!(status.success(), "copying the world's cache into {}", dest.display());
+        }
+    }
+}
+
 /// A fresh hub root (`init`); with `world_cache`, the world's cache files copied into it.
 pub struct Root {
     pub dir: tempfile::TempDir,
@@ -55,13 +103,7 @@ impl Root {
         let out = Command::new(BIN).args(["init", "--root"]).arg(dir.path()).output().unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         if world_cache {
-            let status = Command::new("cp")
-                .arg("-a")
-                .arg(world_root().join("cache/."))
-                .arg(dir.path().join("cache"))
-                .status()
-                .unwrap();
-            assert!(status.success());
+            copy_world_cache(&dir.path().join("cache"));
         }
         Root { dir }
     }
