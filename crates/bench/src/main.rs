@@ -173,15 +173,24 @@ fn run_figures(
             env: p6_large::LARGE_ENV,
             command: "large-app",
             prints: "large-app: 250 libraries",
+            variants: &p11_cold_vs_image::VARIANTS,
         };
         rt.block_on(p11_cold_vs_image::run(bench, &case, results))?;
         rt.block_on(p11_pod_memory::run(bench, p6_large::LARGE_ENV, results))?;
+        let case = p11_cold_vs_image::Case {
+            env: p11_cold_vs_image::XLARGE_ENV,
+            command: "xlarge-app",
+            prints: p11_cold_vs_image::XLARGE_PRINTS,
+            variants: &p11_cold_vs_image::XLARGE_VARIANTS,
+        };
+        rt.block_on(p11_cold_vs_image::run(bench, &case, results))?;
     }
     if wanted("P12") {
         let case = p11_cold_vs_image::Case {
             env: p6_large::LARGE_ENV,
             command: "large-app",
             prints: "large-app: 250 libraries",
+            variants: &p12_update_vs_image::VARIANTS,
         };
         rt.block_on(p12_update_vs_image::run(bench, &case, results))?;
     }
@@ -206,7 +215,11 @@ fn run_figures(
 fn largest_small_environment(world: &serde_json::Value) -> anyhow::Result<(String, Vec<String>)> {
     let mut best: Option<(String, Vec<String>)> = None;
     for (name, env) in world["environments"].as_object().context("world.json: no environments")? {
-        if env["private"].as_bool() == Some(true) || name.contains("conflict") || name == p6_large::LARGE_ENV {
+        if env["private"].as_bool() == Some(true)
+            || name.contains("conflict")
+            || name == p6_large::LARGE_ENV
+            || name == p11_cold_vs_image::XLARGE_ENV
+        {
             continue;
         }
         let closure = closure_of(env);

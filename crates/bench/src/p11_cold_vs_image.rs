@@ -46,11 +46,24 @@ pub(crate) struct Variant {
     pub target: Target,
 }
 
-const VARIANTS: [Variant; 4] = [
+/// The images of flox/large (315 paths: one layer per path stacks).
+pub(crate) const VARIANTS: [Variant; 4] = [
     Variant { layering: Layering::PerPath, compression: LayerCompression::Gzip, target: Target::RatioAtMost(0.5) },
     Variant { layering: Layering::Single, compression: LayerCompression::Gzip, target: Target::RatioAtMost(0.5) },
     Variant { layering: Layering::PerPath, compression: LayerCompression::Zstd, target: Target::None },
     Variant { layering: Layering::Single, compression: LayerCompression::Zstd, target: Target::None },
+];
+
+/// The multi-GB case (world/xlarge.nix): its environment and what its command prints.
+pub(crate) const XLARGE_ENV: &str = "flox/xlarge";
+pub(crate) const XLARGE_PRINTS: &str = "xlarge-app: 1000 libraries";
+
+/// The images of flox/xlarge: 1,000+ paths are more than overlayfs stacks (500 lower layers),
+/// so the per-path image is cut as nixpkgs' dockerTools cuts it (100 layers, see
+/// [`Layering::Capped`]); gzip only (the targets), each image being 1.5 GB to build and push.
+pub(crate) const XLARGE_VARIANTS: [Variant; 2] = [
+    Variant { layering: Layering::Capped(100), compression: LayerCompression::Gzip, target: Target::RatioAtMost(0.5) },
+    Variant { layering: Layering::Single, compression: LayerCompression::Gzip, target: Target::RatioAtMost(0.5) },
 ];
 
 impl Variant {
@@ -64,6 +77,8 @@ pub struct Case<'a> {
     pub env: &'a str,
     pub command: &'a str,
     pub prints: &'a str,
+    /// The images to compare against.
+    pub variants: &'a [Variant],
 }
 
 /// Samples of one side: first output and (image side) the pull alone, ms; bytes transferred.
@@ -102,17 +117,17 @@ pub async fn run(bench: &Bench, case: &Case<'_>, results: &mut Results) -> anyho
     let physical = physical_limit(&store, &closure, &scratch)?;
     bench.say(&format!("P11: physical limit (copy of the closure from page cache): {:.0} ms", physical.median));
 
-    let images = build_and_push(bench, &registry, &store, generation, case.command, &scratch, &key, &VARIANTS)?;
+    let images = build_and_push(bench, &registry, &store, generation, case.command, &scratch, &key, case.variants)?;
     remove_tree(&scratch);
 
     let runner = bench.runner().await?;
     let opts = bench.run_options();
     let mut flox = Side::default();
-    let mut by_image: Vec<Side> = VARIANTS.iter().map(|_| Side::default()).collect();
-    bench.say(&format!("P11: {REPS} cold starts each: flox vs {} images, in rotating order", VARIANTS.len()));
+    let mut by_image: Vec<Side> = case.variants.iter().map(|_| Side::default()).collect();
+    bench.say(&format!("P11: {REPS} cold starts each: flox vs {} images, in rotating order", case.variants.len()));
     for rep in 0..REPS {
-        for k in 0..=VARIANTS.len() {
-            let idx = (k + rep) % (VARIANTS.len() + 1);
+        for k in 0..=case.variants.len() {
+            let idx = (k + rep) % (case.variants.len() + 1);
             if idx == 0 {
                 flox_turn(bench, &runner, &opts, case, &closure, &mut flox).await?;
             } else {
@@ -126,7 +141,7 @@ pub async fn run(bench: &Bench, case: &Case<'_>, results: &mut Results) -> anyho
     results.samples(&format!("P11.{key}.physical_limit"), &physical.samples);
     let f = summarize(&flox.first_output).expect("samples");
     let flox_mb = summarize(&flox.bytes).expect("samples").median / 1e6;
-    for (v, side) in VARIANTS.iter().zip(&by_image) {
+    for (v, side) in case.variants.iter().zip(&by_image) {
         let vk = v.key();
         results.samples(&format!("P11.{key}.image_{vk}.first_output"), &side.first_output);
         results.samples(&format!("P11.{key}.image_{vk}.pull"), &side.pull);
@@ -389,7 +404,7 @@ struct Physical {
 fn physical_limit(store: &Path, closure: &[String], scratch: &Path) -> anyhow::Result<Physical> {
     let sources: Vec<std::path::PathBuf> =
         closure.iter().map(|p| store.join(p.trim_start_matches("/nix/store/"))).collect();
-    let bytes = sources.iter().map(|p| tree_bytes(p)).sum::<anyhow::Result<u64>>()?;
+    let bytes = sources.iter().map(|p| oci_image::tree_bytes(p)).sum::<anyhow::Result<u64>>()?;
     let mut samples = Vec::new();
     for turn in 0..4 {
         let dest = scratch.join(format!("copy-{turn}"));
@@ -408,22 +423,6 @@ fn physical_limit(store: &Path, closure: &[String], scratch: &Path) -> anyhow::R
     }
     let median = summarize(&samples).expect("samples").median;
     Ok(Physical { samples, median, bytes })
-}
-
-/// Bytes of the regular files below `path`.
-fn tree_bytes(path: &Path) -> anyhow::Result<u64> {
-    let meta = std::fs::symlink_metadata(path).with_context(|| format!("reading {}", path.display()))?;
-    if meta.is_dir() {
-        let mut n = 0;
-        for e in std::fs::read_dir(path)? {
-            n += tree_bytes(&e?.path())?;
-        }
-        Ok(n)
-    } else if meta.is_file() {
-        Ok(meta.len())
-    } else {
-        Ok(0)
-    }
 }
 
 /// Before a timed turn: a quiet moment, then `sync`. The quiet lets the work the previous turn

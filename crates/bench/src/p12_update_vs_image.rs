@@ -25,7 +25,8 @@ use crate::timing::start_timed;
 
 const REPS: usize = 3;
 
-const VARIANTS: [Variant; 2] = [
+/// The images of the update case (generation 1 then 2 of each).
+pub(crate) const VARIANTS: [Variant; 2] = [
     Variant { layering: Layering::PerPath, compression: LayerCompression::Gzip, target: Target::RatioAtMost(0.3) },
     Variant { layering: Layering::Single, compression: LayerCompression::Gzip, target: Target::RatioAtMost(0.3) },
 ];
@@ -71,7 +72,7 @@ pub async fn run(bench: &Bench, case: &Case<'_>, results: &mut Results) -> anyho
             case.command,
             &scratch,
             &format!("{key}-v{n}"),
-            &VARIANTS,
+            case.variants,
         )?);
         remove_tree(&scratch);
     }
@@ -83,14 +84,14 @@ pub async fn run(bench: &Bench, case: &Case<'_>, results: &mut Results) -> anyho
     let runner = bench.runner().await?;
     let opts = bench.run_options();
     let mut flox = Side::default();
-    let mut by_image: Vec<Side> = VARIANTS.iter().map(|_| Side::default()).collect();
+    let mut by_image: Vec<Side> = case.variants.iter().map(|_| Side::default()).collect();
     bench.say(&format!(
         "P12: {REPS} updates each ({shared} of {} paths shared): {env} 1 → 2 vs image v1 → v2",
         c2.len()
     ));
     for rep in 0..REPS {
-        for k in 0..=VARIANTS.len() {
-            let idx = (k + rep) % (VARIANTS.len() + 1);
+        for k in 0..=case.variants.len() {
+            let idx = (k + rep) % (case.variants.len() + 1);
             if idx == 0 {
                 flox_update(bench, &runner, &opts, case, &both, &mut flox).await?;
             } else {
@@ -103,7 +104,7 @@ pub async fn run(bench: &Bench, case: &Case<'_>, results: &mut Results) -> anyho
     results.samples(&format!("P12.{key}.flox.first_output"), &flox.first_output);
     let f = summarize(&flox.first_output).expect("samples");
     let flox_mb = summarize(&flox.bytes).expect("samples").median / 1e6;
-    for (v, side) in VARIANTS.iter().zip(&by_image) {
+    for (v, side) in case.variants.iter().zip(&by_image) {
         let vk = v.key();
         results.samples(&format!("P12.{key}.image_{vk}.first_output"), &side.first_output);
         let i = summarize(&side.first_output).expect("samples");

@@ -21,6 +21,12 @@ pub enum Layering {
     PerPath,
     /// The whole closure in one layer.
     Single,
+    /// At most this many layers: a layer each for the largest paths, the rest together in the
+    /// last. A closure of more paths than overlayfs stacks (500 lower layers) cannot be one
+    /// layer per path; nixpkgs' dockerTools (`maxLayers`, 100 by default) and nix2container cut
+    /// it this way, choosing the paths by popularity where we choose by size (the builder has
+    /// no reference graph; a cold pull depends on the layers' count and sizes only).
+    Capped(usize),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +55,7 @@ impl Layering {
         match self {
             Self::PerPath => "per_path",
             Self::Single => "single_layer",
+            Self::Capped(_) => "capped",
         }
     }
 }
@@ -225,6 +232,40 @@ fn append_tree<W: Write>(tar: &mut tar::Builder<W>, src: &Path, name: &str) -> a
     Ok(())
 }
 
+/// [`Layering::Capped`]: the `max - 1` largest paths a group each (largest first), the rest one
+/// group in store-path order.
+fn capped_groups<'a>(store_dir: &Path, closure: Vec<&'a str>, max: usize) -> anyhow::Result<Vec<Vec<&'a str>>> {
+    if max < 2 || closure.len() <= max {
+        return Ok(closure.into_iter().map(|p| vec![p]).collect());
+    }
+    let mut sized = closure
+        .iter()
+        .map(|p| Ok((tree_bytes(&store_dir.join(p.trim_start_matches("/nix/store/")))?, *p)))
+        .collect::<anyhow::Result<Vec<(u64, &str)>>>()?;
+    // Largest first; ties by name, so the same closure always gives the same layers.
+    sized.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(b.1)));
+    let own: std::collections::HashSet<&str> = sized.iter().take(max - 1).map(|(_, p)| *p).collect();
+    let mut groups: Vec<Vec<&str>> = sized.iter().take(max - 1).map(|(_, p)| vec![*p]).collect();
+    groups.push(closure.into_iter().filter(|p| !own.contains(p)).collect());
+    Ok(groups)
+}
+
+/// Bytes of the regular files below `path` (not following symlinks).
+pub fn tree_bytes(path: &Path) -> anyhow::Result<u64> {
+    let meta = std::fs::symlink_metadata(path).with_context(|| format!("reading {}", path.display()))?;
+    if meta.is_dir() {
+        let mut sum = 0;
+        for e in std::fs::read_dir(path)? {
+            sum += tree_bytes(&e?.path())?;
+        }
+        Ok(sum)
+    } else if meta.is_file() {
+        Ok(meta.len())
+    } else {
+        Ok(0)
+    }
+}
+
 /// Writes one layer holding `paths` into the layout's blobs: (layer blob, diff id, tar bytes).
 fn write_layer(
     spec: &ImageSpec,
@@ -270,6 +311,7 @@ pub fn build(spec: &ImageSpec, out: &Path, tag: &str) -> anyhow::Result<BuiltIma
     let groups: Vec<Vec<&str>> = match spec.layering {
         Layering::PerPath => closure.iter().map(|p| vec![*p]).collect(),
         Layering::Single => vec![closure],
+        Layering::Capped(max) => capped_groups(&spec.store_dir, closure, max)?,
     };
     let (mut layers, mut diff_ids, mut tar_bytes) = (Vec::new(), Vec::new(), 0);
     for (i, group) in groups.iter().enumerate() {

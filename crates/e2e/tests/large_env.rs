@@ -1,5 +1,5 @@
-//! End to end: `flox/large` (300+ store paths, 200+ MB) on containerd 1.6.20, 1.7.24 and
-//! 2.1.9. The closure reaches the container through the node's closure view: at most 3 mounts
+//! End to end: `flox/large` (300+ store paths, 200+ MB) and `flox/xlarge` (1,000+ paths, 1.5+
+//! GB) on containerd 1.6.20, 1.7.24 and 2.1.9. The closure reaches the container through the node's closure view: at most 3 mounts
 //! under /nix/store in the container whatever the closure's size, exactly the closure visible,
 //! one view per environment on the node, a constant number of host mounts per container, and
 //! the host mount table as before once the pods are gone.
@@ -128,8 +128,46 @@ fn large_environment(version: ContainerdVersion) {
         for pod in pods {
             pod.remove().await.unwrap();
         }
+        phase("20 pods removed");
+
+        // flox/xlarge (1,000+ paths, 1.5+ GB): the same few mounts, exactly its closure.
+        let xlarge = closure_names(&node, "flox/xlarge");
+        assert!(xlarge.len() >= 1000, "flox/xlarge has {} store paths; the world is outdated", xlarge.len());
+        let probe = "cat /proc/self/mountinfo; echo ---; ls /nix/store; echo ---; xlarge-app";
+        let pod = flox_pod("xlarge", &[("flox.dev/environment", "flox/xlarge")], EMPTY, &["bash", "-c", probe]);
+        let (code, out, err) = node.run_to_end(&pod, &[]).await.unwrap();
+        assert_eq!(code, 0, "{err}");
+        phase("flox/xlarge ran cold");
+        let sections: Vec<&str> = out.split("---\n").collect();
+        assert_eq!(sections.len(), 3, "{}", &out[..out.len().min(4000)]);
+        let store_mounts: Vec<String> = mount_points(sections[0]).into_iter().filter(|p| under_store(p)).collect();
+        assert!(
+            !store_mounts.is_empty() && store_mounts.len() <= 3,
+            "mounts under /nix/store in the xlarge container: {store_mounts:?}"
+        );
+        let seen: BTreeSet<String> = sections[1].lines().map(String::from).collect();
+        let missing: Vec<_> = xlarge.difference(&seen).collect();
+        let extra: Vec<_> = seen.difference(&xlarge).collect();
+        assert!(missing.is_empty() && extra.is_empty(), "closure missing {missing:?}, not in the closure {extra:?}");
+        assert_eq!(
+            sections[2].trim(),
+            format!("xlarge-app: {} libraries", xlarge.iter().filter(|n| n.contains("-libxlarge")).count()),
+            "{}",
+            sections[2]
+        );
+        let sleeper = flox_pod(
+            "xlarge-sleeper",
+            &[("flox.dev/environment", "flox/xlarge")],
+            EMPTY,
+            &["bash", "-c", "trap 'exit 0' TERM; sleep 600 & wait"],
+        );
+        let xl_pod = node.run(&sleeper, &[]).await.expect("flox/xlarge pod starts");
+        let xl_per_pod = node_mounts(&node).len() - before.len();
+        assert_eq!(xl_per_pod, per_pod, "host mounts of an xlarge pod vs a large pod");
+        xl_pod.remove().await.unwrap();
+        assert_eq!(views(&node).len(), 3, "one view per environment: {:?}", views(&node));
+        assert_eq!(node_mounts(&node), before, "a finished pod leaves no host mount");
     });
-    phase("20 pods removed");
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(node_mounts(&node), idle, "host mount table as before");
     let leftovers = std::fs::read_dir(node.state_root.join("containers")).map(|d| d.count()).unwrap_or(0);
