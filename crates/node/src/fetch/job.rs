@@ -19,8 +19,9 @@ use super::progress::{Counting, Progress};
 use super::store::{NodeStore, PathLock};
 use super::walk::{Finder, Planned};
 
-/// Decompressed bytes read ahead of the NAR parser.
-const UNPACK_BUFFER: usize = 256 * 1024;
+/// Decompressed bytes read ahead of the NAR parser (one such buffer per NAR in flight; 64 KiB
+/// serves 8-byte tokens and file contents alike).
+const UNPACK_BUFFER: usize = 64 * 1024;
 
 /// What one job did: false when another fetch had published the path meanwhile.
 pub struct Done {

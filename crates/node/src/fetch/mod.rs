@@ -49,6 +49,13 @@ use walk::{Finder, Walker};
 /// NARs downloaded and unpacked at once.
 pub const DEFAULT_JOBS: usize = 8;
 
+/// Uncompressed NAR bytes (KiB) decompressed at once, across jobs. A decompressor holds a
+/// window as large as the NAR it reads (zstd: up to 8 MB, xz up to its dictionary), so large
+/// NARs bound the pull's memory, not the job count: eight 2 MB NARs in flight took a pull of
+/// `flox/xlarge` (1,045 paths, 1.6 GB) to 60 MB peak RSS. Small NARs (most of a closure)
+/// still go eight at a time; a NAR larger than the budget goes alone.
+pub const WINDOW_BUDGET_KIB: u32 = 8 * 1024;
+
 /// What a realization did.
 #[derive(Debug, Clone, Default)]
 pub struct FetchReport {
@@ -269,13 +276,19 @@ impl Fetcher {
         }
         let permits = Arc::new(tokio::sync::Semaphore::new(self.jobs));
         let cancel = Arc::new(AtomicBool::new(false));
+        let window = Arc::new(tokio::sync::Semaphore::new(WINDOW_BUDGET_KIB as usize));
         let mut jobs = JoinSet::new();
         for planned in plan.missing {
             let (finder, store, permits, cancel) =
                 (walker.finder.clone(), self.store.clone(), permits.clone(), cancel.clone());
-            let progress = self.progress.clone();
+            let (progress, window) = (self.progress.clone(), window.clone());
             jobs.spawn(async move {
                 let _permit = permits.acquire_owned().await.expect("semaphore is never closed");
+                let kib = u32::try_from(planned.info.nar_size.div_ceil(1024)).unwrap_or(u32::MAX);
+                let _window = window
+                    .acquire_many_owned(kib.clamp(1, WINDOW_BUDGET_KIB))
+                    .await
+                    .expect("semaphore is never closed");
                 let path = planned.info.store_path.clone();
                 let done = job::fetch_one(&finder, &store, planned, &cancel, progress.clone()).await;
                 if let (Ok(_), Some(p)) = (&done, &progress) {

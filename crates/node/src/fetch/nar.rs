@@ -191,7 +191,7 @@ fn set_mtime_nofollow(path: &Path) -> io::Result<()> {
 /// Unpacks the NAR read from `r` at `dest` (which must not exist). Reads exactly the
 /// archive: the caller checks that nothing follows it.
 pub fn unpack<R: Read>(r: &mut R, dest: &Path) -> Result<(), NarError> {
-    let mut p = Parser { r, buf: vec![0u8; 256 * 1024] };
+    let mut p = Parser { r, buf: vec![0u8; 64 * 1024] };
     p.expect("nix-archive-1")?;
     p.expect("(")?;
     p.node(dest, 0)
