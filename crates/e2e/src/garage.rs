@@ -103,14 +103,17 @@ impl Garage {
     }
 
     /// The node id (`garage node id -q`, without the address) of the node configured by
-    /// `config`, once it answers.
+    /// `config`, once its daemon answers RPC. `node id` alone reads the key from the metadata
+    /// directory and succeeds before the daemon listens (a `layout assign` right after it was
+    /// refused once); `status` goes through the daemon.
     fn wait_for_id(&mut self, config: &Path, deadline: Instant) -> anyhow::Result<String> {
         loop {
             if let Some(status) = self.child.try_wait()? {
                 bail!("garage exited ({status}): {}", self.log());
             }
-            let out = Command::new(garage_bin()).arg("-c").arg(config).args(["node", "id", "-q"]).output()?;
-            if out.status.success() {
+            let run = |args: &[&str]| Command::new(garage_bin()).arg("-c").arg(config).args(args).output();
+            let out = run(&["node", "id", "-q"])?;
+            if out.status.success() && run(&["status"])?.status.success() {
                 let text = String::from_utf8_lossy(&out.stdout);
                 return Ok(text.trim().split('@').next().unwrap_or_default().to_string());
             }

@@ -72,8 +72,13 @@ fn assert_nothing_left(node: &FloxNode, mounts_before: &[String], what: &str) {
         std::thread::sleep(Duration::from_millis(200));
     }
     // A proxy removes its pod's record (for the pod's later container starts) as it exits:
-    // every record left names a proxy that still answers (another node's, if any).
+    // every record this node's pods wrote and left names a proxy that still answers (another
+    // node's, if any). Records older than this node are another run's (/run outlives them).
+    let born = std::fs::metadata(node.dir.path()).and_then(|m| m.created().or(m.modified())).unwrap();
     for record in std::fs::read_dir("/run/imageless/shims").into_iter().flatten().flatten() {
+        if record.metadata().and_then(|m| m.modified()).is_ok_and(|t| t < born) {
+            continue;
+        }
         let text = std::fs::read_to_string(record.path()).unwrap_or_default();
         let record: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
         let proxy = record["proxy"].as_str().unwrap_or_default();
