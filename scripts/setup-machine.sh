@@ -52,12 +52,16 @@ if ! python3 -c 'import spdx_tools.spdx.validation.document_validator, cyclonedx
 fi
 
 # Garage, the S3-compatible object store the S3 tests and benchmarks run against (real S3, not
-# a double), built once from crates.io into .work/tools (about 8 minutes on 2 cores; later runs
-# find it). Only the features a single-node test cluster needs.
+# a double), built once per machine from crates.io (about 8 minutes on 2 cores) into a cache
+# outside the checkout, so later runs and other clones (CI's) find it; the checkout's
+# .work/tools/bin/garage links to it. Only the features a single-node test cluster needs.
 GARAGE_VERSION=2.5.0
+machine_tools="${IMAGELESS_TOOLS_CACHE:-/var/cache/imageless/tools}/garage-$GARAGE_VERSION"
 tools="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/.work/tools"
-if ! "$tools/bin/garage" --version 2>/dev/null | grep -q ":$GARAGE_VERSION "; then
-  echo "setup: building garage $GARAGE_VERSION into $tools (once)" >&2
+if ! "$machine_tools/bin/garage" --version 2>/dev/null | grep -q ":$GARAGE_VERSION "; then
+  echo "setup: building garage $GARAGE_VERSION into $machine_tools (once per machine)" >&2
   cargo install --quiet --locked garage --version "$GARAGE_VERSION" \
-    --no-default-features --features bundled-libs,lmdb,sqlite --root "$tools"
+    --no-default-features --features bundled-libs,lmdb,sqlite --root "$machine_tools"
 fi
+mkdir -p "$tools/bin"
+ln -sfn "$machine_tools/bin/garage" "$tools/bin/garage"

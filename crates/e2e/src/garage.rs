@@ -1,5 +1,5 @@
 //! Garage (the S3-compatible distributed object store, built from crates.io by
-//! scripts/setup-machine.sh into .work/tools) as a single-node cluster on loopback: its S3 API,
+//! scripts/setup-machine.sh, linked at .work/tools/bin) as a single-node cluster on loopback: its S3 API,
 //! its website endpoint (plain HTTP reads of a bucket, which Debian's Nix 2.8, built without
 //! S3 support, can use as a binary cache), one key with read and write on the buckets the test
 //! makes. Stopped, and its data removed, on drop.
