@@ -31,6 +31,65 @@ fn processes() -> Vec<String> {
     String::from_utf8_lossy(&ps.stdout).lines().map(String::from).collect()
 }
 
+/// The `-id` of a shim or proxy command line.
+fn shim_id(args: &str) -> Option<&str> {
+    let mut words = args.split_whitespace();
+    words.by_ref().find(|w| *w == "-id")?;
+    words.next()
+}
+
+/// For a failure message: each leftover shim's bundle (present or not, its files) and what
+/// containerd's log says of it.
+fn shim_diagnosis(node: &FloxNode, left: &[&String]) -> String {
+    let bundles = node.containerd.dir().join("state/io.containerd.runtime.v2.task/k8s.io");
+    let log = node.containerd.log_tail(4000);
+    let mut out = String::new();
+    for id in left.iter().filter_map(|l| shim_id(l)).collect::<std::collections::BTreeSet<_>>() {
+        let files: Vec<String> = std::fs::read_dir(bundles.join(id))
+            .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        out.push_str(&format!("shim {id}: bundle files {files:?}\n"));
+        for line in log.lines().filter(|l| l.contains(id)).take(15) {
+            out.push_str(&format!("  {}\n", &line[..line.len().min(400)]));
+        }
+    }
+    out
+}
+
+/// containerd 2.x SIGKILLed between a shim's `start` and its own record of that shim (the
+/// bundle's bootstrap.json, written after `start` returns) cannot reconnect after its restart:
+/// it deletes the bundle and the shim is orphaned, stock runc shim or ours alike (containerd
+/// cleans such "leaked shims" only when it can connect, containerd#6860). When every process
+/// left belongs to such a shim (its bundle is gone), this kills the runc shim, as an operator
+/// would, and then our proxy must go with it (it exits with its shim): what is ours is still
+/// checked. Returns whether it did so; the caller looks again.
+fn forgotten_by_containerd(node: &FloxNode, left: &[&String]) -> bool {
+    let bundles = node.containerd.dir().join("state/io.containerd.runtime.v2.task/k8s.io");
+    let ids: Vec<&str> = left.iter().filter_map(|l| shim_id(l)).collect();
+    if ids.len() != left.len() || ids.iter().any(|id| bundles.join(id).exists()) {
+        return false;
+    }
+    let ps = Command::new("ps").args(["-eo", "pid=,args="]).output().unwrap();
+    for line in String::from_utf8_lossy(&ps.stdout).lines() {
+        let (pid, args) = line.trim_start().split_once(' ').unwrap_or_default();
+        let stock_shim = args.contains("containerd-shim-runc-v2") && !args.contains("containerd-shim-flox-v2");
+        if stock_shim && shim_id(args).is_some_and(|id| ids.contains(&id)) {
+            let log = node.containerd.log_tail(4000);
+            let mentions: Vec<&str> = log.lines().filter(|l| ids.iter().any(|id| l.contains(id))).take(20).collect();
+            eprintln!("an orphaned shim containerd forgot ({args}); containerd's log of it:\n{}", mentions.join("\n"));
+            // SAFETY: kill(2) on a pid read from ps; a pid gone meanwhile is only ESRCH.
+            unsafe { libc::kill(pid.trim().parse().unwrap(), libc::SIGKILL) };
+        }
+    }
+    // Our proxy exits with its shim.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while processes().iter().any(|l| shim_id(l).is_some_and(|id| ids.contains(&id))) {
+        assert!(Instant::now() < deadline, "a proxy outlived its killed shim: {left:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    true
+}
+
 /// Nothing of the node's is left once every pod is gone: per-container state, overlays,
 /// mounts under containerd's dir or of ours on the host, prefetches, wrappers, shims.
 fn assert_nothing_left(node: &FloxNode, mounts_before: &[String], what: &str) {
@@ -54,6 +113,7 @@ fn assert_nothing_left(node: &FloxNode, mounts_before: &[String], what: &str) {
     // Shim proxies of this build (one per pod on 1.7/2.x) exit with their shim.
     let launcher = support::bin_dir().join("containerd-shim-flox-v2").display().to_string();
     let deadline = Instant::now() + Duration::from_secs(10);
+    let mut orphans_killed = false;
     loop {
         let ps = processes();
         let left: Vec<&String> = ps
@@ -68,7 +128,11 @@ fn assert_nothing_left(node: &FloxNode, mounts_before: &[String], what: &str) {
         if left.is_empty() {
             break;
         }
-        assert!(Instant::now() < deadline, "{what}: processes left: {left:?}");
+        if Instant::now() >= deadline && !orphans_killed && forgotten_by_containerd(node, &left) {
+            orphans_killed = true;
+            continue;
+        }
+        assert!(Instant::now() < deadline, "{what}: processes left: {left:?}\n{}", shim_diagnosis(node, &left));
         std::thread::sleep(Duration::from_millis(200));
     }
     // A proxy removes its pod's record (for the pod's later container starts) as it exits:
