@@ -169,12 +169,7 @@ fn run_figures(
         rt.block_on(p10_exec_attach::run(bench, results))?;
     }
     if wanted("P11") {
-        let case = p11_cold_vs_image::Case {
-            env: p6_large::LARGE_ENV,
-            command: "large-app",
-            prints: "large-app: 250 libraries",
-            variants: &p11_cold_vs_image::VARIANTS,
-        };
+        let case = large_case(&p11_cold_vs_image::VARIANTS);
         rt.block_on(p11_cold_vs_image::run(bench, &case, results))?;
         rt.block_on(p11_pod_memory::run(bench, p6_large::LARGE_ENV, results))?;
         let case = p11_cold_vs_image::Case {
@@ -186,12 +181,7 @@ fn run_figures(
         rt.block_on(p11_cold_vs_image::run(bench, &case, results))?;
     }
     if wanted("P12") {
-        let case = p11_cold_vs_image::Case {
-            env: p6_large::LARGE_ENV,
-            command: "large-app",
-            prints: "large-app: 250 libraries",
-            variants: &p12_update_vs_image::VARIANTS,
-        };
+        let case = large_case(&p12_update_vs_image::VARIANTS);
         rt.block_on(p12_update_vs_image::run(bench, &case, results))?;
     }
     if wanted("P13") {
@@ -207,6 +197,16 @@ fn run_figures(
         rt.block_on(strace::warm_starts(bench, Path::new(&dir)))?;
     }
     Ok(())
+}
+
+/// flox/large as P11 and P12 run it, against `variants`.
+fn large_case(variants: &[p11_cold_vs_image::Variant]) -> p11_cold_vs_image::Case<'_> {
+    p11_cold_vs_image::Case {
+        env: p6_large::LARGE_ENV,
+        command: "large-app",
+        prints: "large-app: 250 libraries",
+        variants,
+    }
 }
 
 /// The public environment, other than flox/large, whose live generation has the largest

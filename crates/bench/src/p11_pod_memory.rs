@@ -6,18 +6,12 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::bail;
-use imageless_e2e::flox_node::{env_pod, runc_pod};
-use imageless_e2e::{PodManifest, PodRunner, RunOptions, RunningPod, BUSYBOX_IMAGE, FLOX_EMPTY_IMAGE};
-
 use crate::context::{Bench, VERSION};
+use crate::p6_large::start_many_sleepers;
 use crate::report::{figure, Results};
 use crate::stats::Target;
 
 const PODS: usize = 50;
-/// Runs until SIGTERM, then exits at once (see p6_large).
-const SLEEPER: &str = "trap 'exit 0' TERM; sleep 600 & wait";
-
 pub async fn run(bench: &Bench, env: &str, results: &mut Results) -> anyhow::Result<()> {
     let runner = bench.runner().await?;
     let opts = bench.run_options();
@@ -26,7 +20,7 @@ pub async fn run(bench: &Bench, env: &str, results: &mut Results) -> anyhow::Res
     bench.say(&format!("P11: memory per running pod: {PODS} {env} pods, then {PODS} runc + busybox pods"));
     let mut per_pod = Vec::new();
     for flox in [true, false] {
-        let pods = start_sleepers(&runner, &opts, flox.then_some(env)).await?;
+        let pods = start_many_sleepers(&runner, &opts, flox.then_some(env), Vec::new(), "p11-mem", PODS).await?;
         // Let the starts' transient allocations settle.
         tokio::time::sleep(Duration::from_secs(2)).await;
         let pss = pss_of(&exes);
@@ -47,27 +41,6 @@ pub async fn run(bench: &Bench, env: &str, results: &mut Results) -> anyhow::Res
         Target::RatioAtMost(1.2),
     ));
     Ok(())
-}
-
-async fn start_sleepers(runner: &PodRunner, opts: &RunOptions, env: Option<&str>) -> anyhow::Result<Vec<RunningPod>> {
-    let mut pods = Vec::new();
-    for i in 0..PODS {
-        let yaml = match env {
-            Some(e) => env_pod(&format!("p11-mem-{i}"), e, FLOX_EMPTY_IMAGE, &["bash", "-c", SLEEPER]),
-            None => runc_pod(&format!("p11-mem-runc-{i}"), BUSYBOX_IMAGE, &["sh", "-c", SLEEPER]),
-        };
-        let manifest = PodManifest::from_yaml(&yaml).map_err(|e| anyhow::anyhow!("{e}"))?;
-        match runner.run(&manifest, opts).await {
-            Ok(p) => pods.push(p),
-            Err(e) => {
-                for p in pods {
-                    let _ = p.remove().await;
-                }
-                bail!("P11: memory pod {i} of {PODS} failed to start: {e}");
-            }
-        }
-    }
-    Ok(pods)
 }
 
 /// Summed Pss (bytes) of the processes running one of `exes`.

@@ -183,10 +183,10 @@ fn add_medians(
 async fn many_pods(bench: &Bench, runner: &PodRunner, opts: &RunOptions, results: &mut Results) -> anyhow::Result<()> {
     bench.say(&format!("P6: {RUNNING} running pods each: {LARGE_ENV}, then runc + busybox; deleted in turns"));
     let before = mount_count();
-    let flox_pods = start_many_sleepers(runner, opts, Some(LARGE_ENV), Vec::new()).await?;
+    let flox_pods = start_many_sleepers(runner, opts, Some(LARGE_ENV), Vec::new(), "p6-many", RUNNING).await?;
     let flox_mounts = mount_count().saturating_sub(before);
     let before = mount_count();
-    let runc_pods = start_many_sleepers(runner, opts, None, flox_pods).await?;
+    let runc_pods = start_many_sleepers(runner, opts, None, flox_pods, "p6-many", RUNNING).await?;
     let runc_mounts = mount_count().saturating_sub(before);
     let (flox_deletes, runc_deletes) = delete_in_turns(runc_pods).await?;
     results.samples("P6.large.delete", &flox_deletes);
@@ -213,18 +213,21 @@ async fn many_pods(bench: &Bench, runner: &PodRunner, opts: &RunOptions, results
     Ok(())
 }
 
-/// Starts RUNNING sleeping pods (flox with `env`, or runc + busybox) and appends them to
-/// `pods`, the pods already running; on a failure removes them all.
-async fn start_many_sleepers(
+/// Starts `count` sleeping pods named `<name>-<i>` (flox with `env`, or runc + busybox) and
+/// appends them to `pods`, the pods already running; on a failure removes them all. P6's many
+/// pods and P11's memory per pod.
+pub(crate) async fn start_many_sleepers(
     runner: &PodRunner,
     opts: &RunOptions,
     env: Option<&str>,
     mut pods: Vec<RunningPod>,
+    name: &str,
+    count: usize,
 ) -> anyhow::Result<Vec<RunningPod>> {
-    for i in 0..RUNNING {
+    for i in 0..count {
         let yaml = match env {
-            Some(e) => env_pod(&format!("p6-many-{i}"), e, FLOX_EMPTY_IMAGE, &["bash", "-c", SLEEPER]),
-            None => runc_pod(&format!("p6-many-runc-{i}"), BUSYBOX_IMAGE, &["sh", "-c", SLEEPER]),
+            Some(e) => env_pod(&format!("{name}-{i}"), e, FLOX_EMPTY_IMAGE, &["bash", "-c", SLEEPER]),
+            None => runc_pod(&format!("{name}-runc-{i}"), BUSYBOX_IMAGE, &["sh", "-c", SLEEPER]),
         };
         let manifest = imageless_e2e::PodManifest::from_yaml(&yaml).map_err(|e| anyhow::anyhow!("{e}"))?;
         match runner.run(&manifest, opts).await {
@@ -233,15 +236,13 @@ async fn start_many_sleepers(
                 for p in pods {
                     let _ = p.remove().await;
                 }
-                bail!("P6: pod {i} of {RUNNING} failed to start: {e}");
+                bail!("{name}: pod {i} of {count} failed to start: {e}");
             }
         }
     }
     Ok(pods)
 }
 
-/// Deletes the pods (RUNNING flox pods, then RUNNING runc pods) alternating flox and runc,
-/// each once the previous delete's shim has exited: (flox delete times, runc delete times).
 async fn delete_in_turns(mut pods: Vec<RunningPod>) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
     let runc = pods.split_off(RUNNING);
     let (mut flox_ms, mut runc_ms) = (Vec::new(), Vec::new());

@@ -26,21 +26,8 @@ pub fn run(bench: &Bench, env: &str, closure: &[String], results: &mut Results) 
     let (mut ours, mut theirs) = (Vec::new(), Vec::new());
     for round in 0..ROUNDS {
         for hub_turn in if round % 2 == 0 { [true, false] } else { [false, true] } {
-            if hub_turn {
-                ours.push(ms(cache_files::fetch_with_clients(
-                    &bench.dir,
-                    CLIENTS,
-                    std::slice::from_ref(&hub.url),
-                    &files,
-                )?));
-            } else {
-                theirs.push(ms(cache_files::fetch_with_clients(
-                    &bench.dir,
-                    CLIENTS,
-                    std::slice::from_ref(&nginx.url),
-                    &files,
-                )?));
-            }
+            let (url, samples) = if hub_turn { (&hub.url, &mut ours) } else { (&nginx.url, &mut theirs) };
+            samples.push(ms(cache_files::fetch_with_clients(&bench.dir, CLIENTS, std::slice::from_ref(url), &files)?));
         }
     }
     drop(nginx);
