@@ -94,6 +94,15 @@ fn wanted(id: &str) -> bool {
     }
 }
 
+/// `IMAGELESS_BENCH_CASES=large,xlarge` limits P11 to those environments (default: all), for
+/// iterating on one of them; a full run measures both.
+fn wanted_case(case: &str) -> bool {
+    match std::env::var("IMAGELESS_BENCH_CASES") {
+        Ok(list) if !list.trim().is_empty() => list.split(',').any(|x| x.trim().eq_ignore_ascii_case(case)),
+        _ => true,
+    }
+}
+
 fn run() -> anyhow::Result<()> {
     let bins = Binaries::from_env();
     bins.check()?;
@@ -168,10 +177,12 @@ fn run_figures(
     if wanted("P10") {
         rt.block_on(p10_exec_attach::run(bench, results))?;
     }
-    if wanted("P11") {
+    if wanted("P11") && wanted_case("large") {
         let case = large_case(&p11_cold_vs_image::VARIANTS);
         rt.block_on(p11_cold_vs_image::run(bench, &case, results))?;
         rt.block_on(p11_pod_memory::run(bench, p6_large::LARGE_ENV, results))?;
+    }
+    if wanted("P11") && wanted_case("xlarge") {
         let case = p11_cold_vs_image::Case {
             env: p11_cold_vs_image::XLARGE_ENV,
             command: "xlarge-app",

@@ -318,6 +318,8 @@ fn hub_failures_are_precise() {
         assert!(!o.status.success());
         assert!(stderr(&o).contains(want), "{env}: {}", stderr(&o));
     }
+    // A first resolve fetches at once; one the hub refuses leaves no repository behind.
+    assert!(!node.dir.path().join("state/meta/nobody.git").exists(), "a refused first fetch left a repository");
     let expired = node.dir.path().join("expired.token");
     std::fs::write(&expired, node.hub.token("alice", &["--expired"])).unwrap();
     let o = node.pull(&["acme/private", "--token-file", expired.to_str().unwrap()]);

@@ -126,6 +126,19 @@ fn the_hubs_answers_are_precise_errors_and_v0_fetches_are_shallow_too() {
     let err = remote.remote_head("acme", "secret", Some(&bogus)).unwrap_err();
     assert!(matches!(err, RemoteError::TokenRejected { .. }), "{err}");
     assert!(!format!("{err} {err:?}").contains("flox_bogus_token_value"));
+
+    // A node's first resolve of an environment fetches without asking for the head first:
+    // the fetch gives the same answers.
+    let fresh = state.path().join("fresh.git");
+    let err = remote.fetch(&fresh, "acme", "nope", None).unwrap_err();
+    assert!(matches!(err, RemoteError::EnvironmentNotFound { .. }), "{err}");
+    let err = remote.fetch(&fresh, "nobody", "app", None).unwrap_err();
+    assert!(matches!(err, RemoteError::OwnerNotFound { .. }), "{err}");
+    let err = remote.fetch(&fresh, "acme", "secret", None).unwrap_err();
+    assert!(err.to_string().contains("if it is private, mount a FloxHub token secret"), "{err}");
+    let err = remote.fetch(&fresh, "acme", "secret", Some(&bogus)).unwrap_err();
+    assert!(matches!(err, RemoteError::TokenRejected { .. }), "{err}");
+    assert!(!format!("{err} {err:?}").contains("flox_bogus_token_value"));
 }
 
 #[test]

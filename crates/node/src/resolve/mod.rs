@@ -254,6 +254,9 @@ impl Resolver<'_> {
         if let Some(r) = previous.filter(|r| self.needs_no_hub(r, env, fingerprint.as_deref())) {
             return Ok((r.clone(), None, Answer::Kept));
         }
+        if previous.is_none() {
+            return self.first_fetch(env, token).map(|record| (record, None, Answer::Fresh));
+        }
         match self.remote.remote_head(&env.owner, &env.name, token) {
             Ok(head) => {
                 // A matching record means the commit's files are all there; an object alone may
@@ -302,6 +305,39 @@ impl Resolver<'_> {
             }
             Err(e) => Err(e.into()),
         }
+    }
+}
+
+impl Resolver<'_> {
+    /// The first resolve of `env` on this node (no record): fetch at once. The fetch's own
+    /// ref listing answers what asking for the head first would (the head, or not found), so
+    /// a cold start makes one exchange with the hub's git instead of two (each is a few
+    /// requests). Under the owner's lock, a record that a concurrent first resolve wrote
+    /// meanwhile is used as any record would be.
+    fn first_fetch(&self, env: &EnvRef, token: Option<&Token>) -> Result<RefRecord, ResolveError> {
+        let fingerprint = token.map(Token::fingerprint);
+        let repo = self.repo(&env.owner);
+        let lock_path = self.state_root.join("meta").join(format!("{}.lock", env.owner));
+        let _guard = lock_file(&lock_path)?;
+        let latest = record::read(&record::path(self.state_root, &env.owner, &env.name));
+        if let Some(r) =
+            latest.filter(|r| self.needs_no_hub(r, env, fingerprint.as_deref()) && repo::has_commit(&repo, &r.commit))
+        {
+            return Ok(r);
+        }
+        let stale = repo::clear_stale_locks(&repo)?;
+        if stale > 0 {
+            tracing::warn!(env = %env.full_name(), stale, "removed lock files a killed fetch left");
+        }
+        // A refused first fetch (unknown environment, token needed, hub down) leaves no
+        // repository behind that the node did not have.
+        let existed = repo.join("HEAD").exists();
+        let got = self.remote.fetch(&repo, &env.owner, &env.name, token).inspect_err(|_| {
+            if !existed {
+                let _ = std::fs::remove_dir_all(&repo);
+            }
+        })?;
+        Ok(RefRecord::at(&got, fingerprint, now(), None))
     }
 }
 
