@@ -8,6 +8,7 @@
 //! - `cargo xtask build` — just the binaries (debug) and the static activator.
 //! - `cargo xtask image` — the installer image as a reproducible OCI archive,
 //!   target/image/imageless-installer.tar (static binaries; see `image.rs`).
+mod bench_disk;
 mod image;
 
 use std::path::{Path, PathBuf};
@@ -231,9 +232,25 @@ fn main() -> Result<()> {
             // client in-process (P8, P9), and its CRI client and timers then add less to both
             // sides of each ratio.
             let bins = build_static()?;
-            run(with_layout(&mut cargo())
+            // Built first: the bench's node runs on a disk of its own (see bench_disk).
+            run(with_layout(&mut cargo()).args([
+                "build",
+                "--quiet",
+                "--release",
+                "-p",
+                "imageless-bench",
+                "--bin",
+                "bench",
+            ]))?;
+            let disk = bench_disk::BenchDisk::prepare()?;
+            let mut cmd = cargo();
+            with_layout(&mut cmd)
                 .args(["run", "--quiet", "--release", "-p", "imageless-bench", "--bin", "bench"])
-                .env("IMAGELESS_BENCH_BIN_DIR", bins))
+                .env("IMAGELESS_BENCH_BIN_DIR", bins);
+            if let Some(disk) = &disk {
+                cmd.env("TMPDIR", disk.dir());
+            }
+            run(&mut cmd)
         }
     }
 }

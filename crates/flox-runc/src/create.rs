@@ -164,6 +164,10 @@ fn prepare(
     let system = System::host()?;
     // The pod is named in the pull records the node agent turns into its events.
     let cache = NodeCache::new(config.clone(), system).with_pod(PodRef::from_annotations(&info.annotations));
+    // Every container below mounts a view but the whole-store one: a cold pull builds it as
+    // the closure lands.
+    let cache =
+        if opts.nix_mutable || config.store_view == StoreView::Closure { cache.building_views() } else { cache };
     steps.mark("token_system");
     // Held until the view is built: gc never sweeps what this container is about to mount.
     let _store = cache.store_use()?;
@@ -284,6 +288,7 @@ pub fn prefetch_main(args: &[String]) -> i32 {
     let view = config.store_view == StoreView::Closure;
     let pod = args.get(2).and_then(|a| PodRef::from_arg(a));
     let cache = NodeCache::new(config, system).with_pod(pod);
+    let cache = if view { cache.building_views() } else { cache };
     let _running = match cache.hold_prefetch(&env, mode) {
         Ok(Some(lock)) => Some(lock),
         Ok(None) => return 0,

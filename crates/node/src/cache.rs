@@ -29,6 +29,7 @@ use imageless_core::token::Token;
 
 use crate::catalog_access;
 use crate::config::{NodeConfig, StoreView};
+use crate::early_view::EarlyView;
 use crate::fetch::{FetchError, Fetcher, NodeStore, Progress};
 use crate::gc::StoreLock;
 use crate::pull_record::{self, PodRef};
@@ -164,6 +165,9 @@ pub struct NodeCache {
     progress: Option<std::sync::Arc<dyn Progress>>,
     /// The pod this cache pulls for, named in the pull records (see [`crate::pull_record`]).
     pod: Option<PodRef>,
+    /// A pull also builds the closure view, path by path while it fetches (see
+    /// [`crate::early_view`]): set by those who mount views (container create, prefetch).
+    views_while_pulling: bool,
 }
 
 /// Opens (creating it and its directory) a lock file, without locking it.
@@ -189,12 +193,19 @@ impl NodeCache {
 
     /// A cache that asks `remote` for floxmeta (a test double in unit tests).
     pub fn with_remote(config: NodeConfig, system: System, remote: Box<dyn Remote + Send + Sync>) -> NodeCache {
-        NodeCache { config, remote, system, progress: None, pod: None }
+        NodeCache { config, remote, system, progress: None, pod: None, views_while_pulling: false }
     }
 
     /// Names `pod` in the pull records of this cache's pulls (the node agent's pod events).
     pub fn with_pod(mut self, pod: Option<PodRef>) -> NodeCache {
         self.pod = pod;
+        self
+    }
+
+    /// Builds a pulled environment's closure view while its closure is fetched, for a caller
+    /// that will [`NodeCache::ensure_view`] it next.
+    pub fn building_views(mut self) -> NodeCache {
+        self.views_while_pulling = true;
         self
     }
 
@@ -406,9 +417,13 @@ impl NodeCache {
         wanted.dedup();
         // Records the pull's start and refuses one that does not fit, before any download.
         let catalog = catalog_access::pull_for(&self.config, &lockfile, self.system, token);
-        let fetcher = Fetcher::from_config(&self.config)?
-            .with_progress(log.recorder(self.progress.clone()))
-            .with_catalog(catalog.clone());
+        let early_view = self.start_early_view(key);
+        let progress = log.recorder(self.progress.clone());
+        let progress = match &early_view {
+            Some(view) => view.progress(progress),
+            None => progress,
+        };
+        let fetcher = Fetcher::from_config(&self.config)?.with_progress(progress).with_catalog(catalog.clone());
         let report = fetcher.realize(&wanted)?;
         log.pulled(&report);
         let realized = report.downloaded;
@@ -458,6 +473,9 @@ impl NodeCache {
         tmp_guard.0 = None;
         touch(&dir);
         tracing::info!(env, generation, %mode, key, realized, "environment rendered");
+        if let Some(view) = early_view {
+            self.finish_early_view(key, &closure, view);
+        }
         Ok(Rendered {
             key: key.to_string(),
             env_dir: dir.join("env"),
@@ -497,9 +515,39 @@ impl NodeCache {
                 return Err(e);
             }
         };
-        if let Err(e) = std::fs::rename(&tmp, &dir) {
-            let _ = view::remove_tree(&tmp);
-            return Err(io(&dir)(e));
+        self.publish_view(key, &tmp, &rendered.closure, stats, started)
+    }
+
+    /// `<dest>/store` (the closure's paths, hard links into the node store) and the closure's
+    /// Nix registration under `<dest>/var/nix`.
+    fn build_view(&self, closure: &[StorePath], dest: &Path) -> Result<view::ViewStats, NodeError> {
+        let store = self.store();
+        std::fs::create_dir(dest).map_err(io(dest))?;
+        view::build(&store.dir, closure, &dest.join("store")).map_err(NodeError::from)
+    }
+
+    /// Registers `closure` under `tmp` (see [`crate::registration`]) and renames the finished
+    /// view into place. Call under the key's lock; on an error `tmp` is removed.
+    fn publish_view(
+        &self,
+        key: &str,
+        tmp: &Path,
+        closure: &[StorePath],
+        stats: view::ViewStats,
+        started: std::time::Instant,
+    ) -> Result<PathBuf, NodeError> {
+        let dir = view::view_dir(self.root(), key);
+        let store = self.store();
+        let registered = closure
+            .iter()
+            .map(|p| store.record(p))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(NodeError::from)
+            .and_then(|infos| registration::write(tmp, &infos, resolve::now() as i64).map_err(NodeError::from))
+            .and_then(|()| std::fs::rename(tmp, &dir).map_err(io(&dir)));
+        if let Err(e) = registered {
+            let _ = view::remove_tree(tmp);
+            return Err(e);
         }
         tracing::info!(
             key,
@@ -513,15 +561,38 @@ impl NodeCache {
         Ok(dir)
     }
 
-    /// `<dest>/store` (the closure's paths, hard links into the node store) and the closure's
-    /// Nix registration under `<dest>/var/nix`.
-    fn build_view(&self, closure: &[StorePath], dest: &Path) -> Result<view::ViewStats, NodeError> {
-        let store = self.store();
-        std::fs::create_dir(dest).map_err(io(dest))?;
-        let stats = view::build(&store.dir, closure, &dest.join("store"))?;
-        let infos = closure.iter().map(|p| store.record(p)).collect::<Result<Vec<_>, _>>()?;
-        registration::write(dest, &infos, resolve::now() as i64)?;
-        Ok(stats)
+    /// A view built while the pull runs, when this cache builds views and `key` has none yet.
+    /// Called under the key's lock. A view that cannot be started is left to
+    /// [`NodeCache::ensure_view`], which reports why.
+    fn start_early_view(&self, key: &str) -> Option<EarlyView> {
+        if !self.views_while_pulling || view::view_dir(self.root(), key).is_dir() {
+            return None;
+        }
+        let views = view::views_dir(self.root());
+        std::fs::create_dir_all(&views).ok()?;
+        view::clean_leftovers(self.root(), |k| k != key);
+        let tmp = views.join(format!(".tmp-{key}-{}", std::process::id()));
+        match EarlyView::start(&self.store().dir, &tmp) {
+            Ok(view) => Some(view),
+            Err(e) => {
+                tracing::info!(key, "closure view not built during the pull: {e}");
+                None
+            }
+        }
+    }
+
+    /// Completes and publishes a view started with the pull. Its failure is not the pull's:
+    /// [`NodeCache::ensure_view`] builds it again and reports what goes wrong.
+    fn finish_early_view(&self, key: &str, closure: &[StorePath], view: EarlyView) {
+        let started = std::time::Instant::now();
+        let tmp = view.dir().to_path_buf();
+        let published = view
+            .finish(closure)
+            .map_err(NodeError::from)
+            .and_then(|stats| self.publish_view(key, &tmp, closure, stats, started));
+        if let Err(e) = published {
+            tracing::info!(key, "closure view built during the pull not used: {e}");
+        }
     }
 }
 

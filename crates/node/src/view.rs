@@ -70,24 +70,75 @@ pub fn view_dir(state_root: &Path, key: &str) -> PathBuf {
 /// Builds the view of `closure` into `dest` (which must not exist) from `store_dir`, the
 /// directory holding the store paths' contents (/nix/store, or a node-owned store).
 pub fn build(store_dir: &Path, closure: &[StorePath], dest: &Path) -> Result<ViewStats, ViewError> {
-    fs::create_dir(dest).map_err(io_err(dest))?;
-    let mut builder = Builder { method: Method::HardLink, stats: ViewStats::default() };
-    for path in closure {
+    ViewBuild::start(store_dir, dest)?.finish(closure)
+}
+
+/// A view built path by path: [`ViewBuild::add`] mirrors a store path as soon as it is in the
+/// store (while the rest of the closure is still being fetched, so a cold start does not walk
+/// the closure's files a second time after the pull), [`ViewBuild::finish`] completes it once
+/// the closure is known: mirrors what was not added, removes what was added but is not in the
+/// closure, and makes the top directory read-only.
+pub struct ViewBuild {
+    store_dir: PathBuf,
+    dest: PathBuf,
+    builder: Builder,
+    added: HashSet<String>,
+}
+
+impl ViewBuild {
+    /// Creates `dest` (which must not exist).
+    pub fn start(store_dir: &Path, dest: &Path) -> Result<ViewBuild, ViewError> {
+        fs::create_dir(dest).map_err(io_err(dest))?;
+        Ok(ViewBuild {
+            store_dir: store_dir.to_path_buf(),
+            dest: dest.to_path_buf(),
+            builder: Builder { method: Method::HardLink, stats: ViewStats::default() },
+            added: HashSet::new(),
+        })
+    }
+
+    /// Mirrors `path` (complete in the store) into the view, once.
+    pub fn add(&mut self, path: &StorePath) -> Result<(), ViewError> {
         let name = path.base_name();
-        let src = store_dir.join(name);
+        if self.added.contains(name) {
+            return Ok(());
+        }
+        let src = self.store_dir.join(name);
         match fs::symlink_metadata(&src) {
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(ViewError::MissingPath { path: path.to_string(), store: store_dir.display().to_string() })
+                return Err(ViewError::MissingPath {
+                    path: path.to_string(),
+                    store: self.store_dir.display().to_string(),
+                })
             }
             Err(e) => return Err(io_err(&src)(e)),
         }
-        builder.mirror(&src, &dest.join(name))?;
-        builder.stats.paths += 1;
+        self.builder.mirror(&src, &self.dest.join(name))?;
+        self.builder.stats.paths += 1;
+        self.added.insert(name.to_string());
+        Ok(())
     }
-    // The top directory is read-only like the store's (the bind is read-only anyway).
-    fs::set_permissions(dest, fs::Permissions::from_mode(0o555)).map_err(io_err(dest))?;
-    Ok(builder.stats)
+
+    /// Completes the view of exactly `closure`.
+    pub fn finish(mut self, closure: &[StorePath]) -> Result<ViewStats, ViewError> {
+        for path in closure {
+            self.add(path)?;
+        }
+        let wanted: HashSet<&str> = closure.iter().map(StorePath::base_name).collect();
+        let extra: Vec<String> = self.added.iter().filter(|n| !wanted.contains(n.as_str())).cloned().collect();
+        for name in extra {
+            // A store path is a directory, a file or a symlink.
+            let entry = self.dest.join(&name);
+            let is_dir = fs::symlink_metadata(&entry).map_err(io_err(&entry))?.is_dir();
+            let removed = if is_dir { remove_tree(&entry) } else { fs::remove_file(&entry) };
+            removed.map_err(io_err(&entry))?;
+            self.builder.stats.paths -= 1;
+        }
+        // The top directory is read-only like the store's (the bind is read-only anyway).
+        fs::set_permissions(&self.dest, fs::Permissions::from_mode(0o555)).map_err(io_err(&self.dest))?;
+        Ok(self.builder.stats)
+    }
 }
 
 struct Builder {
@@ -225,6 +276,40 @@ mod tests {
         remove_tree(&dest).unwrap();
         assert!(!dest.exists());
         assert!(store.join(a.base_name()).join("bin/tool").exists(), "the store is untouched");
+    }
+
+    /// Paths added while the pull runs, then finished with the closure: the same view as a
+    /// build in one go; a path added but not in the closure is gone.
+    #[test]
+    fn a_view_built_path_by_path_holds_exactly_the_closure() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = tmp.path().join("store");
+        let a = store_path(&store, "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-a-1.0");
+        let b = store_path(&store, "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-b-1.0");
+        let c = store_path(&store, "cccccccccccccccccccccccccccccccc-c-1.0");
+        std::fs::write(store.join(a.base_name()).join("data"), b"a").unwrap();
+        std::fs::write(store.join("dddddddddddddddddddddddddddddddd-file"), b"a file path").unwrap();
+        let d = StorePath::parse("/nix/store/dddddddddddddddddddddddddddddddd-file").unwrap();
+
+        let dest = tmp.path().join("view");
+        let mut early = ViewBuild::start(&store, &dest).unwrap();
+        early.add(&a).unwrap();
+        early.add(&c).unwrap();
+        early.add(&d).unwrap();
+        early.add(&a).unwrap();
+        let stats = early.finish(&[a.clone(), b.clone()]).unwrap();
+        assert_eq!(stats.paths, 2);
+        let mut names: Vec<_> =
+            std::fs::read_dir(&dest).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        names.sort();
+        assert_eq!(names, vec![a.base_name().to_string(), b.base_name().to_string()]);
+        assert_eq!(std::fs::read(dest.join(a.base_name()).join("data")).unwrap(), b"a");
+        assert_eq!(std::fs::metadata(&dest).unwrap().mode() & 0o777, 0o555);
+        let err = ViewBuild::start(&store, &tmp.path().join("v2"))
+            .unwrap()
+            .add(&StorePath::parse("/nix/store/ffffffffffffffffffffffffffffffff-gone").unwrap())
+            .unwrap_err();
+        assert!(matches!(err, ViewError::MissingPath { .. }), "{err}");
     }
 
     #[test]

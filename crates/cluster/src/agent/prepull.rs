@@ -245,6 +245,7 @@ pub fn pull_one(config: Option<&std::path::Path>, env: &str, token_stdin: bool) 
     let system = System::host().map_err(|e| format!("flox: {e}"))?;
     let view = config.store_view == StoreView::Closure;
     let cache = NodeCache::new(config, system);
+    let cache = if view { cache.building_views() } else { cache };
     let rendered = cache.ensure(&env, Mode::Run, token.as_ref()).map_err(|e| e.to_string())?;
     if view {
         cache.ensure_view(&rendered).map_err(|e| e.to_string())?;
