@@ -89,7 +89,10 @@ fn hub_command(program: &Path) -> anyhow::Result<Command> {
 /// hub.json). Falls back to copying where links cannot be made (another filesystem).
 pub fn copy_hub_root(world: &Path, root: &Path) -> anyhow::Result<()> {
     let cp = |args: &[&str], from: &Path, to: &Path| -> anyhow::Result<bool> {
-        Ok(Command::new("cp").args(args).arg(from).arg(to).status().context("running cp")?.success())
+        // Quiet: the hard-link attempt fails file by file when `root` is on another file
+        // system (the bench's disk), and the copy below follows.
+        let stderr = if args.contains(&"-al") { Stdio::null() } else { Stdio::inherit() };
+        Ok(Command::new("cp").args(args).arg(from).arg(to).stderr(stderr).status().context("running cp")?.success())
     };
     std::fs::create_dir_all(root.join("cache")).with_context(|| format!("creating {}", root.display()))?;
     for (from, to) in [(world.to_path_buf(), root.to_path_buf()), (world.join("cache"), root.join("cache"))] {
