@@ -6,7 +6,8 @@ set -euo pipefail
 
 # nginx: the benchmark's baseline for serving a binary cache as static files (P7).
 # docker-registry, skopeo: the registry baseline of the cold-start figures (P11, P12; e2e image_baseline).
-need=(containerd runc nix-bin busybox-static bash-static protobuf-compiler git iproute2 util-linux nginx docker-registry skopeo)
+# e2fsprogs, mount: the benchmark's own journaled disk (mkfs.ext4, losetup; xtask/src/bench_disk.rs).
+need=(containerd runc nix-bin busybox-static bash-static protobuf-compiler git iproute2 util-linux nginx docker-registry skopeo e2fsprogs mount)
 missing=()
 for p in "${need[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
