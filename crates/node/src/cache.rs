@@ -502,11 +502,7 @@ impl NodeCache {
         if dir.is_dir() {
             return Ok(dir);
         }
-        let views = view::views_dir(self.root());
-        std::fs::create_dir_all(&views).map_err(io(&views))?;
-        let prefix = format!(".tmp-{key}-");
-        view::clean_leftovers(self.root(), |k| k != key);
-        let tmp = views.join(format!("{prefix}{}", std::process::id()));
+        let tmp = self.view_temp(key)?;
         let started = std::time::Instant::now();
         let stats = match self.build_view(&rendered.closure, &tmp) {
             Ok(stats) => stats,
@@ -518,8 +514,17 @@ impl NodeCache {
         self.publish_view(key, &tmp, &rendered.closure, stats, started)
     }
 
-    /// `<dest>/store` (the closure's paths, hard links into the node store) and the closure's
-    /// Nix registration under `<dest>/var/nix`.
+    /// Where this process builds `key`'s view (`views/.tmp-<key>-<pid>`, not created), once
+    /// the leftovers of killed builds of that key are gone. Call under the key's lock.
+    fn view_temp(&self, key: &str) -> Result<PathBuf, NodeError> {
+        let views = view::views_dir(self.root());
+        std::fs::create_dir_all(&views).map_err(io(&views))?;
+        view::clean_leftovers(self.root(), |k| k != key);
+        Ok(views.join(format!(".tmp-{key}-{}", std::process::id())))
+    }
+
+    /// `<dest>/store`: the closure's paths, hard links into the node store (its registration
+    /// is added by [`NodeCache::publish_view`]).
     fn build_view(&self, closure: &[StorePath], dest: &Path) -> Result<view::ViewStats, NodeError> {
         let store = self.store();
         std::fs::create_dir(dest).map_err(io(dest))?;
@@ -568,11 +573,9 @@ impl NodeCache {
         if !self.views_while_pulling || view::view_dir(self.root(), key).is_dir() {
             return None;
         }
-        let views = view::views_dir(self.root());
-        std::fs::create_dir_all(&views).ok()?;
-        view::clean_leftovers(self.root(), |k| k != key);
-        let tmp = views.join(format!(".tmp-{key}-{}", std::process::id()));
-        match EarlyView::start(&self.store().dir, &tmp) {
+        let started =
+            self.view_temp(key).and_then(|tmp| EarlyView::start(&self.store().dir, &tmp).map_err(NodeError::from));
+        match started {
             Ok(view) => Some(view),
             Err(e) => {
                 tracing::info!(key, "closure view not built during the pull: {e}");

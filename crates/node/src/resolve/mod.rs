@@ -271,11 +271,7 @@ impl Resolver<'_> {
                 // Another process may have fetched while we waited for the lock.
                 let latest = record::read(&record::path(self.state_root, &env.owner, &env.name));
                 if !fetched(latest.as_ref()) {
-                    let stale = repo::clear_stale_locks(&repo)?;
-                    if stale > 0 {
-                        tracing::warn!(env = %env.full_name(), stale, "removed lock files a killed fetch left");
-                    }
-                    let got = self.remote.fetch(&repo, &env.owner, &env.name, token)?;
+                    let got = self.fetch_locked(env, token)?;
                     if got != head {
                         // The branch moved between the two questions: read what was fetched.
                         tracing::info!(env = %env.full_name(), head, got, "branch moved while fetching");
@@ -306,9 +302,7 @@ impl Resolver<'_> {
             Err(e) => Err(e.into()),
         }
     }
-}
 
-impl Resolver<'_> {
     /// The first resolve of `env` on this node (no record): fetch at once. The fetch's own
     /// ref listing answers what asking for the head first would (the head, or not found), so
     /// a cold start makes one exchange with the hub's git instead of two (each is a few
@@ -325,19 +319,26 @@ impl Resolver<'_> {
         {
             return Ok(r);
         }
+        let got = self.fetch_locked(env, token)?;
+        Ok(RefRecord::at(&got, fingerprint, now(), None))
+    }
+
+    /// Fetches `env`'s branch into the owner's repository; the caller holds the owner's lock.
+    /// A refused fetch (unknown environment, token needed, hub down) into a repository that
+    /// did not exist before leaves none behind.
+    fn fetch_locked(&self, env: &EnvRef, token: Option<&Token>) -> Result<String, ResolveError> {
+        let repo = self.repo(&env.owner);
         let stale = repo::clear_stale_locks(&repo)?;
         if stale > 0 {
             tracing::warn!(env = %env.full_name(), stale, "removed lock files a killed fetch left");
         }
-        // A refused first fetch (unknown environment, token needed, hub down) leaves no
-        // repository behind that the node did not have.
         let existed = repo.join("HEAD").exists();
-        let got = self.remote.fetch(&repo, &env.owner, &env.name, token).inspect_err(|_| {
+        self.remote.fetch(&repo, &env.owner, &env.name, token).map_err(|e| {
             if !existed {
                 let _ = std::fs::remove_dir_all(&repo);
             }
-        })?;
-        Ok(RefRecord::at(&got, fingerprint, now(), None))
+            e.into()
+        })
     }
 }
 
