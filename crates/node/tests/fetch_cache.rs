@@ -345,7 +345,7 @@ fn a_fetch_killed_mid_download_is_retried_cleanly() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let temp_prefix = format!(".tmp-{}-", lib.path.base_name());
+    let temp_prefix = format!(".tmp-{}", lib.path.base_name());
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     // Wait until the big file is partly written under the temporary name.
     loop {

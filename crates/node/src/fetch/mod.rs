@@ -9,7 +9,7 @@
 //! path at a time (flock), publishing by rename; a NAR that fails is fetched from the next
 //! substituter. Files, one idea each: [`narinfo`] (format),
 //! [`signature`] (trust), [`http`] (the network edge and its deadlines), [`cache_info`] (is it a cache for /nix/store, its priority), [`pipe`] (download → blocking unpack),
-//! [`decompress`], [`hashing`] (NarHash/NarSize while streaming), [`nar`] (unpacking),
+//! [`malloc_tuning`], [`decompress`], [`hashing`] (NarHash/NarSize while streaming), [`nar`] (unpacking),
 //! [`store`] (layout, records, locks), [`progress`] (the observer a caller may pass),
 //! [`error`].
 pub mod cache_info;
@@ -19,6 +19,7 @@ pub mod error;
 pub mod hashing;
 pub mod http;
 pub mod job;
+pub mod malloc_tuning;
 pub mod nar;
 pub mod narinfo;
 pub mod pipe;
@@ -146,10 +147,10 @@ impl Fetcher {
     /// Makes the closure of `wanted` valid in the node store. On error, no path that failed
     /// a check is visible, and when any narinfo of the closure fails, nothing was written.
     pub fn realize(&self, wanted: &[StorePath]) -> Result<FetchReport, FetchError> {
-        limit_malloc_arenas();
+        malloc_tuning::tune();
         // A runtime of our own on a thread of our own: callers are synchronous, and this
         // works even when one of them runs inside another runtime.
-        std::thread::scope(|scope| {
+        let result = std::thread::scope(|scope| {
             scope
                 .spawn(|| {
                     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -161,7 +162,9 @@ impl Fetcher {
                 })
                 .join()
                 .expect("fetch thread panicked")
-        })
+        });
+        malloc_tuning::release();
+        result
     }
 
     async fn realize_async(&self, wanted: &[StorePath]) -> Result<FetchReport, FetchError> {
@@ -274,9 +277,11 @@ impl Fetcher {
             p.planned(paths, bytes);
             p.admit(paths, bytes).map_err(|reason| FetchError::Refused { reason })?;
         }
-        let permits = Arc::new(tokio::sync::Semaphore::new(self.jobs));
+        let jobs_n: usize = std::env::var("EXP_JOBS").ok().and_then(|v| v.parse().ok()).unwrap_or(self.jobs);
+        let permits = Arc::new(tokio::sync::Semaphore::new(jobs_n));
         let cancel = Arc::new(AtomicBool::new(false));
-        let window = Arc::new(tokio::sync::Semaphore::new(WINDOW_BUDGET_KIB as usize));
+        let budget: u32 = std::env::var("EXP_WINDOW_KIB").ok().and_then(|v| v.parse().ok()).unwrap_or(WINDOW_BUDGET_KIB);
+        let window = Arc::new(tokio::sync::Semaphore::new(budget as usize));
         let mut jobs = JoinSet::new();
         for planned in plan.missing {
             let (finder, store, permits, cancel) =
@@ -286,7 +291,7 @@ impl Fetcher {
                 let _permit = permits.acquire_owned().await.expect("semaphore is never closed");
                 let kib = u32::try_from(planned.info.nar_size.div_ceil(1024)).unwrap_or(u32::MAX);
                 let _window = window
-                    .acquire_many_owned(kib.clamp(1, WINDOW_BUDGET_KIB))
+                    .acquire_many_owned(kib.clamp(1, budget))
                     .await
                     .expect("semaphore is never closed");
                 let path = planned.info.store_path.clone();
@@ -344,26 +349,4 @@ pub fn s3_stores(config: &NodeConfig) -> Result<Vec<(String, imageless_s3::S3Sto
         stores.push((s.clone(), store));
     }
     Ok(stores)
-}
-
-/// glibc gives each thread that contends for the heap an arena of its own (up to 8 per core)
-/// and keeps their freed memory: a fetch's runtime and unpack threads left a pull of
-/// `flox/large` at 68 MB peak RSS, 48 MB with two arenas (measured with `MALLOC_ARENA_MAX=2`,
-/// same time). The node's processes are short-lived or idle between pulls, so two arenas cost
-/// nothing measurable. Set once, before the fetch's threads exist; an explicit
-/// `MALLOC_ARENA_MAX` in the environment wins.
-fn limit_malloc_arenas() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        static ONCE: std::sync::Once = std::sync::Once::new();
-        ONCE.call_once(|| {
-            if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
-                // SAFETY: mallopt only changes the allocator's tuning; M_ARENA_MAX with a positive
-                // value is always accepted.
-                unsafe {
-                    libc::mallopt(libc::M_ARENA_MAX, 2);
-                }
-            }
-        });
-    }
 }
