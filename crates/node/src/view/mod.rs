@@ -20,12 +20,19 @@
 //! key) and removed with their environment by [`crate::cache::NodeCache::gc`], never while a
 //! container uses the key.
 use std::collections::HashSet;
+use std::ffi::CString;
 use std::fs;
 use std::io;
-use std::os::unix::fs::{symlink, PermissionsExt};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use imageless_core::store_path::StorePath;
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+use rustix::io::Errno;
+
+mod mirror;
+use mirror::Mirror;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ViewError {
@@ -80,9 +87,18 @@ pub fn build(store_dir: &Path, closure: &[StorePath], dest: &Path) -> Result<Vie
 /// closure, and makes the top directory read-only.
 pub struct ViewBuild {
     store_dir: PathBuf,
+    /// The store directory, opened at the first path (a pull may create it after the view
+    /// started).
+    store: Option<OwnedFd>,
     dest: PathBuf,
-    builder: Builder,
+    dest_fd: OwnedFd,
+    mirror: Mirror,
     added: HashSet<String>,
+}
+
+fn open_dir(path: &Path) -> Result<OwnedFd, ViewError> {
+    rustix::fs::open(path, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+        .map_err(|e| io_err(path)(e.into()))
 }
 
 impl ViewBuild {
@@ -91,8 +107,10 @@ impl ViewBuild {
         fs::create_dir(dest).map_err(io_err(dest))?;
         Ok(ViewBuild {
             store_dir: store_dir.to_path_buf(),
+            store: None,
             dest: dest.to_path_buf(),
-            builder: Builder { method: Method::HardLink, stats: ViewStats::default() },
+            dest_fd: open_dir(dest)?,
+            mirror: Mirror { method: Method::HardLink, stats: ViewStats::default() },
             added: HashSet::new(),
         })
     }
@@ -103,19 +121,25 @@ impl ViewBuild {
         if self.added.contains(name) {
             return Ok(());
         }
-        let src = self.store_dir.join(name);
-        match fs::symlink_metadata(&src) {
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(ViewError::MissingPath {
-                    path: path.to_string(),
-                    store: self.store_dir.display().to_string(),
-                })
-            }
-            Err(e) => return Err(io_err(&src)(e)),
-        }
-        self.builder.mirror(&src, &self.dest.join(name))?;
-        self.builder.stats.paths += 1;
+        let missing =
+            || ViewError::MissingPath { path: path.to_string(), store: self.store_dir.display().to_string() };
+        let store = match &self.store {
+            Some(fd) => fd,
+            None => match open_dir(&self.store_dir) {
+                Ok(fd) => self.store.insert(fd),
+                Err(ViewError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => return Err(missing()),
+                Err(e) => return Err(e),
+            },
+        };
+        let cname = CString::new(name).map_err(|_| missing())?;
+        let kind = match rustix::fs::statat(store, cname.as_c_str(), AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(stat) => FileType::from_raw_mode(stat.st_mode),
+            Err(Errno::NOENT) => return Err(missing()),
+            Err(e) => return Err(io_err(&self.store_dir.join(name))(e.into())),
+        };
+        let mut shown = self.dest.clone();
+        self.mirror.entry(store.as_fd(), self.dest_fd.as_fd(), &cname, kind, &mut shown)?;
+        self.mirror.stats.paths += 1;
         self.added.insert(name.to_string());
         Ok(())
     }
@@ -133,68 +157,11 @@ impl ViewBuild {
             let is_dir = fs::symlink_metadata(&entry).map_err(io_err(&entry))?.is_dir();
             let removed = if is_dir { remove_tree(&entry) } else { fs::remove_file(&entry) };
             removed.map_err(io_err(&entry))?;
-            self.builder.stats.paths -= 1;
+            self.mirror.stats.paths -= 1;
         }
         // The top directory is read-only like the store's (the bind is read-only anyway).
         fs::set_permissions(&self.dest, fs::Permissions::from_mode(0o555)).map_err(io_err(&self.dest))?;
-        Ok(self.builder.stats)
-    }
-}
-
-struct Builder {
-    method: Method,
-    stats: ViewStats,
-}
-
-impl Builder {
-    /// Recreates `src` (a store path or something below it) at `dst`; never follows symlinks.
-    fn mirror(&mut self, src: &Path, dst: &Path) -> Result<(), ViewError> {
-        let meta = fs::symlink_metadata(src).map_err(io_err(src))?;
-        let ft = meta.file_type();
-        if ft.is_symlink() {
-            let target = fs::read_link(src).map_err(io_err(src))?;
-            symlink(&target, dst).map_err(io_err(dst))?;
-            self.stats.symlinks += 1;
-        } else if ft.is_dir() {
-            fs::create_dir(dst).map_err(io_err(dst))?;
-            let mut entries: Vec<_> =
-                fs::read_dir(src).map_err(io_err(src))?.collect::<Result<_, _>>().map_err(io_err(src))?;
-            entries.sort_by_key(|e| e.file_name());
-            for e in entries {
-                self.mirror(&e.path(), &dst.join(e.file_name()))?;
-            }
-            // After filling: the store's directories are read-only (0555).
-            fs::set_permissions(dst, fs::Permissions::from_mode(meta.permissions().mode() & 0o7777))
-                .map_err(io_err(dst))?;
-            self.stats.dirs += 1;
-        } else if ft.is_file() {
-            self.file(src, dst, &meta)?;
-            self.stats.files += 1;
-        }
-        // Store paths hold only directories, regular files and symlinks; anything else is
-        // left out rather than recreated.
-        Ok(())
-    }
-
-    fn file(&mut self, src: &Path, dst: &Path, meta: &fs::Metadata) -> Result<(), ViewError> {
-        if self.method == Method::HardLink {
-            match fs::hard_link(src, dst) {
-                Ok(()) => return Ok(()),
-                // Another file system (EXDEV), or one without hard links: copy from now on.
-                Err(e)
-                    if e.raw_os_error() == Some(rustix::io::Errno::XDEV.raw_os_error())
-                        || e.kind() == io::ErrorKind::Unsupported =>
-                {
-                    tracing::info!(from = %src.display(), to = %dst.display(), "closure view: hard links impossible, copying");
-                    self.method = Method::Copy;
-                }
-                Err(e) => return Err(io_err(dst)(e)),
-            }
-        }
-        fs::copy(src, dst).map_err(io_err(dst))?;
-        fs::set_permissions(dst, fs::Permissions::from_mode(meta.permissions().mode() & 0o555)).map_err(io_err(dst))?;
-        self.stats.copied += 1;
-        Ok(())
+        Ok(self.mirror.stats)
     }
 }
 
@@ -237,7 +204,7 @@ pub fn orphans(state_root: &Path, in_use: &HashSet<String>, env_exists: impl Fn(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::fs::{symlink, MetadataExt};
 
     fn store_path(store: &Path, name: &str) -> StorePath {
         std::fs::create_dir_all(store.join(name)).unwrap();
@@ -310,6 +277,38 @@ mod tests {
             .add(&StorePath::parse("/nix/store/ffffffffffffffffffffffffffffffff-gone").unwrap())
             .unwrap_err();
         assert!(matches!(err, ViewError::MissingPath { .. }), "{err}");
+    }
+
+    /// A view on another file system than the store (EXDEV) gets copies, with the store's
+    /// modes and contents.
+    #[test]
+    fn a_view_on_another_file_system_copies_the_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let Ok(other) = tempfile::tempdir_in("/dev/shm") else { return };
+        if std::fs::metadata(tmp.path()).unwrap().dev() == std::fs::metadata(other.path()).unwrap().dev() {
+            return; // one file system here: nothing to show
+        }
+        let store = tmp.path().join("store");
+        let a = store_path(&store, "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-a-1.0");
+        let bin = store.join(a.base_name()).join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::write(bin.join("tool"), b"#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(bin.join("tool"), fs::Permissions::from_mode(0o555)).unwrap();
+        std::fs::write(bin.join("data"), b"data").unwrap();
+        std::fs::set_permissions(bin.join("data"), fs::Permissions::from_mode(0o444)).unwrap();
+        symlink("tool", bin.join("alias")).unwrap();
+        std::fs::set_permissions(&bin, fs::Permissions::from_mode(0o555)).unwrap();
+
+        let dest = other.path().join("view");
+        let stats = build(&store, std::slice::from_ref(&a), &dest).unwrap();
+        assert_eq!(stats, ViewStats { paths: 1, dirs: 2, files: 2, symlinks: 1, copied: 2 });
+        let got = dest.join(a.base_name()).join("bin");
+        assert_eq!(std::fs::read(got.join("tool")).unwrap(), b"#!/bin/sh\n");
+        assert_eq!(std::fs::metadata(got.join("tool")).unwrap().mode() & 0o777, 0o555);
+        assert_eq!(std::fs::metadata(got.join("data")).unwrap().mode() & 0o777, 0o444);
+        assert_eq!(std::fs::read_link(got.join("alias")).unwrap(), Path::new("tool"));
+        assert_eq!(std::fs::metadata(&got).unwrap().mode() & 0o777, 0o555);
+        remove_tree(&dest).unwrap();
     }
 
     #[test]
