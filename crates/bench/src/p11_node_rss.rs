@@ -76,13 +76,14 @@ struct Memory {
 /// does (a PID's executable is read once).
 fn memory_of(exes: &[PathBuf], seen: &mut HashMap<u32, bool>) -> Vec<Memory> {
     let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
-    let pids: std::collections::HashSet<u32> = dir.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect();
+    let pids: std::collections::HashSet<u32> =
+        dir.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect();
     seen.retain(|pid, _| pids.contains(pid));
     let mut found = Vec::new();
     for pid in pids {
-        let ours = *seen.entry(pid).or_insert_with(|| {
-            std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|x| exes.contains(&x))
-        });
+        let ours = *seen
+            .entry(pid)
+            .or_insert_with(|| std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|x| exes.contains(&x)));
         if !ours {
             continue;
         }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use super::decompress::decoder;
+use super::decompress::{decoder, ZstdContexts};
 use super::error::{Attempt, FetchError, SourceError};
 use super::hashing::{HashingReader, TooLong};
 use super::nar::{self, NarError};
@@ -42,6 +42,7 @@ pub async fn fetch_one(
     mut planned: Planned,
     cancel: &AtomicBool,
     progress: Option<Arc<dyn Progress>>,
+    zstd_contexts: &Arc<ZstdContexts>,
 ) -> Result<Done, FetchError> {
     let path = planned.info.store_path.clone();
     if cancel.load(Ordering::SeqCst) {
@@ -66,7 +67,7 @@ pub async fn fetch_one(
         }
         let temp = store.fresh_temp(&path)?;
         let (outcome, returned) =
-            download_and_unpack(finder, store, &planned, temp, lock, cancel, progress.clone()).await;
+            download_and_unpack(finder, store, &planned, temp, lock, cancel, progress.clone(), zstd_contexts).await;
         let error = match outcome {
             Ok(nar_bytes) => {
                 finder.sources.served(planned.source, nar_bytes);
@@ -102,6 +103,7 @@ pub async fn fetch_one(
 /// to this future (an error elsewhere, an abort), the tree is either renamed into place after
 /// every check passed or removed before the lock is released. On a failure the lock comes
 /// back, for the next substituter's try.
+#[allow(clippy::too_many_arguments)]
 async fn download_and_unpack(
     finder: &Finder,
     store: &NodeStore,
@@ -110,6 +112,7 @@ async fn download_and_unpack(
     lock: PathLock,
     cancel: &AtomicBool,
     progress: Option<Arc<dyn Progress>>,
+    zstd_contexts: &Arc<ZstdContexts>,
 ) -> (Result<u64, Failed>, Option<PathLock>) {
     let http = &finder.http;
     let sub = planned.substituter.clone();
@@ -125,8 +128,10 @@ async fn download_and_unpack(
     let store = store.clone();
     let counted = Arc::new(AtomicU64::new(0));
     let rewind = progress.clone().map(|p| (p, counted.clone()));
+    let contexts = zstd_contexts.clone();
     let unpacker = tokio::task::spawn_blocking(move || {
-        let result = decoder(compression, reader)
+        let mut zstd_context = contexts.take();
+        let result = decoder(compression, reader, &mut zstd_context)
             .map_err(|e| Failure::Read(e, 0))
             .map(|source| -> Box<dyn std::io::Read> {
                 match progress {
@@ -140,6 +145,7 @@ async fn download_and_unpack(
             .map(|source| std::io::BufReader::with_capacity(UNPACK_BUFFER, source))
             .and_then(|source| unpack_checked(source, info.nar_size, &info.nar_hash, &temp))
             .and_then(|bytes| store.publish(&info, &temp).map(|()| bytes).map_err(Failure::Store));
+        contexts.give_back(zstd_context);
         if result.is_err() {
             let _ = nar::remove_tree(&temp);
         }

@@ -277,25 +277,24 @@ impl Fetcher {
             p.planned(paths, bytes);
             p.admit(paths, bytes).map_err(|reason| FetchError::Refused { reason })?;
         }
-        let jobs_n: usize = std::env::var("EXP_JOBS").ok().and_then(|v| v.parse().ok()).unwrap_or(self.jobs);
-        let permits = Arc::new(tokio::sync::Semaphore::new(jobs_n));
+        let permits = Arc::new(tokio::sync::Semaphore::new(self.jobs));
         let cancel = Arc::new(AtomicBool::new(false));
-        let budget: u32 = std::env::var("EXP_WINDOW_KIB").ok().and_then(|v| v.parse().ok()).unwrap_or(WINDOW_BUDGET_KIB);
-        let window = Arc::new(tokio::sync::Semaphore::new(budget as usize));
+        let window = Arc::new(tokio::sync::Semaphore::new(WINDOW_BUDGET_KIB as usize));
+        let zstd_contexts = Arc::new(decompress::ZstdContexts::new(self.jobs));
         let mut jobs = JoinSet::new();
         for planned in plan.missing {
             let (finder, store, permits, cancel) =
                 (walker.finder.clone(), self.store.clone(), permits.clone(), cancel.clone());
-            let (progress, window) = (self.progress.clone(), window.clone());
+            let (progress, window, zstd_contexts) = (self.progress.clone(), window.clone(), zstd_contexts.clone());
             jobs.spawn(async move {
                 let _permit = permits.acquire_owned().await.expect("semaphore is never closed");
                 let kib = u32::try_from(planned.info.nar_size.div_ceil(1024)).unwrap_or(u32::MAX);
                 let _window = window
-                    .acquire_many_owned(kib.clamp(1, budget))
+                    .acquire_many_owned(kib.clamp(1, WINDOW_BUDGET_KIB))
                     .await
                     .expect("semaphore is never closed");
                 let path = planned.info.store_path.clone();
-                let done = job::fetch_one(&finder, &store, planned, &cancel, progress.clone()).await;
+                let done = job::fetch_one(&finder, &store, planned, &cancel, progress.clone(), &zstd_contexts).await;
                 if let (Ok(_), Some(p)) = (&done, &progress) {
                     p.path_done(&path);
                 }

@@ -84,7 +84,12 @@ impl Mirror {
         shown: &mut PathBuf,
     ) -> Result<(), ViewError> {
         let open = |at: BorrowedFd<'_>| {
-            rfs::openat(at, name, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
+            rfs::openat(
+                at,
+                name,
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
         };
         let from = open(src).map_err(|e| failed(shown, e))?;
         let mode = rfs::fstat(&from).map_err(|e| failed(shown, e))?.st_mode & 0o7777;
@@ -105,7 +110,13 @@ impl Mirror {
         Ok(())
     }
 
-    fn file(&mut self, src: BorrowedFd<'_>, dst: BorrowedFd<'_>, name: &CStr, shown: &PathBuf) -> Result<(), ViewError> {
+    fn file(
+        &mut self,
+        src: BorrowedFd<'_>,
+        dst: BorrowedFd<'_>,
+        name: &CStr,
+        shown: &std::path::Path,
+    ) -> Result<(), ViewError> {
         if self.method == Method::HardLink {
             match rfs::linkat(src, name, dst, name, AtFlags::empty()) {
                 Ok(()) => {

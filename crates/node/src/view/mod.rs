@@ -121,8 +121,7 @@ impl ViewBuild {
         if self.added.contains(name) {
             return Ok(());
         }
-        let missing =
-            || ViewError::MissingPath { path: path.to_string(), store: self.store_dir.display().to_string() };
+        let missing = || ViewError::MissingPath { path: path.to_string(), store: self.store_dir.display().to_string() };
         let store = match &self.store {
             Some(fd) => fd,
             None => match open_dir(&self.store_dir) {
