@@ -30,6 +30,7 @@ use imageless_core::token::Token;
 use crate::catalog_access;
 use crate::config::{NodeConfig, StoreView};
 use crate::early_view::EarlyView;
+use crate::fetch::store::Records;
 use crate::fetch::{FetchError, Fetcher, NodeStore, Progress};
 use crate::gc::StoreLock;
 use crate::pull_record::{self, PodRef};
@@ -452,11 +453,12 @@ impl NodeCache {
         render::write_generated(&tree, ACTIVATION_DATA_REL, &activation, &store)?;
         render::write_generated(&tree, "manifest.lock", lock_bytes, &store)?;
         // From the records of the fetched narinfos (References): no Nix involved.
-        let closure = fetcher.store.closure(&linked)?;
+        let records = Records::new(&fetcher.store);
+        let closure = records.closure(&linked)?;
         // The SBOMs beside the activation data: /run/flox/env/sbom.{spdx,cdx}.json in a container.
         let subject =
             Subject { environment: env.to_string(), generation, created: created.unwrap_or(0), system: self.system };
-        let sbom = crate::sbom::gather(&lockfile, subject, &fetcher.store)?;
+        let sbom = crate::sbom::gather(&lockfile, subject, &records)?;
         crate::sbom::write_into(&tree, &sbom, &store)?;
         let closure_text: String = closure.iter().map(|p| format!("{p}\n")).collect();
         std::fs::write(tmp.join("closure"), closure_text).map_err(io(&tmp))?;
@@ -474,7 +476,7 @@ impl NodeCache {
         touch(&dir);
         tracing::info!(env, generation, %mode, key, realized, "environment rendered");
         if let Some(view) = early_view {
-            self.finish_early_view(key, &closure, view);
+            self.finish_early_view(key, &closure, view, &records);
         }
         Ok(Rendered {
             key: key.to_string(),
@@ -511,7 +513,8 @@ impl NodeCache {
                 return Err(e);
             }
         };
-        self.publish_view(key, &tmp, &rendered.closure, stats, started)
+        let store = self.store();
+        self.publish_view(key, &tmp, &rendered.closure, stats, started, &Records::new(&store))
     }
 
     /// Where this process builds `key`'s view (`views/.tmp-<key>-<pid>`, not created), once
@@ -540,12 +543,12 @@ impl NodeCache {
         closure: &[StorePath],
         stats: view::ViewStats,
         started: std::time::Instant,
+        records: &Records<'_>,
     ) -> Result<PathBuf, NodeError> {
         let dir = view::view_dir(self.root(), key);
-        let store = self.store();
         let registered = closure
             .iter()
-            .map(|p| store.record(p))
+            .map(|p| records.record(p))
             .collect::<Result<Vec<_>, _>>()
             .map_err(NodeError::from)
             .and_then(|infos| registration::write(tmp, &infos, resolve::now() as i64).map_err(NodeError::from))
@@ -586,13 +589,13 @@ impl NodeCache {
 
     /// Completes and publishes a view started with the pull. Its failure is not the pull's:
     /// [`NodeCache::ensure_view`] builds it again and reports what goes wrong.
-    fn finish_early_view(&self, key: &str, closure: &[StorePath], view: EarlyView) {
+    fn finish_early_view(&self, key: &str, closure: &[StorePath], view: EarlyView, records: &Records<'_>) {
         let started = std::time::Instant::now();
         let tmp = view.dir().to_path_buf();
         let published = view
             .finish(closure)
             .map_err(NodeError::from)
-            .and_then(|stats| self.publish_view(key, &tmp, closure, stats, started));
+            .and_then(|stats| self.publish_view(key, &tmp, closure, stats, started, records));
         if let Err(e) = published {
             tracing::info!(key, "closure view built during the pull not used: {e}");
         }

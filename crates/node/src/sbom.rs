@@ -11,16 +11,17 @@ use imageless_core::sbom::{PathRecord, Sbom, SbomError, SbomFormat, Subject};
 use imageless_core::token::Token;
 
 use crate::cache::{LockProblem, NodeCache, NodeError};
-use crate::fetch::{Fetcher, NodeStore};
+use crate::fetch::store::Records;
+use crate::fetch::Fetcher;
 use crate::render::{self, RenderError};
 use crate::store_read::StoreRead;
 
 /// The SBOM of `lock` for `subject`, over the node store's records of the closure (every path
 /// of it must be valid there: call after the closure was realized).
-pub fn gather(lock: &Lockfile, subject: Subject, store: &NodeStore) -> Result<Sbom, NodeError> {
+pub fn gather(lock: &Lockfile, subject: Subject, records: &Records<'_>) -> Result<Sbom, NodeError> {
     let sbom = Sbom::gather(lock, subject, |p| {
         let info =
-            store.record(p).map_err(|e| SbomError::MissingRecord { path: p.to_string(), reason: e.to_string() })?;
+            records.record(p).map_err(|e| SbomError::MissingRecord { path: p.to_string(), reason: e.to_string() })?;
         Ok(PathRecord {
             path: info.store_path,
             nar_hash: info.nar_hash.0,
@@ -69,6 +70,6 @@ impl NodeCache {
         let _store = self.store_use()?;
         let fetcher = Fetcher::from_config(&self.config)?;
         fetcher.realize(&roots)?;
-        gather(&lockfile, subject, &fetcher.store)
+        gather(&lockfile, subject, &Records::new(&fetcher.store))
     }
 }
