@@ -426,6 +426,9 @@ impl NodeCache {
         };
         let fetcher = Fetcher::from_config(&self.config)?.with_progress(progress).with_catalog(catalog.clone());
         let report = fetcher.realize(&wanted)?;
+        if report.downloaded > 0 {
+            fetcher.store.commit_metadata_in_background();
+        }
         log.pulled(&report);
         let realized = report.downloaded;
         let pull_warning = (!report.warnings.is_empty())
