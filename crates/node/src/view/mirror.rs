@@ -20,6 +20,16 @@ use super::{Method, ViewError, ViewStats};
 /// Directories are writable while they are filled, then get the store's mode.
 const FILLING: Mode = Mode::from_raw_mode(0o755);
 
+/// `kind` as a listing gave it, looked up when the file system did not say (`DT_UNKNOWN`).
+fn known_kind(dir: BorrowedFd<'_>, name: &CStr, kind: FileType) -> Result<FileType, Errno> {
+    match kind {
+        FileType::Unknown => {
+            rfs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW).map(|st| FileType::from_raw_mode(st.st_mode))
+        }
+        known => Ok(known),
+    }
+}
+
 pub(super) struct Mirror {
     pub method: Method,
     pub stats: ViewStats,
@@ -43,37 +53,18 @@ impl Mirror {
         shown: &mut PathBuf,
     ) -> Result<(), ViewError> {
         shown.push(OsStr::from_bytes(name.to_bytes()));
-        let result = self.entry_at(src, dst, name, kind, shown);
+        let result = match known_kind(src, name, kind) {
+            Err(e) => Err(failed(shown, e)),
+            Ok(FileType::Directory) => self.directory(src, dst, name, shown),
+            Ok(FileType::RegularFile) => self.file(src, dst, name, shown),
+            Ok(FileType::Symlink) => rfs::readlinkat(src, name, Vec::new())
+                .and_then(|target| rfs::symlinkat(target.as_c_str(), dst, name))
+                .map(|()| self.stats.symlinks += 1)
+                .map_err(|e| failed(shown, e)),
+            Ok(_) => Ok(()),
+        };
         shown.pop();
         result
-    }
-
-    fn entry_at(
-        &mut self,
-        src: BorrowedFd<'_>,
-        dst: BorrowedFd<'_>,
-        name: &CStr,
-        kind: FileType,
-        shown: &mut PathBuf,
-    ) -> Result<(), ViewError> {
-        match kind {
-            FileType::Directory => self.directory(src, dst, name, shown),
-            FileType::RegularFile => self.file(src, dst, name, shown),
-            FileType::Symlink => {
-                let target = rfs::readlinkat(src, name, Vec::new()).map_err(|e| failed(shown, e))?;
-                rfs::symlinkat(target.as_c_str(), dst, name).map_err(|e| failed(shown, e))?;
-                self.stats.symlinks += 1;
-                Ok(())
-            }
-            FileType::Unknown => {
-                let stat = rfs::statat(src, name, AtFlags::SYMLINK_NOFOLLOW).map_err(|e| failed(shown, e))?;
-                match FileType::from_raw_mode(stat.st_mode) {
-                    FileType::Unknown => Ok(()),
-                    known => self.entry_at(src, dst, name, known, shown),
-                }
-            }
-            _ => Ok(()),
-        }
     }
 
     fn directory(
