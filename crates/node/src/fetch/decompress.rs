@@ -6,20 +6,22 @@ use zstd::zstd_safe::{DCtx, ResetDirective};
 
 use super::narinfo::Compression;
 
-/// A reader of the uncompressed NAR over `compressed`; zstd decodes with `zstd_context`.
+/// A reader of the uncompressed NAR over `compressed`; zstd decodes with `zstd_context` when
+/// given (see [`ZstdContexts`]), else with a context of its own.
 pub fn decoder<'a>(
     compression: Compression,
     compressed: impl Read + 'a,
-    zstd_context: &'a mut DCtx<'static>,
+    zstd_context: Option<&'a mut DCtx<'static>>,
 ) -> io::Result<Box<dyn Read + 'a>> {
-    Ok(match compression {
-        Compression::None => Box::new(compressed),
-        Compression::Xz => Box::new(liblzma::read::XzDecoder::new(compressed)),
-        Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_context(
+    Ok(match (compression, zstd_context) {
+        (Compression::None, _) => Box::new(compressed),
+        (Compression::Xz, _) => Box::new(liblzma::read::XzDecoder::new(compressed)),
+        (Compression::Zstd, Some(context)) => Box::new(zstd::stream::read::Decoder::with_context(
             BufReader::with_capacity(DCtx::in_size(), compressed),
-            zstd_context,
+            context,
         )),
-        Compression::Bzip2 => Box::new(bzip2::read::BzDecoder::new(compressed)),
+        (Compression::Zstd, None) => Box::new(zstd::stream::read::Decoder::new(compressed)?),
+        (Compression::Bzip2, _) => Box::new(bzip2::read::BzDecoder::new(compressed)),
     })
 }
 
@@ -88,11 +90,13 @@ mod tests {
             (Compression::Zstd, zst),
             (Compression::Bzip2, bz),
         ] {
-            let mut context = contexts.take();
-            let mut out = Vec::new();
-            decoder(c, bytes.as_slice(), &mut context).unwrap().read_to_end(&mut out).unwrap();
-            assert_eq!(out, data, "{c:?}");
-            contexts.give_back(context);
+            for pooled in [false, true] {
+                let mut context = contexts.take();
+                let mut out = Vec::new();
+                decoder(c, bytes.as_slice(), pooled.then_some(&mut context)).unwrap().read_to_end(&mut out).unwrap();
+                assert_eq!(out, data, "{c:?}");
+                contexts.give_back(context);
+            }
         }
     }
 
@@ -106,14 +110,14 @@ mod tests {
         let contexts = ZstdContexts::new(1);
         let mut context = contexts.take();
         let mut half = vec![0u8; 1000];
-        decoder(Compression::Zstd, &a[..a.len() / 2], &mut context).unwrap().read_exact(&mut half).unwrap();
+        decoder(Compression::Zstd, &a[..a.len() / 2], Some(&mut context)).unwrap().read_exact(&mut half).unwrap();
         contexts.give_back(context);
         let mut context = contexts.take();
         let mut out = Vec::new();
-        decoder(Compression::Zstd, b.as_slice(), &mut context).unwrap().read_to_end(&mut out).unwrap();
+        decoder(Compression::Zstd, b.as_slice(), Some(&mut context)).unwrap().read_to_end(&mut out).unwrap();
         assert_eq!(out, second);
         let mut context = contexts.take();
-        assert!(decoder(Compression::Zstd, &a[..a.len() / 2], &mut context)
+        assert!(decoder(Compression::Zstd, &a[..a.len() / 2], Some(&mut context))
             .unwrap()
             .read_to_end(&mut Vec::new())
             .is_err());

@@ -13,7 +13,7 @@ use super::decompress::{decoder, ZstdContexts};
 use super::error::{Attempt, FetchError, SourceError};
 use super::hashing::{HashingReader, TooLong};
 use super::nar::{self, NarError};
-use super::narinfo::NarHash;
+use super::narinfo::{Compression, NarHash};
 use super::pipe::{self, BodyFailed};
 use super::progress::{Counting, Progress};
 use super::store::{NodeStore, PathLock};
@@ -130,8 +130,9 @@ async fn download_and_unpack(
     let rewind = progress.clone().map(|p| (p, counted.clone()));
     let contexts = zstd_contexts.clone();
     let unpacker = tokio::task::spawn_blocking(move || {
-        let mut zstd_context = contexts.take();
-        let result = decoder(compression, reader, &mut zstd_context)
+        // A kept zstd context for a zstd NAR only (other codecs need none).
+        let mut zstd_context = (compression == Compression::Zstd).then(|| contexts.take());
+        let result = decoder(compression, reader, zstd_context.as_mut())
             .map_err(|e| Failure::Read(e, 0))
             .map(|source| -> Box<dyn std::io::Read> {
                 match progress {
@@ -145,7 +146,9 @@ async fn download_and_unpack(
             .map(|source| std::io::BufReader::with_capacity(UNPACK_BUFFER, source))
             .and_then(|source| unpack_checked(source, info.nar_size, &info.nar_hash, &temp))
             .and_then(|bytes| store.publish(&info, &temp).map(|()| bytes).map_err(Failure::Store));
-        contexts.give_back(zstd_context);
+        if let Some(context) = zstd_context {
+            contexts.give_back(context);
+        }
         if result.is_err() {
             let _ = nar::remove_tree(&temp);
         }
