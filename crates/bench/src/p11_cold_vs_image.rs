@@ -94,6 +94,12 @@ struct Side {
     peak_rss: Vec<f64>,
     /// Flox side: the largest single process's peak RSS, bytes.
     peak_rss_one: Vec<f64>,
+    /// Flox side, from the node's pull records (ms from the first CRI call): the closure
+    /// planned (sandbox, prefetch started, resolve, narinfo walk), the fetch done.
+    planned: Vec<f64>,
+    fetched: Vec<f64>,
+    /// Flox side: StartContainer returned (ms from the first CRI call).
+    running: Vec<f64>,
 }
 
 pub async fn run(bench: &Bench, case: &Case<'_>, results: &mut Results) -> anyhow::Result<()> {
@@ -203,6 +209,29 @@ pub async fn run(bench: &Bench, case: &Case<'_>, results: &mut Results) -> anyho
         "",
         Target::None,
     ));
+    // Where the flox cold start goes: context rows, medians of the turns.
+    let median = |v: &[f64]| summarize(v).map_or(f64::NAN, |s| s.median);
+    let (planned, fetched, running) = (median(&flox.planned), median(&flox.fetched), median(&flox.running));
+    for (id, what, value) in [
+        ("planned", "the closure planned (sandbox, prefetch started, resolve, narinfo walk)", planned),
+        ("fetched", "fetch and unpack (the pull record's start to its end)", fetched - planned),
+        (
+            "after_fetch",
+            "the fetch's end to StartContainer returned (render, the view finished, container create and start)",
+            running - fetched,
+        ),
+        ("first_output", "StartContainer returned to the first output (activation, command)", f.median - running),
+    ] {
+        results.add(figure(
+            &format!("P11.{key}.context.flox_{id}"),
+            &format!("P11 context: the cold flox {env} start, {what}, median of {REPS}"),
+            "ms",
+            value,
+            None,
+            "",
+            Target::None,
+        ));
+    }
     results.add(figure(
         &format!("P11.{key}.vs_physical_limit"),
         &format!(
@@ -279,9 +308,14 @@ async fn flox_turn(
     // Not `imageless`: the bench's hub runs that binary, and the node's pull runs in the shim.
     let sampler =
         RssSampler::start(vec![bench.bins.release_dir.join("containerd-shim-flox-v2"), bench.bins.flox_runc()]);
+    let wall0_ms = imageless_node::pull_record::now_ms();
     let started = start_timed(runner, &yaml, opts, Instant::now()).await;
     let peak = sampler.stop();
     let t = started?;
+    let (planned, fetched) = pull_times(&bench.node.state_root, case.env)?;
+    side.planned.push(planned.saturating_sub(wall0_ms) as f64);
+    side.fetched.push(fetched.saturating_sub(wall0_ms) as f64);
+    side.running.push(ms(t.running));
     let out = first_line(&t.pod).await?;
     t.pod.remove().await?;
     side.peak_rss.push(peak.sum as f64);
@@ -292,6 +326,27 @@ async fn flox_turn(
     side.first_output.push(ms(t.first_output));
     side.bytes.push(hub_cache_bytes_since(bench, mark) as f64);
     Ok(())
+}
+
+/// The wall-clock times (ms) of the cold pull's `start` (closure planned) and `end` (fetched)
+/// records, from the node's pull records (the prefetch's pull: the only one on a cold node).
+fn pull_times(state_root: &Path, env: &str) -> anyhow::Result<(u64, u64)> {
+    use imageless_node::pull_record::{self, Phase, PullRecord};
+    let path = pull_record::dir(state_root).join(pull_record::FILE);
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let records: Vec<PullRecord> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let time = |start: bool| {
+        records
+            .iter()
+            .find(|r| {
+                r.env == env && matches!((&r.phase, start), (Phase::Start { .. }, true) | (Phase::End { .. }, false))
+            })
+            .map(|r| r.time_ms)
+    };
+    match (time(true), time(false)) {
+        (Some(planned), Some(fetched)) => Ok((planned, fetched)),
+        _ => bail!("no start and end pull records of {env} in {}", path.display()),
+    }
 }
 
 /// One cold image start: image and its content absent, pulled through CRI, pod started and

@@ -1,5 +1,7 @@
 //! Decompression of a NAR as the cache serves it, while streaming (xz, zstd, bzip2, none).
-use std::io::{self, BufReader, Read};
+//! The decoders read the compressed bytes where they already are (a [`BufRead`] over the
+//! download's chunks), not from a copy in a buffer of their own.
+use std::io::{self, BufRead, Read};
 use std::sync::Mutex;
 
 use zstd::zstd_safe::{DCtx, ResetDirective};
@@ -10,18 +12,15 @@ use super::narinfo::Compression;
 /// given (see [`ZstdContexts`]), else with a context of its own.
 pub fn decoder<'a>(
     compression: Compression,
-    compressed: impl Read + 'a,
+    compressed: impl BufRead + 'a,
     zstd_context: Option<&'a mut DCtx<'static>>,
 ) -> io::Result<Box<dyn Read + 'a>> {
     Ok(match (compression, zstd_context) {
         (Compression::None, _) => Box::new(compressed),
-        (Compression::Xz, _) => Box::new(liblzma::read::XzDecoder::new(compressed)),
-        (Compression::Zstd, Some(context)) => Box::new(zstd::stream::read::Decoder::with_context(
-            BufReader::with_capacity(DCtx::in_size(), compressed),
-            context,
-        )),
-        (Compression::Zstd, None) => Box::new(zstd::stream::read::Decoder::new(compressed)?),
-        (Compression::Bzip2, _) => Box::new(bzip2::read::BzDecoder::new(compressed)),
+        (Compression::Xz, _) => Box::new(liblzma::bufread::XzDecoder::new(compressed)),
+        (Compression::Zstd, Some(context)) => Box::new(zstd::stream::read::Decoder::with_context(compressed, context)),
+        (Compression::Zstd, None) => Box::new(zstd::stream::read::Decoder::with_buffer(compressed)?),
+        (Compression::Bzip2, _) => Box::new(bzip2::bufread::BzDecoder::new(compressed)),
     })
 }
 

@@ -41,7 +41,7 @@ fn failed(shown: &std::path::Path, e: impl Into<io::Error>) -> ViewError {
 
 impl Mirror {
     /// Recreates `name` of `src` (a directory) as `name` in `dst`; `kind` as the listing
-    /// gave it (`Unknown`: looked up). Symlinks are recreated, never followed; anything but a
+    /// gave it (`Unknown`: looked up). Symlinks are linked or recreated, never followed; anything but a
     /// directory, a regular file or a symlink is left out (store paths hold nothing else).
     /// `shown` is `dst`'s path, for errors.
     pub fn entry(
@@ -57,10 +57,7 @@ impl Mirror {
             Err(e) => Err(failed(shown, e)),
             Ok(FileType::Directory) => self.directory(src, dst, name, shown),
             Ok(FileType::RegularFile) => self.file(src, dst, name, shown),
-            Ok(FileType::Symlink) => rfs::readlinkat(src, name, Vec::new())
-                .and_then(|target| rfs::symlinkat(target.as_c_str(), dst, name))
-                .map(|()| self.stats.symlinks += 1)
-                .map_err(|e| failed(shown, e)),
+            Ok(FileType::Symlink) => self.symlink(src, dst, name, shown),
             Ok(_) => Ok(()),
         };
         shown.pop();
@@ -99,6 +96,35 @@ impl Mirror {
         rfs::fchmod(&to, Mode::from_raw_mode(mode)).map_err(|e| failed(shown, e))?;
         self.stats.dirs += 1;
         Ok(())
+    }
+
+    /// A symlink: hard-linked like a file (`linkat` without `AT_SYMLINK_FOLLOW` links the
+    /// symlink itself: one call and no new inode, where recreating it takes a `readlinkat`,
+    /// a `symlinkat` and an inode), recreated where hard links are impossible.
+    fn symlink(
+        &mut self,
+        src: BorrowedFd<'_>,
+        dst: BorrowedFd<'_>,
+        name: &CStr,
+        shown: &std::path::Path,
+    ) -> Result<(), ViewError> {
+        if self.method == Method::HardLink {
+            match rfs::linkat(src, name, dst, name, AtFlags::empty()) {
+                Ok(()) => {
+                    self.stats.symlinks += 1;
+                    return Ok(());
+                }
+                Err(Errno::XDEV | Errno::OPNOTSUPP | Errno::NOSYS) => {
+                    tracing::info!(to = %shown.display(), "closure view: hard links impossible, copying");
+                    self.method = Method::Copy;
+                }
+                Err(e) => return Err(failed(shown, e)),
+            }
+        }
+        rfs::readlinkat(src, name, Vec::new())
+            .and_then(|target| rfs::symlinkat(target.as_c_str(), dst, name))
+            .map(|()| self.stats.symlinks += 1)
+            .map_err(|e| failed(shown, e))
     }
 
     fn file(
