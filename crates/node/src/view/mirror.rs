@@ -10,7 +10,7 @@ use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use rustix::fs::{self as rfs, AtFlags, Dir, FileType, Mode, OFlags};
 use rustix::io::Errno;
@@ -41,8 +41,9 @@ fn failed(shown: &std::path::Path, e: impl Into<io::Error>) -> ViewError {
 
 impl Mirror {
     /// Recreates `name` of `src` (a directory) as `name` in `dst`; `kind` as the listing
-    /// gave it (`Unknown`: looked up). Symlinks are linked or recreated, never followed; anything but a
-    /// directory, a regular file or a symlink is left out (store paths hold nothing else).
+    /// gave it (`Unknown`: looked up). Symlinks are linked or recreated, never followed;
+    /// anything but a directory, a regular file or a symlink is left out (store paths hold
+    /// nothing else).
     /// `shown` is `dst`'s path, for errors.
     pub fn entry(
         &mut self,
@@ -98,55 +99,53 @@ impl Mirror {
         Ok(())
     }
 
-    /// A symlink: hard-linked like a file (`linkat` without `AT_SYMLINK_FOLLOW` links the
-    /// symlink itself: one call and no new inode, where recreating it takes a `readlinkat`,
-    /// a `symlinkat` and an inode), recreated where hard links are impossible.
+    /// Hard-links `name` (a file, or a symlink itself: `linkat` without `AT_SYMLINK_FOLLOW`)
+    /// while this view links; false when it must be copied (this file system cannot link
+    /// into the view: copy from now on).
+    fn linked(
+        &mut self,
+        src: BorrowedFd<'_>,
+        dst: BorrowedFd<'_>,
+        name: &CStr,
+        shown: &Path,
+    ) -> Result<bool, ViewError> {
+        if self.method != Method::HardLink {
+            return Ok(false);
+        }
+        match rfs::linkat(src, name, dst, name, AtFlags::empty()) {
+            Ok(()) => Ok(true),
+            // Another file system, or one without hard links.
+            Err(Errno::XDEV | Errno::OPNOTSUPP | Errno::NOSYS) => {
+                tracing::info!(to = %shown.display(), "closure view: hard links impossible, copying");
+                self.method = Method::Copy;
+                Ok(false)
+            }
+            Err(e) => Err(failed(shown, e)),
+        }
+    }
+
+    /// A symlink is linked like a file (one call and no new inode, where recreating it takes
+    /// a `readlinkat`, a `symlinkat` and an inode), else recreated.
     fn symlink(
         &mut self,
         src: BorrowedFd<'_>,
         dst: BorrowedFd<'_>,
         name: &CStr,
-        shown: &std::path::Path,
+        shown: &Path,
     ) -> Result<(), ViewError> {
-        if self.method == Method::HardLink {
-            match rfs::linkat(src, name, dst, name, AtFlags::empty()) {
-                Ok(()) => {
-                    self.stats.symlinks += 1;
-                    return Ok(());
-                }
-                Err(Errno::XDEV | Errno::OPNOTSUPP | Errno::NOSYS) => {
-                    tracing::info!(to = %shown.display(), "closure view: hard links impossible, copying");
-                    self.method = Method::Copy;
-                }
-                Err(e) => return Err(failed(shown, e)),
-            }
+        if !self.linked(src, dst, name, shown)? {
+            rfs::readlinkat(src, name, Vec::new())
+                .and_then(|target| rfs::symlinkat(target.as_c_str(), dst, name))
+                .map_err(|e| failed(shown, e))?;
         }
-        rfs::readlinkat(src, name, Vec::new())
-            .and_then(|target| rfs::symlinkat(target.as_c_str(), dst, name))
-            .map(|()| self.stats.symlinks += 1)
-            .map_err(|e| failed(shown, e))
+        self.stats.symlinks += 1;
+        Ok(())
     }
 
-    fn file(
-        &mut self,
-        src: BorrowedFd<'_>,
-        dst: BorrowedFd<'_>,
-        name: &CStr,
-        shown: &std::path::Path,
-    ) -> Result<(), ViewError> {
-        if self.method == Method::HardLink {
-            match rfs::linkat(src, name, dst, name, AtFlags::empty()) {
-                Ok(()) => {
-                    self.stats.files += 1;
-                    return Ok(());
-                }
-                // Another file system, or one without hard links: copy from now on.
-                Err(Errno::XDEV | Errno::OPNOTSUPP | Errno::NOSYS) => {
-                    tracing::info!(to = %shown.display(), "closure view: hard links impossible, copying");
-                    self.method = Method::Copy;
-                }
-                Err(e) => return Err(failed(shown, e)),
-            }
+    fn file(&mut self, src: BorrowedFd<'_>, dst: BorrowedFd<'_>, name: &CStr, shown: &Path) -> Result<(), ViewError> {
+        if self.linked(src, dst, name, shown)? {
+            self.stats.files += 1;
+            return Ok(());
         }
         let from = rfs::openat(src, name, OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
             .map_err(|e| failed(shown, e))?;
