@@ -40,6 +40,7 @@ mod nixns;
 mod p10_exec_attach;
 mod p11_cold_vs_image;
 mod p11_node_rss;
+mod p11_physical_limit;
 mod p11_pod_memory;
 mod p12_update_vs_image;
 mod p13_s3_pull;

@@ -17,7 +17,8 @@
 //! Anchors next to ours: the registry pull alone (CRI PullImage: fetch + unpack), and the
 //! physical limit on this machine: copying the uncompressed closure's files from page cache
 //! into fresh files with `cp -a` (read + write every byte, create every file, link and
-//! directory). Every timed turn starts after `sync` (see [`physical_limit`]).
+//! directory), taking turns with the cold starts (see [`crate::p11_physical_limit`]). Every
+//! timed turn starts after a quiet moment and `sync` ([`settle`]).
 //! Bytes transferred: the registry's own count of what it served; for flox, the cache files
 //! the hub's access log shows the node fetched, sized as the hub stores them.
 use std::path::Path;
@@ -32,15 +33,13 @@ use imageless_e2e::{PodRunner, RunOptions, FLOX_EMPTY_IMAGE};
 
 use crate::context::{Bench, VERSION};
 use crate::p11_node_rss::RssSampler;
+use crate::p11_physical_limit::{PhysicalLimit, COPIES_PER_TURN};
 use crate::report::{figure, Results};
 use crate::stats::{ms, summarize, Target};
-use crate::timing::{start_timed, timed};
+use crate::timing::start_timed;
 
 /// Turns of each side (cold starts of 235 MB and more: seconds each).
 const REPS: usize = 3;
-
-/// Timed copies for the physical limit (a fraction of a second each; one more warms the cache).
-const PHYSICAL_TURNS: usize = 5;
 
 /// One image variant and its figure's target.
 pub(crate) struct Variant {
@@ -123,28 +122,37 @@ pub async fn run(bench: &Bench, case: &Case<'_>, results: &mut Results) -> anyho
         &scratch,
         env,
     )?;
-    let physical = physical_limit(&store, &closure, &scratch)?;
-    bench.say(&format!("P11: physical limit (copy of the closure from page cache): {:.0} ms", physical.median));
+    // The physical limit copies the closure from this store, in turns with the cold starts.
+    let mut physical = PhysicalLimit::new(&store, &closure, &scratch)?;
 
     let images = build_and_push(bench, &registry, &store, generation, case.command, &scratch, &key, case.variants)?;
-    remove_tree(&scratch);
 
     let runner = bench.runner().await?;
     let opts = bench.run_options();
     let mut flox = Side::default();
     let mut by_image: Vec<Side> = case.variants.iter().map(|_| Side::default()).collect();
-    bench.say(&format!("P11: {REPS} cold starts each: flox vs {} images, in rotating order", case.variants.len()));
+    bench.say(&format!(
+        "P11: {REPS} cold starts each: flox vs {} images, and {COPIES_PER_TURN} copies of the closure a turn, in \
+         rotating order",
+        case.variants.len()
+    ));
+    // Sides: flox, each image, the copy.
+    let sides = case.variants.len() + 2;
     for rep in 0..REPS {
-        for k in 0..=case.variants.len() {
-            let idx = (k + rep) % (case.variants.len() + 1);
-            if idx == 0 {
-                flox_turn(bench, &runner, &opts, case, &closure, &mut flox).await?;
-            } else {
-                let (image, reference) = &images[idx - 1];
-                image_turn(bench, &registry, &runner, &opts, case, image, reference, &mut by_image[idx - 1]).await?;
+        for k in 0..sides {
+            match (k + rep) % sides {
+                0 => flox_turn(bench, &runner, &opts, case, &closure, &mut flox).await?,
+                idx if idx <= case.variants.len() => {
+                    let (image, reference) = &images[idx - 1];
+                    image_turn(bench, &registry, &runner, &opts, case, image, reference, &mut by_image[idx - 1]).await?
+                }
+                _ => physical.turn().await?,
             }
         }
     }
+    physical.finish();
+    remove_tree(&scratch);
+    bench.say(&format!("P11: physical limit (copy of the closure from page cache): {:.0} ms", physical.median()));
 
     results.samples(&format!("P11.{key}.flox.first_output"), &flox.first_output);
     results.samples(&format!("P11.{key}.physical_limit"), &physical.samples);
@@ -241,7 +249,7 @@ pub async fn run(bench: &Bench, case: &Case<'_>, results: &mut Results) -> anyho
         ),
         "ms",
         f.median,
-        Some(physical.median),
+        Some(physical.median()),
         "closure copy from page cache",
         Target::RatioAtMost(2.0),
     ));
@@ -446,46 +454,6 @@ pub(crate) fn hub_cache_bytes_since(bench: &Bench, mark: usize) -> u64 {
         .filter_map(|p| std::fs::metadata(hub.root.join(p.trim_start_matches('/'))).ok())
         .map(|m| m.len())
         .sum()
-}
-
-struct Physical {
-    samples: Vec<f64>,
-    median: f64,
-    bytes: u64,
-}
-
-/// The physical limit: the closure's files copied with `cp -a` from page cache (read once
-/// first) into a fresh directory on the node's disk, median of [`PHYSICAL_TURNS`]. Each copy starts after
-/// `sync`, as every cold turn does: deleting a store's worth of files leaves the disk
-/// discarding for seconds (ext4 `discard`: removing this closure took 7.5 s here), and that
-/// work must not land in whichever measurement comes next.
-fn physical_limit(store: &Path, closure: &[String], scratch: &Path) -> anyhow::Result<Physical> {
-    let sources: Vec<std::path::PathBuf> =
-        closure.iter().map(|p| store.join(p.trim_start_matches("/nix/store/"))).collect();
-    let bytes = sources.iter().map(|p| oci_image::tree_bytes(p)).sum::<anyhow::Result<u64>>()?;
-    let mut samples = Vec::new();
-    for turn in 0..=PHYSICAL_TURNS {
-        // The previous copy goes first, so that every copy runs with the same memory free
-        // (flox/xlarge's copies kept side by side filled the page cache: the fourth and fifth
-        // took 3.5 and 4.7 s against 1.2 s). On the bench's journaled disk a deletion does not
-        // slow the files created after it (see xtask's bench_disk).
-        if turn > 0 {
-            remove_tree(&scratch.join(format!("copy-{}", turn - 1)));
-        }
-        let dest = scratch.join(format!("copy-{turn}"));
-        std::fs::create_dir_all(&dest)?;
-        sync()?;
-        let mut cmd = Command::new("cp");
-        cmd.arg("-a").args(&sources).arg(&dest);
-        let (took, _) = timed(&mut cmd)?;
-        // The first turn only makes sure the source is in page cache.
-        if turn > 0 {
-            samples.push(ms(took));
-        }
-    }
-    remove_tree(&scratch.join(format!("copy-{PHYSICAL_TURNS}")));
-    let median = summarize(&samples).expect("samples").median;
-    Ok(Physical { samples, median, bytes })
 }
 
 /// Before a timed turn: a quiet moment, then `sync`. The quiet lets the work the previous turn
