@@ -99,6 +99,8 @@ struct Side {
     fetched: Vec<f64>,
     /// Flox side: StartContainer returned (ms from the first CRI call).
     running: Vec<f64>,
+    /// Flox side: the RSS sampler's own CPU time during the start, ms.
+    sampler_cpu: Vec<f64>,
 }
 
 pub async fn run(bench: &Bench, case: &Case<'_>, results: &mut Results) -> anyhow::Result<()> {
@@ -217,6 +219,18 @@ pub async fn run(bench: &Bench, case: &Case<'_>, results: &mut Results) -> anyho
         "",
         Target::None,
     ));
+    results.add(figure(
+        &format!("P11.{key}.context.rss_sampler_cpu"),
+        &format!(
+            "P11 context: CPU time of the RSS sampler itself during a cold flox {env} start (it runs in the flox \
+             turns only), median of {REPS}"
+        ),
+        "ms",
+        summarize(&flox.sampler_cpu).map_or(f64::NAN, |s| s.median),
+        None,
+        "",
+        Target::None,
+    ));
     // Where the flox cold start goes: context rows, medians of the turns.
     let median = |v: &[f64]| summarize(v).map_or(f64::NAN, |s| s.median);
     let (planned, fetched, running) = (median(&flox.planned), median(&flox.fetched), median(&flox.running));
@@ -328,6 +342,7 @@ async fn flox_turn(
     t.pod.remove().await?;
     side.peak_rss.push(peak.sum as f64);
     side.peak_rss_one.push(peak.largest as f64);
+    side.sampler_cpu.push(peak.sampler_cpu_ns as f64 / 1e6);
     if out.trim() != case.prints {
         bail!("P11 flox pod printed {out:?}, expected {:?}", case.prints);
     }
