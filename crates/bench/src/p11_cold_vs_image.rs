@@ -219,6 +219,7 @@ pub async fn run(bench: &Bench, case: &Case<'_>, results: &mut Results) -> anyho
         "",
         Target::None,
     ));
+    let median = |v: &[f64]| summarize(v).map_or(f64::NAN, |s| s.median);
     results.add(figure(
         &format!("P11.{key}.context.rss_sampler_cpu"),
         &format!(
@@ -226,13 +227,12 @@ pub async fn run(bench: &Bench, case: &Case<'_>, results: &mut Results) -> anyho
              turns only), median of {REPS}"
         ),
         "ms",
-        summarize(&flox.sampler_cpu).map_or(f64::NAN, |s| s.median),
+        median(&flox.sampler_cpu),
         None,
         "",
         Target::None,
     ));
     // Where the flox cold start goes: context rows, medians of the turns.
-    let median = |v: &[f64]| summarize(v).map_or(f64::NAN, |s| s.median);
     let (planned, fetched, running) = (median(&flox.planned), median(&flox.fetched), median(&flox.running));
     for (id, what, value) in [
         ("planned", "the closure planned (sandbox, prefetch started, resolve, narinfo walk)", planned),
@@ -352,23 +352,15 @@ async fn flox_turn(
 }
 
 /// The wall-clock times (ms) of the cold pull's `start` (closure planned) and `end` (fetched)
-/// records, from the node's pull records (the prefetch's pull: the only one on a cold node).
+/// records, read with the node agent's own reader of the pull records (the prefetch's pull:
+/// the only one on a cold node).
 fn pull_times(state_root: &Path, env: &str) -> anyhow::Result<(u64, u64)> {
-    use imageless_node::pull_record::{self, Phase, PullRecord};
-    let path = pull_record::dir(state_root).join(pull_record::FILE);
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    let records: Vec<PullRecord> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
-    let time = |start: bool| {
-        records
-            .iter()
-            .find(|r| {
-                r.env == env && matches!((&r.phase, start), (Phase::Start { .. }, true) | (Phase::End { .. }, false))
-            })
-            .map(|r| r.time_ms)
-    };
-    match (time(true), time(false)) {
+    use imageless_node::pull_record::{Phase, Tail};
+    let records = Tail::from_start(state_root).poll();
+    let time = |phase: fn(&Phase) -> bool| records.iter().find(|r| r.env == env && phase(&r.phase)).map(|r| r.time_ms);
+    match (time(|p| matches!(p, Phase::Start { .. })), time(|p| matches!(p, Phase::End { .. }))) {
         (Some(planned), Some(fetched)) => Ok((planned, fetched)),
-        _ => bail!("no start and end pull records of {env} in {}", path.display()),
+        _ => bail!("no start and end pull records of {env} under {}", state_root.display()),
     }
 }
 

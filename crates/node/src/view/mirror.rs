@@ -35,7 +35,7 @@ pub(super) struct Mirror {
     pub stats: ViewStats,
 }
 
-fn failed(shown: &std::path::Path, e: impl Into<io::Error>) -> ViewError {
+fn failed(shown: &Path, e: impl Into<io::Error>) -> ViewError {
     ViewError::Io { path: shown.display().to_string(), source: e.into() }
 }
 
