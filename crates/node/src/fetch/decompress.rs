@@ -2,8 +2,9 @@
 //! The decoders read the compressed bytes where they already are (a [`BufRead`] over the
 //! download's chunks), not from a copy in a buffer of their own.
 use std::io::{self, BufRead, Read};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use zstd::zstd_safe::{DCtx, ResetDirective};
 
 use super::narinfo::Compression;
@@ -22,6 +23,37 @@ pub fn decoder<'a>(
         (Compression::Zstd, None) => Box::new(zstd::stream::read::Decoder::with_buffer(compressed)?),
         (Compression::Bzip2, _) => Box::new(bzip2::bufread::BzDecoder::new(compressed)),
     })
+}
+
+/// What the NARs being decoded at once may hold, shared by a fetch's jobs: the budget of
+/// uncompressed NAR bytes in decoders and the kept zstd contexts.
+///
+/// A decompressor holds a window as large as the NAR it reads (zstd: up to 8 MB, xz up to its
+/// dictionary), so large NARs bound the pull's memory, not the job count. A job takes its share
+/// of the budget only once the substituter's answer has begun, so a NAR that is still being
+/// asked for holds none: the next NARs' first bytes wait in the socket while the decoders are
+/// busy, and a decoder that finishes starts on one at once.
+pub struct Decoding {
+    budget: Arc<Semaphore>,
+    budget_kib: u32,
+    pub zstd_contexts: ZstdContexts,
+}
+
+impl Decoding {
+    pub fn new(budget_kib: u32, kept_contexts: usize) -> Decoding {
+        Decoding {
+            budget: Arc::new(Semaphore::new(budget_kib.max(1) as usize)),
+            budget_kib: budget_kib.max(1),
+            zstd_contexts: ZstdContexts::new(kept_contexts),
+        }
+    }
+
+    /// Waits until a NAR of `nar_size` bytes may be decoded; a NAR larger than the whole
+    /// budget waits for all of it (and goes alone).
+    pub async fn admit(&self, nar_size: u64) -> OwnedSemaphorePermit {
+        let kib = u32::try_from(nar_size.div_ceil(1024)).unwrap_or(u32::MAX).clamp(1, self.budget_kib);
+        self.budget.clone().acquire_many_owned(kib).await.expect("the budget semaphore is never closed")
+    }
 }
 
 /// zstd decoding contexts kept from one NAR to the next within a fetch. A context holds a
@@ -97,6 +129,27 @@ mod tests {
                 contexts.give_back(context);
             }
         }
+    }
+
+    /// The budget admits small NARs side by side, a NAR larger than all of it alone, and
+    /// whoever waited once a permit is dropped.
+    #[test]
+    fn the_budget_admits_by_size_and_a_large_nar_alone() {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+        runtime.block_on(async {
+            let decoding = Decoding::new(8 * 1024, 1);
+            let wait = std::time::Duration::from_millis(20);
+            let a = decoding.admit(3 << 20).await;
+            let b = decoding.admit(3 << 20).await;
+            assert!(tokio::time::timeout(wait, decoding.admit(3 << 20)).await.is_err(), "9 MiB > 8 MiB");
+            drop(a);
+            let c = tokio::time::timeout(wait, decoding.admit(3 << 20)).await.expect("room again");
+            drop((b, c));
+            let huge = decoding.admit(100 << 20).await;
+            assert!(tokio::time::timeout(wait, decoding.admit(1)).await.is_err(), "a huge NAR goes alone");
+            drop(huge);
+            assert!(tokio::time::timeout(wait, decoding.admit(0)).await.is_ok());
+        });
     }
 
     /// A context given back after a frame that stopped half-way (a truncated or failed NAR)

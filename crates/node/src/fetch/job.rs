@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use super::decompress::{decoder, ZstdContexts};
+use super::decompress::{decoder, Decoding};
 use super::error::{Attempt, FetchError, SourceError};
 use super::hashing::{HashingReader, TooLong};
 use super::nar::{self, NarError};
@@ -42,7 +42,7 @@ pub async fn fetch_one(
     mut planned: Planned,
     cancel: &AtomicBool,
     progress: Option<Arc<dyn Progress>>,
-    zstd_contexts: &Arc<ZstdContexts>,
+    decoding: &Arc<Decoding>,
 ) -> Result<Done, FetchError> {
     let path = planned.info.store_path.clone();
     if cancel.load(Ordering::SeqCst) {
@@ -67,7 +67,7 @@ pub async fn fetch_one(
         }
         let temp = store.fresh_temp(&path)?;
         let (outcome, returned) =
-            download_and_unpack(finder, store, &planned, temp, lock, cancel, progress.clone(), zstd_contexts).await;
+            download_and_unpack(finder, store, &planned, temp, lock, cancel, progress.clone(), decoding).await;
         let error = match outcome {
             Ok(nar_bytes) => {
                 finder.sources.served(planned.source, nar_bytes);
@@ -112,7 +112,7 @@ async fn download_and_unpack(
     lock: PathLock,
     cancel: &AtomicBool,
     progress: Option<Arc<dyn Progress>>,
-    zstd_contexts: &Arc<ZstdContexts>,
+    decoding: &Arc<Decoding>,
 ) -> (Result<u64, Failed>, Option<PathLock>) {
     let http = &finder.http;
     let sub = planned.substituter.clone();
@@ -122,14 +122,17 @@ async fn download_and_unpack(
         Ok(None) => return (Err(Failed::Source(SourceError::NotFound { url })), Some(lock)),
         Err(e) => return (Err(Failed::Source(e)), Some(lock)),
     };
+    // The answer has begun: decode it once the decoders' budget has room.
+    let admitted = decoding.admit(planned.info.nar_size).await;
     let (tx, reader) = pipe::channel();
     let info = planned.info.clone();
     let compression = planned.compression;
     let store = store.clone();
     let counted = Arc::new(AtomicU64::new(0));
     let rewind = progress.clone().map(|p| (p, counted.clone()));
-    let contexts = zstd_contexts.clone();
+    let decoding = decoding.clone();
     let unpacker = tokio::task::spawn_blocking(move || {
+        let contexts = &decoding.zstd_contexts;
         // A kept zstd context for a zstd NAR only (other codecs need none).
         let mut zstd_context = (compression == Compression::Zstd).then(|| contexts.take());
         let result = decoder(compression, reader, zstd_context.as_mut())
@@ -152,6 +155,7 @@ async fn download_and_unpack(
         if result.is_err() {
             let _ = nar::remove_tree(&temp);
         }
+        drop(admitted);
         (result, lock)
     });
     let mut body_error = None;
@@ -232,7 +236,7 @@ enum Failure {
 /// Unpacks at `temp` and checks size and hash; returns the NAR's size.
 fn unpack_checked(source: impl std::io::Read, nar_size: u64, nar_hash: &NarHash, temp: &Path) -> Result<u64, Failure> {
     let mut hashing = HashingReader::new(source, nar_size);
-    match nar::unpack(&mut hashing, temp) {
+    match nar::unpack(&mut hashing, temp, nar_size) {
         Ok(()) => {}
         Err(NarError::Read(e)) => return Err(Failure::Read(e, hashing.count())),
         Err(NarError::Format(m)) => return Err(Failure::Format(m)),

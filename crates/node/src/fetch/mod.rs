@@ -279,22 +279,16 @@ impl Fetcher {
         }
         let permits = Arc::new(tokio::sync::Semaphore::new(self.jobs));
         let cancel = Arc::new(AtomicBool::new(false));
-        let window = Arc::new(tokio::sync::Semaphore::new(WINDOW_BUDGET_KIB as usize));
-        let zstd_contexts = Arc::new(decompress::ZstdContexts::new(self.jobs));
+        let decoding = Arc::new(decompress::Decoding::new(WINDOW_BUDGET_KIB, self.jobs));
         let mut jobs = JoinSet::new();
         for planned in plan.missing {
             let (finder, store, permits, cancel) =
                 (walker.finder.clone(), self.store.clone(), permits.clone(), cancel.clone());
-            let (progress, window, zstd_contexts) = (self.progress.clone(), window.clone(), zstd_contexts.clone());
+            let (progress, decoding) = (self.progress.clone(), decoding.clone());
             jobs.spawn(async move {
                 let _permit = permits.acquire_owned().await.expect("semaphore is never closed");
-                let kib = u32::try_from(planned.info.nar_size.div_ceil(1024)).unwrap_or(u32::MAX);
-                let _window = window
-                    .acquire_many_owned(kib.clamp(1, WINDOW_BUDGET_KIB))
-                    .await
-                    .expect("semaphore is never closed");
                 let path = planned.info.store_path.clone();
-                let done = job::fetch_one(&finder, &store, planned, &cancel, progress.clone(), &zstd_contexts).await;
+                let done = job::fetch_one(&finder, &store, planned, &cancel, progress.clone(), &decoding).await;
                 if let (Ok(_), Some(p)) = (&done, &progress) {
                     p.path_done(&path);
                 }

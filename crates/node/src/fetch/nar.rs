@@ -29,10 +29,24 @@ const MAX_TARGET: u64 = 4095;
 const MAX_TOKEN: u64 = 64;
 const MAX_DEPTH: usize = 256;
 
+/// File contents are decoded, hashed and written in pieces of this size. Larger than the
+/// 64 KiB it was: a third fewer `write` calls and decoder turns in a pull of `flox/xlarge`
+/// (44,700 → 28,900 writes) and with the preallocation below ~0.2 s less system time; small
+/// enough that a piece is still in the core's cache (1 MiB of L2 per core on the lab machine;
+/// 1 MiB pieces were slower) when it is hashed and then written.
+const FILE_CHUNK: usize = 256 * 1024;
+
+/// Files at least this large get their blocks in one `fallocate` before their contents are
+/// written: ext4 otherwise reserves and maps them page by page as the writes come (delayed
+/// allocation), ~0.1 s of system time over `flox/xlarge`'s 1.6 GB.
+const PREALLOCATE_FROM: u64 = 64 * 1024;
+
 struct Parser<'a, R: Read> {
     r: &'a mut R,
     /// Reused for every file's contents.
     buf: Vec<u8>,
+    /// The archive's size: no file in it is longer.
+    nar_size: u64,
 }
 
 fn format(msg: impl Into<String>) -> NarError {
@@ -101,9 +115,16 @@ impl<R: Read> Parser<'_, R> {
                     return Err(format(format!("expected \"contents\", found {:?}", String::from_utf8_lossy(&tag))));
                 }
                 let len = self.u64()?;
+                if len > self.nar_size {
+                    return Err(format(format!("a file of {len} bytes in an archive of {} bytes", self.nar_size)));
+                }
                 let mode = if executable { 0o555 } else { 0o444 };
                 let mut file =
                     OpenOptions::new().write(true).create_new(true).mode(mode).open(path).map_err(write_err)?;
+                if len >= PREALLOCATE_FROM {
+                    // Best effort: a file system without it just allocates as the writes come.
+                    let _ = rustix::fs::fallocate(&file, rustix::fs::FallocateFlags::empty(), 0, len);
+                }
                 let copied = copy_exact(&mut *self.r, &mut self.buf, &mut file, len, path)?;
                 debug_assert_eq!(copied, len);
                 self.padding(len)?;
@@ -189,9 +210,10 @@ fn set_mtime_nofollow(path: &Path) -> io::Result<()> {
 }
 
 /// Unpacks the NAR read from `r` at `dest` (which must not exist). Reads exactly the
-/// archive: the caller checks that nothing follows it.
-pub fn unpack<R: Read>(r: &mut R, dest: &Path) -> Result<(), NarError> {
-    let mut p = Parser { r, buf: vec![0u8; 64 * 1024] };
+/// archive: the caller checks that nothing follows it, and that it is `nar_size` bytes long
+/// (no file in it can be longer, which bounds what is allocated before the bytes come).
+pub fn unpack<R: Read>(r: &mut R, dest: &Path, nar_size: u64) -> Result<(), NarError> {
+    let mut p = Parser { r, buf: vec![0u8; FILE_CHUNK], nar_size };
     p.expect("nix-archive-1")?;
     p.expect("(")?;
     p.node(dest, 0)
@@ -260,7 +282,7 @@ pub(crate) mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dest = tmp.path().join("out");
         let nar = sample(&["a", "b"]);
-        unpack(&mut nar.as_slice(), &dest).unwrap();
+        unpack(&mut nar.as_slice(), &dest, nar.len() as u64).unwrap();
         use std::os::unix::fs::MetadataExt;
         assert_eq!(std::fs::read(dest.join("a")).unwrap(), b"hi\n");
         assert_eq!(std::fs::metadata(dest.join("a")).unwrap().mode() & 0o777, 0o444);
@@ -279,16 +301,47 @@ pub(crate) mod tests {
         let cases = [(&["b", "a"][..], "out of order"), (&["a", "a"], "repeated"), (&[".."], "not allowed")];
         for (i, (names, want)) in cases.into_iter().enumerate() {
             let dest = tmp.path().join(format!("case{i}"));
-            match unpack(&mut sample(names).as_slice(), &dest) {
+            let nar = sample(names);
+            match unpack(&mut nar.as_slice(), &dest, nar.len() as u64) {
                 Err(NarError::Format(m)) => assert!(m.contains(want), "{m}"),
                 other => panic!("{names:?}: {other:?}"),
             }
         }
         let nar = sample(&["a"]);
         let dest = tmp.path().join("short");
-        match unpack(&mut &nar[..nar.len() - 9], &dest) {
+        match unpack(&mut &nar[..nar.len() - 9], &dest, nar.len() as u64) {
             Err(NarError::Read(e)) => assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof),
             other => panic!("{other:?}"),
         }
+    }
+
+    /// A file that claims more bytes than the whole archive has is refused before anything
+    /// is created for it (nothing is allocated on its word).
+    #[test]
+    fn refuses_a_file_longer_than_the_archive() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut w = NarWriter(vec![]);
+        w.toks(&["nix-archive-1", "(", "type", "directory", "entry", "(", "name", "big", "node", "("]);
+        w.toks(&["type", "regular", "contents"]);
+        w.0.extend_from_slice(&(1u64 << 40).to_le_bytes());
+        let dest = tmp.path().join("out");
+        match unpack(&mut w.0.as_slice(), &dest, 4096) {
+            Err(NarError::Format(m)) => assert!(m.contains("a file of 1099511627776 bytes"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(!dest.join("big").exists());
+    }
+
+    /// A file large enough to be preallocated has exactly its contents and size.
+    #[test]
+    fn preallocated_files_have_their_exact_size() {
+        let tmp = tempfile::tempdir().unwrap();
+        let contents: Vec<u8> = (0..PREALLOCATE_FROM as usize * 5 + 13).map(|i| (i % 251) as u8).collect();
+        let mut w = NarWriter(vec![]);
+        w.toks(&["nix-archive-1", "(", "type", "regular", "contents"]).str(&contents).toks(&[")"]);
+        let dest = tmp.path().join("file");
+        unpack(&mut w.0.as_slice(), &dest, w.0.len() as u64).unwrap();
+        assert_eq!(std::fs::read(&dest).unwrap(), contents);
+        assert_eq!(std::fs::metadata(&dest).unwrap().len(), contents.len() as u64);
     }
 }
