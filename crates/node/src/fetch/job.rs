@@ -122,8 +122,6 @@ async fn download_and_unpack(
         Ok(None) => return (Err(Failed::Source(SourceError::NotFound { url })), Some(lock)),
         Err(e) => return (Err(Failed::Source(e)), Some(lock)),
     };
-    // The answer has begun: decode it once the decoders' budget has room.
-    let admitted = decoding.admit(planned.info.nar_size).await;
     let (tx, reader) = pipe::channel();
     let info = planned.info.clone();
     let compression = planned.compression;
@@ -155,7 +153,6 @@ async fn download_and_unpack(
         if result.is_err() {
             let _ = nar::remove_tree(&temp);
         }
-        drop(admitted);
         (result, lock)
     });
     let mut body_error = None;

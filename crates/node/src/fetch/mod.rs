@@ -287,6 +287,7 @@ impl Fetcher {
             let (progress, decoding) = (self.progress.clone(), decoding.clone());
             jobs.spawn(async move {
                 let _permit = permits.acquire_owned().await.expect("semaphore is never closed");
+                let _admitted = decoding.admit(planned.info.nar_size).await;
                 let path = planned.info.store_path.clone();
                 let done = job::fetch_one(&finder, &store, planned, &cancel, progress.clone(), &decoding).await;
                 if let (Ok(_), Some(p)) = (&done, &progress) {
