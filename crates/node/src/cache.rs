@@ -456,7 +456,7 @@ impl NodeCache {
         render::write_generated(&tree, ACTIVATION_DATA_REL, &activation, &store)?;
         render::write_generated(&tree, "manifest.lock", lock_bytes, &store)?;
         // From the records of the fetched narinfos (References): no Nix involved.
-        let records = Records::new(&fetcher.store);
+        let records = Records::with_published(&fetcher.store, &report.published);
         let closure = records.closure(&linked)?;
         // The SBOMs beside the activation data: /run/flox/env/sbom.{spdx,cdx}.json in a container.
         let subject =

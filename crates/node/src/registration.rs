@@ -155,7 +155,7 @@ pub fn write(nix_dir: &Path, infos: &[NarInfo], registered_at: i64) -> Result<()
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::fetch::narinfo::NarHash;
     use imageless_core::store_path::StorePath;

@@ -13,7 +13,7 @@ use super::decompress::{decoder, Decoding};
 use super::error::{Attempt, FetchError, SourceError};
 use super::hashing::{HashingReader, TooLong};
 use super::nar::{self, NarError};
-use super::narinfo::{Compression, NarHash};
+use super::narinfo::{Compression, NarHash, NarInfo};
 use super::pipe::{self, BodyFailed};
 use super::progress::{Counting, Progress};
 use super::store::{NodeStore, PathLock};
@@ -23,9 +23,10 @@ use super::walk::{Finder, Planned};
 /// serves 8-byte tokens and file contents alike).
 const UNPACK_BUFFER: usize = 64 * 1024;
 
-/// What one job did: false when another fetch had published the path meanwhile.
+/// What one job did: the record it published (None when another fetch had published the
+/// path meanwhile).
 pub struct Done {
-    pub downloaded: bool,
+    pub published: Option<NarInfo>,
     pub nar_bytes: u64,
 }
 
@@ -46,7 +47,7 @@ pub async fn fetch_one(
 ) -> Result<Done, FetchError> {
     let path = planned.info.store_path.clone();
     if cancel.load(Ordering::SeqCst) {
-        return Ok(Done { downloaded: false, nar_bytes: 0 });
+        return Ok(Done { published: None, nar_bytes: 0 });
     }
     let mut lock = {
         let (store, path) = (store.clone(), path.clone());
@@ -54,7 +55,7 @@ pub async fn fetch_one(
     };
     loop {
         if store.is_valid(&path) || cancel.load(Ordering::SeqCst) {
-            return Ok(Done { downloaded: false, nar_bytes: 0 });
+            return Ok(Done { published: None, nar_bytes: 0 });
         }
         if finder.sources.lost_standing(planned.source) {
             // Planned from a substituter that has since gone down or served corrupt NARs: the
@@ -72,14 +73,14 @@ pub async fn fetch_one(
             Ok(nar_bytes) => {
                 finder.sources.served(planned.source, nar_bytes);
                 tracing::debug!(path = %path, substituter = %planned.substituter, nar_bytes, "fetched");
-                return Ok(Done { downloaded: true, nar_bytes });
+                return Ok(Done { published: Some(planned.info), nar_bytes });
             }
             Err(Failed::Local(e)) => return Err(e),
             Err(Failed::Source(e)) => e,
         };
         lock = returned.expect("a failed download hands the path lock back");
         if cancel.load(Ordering::SeqCst) {
-            return Ok(Done { downloaded: false, nar_bytes: 0 });
+            return Ok(Done { published: None, nar_bytes: 0 });
         }
         // The next substituter that has the path, with the same references (the closure was
         // planned with them).

@@ -66,6 +66,8 @@ pub struct FetchReport {
     pub downloaded: usize,
     /// Uncompressed NAR bytes this call unpacked.
     pub nar_bytes: u64,
+    /// The records this call published, as written (for [`store::Records::with_published`]).
+    pub published: Vec<narinfo::NarInfo>,
     /// Per substituter: what was fetched there, and corrupt NARs it served.
     pub sources: std::collections::BTreeMap<String, SourceReport>,
     /// What a user should know: substituters skipped (down, slow), corrupt NARs discarded.
@@ -302,8 +304,11 @@ impl Fetcher {
         while let Some(joined) = jobs.join_next().await {
             match joined.expect("fetch job panicked") {
                 Ok(done) => {
-                    report.downloaded += usize::from(done.downloaded);
                     report.nar_bytes += done.nar_bytes;
+                    if let Some(info) = done.published {
+                        report.downloaded += 1;
+                        report.published.push(info);
+                    }
                 }
                 Err(e) => {
                     cancel.store(true, Ordering::SeqCst);
