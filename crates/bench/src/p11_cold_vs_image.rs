@@ -367,7 +367,6 @@ async fn flox_turn(
     let started = start_timed(runner, &yaml, opts, Instant::now()).await;
     let peak = sampler.map(|s| s.stop());
     let t = started?;
-    let (planned, fetched) = pull_times(&bench.node.state_root, case.env)?;
     let out = first_line(&t.pod).await?;
     t.pod.remove().await?;
     if out.trim() != case.prints {
@@ -381,6 +380,8 @@ async fn flox_turn(
             side.sampled_first_output.push(ms(t.first_output));
         }
         None => {
+            // The timeline of the timed starts (the pull records stay until the next turn).
+            let (planned, fetched) = pull_times(&bench.node.state_root, case.env)?;
             side.planned.push(planned.saturating_sub(wall0_ms) as f64);
             side.fetched.push(fetched.saturating_sub(wall0_ms) as f64);
             side.running.push(ms(t.running));

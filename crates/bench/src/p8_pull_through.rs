@@ -49,8 +49,8 @@ fn pull_all(bench: &Bench, dir: &Path, substituter: &str, closure: &[String]) ->
     let took = t0.elapsed();
     for (i, o) in outcomes.into_iter().enumerate() {
         let report = o.map_err(|_| anyhow::anyhow!("pull {i} panicked"))?.with_context(|| format!("pull {i}"))?;
-        if report.closure.len() != closure.len() || report.downloaded != closure.len() {
-            bail!("pull {i}: {} of {} paths, {} downloaded", report.closure.len(), closure.len(), report.downloaded);
+        if report.closure.len() != closure.len() || report.downloaded() != closure.len() {
+            bail!("pull {i}: {} of {} paths, {} downloaded", report.closure.len(), closure.len(), report.downloaded());
         }
     }
     let _ = Command::new("rm").arg("-rf").arg(dir).status();

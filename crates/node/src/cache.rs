@@ -426,11 +426,11 @@ impl NodeCache {
         };
         let fetcher = Fetcher::from_config(&self.config)?.with_progress(progress).with_catalog(catalog.clone());
         let report = fetcher.realize(&wanted)?;
-        if report.downloaded > 0 {
+        if report.downloaded() > 0 {
             fetcher.store.commit_metadata_in_background();
         }
         log.pulled(&report);
-        let realized = report.downloaded;
+        let realized = report.downloaded();
         let pull_warning = (!report.warnings.is_empty())
             .then(|| format!("while pulling this environment: {}", report.warnings.join("; ")));
         let store = StoreRead::new(fetcher.store.dir.clone());
@@ -728,7 +728,7 @@ impl PullLog {
             .collect();
         let phase = pull_record::Phase::End {
             duration_ms: self.elapsed_ms(),
-            paths: report.downloaded,
+            paths: report.downloaded(),
             bytes: report.nar_bytes,
             sources,
             warnings: report.warnings.clone(),

@@ -50,7 +50,7 @@ fn fetches_the_closure_for_each_compression() {
         let state = tempfile::tempdir().unwrap();
         let fetcher = Fetcher::from_config(&config(state.path(), vec![hub.url()])).unwrap();
         let report = fetcher.realize(&[top(&paths)]).unwrap();
-        assert_eq!(report.downloaded, 3, "{compression}");
+        assert_eq!(report.downloaded(), 3, "{compression}");
         let mut want: Vec<&str> = paths.iter().map(|p| p.path.as_str()).collect();
         want.sort();
         assert_eq!(report.closure.iter().map(StorePath::as_str).collect::<Vec<_>>(), want);
@@ -58,7 +58,7 @@ fn fetches_the_closure_for_each_compression() {
         // Warm: nothing downloaded, same closure, no network needed.
         drop(hub);
         let again = fetcher.realize(&[top(&paths)]).unwrap();
-        assert_eq!(again.downloaded, 0);
+        assert_eq!(again.downloaded(), 0);
         assert_eq!(again.closure, report.closure);
         assert_eq!(fetcher.store.closure(&[top(&paths)]).unwrap(), report.closure);
         support::chmod_tree_writable(state.path());
@@ -173,7 +173,7 @@ fn a_404_on_the_first_substituter_falls_through_to_the_second() {
     let state = tempfile::tempdir().unwrap();
     let fetcher = Fetcher::from_config(&config(state.path(), vec![empty.url(), full.url()])).unwrap();
     let report = fetcher.realize(&[top(&paths)]).unwrap();
-    assert_eq!(report.downloaded, 3);
+    assert_eq!(report.downloaded(), 3);
     assert_store_holds(&state.path().join("store"), &paths);
     support::chmod_tree_writable(state.path());
 }
@@ -213,7 +213,7 @@ fn http_500_marks_the_substituter_down_and_the_next_one_serves() {
     let state = tempfile::tempdir().unwrap();
     let fetcher = Fetcher::from_config(&config(state.path(), vec![broken.clone(), hub.url()])).unwrap();
     let report = fetcher.realize(&[top(&paths)]).unwrap();
-    assert_eq!(report.downloaded, 3);
+    assert_eq!(report.downloaded(), 3);
     assert_store_holds(&state.path().join("store"), &paths);
     assert_eq!(
         report.warnings,
@@ -274,7 +274,7 @@ fn twenty_concurrent_cold_fetches_download_each_nar_once() {
             .map(|_| {
                 let cfg = cfg.clone();
                 let want = top(&paths);
-                s.spawn(move || Fetcher::from_config(&cfg).unwrap().realize(&[want]).unwrap().downloaded)
+                s.spawn(move || Fetcher::from_config(&cfg).unwrap().realize(&[want]).unwrap().downloaded())
             })
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).sum()

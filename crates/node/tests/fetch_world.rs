@@ -90,7 +90,7 @@ fn the_world_closure_matches_nix_store_realise_in_each_compression() {
         };
         let report = Fetcher::from_config(&config).unwrap().realize(&wanted).unwrap();
         assert_eq!(report.closure, wanted, "{compression}: the closure of the world's paths is the world's paths");
-        assert_eq!(report.downloaded, wanted.len(), "{compression}");
+        assert_eq!(report.downloaded(), wanted.len(), "{compression}");
         let store = state.path().join("store");
         for p in &wanted {
             let ours = support::dump(&store.join(p.base_name()));

@@ -62,16 +62,22 @@ pub const WINDOW_BUDGET_KIB: u32 = 8 * 1024;
 pub struct FetchReport {
     /// The closure of the wanted paths, sorted; all valid in the node store.
     pub closure: Vec<StorePath>,
-    /// Paths this call downloaded (0 when the store had everything).
-    pub downloaded: usize,
     /// Uncompressed NAR bytes this call unpacked.
     pub nar_bytes: u64,
-    /// The records this call published, as written (for [`store::Records::with_published`]).
+    /// The records of the paths this call downloaded and published (none when the store had
+    /// everything), for [`store::Records::with_published`].
     pub published: Vec<narinfo::NarInfo>,
     /// Per substituter: what was fetched there, and corrupt NARs it served.
     pub sources: std::collections::BTreeMap<String, SourceReport>,
     /// What a user should know: substituters skipped (down, slow), corrupt NARs discarded.
     pub warnings: Vec<String>,
+}
+
+impl FetchReport {
+    /// Paths this call downloaded (0 when the store had everything).
+    pub fn downloaded(&self) -> usize {
+        self.published.len()
+    }
 }
 
 pub struct Fetcher {
@@ -305,10 +311,7 @@ impl Fetcher {
             match joined.expect("fetch job panicked") {
                 Ok(done) => {
                     report.nar_bytes += done.nar_bytes;
-                    if let Some(info) = done.published {
-                        report.downloaded += 1;
-                        report.published.push(info);
-                    }
+                    report.published.extend(done.published);
                 }
                 Err(e) => {
                     cancel.store(true, Ordering::SeqCst);
