@@ -424,7 +424,11 @@ impl NodeCache {
             Some(view) => view.progress(progress),
             None => progress,
         };
-        let fetcher = Fetcher::from_config(&self.config)?.with_progress(progress).with_catalog(catalog.clone());
+        let mut fetcher = Fetcher::from_config(&self.config)?.with_progress(progress).with_catalog(catalog.clone());
+        if let Some(view) = &early_view {
+            // The fetched paths go into the view in the same pass as into the store.
+            fetcher = fetcher.linking_into(view.store_dir());
+        }
         let report = fetcher.realize(&wanted)?;
         if report.downloaded() > 0 {
             fetcher.store.commit_metadata_in_background();

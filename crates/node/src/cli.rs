@@ -37,6 +37,10 @@ pub struct PullArgs {
     /// Node config file (default: $IMAGELESS_CONFIG or /etc/imageless/config.toml).
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// Also build the closure view that containers mount, while the closure is fetched (as a
+    /// pod's create does): the next pod of this environment finds it ready.
+    #[arg(long)]
+    pub view: bool,
 }
 
 #[derive(clap::Args)]
@@ -106,7 +110,10 @@ pub fn pull(args: PullArgs) -> Result<ExitCode, CliError> {
     let mode = if args.mode == "dev" { Mode::Dev } else { Mode::Run };
     let config = NodeConfig::load(args.config.as_deref())?;
     let progress = std::sync::Arc::new(crate::pull_progress::PullProgress::new(format!("{env} ({mode})")));
-    let cache = NodeCache::new(config, system(None)?).with_progress(progress.clone());
+    let mut cache = NodeCache::new(config, system(None)?).with_progress(progress.clone());
+    if args.view {
+        cache = cache.building_views();
+    }
     let start = Instant::now();
     let result = cache.ensure(&env, mode, token.as_ref());
     progress.finish();

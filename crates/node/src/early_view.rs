@@ -17,7 +17,10 @@ use crate::fetch::Progress;
 use crate::view::{self, ViewBuild, ViewError, ViewStats};
 
 enum Msg {
+    /// In the store: mirror it.
     Path(StorePath),
+    /// Already linked into the view by the fetch as it unpacked the path: take it as it is.
+    Linked(StorePath),
     Done,
 }
 
@@ -47,6 +50,7 @@ impl EarlyView {
             for msg in rx {
                 match msg {
                     Msg::Path(path) if failed.is_none() => failed = build.add(&path).err(),
+                    Msg::Linked(path) => build.adopt(&path),
                     Msg::Path(_) => {}
                     Msg::Done => break,
                 }
@@ -70,6 +74,13 @@ impl EarlyView {
     /// The temp directory the view is built in (published by the caller with a rename).
     pub fn dir(&self) -> &Path {
         &self.tmp
+    }
+
+    /// Where the closure's paths go (`<tmp>/store`): a fetch may link the paths it unpacks
+    /// there itself ([`crate::fetch::Fetcher::linking_into`]), reporting them with
+    /// [`Progress::path_linked`].
+    pub fn store_dir(&self) -> PathBuf {
+        self.tmp.join("store")
     }
 
     /// Waits for the paths reported so far, then completes `<tmp>/store` as the view of
@@ -125,6 +136,10 @@ impl Progress for Feed {
         self.inner.path_done(path);
         let _ = self.tx.send(Msg::Path(path.clone()));
     }
+    fn path_linked(&self, path: &StorePath) {
+        self.inner.path_linked(path);
+        let _ = self.tx.send(Msg::Linked(path.clone()));
+    }
     fn rewound(&self, bytes: u64) {
         self.inner.rewound(bytes);
     }
@@ -168,6 +183,32 @@ mod tests {
         }
         // A report after the finish goes nowhere (the fetcher may outlive the view).
         progress.path_done(&b);
+    }
+
+    /// A path the fetch linked into the view itself is taken as it is (mirroring it again
+    /// would fail on the existing entry), and counts in the view.
+    #[test]
+    fn paths_linked_by_the_fetch_are_taken_as_they_are() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = tmp.path().join("store");
+        let a = path(&store, "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-a");
+        let b = path(&store, "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-b");
+        let dir = tmp.path().join(".tmp-view");
+        let early = EarlyView::start(&store, &dir).unwrap();
+        assert_eq!(early.store_dir(), dir.join("store"));
+        // What the fetch leaves there for a path it linked: the same tree (a marker shows it
+        // was not made again).
+        std::fs::create_dir_all(early.store_dir().join(a.base_name()).join("bin")).unwrap();
+        std::fs::write(early.store_dir().join(a.base_name()).join("bin/tool"), "linked").unwrap();
+        let progress = early.progress(Arc::new(Quiet));
+        progress.path_linked(&a);
+        progress.path_done(&b);
+        let stats = early.finish(&[a.clone(), b.clone()]).unwrap();
+        assert_eq!(stats.paths, 2);
+        let read =
+            |p: &StorePath| std::fs::read_to_string(dir.join("store").join(p.base_name()).join("bin/tool")).unwrap();
+        assert_eq!(read(&a), "linked");
+        assert_eq!(read(&b), b.base_name());
     }
 
     #[test]

@@ -369,3 +369,115 @@ fn a_fetch_killed_mid_download_is_retried_cleanly() {
     assert_store_holds(&store, &paths);
     support::chmod_tree_writable(state.path());
 }
+
+/// Each path's tree under `store` and under `linked` (the fetch's link directory): the same
+/// entries with the same kinds and modes, files and symlinks the same inodes.
+fn assert_linked_like_the_store(store: &Path, linked: &Path, path: &StorePath) {
+    use std::os::unix::fs::MetadataExt;
+    fn walk(store: &Path, linked: &Path, rel: &Path) {
+        let (s, l) = (store.join(rel), linked.join(rel));
+        let (sm, lm) = (std::fs::symlink_metadata(&s).unwrap(), std::fs::symlink_metadata(&l).unwrap());
+        assert_eq!(sm.mode(), lm.mode(), "mode of {}", l.display());
+        if sm.is_dir() {
+            assert!(lm.is_dir());
+            let names = |d: &Path| {
+                let mut n: Vec<_> = std::fs::read_dir(d).unwrap().map(|e| e.unwrap().file_name()).collect();
+                n.sort();
+                n
+            };
+            assert_eq!(names(&s), names(&l), "entries of {}", l.display());
+            for name in names(&s) {
+                walk(store, linked, &rel.join(name));
+            }
+        } else {
+            assert_eq!((sm.dev(), sm.ino()), (lm.dev(), lm.ino()), "{} is not a hard link of the store's", l.display());
+        }
+    }
+    walk(store, linked, Path::new(path.base_name()));
+}
+
+#[derive(Default)]
+struct Reports {
+    done: std::sync::Mutex<Vec<String>>,
+    linked: std::sync::Mutex<Vec<String>>,
+}
+
+impl imageless_node::fetch::Progress for Reports {
+    fn planned(&self, _: usize, _: u64) {}
+    fn advanced(&self, _: u64) {}
+    fn path_done(&self, path: &StorePath) {
+        self.done.lock().unwrap().push(path.to_string());
+    }
+    fn path_linked(&self, path: &StorePath) {
+        self.linked.lock().unwrap().push(path.to_string());
+    }
+}
+
+/// A fetch that links into a directory (a closure view being built) leaves there, in the
+/// same pass, each path it fetched as the store has it, and reports those paths as linked.
+#[test]
+fn a_fetch_linking_into_a_directory_leaves_each_fetched_path_there_as_hard_links() {
+    for compression in ["none", "zstd"] {
+        let (hub, paths) = hub_with(&format!("linked-{compression}"), compression, 300_000, &|_| Tamper::default());
+        let state = tempfile::tempdir().unwrap();
+        let linked = state.path().join("view");
+        std::fs::create_dir(&linked).unwrap();
+        let reports = std::sync::Arc::new(Reports::default());
+        let fetcher = Fetcher::from_config(&config(state.path(), vec![hub.url()]))
+            .unwrap()
+            .with_progress(reports.clone())
+            .linking_into(linked.clone());
+        assert_eq!(fetcher.realize(&[top(&paths)]).unwrap().downloaded(), 3);
+        let store = state.path().join("store");
+        assert_store_holds(&store, &paths);
+        for p in &paths {
+            assert_linked_like_the_store(&store, &linked, &p.path);
+        }
+        assert_eq!(support::store_entries(&linked).len(), 3);
+        let mut got = reports.linked.lock().unwrap().clone();
+        got.sort();
+        let mut want: Vec<String> = paths.iter().map(|p| p.path.to_string()).collect();
+        want.sort();
+        assert_eq!(got, want, "{compression}");
+        assert!(reports.done.lock().unwrap().is_empty(), "every fetched path was linked");
+        support::chmod_tree_writable(state.path());
+    }
+}
+
+/// A path that fails its check leaves nothing in the link directory either; and where links
+/// cannot be made (the directory is gone) the fetch goes on and reports its paths as only
+/// done, leaving nothing there.
+#[test]
+fn a_failed_path_or_failed_linking_leaves_nothing_in_the_link_directory() {
+    let paths = support::closure("linked-flip", 100_000);
+    let bad = paths[1].path.clone();
+    let hub = Hub::start();
+    let b = bad.clone();
+    support::write_cache(&hub.cache_dir(), &paths, "zstd", &move |p| Tamper {
+        flip_byte: *p == b,
+        ..Tamper::default()
+    });
+    let state = tempfile::tempdir().unwrap();
+    let linked = state.path().join("view");
+    std::fs::create_dir(&linked).unwrap();
+    let fetcher = Fetcher::from_config(&config(state.path(), vec![hub.url()])).unwrap().linking_into(linked.clone());
+    let err = fetcher.realize(&[top(&paths)]).unwrap_err();
+    assert!(err.to_string().contains("NarHash mismatch"), "{err}");
+    assert!(!linked.join(bad.base_name()).exists(), "the bad path's linked tree was removed");
+    assert!(support::store_entries(&linked).iter().all(|e| !e.starts_with('.')));
+
+    let (hub, paths) = hub_with("linked-gone", "zstd", 100_000, &|_| Tamper::default());
+    let state = tempfile::tempdir().unwrap();
+    let gone = state.path().join("gone");
+    let reports = std::sync::Arc::new(Reports::default());
+    let fetcher = Fetcher::from_config(&config(state.path(), vec![hub.url()]))
+        .unwrap()
+        .with_progress(reports.clone())
+        .linking_into(gone.clone());
+    assert_eq!(fetcher.realize(&[top(&paths)]).unwrap().downloaded(), 3);
+    assert_store_holds(&state.path().join("store"), &paths);
+    assert!(!gone.exists());
+    assert!(reports.linked.lock().unwrap().is_empty());
+    assert_eq!(reports.done.lock().unwrap().len(), 3);
+    support::chmod_tree_writable(state.path());
+}

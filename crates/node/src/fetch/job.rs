@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
+use imageless_core::store_path::StorePath;
+
 use super::decompress::{decoder, Decoding};
 use super::error::{Attempt, FetchError, SourceError};
 use super::hashing::{HashingReader, TooLong};
@@ -28,6 +30,29 @@ const UNPACK_BUFFER: usize = 64 * 1024;
 pub struct Done {
     pub published: Option<NarInfo>,
     pub nar_bytes: u64,
+    /// The path was also linked into the fetch's [`LinkSink`] while it was unpacked.
+    pub linked: bool,
+}
+
+/// A directory each fetched path is also linked into as it is unpacked (see
+/// [`nar::unpack_linked`]): a closure view under construction, which then need not walk the
+/// path's tree again. Linking is given up for the rest of the fetch once it fails (e.g. the
+/// directory is on another file system than the store); the view then mirrors the path from
+/// the store as before.
+pub struct LinkSink {
+    pub dir: PathBuf,
+    usable: AtomicBool,
+}
+
+impl LinkSink {
+    pub fn new(dir: PathBuf) -> LinkSink {
+        LinkSink { dir, usable: AtomicBool::new(true) }
+    }
+
+    /// Where `path` goes in the sink, while linking works.
+    fn target(&self, path: &StorePath) -> Option<PathBuf> {
+        self.usable.load(Ordering::Relaxed).then(|| self.dir.join(path.base_name()))
+    }
 }
 
 /// Why one download of a path failed: the substituter's fault (try the next one) or the
@@ -44,10 +69,12 @@ pub async fn fetch_one(
     cancel: &AtomicBool,
     progress: Option<Arc<dyn Progress>>,
     decoding: &Arc<Decoding>,
+    sink: Option<&Arc<LinkSink>>,
 ) -> Result<Done, FetchError> {
     let path = planned.info.store_path.clone();
+    let untouched = Done { published: None, nar_bytes: 0, linked: false };
     if cancel.load(Ordering::SeqCst) {
-        return Ok(Done { published: None, nar_bytes: 0 });
+        return Ok(untouched);
     }
     let mut lock = {
         let (store, path) = (store.clone(), path.clone());
@@ -55,7 +82,7 @@ pub async fn fetch_one(
     };
     loop {
         if store.is_valid(&path) || cancel.load(Ordering::SeqCst) {
-            return Ok(Done { published: None, nar_bytes: 0 });
+            return Ok(untouched);
         }
         if finder.sources.lost_standing(planned.source) {
             // Planned from a substituter that has since gone down or served corrupt NARs: the
@@ -68,19 +95,19 @@ pub async fn fetch_one(
         }
         let temp = store.fresh_temp(&path)?;
         let (outcome, returned) =
-            download_and_unpack(finder, store, &planned, temp, lock, cancel, progress.clone(), decoding).await;
+            download_and_unpack(finder, store, &planned, temp, lock, cancel, progress.clone(), decoding, sink).await;
         let error = match outcome {
-            Ok(nar_bytes) => {
+            Ok((nar_bytes, linked)) => {
                 finder.sources.served(planned.source, nar_bytes);
                 tracing::debug!(path = %path, substituter = %planned.substituter, nar_bytes, "fetched");
-                return Ok(Done { published: Some(planned.info), nar_bytes });
+                return Ok(Done { published: Some(planned.info), nar_bytes, linked });
             }
             Err(Failed::Local(e)) => return Err(e),
             Err(Failed::Source(e)) => e,
         };
         lock = returned.expect("a failed download hands the path lock back");
         if cancel.load(Ordering::SeqCst) {
-            return Ok(Done { published: None, nar_bytes: 0 });
+            return Ok(untouched);
         }
         // The next substituter that has the path, with the same references (the closure was
         // planned with them).
@@ -103,7 +130,8 @@ pub async fn fetch_one(
 /// The blocking side owns the lock and the temporary tree while it runs, so whatever happens
 /// to this future (an error elsewhere, an abort), the tree is either renamed into place after
 /// every check passed or removed before the lock is released. On a failure the lock comes
-/// back, for the next substituter's try.
+/// back, for the next substituter's try. The same holds for the path's tree in the `sink`:
+/// complete once the path is published, else removed.
 #[allow(clippy::too_many_arguments)]
 async fn download_and_unpack(
     finder: &Finder,
@@ -114,7 +142,8 @@ async fn download_and_unpack(
     cancel: &AtomicBool,
     progress: Option<Arc<dyn Progress>>,
     decoding: &Arc<Decoding>,
-) -> (Result<u64, Failed>, Option<PathLock>) {
+    sink: Option<&Arc<LinkSink>>,
+) -> (Result<(u64, bool), Failed>, Option<PathLock>) {
     let http = &finder.http;
     let sub = planned.substituter.clone();
     let url = http.url(&sub, &planned.info.url);
@@ -130,6 +159,8 @@ async fn download_and_unpack(
     let counted = Arc::new(AtomicU64::new(0));
     let rewind = progress.clone().map(|p| (p, counted.clone()));
     let decoding = decoding.clone();
+    let sink = sink.cloned();
+    let link = sink.as_ref().and_then(|sink| sink.target(&info.store_path));
     let unpacker = tokio::task::spawn_blocking(move || {
         let contexts = &decoding.zstd_contexts;
         // A kept zstd context for a zstd NAR only (other codecs need none).
@@ -146,13 +177,23 @@ async fn download_and_unpack(
             // a decoder (and progress) call each. It sits below the NarSize bound and hash,
             // which still see exactly the bytes the parser takes.
             .map(|source| std::io::BufReader::with_capacity(UNPACK_BUFFER, source))
-            .and_then(|source| unpack_checked(source, info.nar_size, &info.nar_hash, &temp))
-            .and_then(|bytes| store.publish(&info, &temp).map(|()| bytes).map_err(Failure::Store));
+            .and_then(|source| unpack_checked(source, info.nar_size, &info.nar_hash, &temp, link.as_deref()))
+            .and_then(|done| store.publish(&info, &temp).map(|()| done).map_err(Failure::Store));
         if let Some(context) = zstd_context {
             contexts.give_back(context);
         }
         if result.is_err() {
             let _ = nar::remove_tree(&temp);
+        }
+        if let Some(link) = &link {
+            if !matches!(result, Ok((_, true))) {
+                let _ = nar::remove_tree(link);
+            }
+            if matches!(result, Ok((_, false))) {
+                if let Some(sink) = &sink {
+                    sink.usable.store(false, Ordering::Relaxed);
+                }
+            }
         }
         (result, lock)
     });
@@ -231,15 +272,26 @@ enum Failure {
     Store(FetchError),
 }
 
-/// Unpacks at `temp` and checks size and hash; returns the NAR's size.
-fn unpack_checked(source: impl std::io::Read, nar_size: u64, nar_hash: &NarHash, temp: &Path) -> Result<u64, Failure> {
+/// Unpacks at `temp` (and links at `link`, see [`nar::unpack_linked`]) and checks size and
+/// hash; returns the NAR's size and whether the tree at `link` is complete.
+fn unpack_checked(
+    source: impl std::io::Read,
+    nar_size: u64,
+    nar_hash: &NarHash,
+    temp: &Path,
+    link: Option<&Path>,
+) -> Result<(u64, bool), Failure> {
     let mut hashing = HashingReader::new(source, nar_size);
-    match nar::unpack(&mut hashing, temp, nar_size) {
-        Ok(()) => {}
+    let unpacked = match link {
+        Some(link) => nar::unpack_linked(&mut hashing, temp, nar_size, link),
+        None => nar::unpack(&mut hashing, temp, nar_size).map(|()| false),
+    };
+    let linked = match unpacked {
+        Ok(linked) => linked,
         Err(NarError::Read(e)) => return Err(Failure::Read(e, hashing.count())),
         Err(NarError::Format(m)) => return Err(Failure::Format(m)),
         Err(NarError::Write { path, source }) => return Err(Failure::Write { path, source }),
-    }
+    };
     match hashing.at_end() {
         Ok(true) => {}
         Ok(false) => return Err(Failure::Trailing),
@@ -253,5 +305,5 @@ fn unpack_checked(source: impl std::io::Read, nar_size: u64, nar_hash: &NarHash,
     if &digest != nar_hash {
         return Err(Failure::Hash(digest));
     }
-    Ok(got)
+    Ok((got, linked))
 }

@@ -94,6 +94,8 @@ pub struct Fetcher {
     health: Health,
     /// The pull's custom-catalog packages, located through the catalog service.
     catalog: Option<catalog::CatalogPull>,
+    /// Where each fetched path is also linked as it is unpacked (a closure view being built).
+    link_sink: Option<Arc<job::LinkSink>>,
 }
 
 impl Fetcher {
@@ -131,6 +133,7 @@ impl Fetcher {
             },
             health: Health { retry_after: std::time::Duration::from_secs(config.substituter_retry_after_secs) },
             catalog: None,
+            link_sink: None,
         })
     }
 
@@ -143,6 +146,14 @@ impl Fetcher {
     /// missing) and fetches from the stores it answers too.
     pub fn with_catalog(mut self, pull: catalog::CatalogPull) -> Fetcher {
         self.catalog = (!pull.packages.is_empty()).then_some(pull);
+        self
+    }
+
+    /// Also links each path it fetches into `dir` while unpacking it (`dir/<hash>-<name>`: the
+    /// same tree, files and symlinks hard-linked), and reports those paths with
+    /// [`Progress::path_linked`]. For a closure view built during the pull.
+    pub fn linking_into(mut self, dir: std::path::PathBuf) -> Fetcher {
+        self.link_sink = Some(Arc::new(job::LinkSink::new(dir)));
         self
     }
 
@@ -292,14 +303,17 @@ impl Fetcher {
         for planned in plan.missing {
             let (finder, store, permits, cancel) =
                 (walker.finder.clone(), self.store.clone(), permits.clone(), cancel.clone());
-            let (progress, decoding) = (self.progress.clone(), decoding.clone());
+            let (progress, decoding, sink) = (self.progress.clone(), decoding.clone(), self.link_sink.clone());
             jobs.spawn(async move {
                 let _permit = permits.acquire_owned().await.expect("semaphore is never closed");
                 let _admitted = decoding.admit(planned.info.nar_size).await;
                 let path = planned.info.store_path.clone();
-                let done = job::fetch_one(&finder, &store, planned, &cancel, progress.clone(), &decoding).await;
-                if let (Ok(_), Some(p)) = (&done, &progress) {
-                    p.path_done(&path);
+                let done =
+                    job::fetch_one(&finder, &store, planned, &cancel, progress.clone(), &decoding, sink.as_ref()).await;
+                match (&done, &progress) {
+                    (Ok(done), Some(p)) if done.linked => p.path_linked(&path),
+                    (Ok(_), Some(p)) => p.path_done(&path),
+                    _ => {}
                 }
                 done
             });

@@ -47,6 +47,9 @@ struct Parser<'a, R: Read> {
     buf: Vec<u8>,
     /// The archive's size: no file in it is longer.
     nar_size: u64,
+    /// Whether the second tree (see [`unpack_linked`]) is still being made: false once one of
+    /// its steps failed (the unpack itself goes on).
+    linking: bool,
 }
 
 fn format(msg: impl Into<String>) -> NarError {
@@ -94,8 +97,18 @@ impl<R: Read> Parser<'_, R> {
         self.bytes(MAX_TOKEN, "token")
     }
 
-    /// One node (after its "("), written at `path`, up to and including its ")".
-    fn node(&mut self, path: &Path, depth: usize) -> Result<(), NarError> {
+    /// A step of the second tree; its failure stops the second tree, not the unpack.
+    fn link_step(&mut self, link: Option<&Path>, step: impl FnOnce(&Path) -> io::Result<()>) {
+        let Some(link) = link.filter(|_| self.linking) else { return };
+        if let Err(e) = step(link) {
+            tracing::debug!(path = %link.display(), "linking while unpacking stopped: {e}");
+            self.linking = false;
+        }
+    }
+
+    /// One node (after its "("), written at `path` (and linked at `link`, see
+    /// [`unpack_linked`]), up to and including its ")".
+    fn node(&mut self, path: &Path, link: Option<&Path>, depth: usize) -> Result<(), NarError> {
         if depth > MAX_DEPTH {
             return Err(format(format!("directories nested deeper than {MAX_DEPTH}")));
         }
@@ -129,6 +142,7 @@ impl<R: Read> Parser<'_, R> {
                 debug_assert_eq!(copied, len);
                 self.padding(len)?;
                 set_file_mtime(&file).map_err(write_err)?;
+                self.link_step(link, |to| std::fs::hard_link(path, to));
                 self.expect(")")
             }
             b"symlink" => {
@@ -139,10 +153,13 @@ impl<R: Read> Parser<'_, R> {
                 }
                 std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(&target), path).map_err(write_err)?;
                 set_mtime_nofollow(path).map_err(write_err)?;
+                // linkat without AT_SYMLINK_FOLLOW: the symlink itself.
+                self.link_step(link, |to| std::fs::hard_link(path, to));
                 self.expect(")")
             }
             b"directory" => {
                 std::fs::create_dir(path).map_err(write_err)?;
+                self.link_step(link, |to| std::fs::create_dir(to));
                 let mut previous: Option<Vec<u8>> = None;
                 loop {
                     let tag = self.token()?;
@@ -170,11 +187,16 @@ impl<R: Read> Parser<'_, R> {
                     }
                     self.expect("node")?;
                     self.expect("(")?;
-                    self.node(&path.join(std::ffi::OsStr::from_bytes(&name)), depth + 1)?;
+                    let child = std::ffi::OsStr::from_bytes(&name);
+                    let child_link = link.filter(|_| self.linking).map(|l| l.join(child));
+                    self.node(&path.join(child), child_link.as_deref(), depth + 1)?;
                     self.expect(")")?;
                     previous = Some(name);
                 }
                 std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o555)).map_err(write_err)?;
+                // The view's directories get the store's mode (their mtime is not the store's:
+                // a view built from the store does not copy it either).
+                self.link_step(link, |to| std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o555)));
                 set_mtime_nofollow(path).map_err(write_err)
             }
             other => Err(format(format!("unknown node type {:?}", String::from_utf8_lossy(other)))),
@@ -213,10 +235,27 @@ fn set_mtime_nofollow(path: &Path) -> io::Result<()> {
 /// archive: the caller checks that nothing follows it, and that it is `nar_size` bytes long
 /// (no file in it can be longer, which bounds what is allocated before the bytes come).
 pub fn unpack<R: Read>(r: &mut R, dest: &Path, nar_size: u64) -> Result<(), NarError> {
-    let mut p = Parser { r, buf: vec![0u8; FILE_CHUNK], nar_size };
+    let mut p = Parser { r, buf: vec![0u8; FILE_CHUNK], nar_size, linking: false };
     p.expect("nix-archive-1")?;
     p.expect("(")?;
-    p.node(dest, 0)
+    p.node(dest, None, 0)
+}
+
+/// [`unpack`], and as it goes a second tree at `link` (which must not exist) that holds the
+/// same tree: its directories made again (mode 0555), its files and symlinks hard links to the
+/// ones at `dest`. This is how a closure view gets a path it is built for during the pull, in
+/// the same pass as the unpack, instead of walking the unpacked tree again afterwards.
+///
+/// `Ok(true)`: the second tree is complete. `Ok(false)`: a step of it failed (e.g. `link` is
+/// on another file system) and it stopped; what it holds is partial. On `Ok(false)` and on
+/// every error the caller removes whatever is at `link` (see [`remove_tree`]) along with
+/// `dest`.
+pub fn unpack_linked<R: Read>(r: &mut R, dest: &Path, nar_size: u64, link: &Path) -> Result<bool, NarError> {
+    let mut p = Parser { r, buf: vec![0u8; FILE_CHUNK], nar_size, linking: true };
+    p.expect("nix-archive-1")?;
+    p.expect("(")?;
+    p.node(dest, Some(link), 0)?;
+    Ok(p.linking)
 }
 
 /// Removes a (possibly read-only) tree; missing is fine.
@@ -330,6 +369,32 @@ pub(crate) mod tests {
             other => panic!("{other:?}"),
         }
         assert!(!dest.join("big").exists());
+    }
+
+    /// The second tree holds the same entries, its directories 0555, its files and symlinks
+    /// the unpacked ones' inodes; when a step of it fails the unpack still completes.
+    #[test]
+    fn unpack_linked_makes_the_same_tree_of_hard_links() {
+        use std::os::unix::fs::MetadataExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let (dest, link) = (tmp.path().join("out"), tmp.path().join("view"));
+        let nar = sample(&["a", "b"]);
+        assert!(unpack_linked(&mut nar.as_slice(), &dest, nar.len() as u64, &link).unwrap());
+        assert_eq!(std::fs::metadata(&link).unwrap().mode() & 0o777, 0o555);
+        for name in ["a", "b", "zbin", "zlink"] {
+            let (d, l) = (
+                std::fs::symlink_metadata(dest.join(name)).unwrap(),
+                std::fs::symlink_metadata(link.join(name)).unwrap(),
+            );
+            assert_eq!((d.ino(), d.nlink()), (l.ino(), 2), "{name}");
+        }
+        assert_eq!(std::fs::read_dir(&link).unwrap().count(), 4);
+
+        let dest = tmp.path().join("out2");
+        let nowhere = tmp.path().join("missing/view");
+        assert!(!unpack_linked(&mut nar.as_slice(), &dest, nar.len() as u64, &nowhere).unwrap());
+        assert_eq!(std::fs::read(dest.join("a")).unwrap(), b"hi\n");
+        assert!(!nowhere.exists());
     }
 
     /// A file large enough to be preallocated has exactly its contents and size.

@@ -14,6 +14,11 @@ pub trait Progress: Send + Sync {
     fn advanced(&self, bytes: u64);
     /// `path` is in the node store (downloaded now, or by a concurrent fetch).
     fn path_done(&self, path: &StorePath);
+    /// `path` is in the node store, downloaded now and also linked into the fetch's link
+    /// directory while it was unpacked ([`super::Fetcher::linking_into`]): complete there too.
+    fn path_linked(&self, path: &StorePath) {
+        self.path_done(path);
+    }
     /// A download that had advanced `bytes` was discarded (its substituter failed; the path
     /// is fetched again from another one).
     fn rewound(&self, bytes: u64) {

@@ -143,6 +143,14 @@ impl ViewBuild {
         Ok(())
     }
 
+    /// Takes `path` as already in the view, complete: made by whoever reports it (a fetch
+    /// that linked it while unpacking, see [`crate::fetch::Fetcher::linking_into`]).
+    pub fn adopt(&mut self, path: &StorePath) {
+        if self.added.insert(path.base_name().to_string()) {
+            self.mirror.stats.paths += 1;
+        }
+    }
+
     /// Completes the view of exactly `closure`.
     pub fn finish(mut self, closure: &[StorePath]) -> Result<ViewStats, ViewError> {
         for path in closure {
