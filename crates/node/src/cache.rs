@@ -446,7 +446,21 @@ impl NodeCache {
         // A render that fails (a full disk, a bad lock) takes its half-made tree with it.
         let mut tmp_guard = RemoveOnDrop(Some(tmp.clone()));
         let tree = tmp.join("env");
-        let linked = render::render_tree(&sources, mode, &tree, &store)?;
+        // The SBOMs need only the lock and the fetch's records, not the tree: gathered and
+        // serialized on a thread of their own while the tree renders (for a large closure they
+        // are the longest step between the fetch's end and the environment's publication).
+        let subject =
+            Subject { environment: env.to_string(), generation, created: created.unwrap_or(0), system: self.system };
+        let sbom_records = Records::with_published(&fetcher.store, &report.published);
+        let (linked, sbom) = std::thread::scope(|scope| {
+            let lockfile = &lockfile;
+            let sbom = scope.spawn(move || {
+                crate::sbom::gather(lockfile, subject, &sbom_records).map(|sbom| crate::sbom::documents(&sbom))
+            });
+            let linked = render::render_tree(&sources, mode, &tree, &store);
+            (linked, sbom.join().expect("the SBOM thread panicked"))
+        });
+        let linked = linked?;
         let data = ActivationData {
             version: ActivationData::VERSION,
             mode,
@@ -463,10 +477,7 @@ impl NodeCache {
         let records = Records::with_published(&fetcher.store, &report.published);
         let closure = records.closure(&linked)?;
         // The SBOMs beside the activation data: /run/flox/env/sbom.{spdx,cdx}.json in a container.
-        let subject =
-            Subject { environment: env.to_string(), generation, created: created.unwrap_or(0), system: self.system };
-        let sbom = crate::sbom::gather(&lockfile, subject, &records)?;
-        crate::sbom::write_into(&tree, &sbom, &store)?;
+        crate::sbom::write_into(&tree, &sbom?, &store)?;
         let closure_text: String = closure.iter().map(|p| format!("{p}\n")).collect();
         std::fs::write(tmp.join("closure"), closure_text).map_err(io(&tmp))?;
         std::fs::write(tmp.join("generation"), format!("{generation}\n")).map_err(io(&tmp))?;
