@@ -165,14 +165,20 @@ mod tests {
         StorePath::parse(&format!("/nix/store/{name}")).unwrap()
     }
 
-    #[test]
-    fn paths_reported_during_the_pull_are_in_the_finished_view() {
+    /// A store of two paths and an early view of it started in `<tmp>/.tmp-view`.
+    fn two_paths_and_a_view() -> (tempfile::TempDir, StorePath, StorePath, PathBuf, EarlyView) {
         let tmp = tempfile::tempdir().unwrap();
         let store = tmp.path().join("store");
         let a = path(&store, "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-a");
         let b = path(&store, "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-b");
         let dir = tmp.path().join(".tmp-view");
         let early = EarlyView::start(&store, &dir).unwrap();
+        (tmp, a, b, dir, early)
+    }
+
+    #[test]
+    fn paths_reported_during_the_pull_are_in_the_finished_view() {
+        let (_tmp, a, b, dir, early) = two_paths_and_a_view();
         let progress = early.progress(Arc::new(Quiet));
         progress.path_done(&a);
         let stats = early.finish(&[a.clone(), b.clone()]).unwrap();
@@ -189,12 +195,7 @@ mod tests {
     /// would fail on the existing entry), and counts in the view.
     #[test]
     fn paths_linked_by_the_fetch_are_taken_as_they_are() {
-        let tmp = tempfile::tempdir().unwrap();
-        let store = tmp.path().join("store");
-        let a = path(&store, "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-a");
-        let b = path(&store, "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-b");
-        let dir = tmp.path().join(".tmp-view");
-        let early = EarlyView::start(&store, &dir).unwrap();
+        let (_tmp, a, b, dir, early) = two_paths_and_a_view();
         assert_eq!(early.store_dir(), dir.join("store"));
         // What the fetch leaves there for a path it linked: the same tree (a marker shows it
         // was not made again).

@@ -396,6 +396,16 @@ fn assert_linked_like_the_store(store: &Path, linked: &Path, path: &StorePath) {
     walk(store, linked, Path::new(path.base_name()));
 }
 
+/// A fetcher from `hub` into `state` that links into `dir`, and what it reports.
+fn linking_fetcher(state: &Path, hub: &Hub, dir: &Path) -> (Fetcher, std::sync::Arc<Reports>) {
+    let reports = std::sync::Arc::new(Reports::default());
+    let fetcher = Fetcher::from_config(&config(state, vec![hub.url()]))
+        .unwrap()
+        .with_progress(reports.clone())
+        .linking_into(dir.to_path_buf());
+    (fetcher, reports)
+}
+
 #[derive(Default)]
 struct Reports {
     done: std::sync::Mutex<Vec<String>>,
@@ -422,11 +432,7 @@ fn a_fetch_linking_into_a_directory_leaves_each_fetched_path_there_as_hard_links
         let state = tempfile::tempdir().unwrap();
         let linked = state.path().join("view");
         std::fs::create_dir(&linked).unwrap();
-        let reports = std::sync::Arc::new(Reports::default());
-        let fetcher = Fetcher::from_config(&config(state.path(), vec![hub.url()]))
-            .unwrap()
-            .with_progress(reports.clone())
-            .linking_into(linked.clone());
+        let (fetcher, reports) = linking_fetcher(state.path(), &hub, &linked);
         assert_eq!(fetcher.realize(&[top(&paths)]).unwrap().downloaded(), 3);
         let store = state.path().join("store");
         assert_store_holds(&store, &paths);
@@ -460,7 +466,7 @@ fn a_failed_path_or_failed_linking_leaves_nothing_in_the_link_directory() {
     let state = tempfile::tempdir().unwrap();
     let linked = state.path().join("view");
     std::fs::create_dir(&linked).unwrap();
-    let fetcher = Fetcher::from_config(&config(state.path(), vec![hub.url()])).unwrap().linking_into(linked.clone());
+    let (fetcher, _) = linking_fetcher(state.path(), &hub, &linked);
     let err = fetcher.realize(&[top(&paths)]).unwrap_err();
     assert!(err.to_string().contains("NarHash mismatch"), "{err}");
     assert!(!linked.join(bad.base_name()).exists(), "the bad path's linked tree was removed");
@@ -469,11 +475,7 @@ fn a_failed_path_or_failed_linking_leaves_nothing_in_the_link_directory() {
     let (hub, paths) = hub_with("linked-gone", "zstd", 100_000, &|_| Tamper::default());
     let state = tempfile::tempdir().unwrap();
     let gone = state.path().join("gone");
-    let reports = std::sync::Arc::new(Reports::default());
-    let fetcher = Fetcher::from_config(&config(state.path(), vec![hub.url()]))
-        .unwrap()
-        .with_progress(reports.clone())
-        .linking_into(gone.clone());
+    let (fetcher, reports) = linking_fetcher(state.path(), &hub, &gone);
     assert_eq!(fetcher.realize(&[top(&paths)]).unwrap().downloaded(), 3);
     assert_store_holds(&state.path().join("store"), &paths);
     assert!(!gone.exists());
