@@ -451,11 +451,14 @@ impl NodeCache {
         // are the longest step between the fetch's end and the environment's publication).
         let subject =
             Subject { environment: env.to_string(), generation, created: created.unwrap_or(0), system: self.system };
-        let sbom_records = Records::with_published(&fetcher.store, &report.published);
-        let (linked, sbom) = std::thread::scope(|scope| {
+        // From the records of the fetched narinfos (References): no Nix involved. The SBOM
+        // thread borrows them and hands them back for the closure below.
+        let records = Records::with_published(&fetcher.store, &report.published);
+        let (linked, (sbom, records)) = std::thread::scope(|scope| {
             let lockfile = &lockfile;
             let sbom = scope.spawn(move || {
-                crate::sbom::gather(lockfile, subject, &sbom_records).map(|sbom| crate::sbom::documents(&sbom))
+                let documents = crate::sbom::gather(lockfile, subject, &records).map(|s| crate::sbom::documents(&s));
+                (documents, records)
             });
             let linked = render::render_tree(&sources, mode, &tree, &store);
             (linked, sbom.join().expect("the SBOM thread panicked"))
@@ -473,8 +476,6 @@ impl NodeCache {
         let activation = serde_json::to_vec_pretty(&data).expect("serializable");
         render::write_generated(&tree, ACTIVATION_DATA_REL, &activation, &store)?;
         render::write_generated(&tree, "manifest.lock", lock_bytes, &store)?;
-        // From the records of the fetched narinfos (References): no Nix involved.
-        let records = Records::with_published(&fetcher.store, &report.published);
         let closure = records.closure(&linked)?;
         // The SBOMs beside the activation data: /run/flox/env/sbom.{spdx,cdx}.json in a container.
         crate::sbom::write_into(&tree, &sbom?, &store)?;

@@ -40,7 +40,7 @@ pub struct Done {
 /// directory is on another file system than the store); the view then mirrors the path from
 /// the store as before.
 pub struct LinkSink {
-    pub dir: PathBuf,
+    dir: PathBuf,
     usable: AtomicBool,
 }
 
@@ -52,6 +52,18 @@ impl LinkSink {
     /// Where `path` goes in the sink, while linking works.
     fn target(&self, path: &StorePath) -> Option<PathBuf> {
         self.usable.load(Ordering::Relaxed).then(|| self.dir.join(path.base_name()))
+    }
+
+    /// After a path's unpack at `link`: its tree there stays only when the path was published
+    /// with the tree complete (`Some(true)`); a linking that failed (`Some(false)`) also stops
+    /// linking for the rest of the fetch. `None`: the path failed.
+    fn settle(&self, link: &Path, complete: Option<bool>) {
+        if complete != Some(true) {
+            let _ = nar::remove_tree(link);
+        }
+        if complete == Some(false) {
+            self.usable.store(false, Ordering::Relaxed);
+        }
     }
 }
 
@@ -185,15 +197,8 @@ async fn download_and_unpack(
         if result.is_err() {
             let _ = nar::remove_tree(&temp);
         }
-        if let Some(link) = &link {
-            if !matches!(result, Ok((_, true))) {
-                let _ = nar::remove_tree(link);
-            }
-            if matches!(result, Ok((_, false))) {
-                if let Some(sink) = &sink {
-                    sink.usable.store(false, Ordering::Relaxed);
-                }
-            }
+        if let (Some(sink), Some(link)) = (&sink, &link) {
+            sink.settle(link, result.as_ref().ok().map(|&(_, complete)| complete));
         }
         (result, lock)
     });
