@@ -172,7 +172,12 @@ impl Bench {
     pub fn make_cold(&self, closure: &[String]) -> anyhow::Result<()> {
         let state_root = &self.node.state_root;
         if state_root.exists() {
+            // The last cold start's prefetch may still be making the store's entries of what
+            // it fetched (after its pod started, holding the store lock shared): wait for it.
+            let settled = imageless_node::gc::StoreLock::exclusive(state_root)
+                .map_err(|e| anyhow::anyhow!("waiting for the node store's lock: {e}"))?;
             std::fs::remove_dir_all(state_root).with_context(|| format!("removing {}", state_root.display()))?;
+            drop(settled);
         }
         // The node's store is under its state root; what a `nix copy` baseline put in the
         // private /nix goes too.

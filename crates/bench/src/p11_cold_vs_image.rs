@@ -242,7 +242,9 @@ pub async fn run(bench: &Bench, case: &Case<'_>, results: &mut Results) -> anyho
     ));
     results.add(figure(
         &format!("P11.{key}.context.flox_pull_peak_rss_one_process"),
-        &format!("P11 context: the largest single flox process's peak RSS during a cold {env} start, max of {RSS_STARTS}"),
+        &format!(
+            "P11 context: the largest single flox process's peak RSS during a cold {env} start, max of {RSS_STARTS}"
+        ),
         "MB",
         flox.peak_rss_one.iter().cloned().fold(0.0, f64::max) / 1e6,
         None,

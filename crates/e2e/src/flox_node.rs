@@ -388,7 +388,14 @@ impl FloxNode {
     }
 
     /// The node's own store (the config's default, `<state_root>/store`).
+    /// The node store, once no pull is still making entries in it: a cold pod's prefetch
+    /// makes the store's own entries of what it fetched after the pod started (see
+    /// imageless_node::deferred_store), holding the store lock shared until it is done.
     pub fn store_dir(&self) -> PathBuf {
+        // The lock gc takes (imageless_node::gc::StoreLock), taken and let go.
+        if let Ok(lock) = std::fs::File::open(self.state_root.join("store.lock")) {
+            let _ = rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive);
+        }
         self.state_root.join("store")
     }
 

@@ -288,7 +288,9 @@ pub fn prefetch_main(args: &[String]) -> i32 {
     let view = config.store_view == StoreView::Closure;
     let pod = args.get(2).and_then(|a| PodRef::from_arg(a));
     let cache = NodeCache::new(config, system).with_pod(pod);
-    let cache = if view { cache.building_views() } else { cache };
+    // The store's own entries of what it fetched are made after the view is published, while
+    // the pod's container is created and started (see imageless_node::deferred_store).
+    let cache = if view { cache.deferring_store() } else { cache };
     let _running = match cache.hold_prefetch(&env, mode) {
         Ok(Some(lock)) => Some(lock),
         Ok(None) => return 0,
@@ -296,7 +298,10 @@ pub fn prefetch_main(args: &[String]) -> i32 {
         Err(_) => None,
     };
     // The closure view too, so the app container's create finds it ready.
-    match cache.ensure(&env, mode, None).and_then(|r| if view { cache.ensure_view(&r).map(drop) } else { Ok(()) }) {
+    let result =
+        cache.ensure(&env, mode, None).and_then(|r| if view { cache.ensure_view(&r).map(drop) } else { Ok(()) });
+    cache.settle_deferred();
+    match result {
         Ok(()) => 0,
         Err(e) => {
             tracing::info!("prefetch of {env} did not complete: {e}");

@@ -29,9 +29,10 @@ use imageless_core::token::Token;
 
 use crate::catalog_access;
 use crate::config::{NodeConfig, StoreView};
+use crate::deferred_store::{self, DeferredStore};
 use crate::early_view::EarlyView;
 use crate::fetch::store::Records;
-use crate::fetch::{FetchError, Fetcher, NodeStore, Progress};
+use crate::fetch::{DeferredPath, FetchError, Fetcher, NodeStore, Progress};
 use crate::gc::StoreLock;
 use crate::pull_record::{self, PodRef};
 use crate::registration::{self, RegistrationError};
@@ -169,6 +170,11 @@ pub struct NodeCache {
     /// A pull also builds the closure view, path by path while it fetches (see
     /// [`crate::early_view`]): set by those who mount views (container create, prefetch).
     views_while_pulling: bool,
+    /// Such a pull unpacks into the view alone and leaves the store's entries for
+    /// [`NodeCache::settle_deferred`] (see [`crate::deferred_store`]): set by the prefetch.
+    defer_store: bool,
+    /// Store entries still to make, of the environments this cache published.
+    deferred: std::sync::Mutex<Vec<DeferredStore>>,
 }
 
 /// Opens (creating it and its directory) a lock file, without locking it.
@@ -194,7 +200,16 @@ impl NodeCache {
 
     /// A cache that asks `remote` for floxmeta (a test double in unit tests).
     pub fn with_remote(config: NodeConfig, system: System, remote: Box<dyn Remote + Send + Sync>) -> NodeCache {
-        NodeCache { config, remote, system, progress: None, pod: None, views_while_pulling: false }
+        NodeCache {
+            config,
+            remote,
+            system,
+            progress: None,
+            pod: None,
+            views_while_pulling: false,
+            defer_store: false,
+            deferred: std::sync::Mutex::new(Vec::new()),
+        }
     }
 
     /// Names `pod` in the pull records of this cache's pulls (the node agent's pod events).
@@ -208,6 +223,35 @@ impl NodeCache {
     pub fn building_views(mut self) -> NodeCache {
         self.views_while_pulling = true;
         self
+    }
+
+    /// Builds views while pulling (see [`NodeCache::building_views`]) and has a cold pull
+    /// unpack into the view alone: the store's entries of what it fetched are made by
+    /// [`NodeCache::settle_deferred`] (or when this cache is dropped), once the environment
+    /// and its view are published. For a caller whose pod can start meanwhile (the sandbox's
+    /// prefetch), see [`crate::deferred_store`].
+    pub fn deferring_store(mut self) -> NodeCache {
+        self.views_while_pulling = true;
+        self.defer_store = true;
+        self
+    }
+
+    /// Makes the store entries this cache's pulls left for later (see
+    /// [`NodeCache::deferring_store`]), at the lowest CPU priority. A failure is logged: the
+    /// next lookup of the environment completes them.
+    pub fn settle_deferred(&self) {
+        let pending = std::mem::take(&mut *self.deferred.lock().unwrap_or_else(|p| p.into_inner()));
+        if pending.is_empty() {
+            return;
+        }
+        // Runs while the pod's container is created and started: behind them for the CPU.
+        let _ = rustix::process::setpriority_process(None, 19);
+        for deferred in pending {
+            let marker = deferred.marker.clone();
+            if let Err(e) = deferred.settle() {
+                tracing::warn!(marker = %marker.display(), "store entries not made from the view: {e}");
+            }
+        }
     }
 
     /// Reports fetch progress to `progress`.
@@ -358,6 +402,16 @@ impl NodeCache {
             return None;
         }
         let dir = self.envs_dir().join(key);
+        if dir.join(deferred_store::MARKER).exists() {
+            // Published before the store's entries of its closure were made: by a process
+            // that is still making them (then this waits for nothing: the view has every
+            // path), or by one that died meanwhile (then they are made now, from the view).
+            let from = view::view_dir(self.root(), key).join("store");
+            let recovered = self.store_use().and_then(|_use| deferred_store::recover(&self.store(), &dir, &from));
+            if let Err(e) = recovered {
+                tracing::warn!(key, "store entries of an interrupted pull not made: {e}");
+            }
+        }
         let closure = std::fs::read_to_string(dir.join("closure")).ok()?;
         let warning = recent_pull_warnings(&dir);
         let generation =
@@ -426,10 +480,16 @@ impl NodeCache {
         };
         let mut fetcher = Fetcher::from_config(&self.config)?.with_progress(progress).with_catalog(catalog.clone());
         if let Some(view) = &early_view {
-            // The fetched paths go into the view in the same pass as into the store.
-            fetcher = fetcher.linking_into(view.store_dir());
+            fetcher = if self.defer_store {
+                // The fetched paths go into the view alone; the store's entries come later.
+                fetcher.deferring_store_into(view.store_dir())
+            } else {
+                // The fetched paths go into the view in the same pass as into the store.
+                fetcher.linking_into(view.store_dir())
+            };
         }
         let report = fetcher.realize(&wanted)?;
+        let mut deferred = fetcher.take_deferred();
         if report.downloaded() > 0 {
             fetcher.store.commit_metadata_in_background();
         }
@@ -437,7 +497,11 @@ impl NodeCache {
         let realized = report.downloaded();
         let pull_warning = (!report.warnings.is_empty())
             .then(|| format!("while pulling this environment: {}", report.warnings.join("; ")));
-        let store = StoreRead::new(fetcher.store.dir.clone());
+        let mut store = StoreRead::new(fetcher.store.dir.clone());
+        if let (Some(view), false) = (&early_view, deferred.is_empty()) {
+            let names = deferred.iter().map(|p| p.info.store_path.base_name().to_string()).collect();
+            store = store.with_paths_in(view.store_dir(), names);
+        }
 
         let envs = self.envs_dir();
         std::fs::create_dir_all(&envs).map_err(io(&envs))?;
@@ -489,13 +553,33 @@ impl NodeCache {
             let text: String = report.warnings.iter().map(|w| format!("{w}\n")).collect();
             std::fs::write(tmp.join(PULL_WARNINGS), text).map_err(io(&tmp))?;
         }
+        // The view before the environment: paths unpacked only into the view are made valid
+        // from wherever it ends up (see deferred_store), and an environment that lists them
+        // is published only with its view there, or with them valid.
+        let view = match early_view {
+            Some(view) => self.finish_early_view(key, &closure, view, &records, &mut deferred)?,
+            None => None,
+        };
+        let marker = match (&view, deferred.is_empty()) {
+            // Taken while this pull's own hold on the store is still on: no gc in between.
+            (Some(_), false) => Some((deferred_store::write_marker(&tmp, &deferred)?, self.store_use()?)),
+            _ => None,
+        };
         let dir = envs.join(key);
         std::fs::rename(&tmp, &dir).map_err(io(&dir))?;
         tmp_guard.0 = None;
         touch(&dir);
-        tracing::info!(env, generation, %mode, key, realized, "environment rendered");
-        if let Some(view) = early_view {
-            self.finish_early_view(key, &closure, view, &records);
+        tracing::info!(env, generation, %mode, key, realized, deferred = deferred.len(), "environment rendered");
+        if let (Some(view), Some((marker_file, store_use))) = (view, marker) {
+            let later = DeferredStore {
+                store: fetcher.store.clone(),
+                from: view.join("store"),
+                paths: deferred,
+                marker: dir.join(deferred_store::MARKER),
+                marker_file,
+                store_use,
+            };
+            self.deferred.lock().unwrap_or_else(|p| p.into_inner()).push(later);
         }
         Ok(Rendered {
             key: key.to_string(),
@@ -533,7 +617,11 @@ impl NodeCache {
             }
         };
         let store = self.store();
-        self.publish_view(key, &tmp, &rendered.closure, stats, started, &Records::new(&store))
+        let published = self.publish_view(key, &tmp, &rendered.closure, stats, started, &Records::new(&store));
+        if published.is_err() {
+            let _ = view::remove_tree(&tmp);
+        }
+        published
     }
 
     /// Where this process builds `key`'s view (`views/.tmp-<key>-<pid>`, not created), once
@@ -554,7 +642,8 @@ impl NodeCache {
     }
 
     /// Registers `closure` under `tmp` (see [`crate::registration`]) and renames the finished
-    /// view into place. Call under the key's lock; on an error `tmp` is removed.
+    /// view into place. Call under the key's lock; on an error `tmp` stays (the caller
+    /// removes it).
     fn publish_view(
         &self,
         key: &str,
@@ -572,10 +661,7 @@ impl NodeCache {
             .map_err(NodeError::from)
             .and_then(|infos| registration::write(tmp, &infos, resolve::now() as i64).map_err(NodeError::from))
             .and_then(|()| std::fs::rename(tmp, &dir).map_err(io(&dir)));
-        if let Err(e) = registered {
-            let _ = view::remove_tree(tmp);
-            return Err(e);
-        }
+        registered?;
         tracing::info!(
             key,
             paths = stats.paths,
@@ -606,18 +692,50 @@ impl NodeCache {
         }
     }
 
-    /// Completes and publishes a view started with the pull. Its failure is not the pull's:
-    /// [`NodeCache::ensure_view`] builds it again and reports what goes wrong.
-    fn finish_early_view(&self, key: &str, closure: &[StorePath], view: EarlyView, records: &Records<'_>) {
+    /// Completes and publishes a view started with the pull: its directory, or None when it
+    /// failed. Its failure is not the pull's ([`NodeCache::ensure_view`] builds it again and
+    /// reports what goes wrong), but the paths unpacked only into it (`deferred`) are made
+    /// valid from it first, before it goes; an error doing that is the pull's.
+    fn finish_early_view(
+        &self,
+        key: &str,
+        closure: &[StorePath],
+        mut view: EarlyView,
+        records: &Records<'_>,
+        deferred: &mut Vec<DeferredPath>,
+    ) -> Result<Option<PathBuf>, NodeError> {
         let started = std::time::Instant::now();
         let tmp = view.dir().to_path_buf();
         let published = view
             .finish(closure)
             .map_err(NodeError::from)
             .and_then(|stats| self.publish_view(key, &tmp, closure, stats, started, records));
-        if let Err(e) = published {
-            tracing::info!(key, "closure view built during the pull not used: {e}");
+        match published {
+            Ok(dir) => {
+                view.published();
+                Ok(Some(dir))
+            }
+            Err(e) => {
+                tracing::info!(key, "closure view built during the pull not used: {e}");
+                let store = self.store();
+                for path in std::mem::take(deferred) {
+                    let p = &path.info.store_path;
+                    if !deferred_store::make_valid(&store, p, &view.store_dir())? && closure.contains(p) {
+                        let store = view.store_dir().display().to_string();
+                        return Err(ViewError::MissingPath { path: p.to_string(), store }.into());
+                    }
+                }
+                Ok(None)
+            }
         }
+    }
+}
+
+/// Store entries left for later are made before the cache goes (a caller that did not
+/// settle them itself).
+impl Drop for NodeCache {
+    fn drop(&mut self) {
+        self.settle_deferred();
     }
 }
 

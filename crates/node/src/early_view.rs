@@ -84,16 +84,16 @@ impl EarlyView {
     }
 
     /// Waits for the paths reported so far, then completes `<tmp>/store` as the view of
-    /// exactly `closure`. On an error the temp directory is removed.
-    pub fn finish(mut self, closure: &[StorePath]) -> Result<ViewStats, ViewError> {
-        let built = self.join();
-        let result = built.and_then(|build| build.finish(closure));
-        if result.is_err() {
-            let _ = view::remove_tree(&self.tmp);
-        }
-        // Finished or removed: nothing left for drop to clean.
+    /// exactly `closure`. The temp directory stays until the caller publishes it (renames it
+    /// away, then [`EarlyView::published`]) or drops this, which removes it: on an error the
+    /// caller may still take what it needs from it first.
+    pub fn finish(&mut self, closure: &[StorePath]) -> Result<ViewStats, ViewError> {
+        self.join().and_then(|build| build.finish(closure))
+    }
+
+    /// The temp directory was renamed into place: nothing left for drop to remove.
+    pub fn published(mut self) {
         self.tmp = PathBuf::new();
-        result
     }
 
     fn join(&mut self) -> Result<ViewBuild, ViewError> {
@@ -178,7 +178,7 @@ mod tests {
 
     #[test]
     fn paths_reported_during_the_pull_are_in_the_finished_view() {
-        let (_tmp, a, b, dir, early) = two_paths_and_a_view();
+        let (_tmp, a, b, dir, mut early) = two_paths_and_a_view();
         let progress = early.progress(Arc::new(Quiet));
         progress.path_done(&a);
         let stats = early.finish(&[a.clone(), b.clone()]).unwrap();
@@ -195,7 +195,7 @@ mod tests {
     /// would fail on the existing entry), and counts in the view.
     #[test]
     fn paths_linked_by_the_fetch_are_taken_as_they_are() {
-        let (_tmp, a, b, dir, early) = two_paths_and_a_view();
+        let (_tmp, a, b, dir, mut early) = two_paths_and_a_view();
         assert_eq!(early.store_dir(), dir.join("store"));
         // What the fetch leaves there for a path it linked: the same tree (a marker shows it
         // was not made again).
@@ -223,11 +223,22 @@ mod tests {
         drop(early);
         assert!(!dir.exists(), "an abandoned view is removed");
 
-        let early = EarlyView::start(&store, &dir).unwrap();
+        let mut early = EarlyView::start(&store, &dir).unwrap();
         let gone = StorePath::parse("/nix/store/cccccccccccccccccccccccccccccccc-gone").unwrap();
+        early.progress(Arc::new(Quiet)).path_done(&a);
         early.progress(Arc::new(Quiet)).path_done(&gone);
-        let err = early.finish(&[a, gone]).unwrap_err();
+        let err = early.finish(&[a.clone(), gone]).unwrap_err();
         assert!(matches!(err, ViewError::MissingPath { .. }), "{err}");
+        assert!(dir.join("store").join(a.base_name()).is_dir(), "kept for the caller until dropped");
+        drop(early);
         assert!(!dir.exists(), "a failed view is removed");
+
+        // Published: renamed away by the caller, nothing removed after.
+        let mut early = EarlyView::start(&store, &dir).unwrap();
+        early.finish(std::slice::from_ref(&a)).unwrap();
+        let published = tmp.path().join("view");
+        std::fs::rename(&dir, &published).unwrap();
+        early.published();
+        assert!(published.join("store").join(a.base_name()).join("bin/tool").is_file());
     }
 }

@@ -7,6 +7,7 @@ pub mod catalog_access;
 pub mod cli;
 pub mod config;
 pub mod containers;
+pub mod deferred_store;
 pub mod early_view;
 pub mod fetch;
 pub mod gc;

@@ -7,8 +7,10 @@
 //! node store, a relative one stays relative, so `bin -> /nix/store/<other>/bin` resolves
 //! the same on the node as in the container. Store contents come from verified NARs (signed
 //! by a trusted key), never from a pod.
+use std::collections::HashSet;
 use std::io;
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 
 use imageless_core::store_path::STORE_DIR;
 
@@ -19,18 +21,33 @@ const MAX_LINKS: usize = 40;
 pub struct StoreRead {
     /// The node store directory: `<dir>/<hash>-<name>` is `/nix/store/<hash>-<name>`.
     pub dir: PathBuf,
+    /// Store paths (base names) read from another directory: those a pull unpacked only into
+    /// the closure view it builds (see [`crate::deferred_store`]).
+    elsewhere: Option<(PathBuf, Arc<HashSet<String>>)>,
 }
 
 impl StoreRead {
     pub fn new(dir: impl Into<PathBuf>) -> StoreRead {
-        StoreRead { dir: dir.into() }
+        StoreRead { dir: dir.into(), elsewhere: None }
+    }
+
+    /// Reads the store paths named in `names` (base names) from `dir` instead.
+    pub fn with_paths_in(mut self, dir: PathBuf, names: HashSet<String>) -> StoreRead {
+        self.elsewhere = (!names.is_empty()).then(|| (dir, Arc::new(names)));
+        self
     }
 
     /// Where the node reads `path` (a container path): under the node store for
     /// `/nix/store/…`, the path itself otherwise.
     pub fn host_path(&self, path: &Path) -> PathBuf {
         match path.strip_prefix(STORE_DIR) {
-            Ok(rest) if !rest.as_os_str().is_empty() => self.dir.join(rest),
+            Ok(rest) if !rest.as_os_str().is_empty() => {
+                let base = rest.components().next().map(|c| c.as_os_str().to_string_lossy());
+                match (&self.elsewhere, base) {
+                    (Some((dir, names)), Some(base)) if names.contains(base.as_ref()) => dir.join(rest),
+                    _ => self.dir.join(rest),
+                }
+            }
             _ => path.to_path_buf(),
         }
     }
@@ -121,5 +138,30 @@ mod tests {
         symlink("loop", t.path().join(a).join("loop")).unwrap();
         let e = store.resolve(Path::new(&format!("/nix/store/{a}/loop"))).unwrap_err();
         assert!(e.to_string().contains("too many levels"), "{e}");
+    }
+
+    /// Paths named as elsewhere (unpacked only into a view) are read there, links into and out
+    /// of them followed across the two directories; every other path stays in the store.
+    #[test]
+    fn paths_held_elsewhere_are_read_there() {
+        let t = tempfile::tempdir().unwrap();
+        let (store_dir, view) = (t.path().join("store"), t.path().join("view"));
+        let a = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-a";
+        let b = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-b";
+        std::fs::create_dir_all(view.join(b).join("bin")).unwrap();
+        std::fs::write(view.join(b).join("bin/tool"), "x").unwrap();
+        std::fs::create_dir_all(store_dir.join(a)).unwrap();
+        symlink(format!("/nix/store/{b}/bin"), store_dir.join(a).join("bin")).unwrap();
+        let store = StoreRead::new(&store_dir).with_paths_in(view.clone(), HashSet::from([b.to_string()]));
+        assert_eq!(store.host_path(Path::new(&format!("/nix/store/{a}"))), store_dir.join(a));
+        assert_eq!(store.host_path(Path::new(&format!("/nix/store/{b}/bin"))), view.join(b).join("bin"));
+        assert_eq!(
+            store.resolve(Path::new(&format!("/nix/store/{a}/bin/tool"))).unwrap(),
+            view.join(b).join("bin/tool")
+        );
+        // A name that only starts like one held elsewhere is not.
+        let b2 = format!("{b}x");
+        assert_eq!(store.host_path(Path::new(&format!("/nix/store/{b2}"))), store_dir.join(&b2));
+        assert!(StoreRead::new(&store_dir).resolve(Path::new(&format!("/nix/store/{a}/bin/tool"))).is_err());
     }
 }

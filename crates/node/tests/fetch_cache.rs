@@ -483,3 +483,68 @@ fn a_failed_path_or_failed_linking_leaves_nothing_in_the_link_directory() {
     assert_eq!(reports.done.lock().unwrap().len(), 3);
     support::chmod_tree_writable(state.path());
 }
+
+/// A fetch that defers the store's entries unpacks each path into the directory alone: the
+/// store has no entry for any of them (not valid) but their records, their locks stay held
+/// while the caller has them, and once made valid from the directory the store holds each
+/// path exactly as its NAR, as hard links of the directory's inodes. A path that fails its
+/// check leaves nothing in the directory and is not handed over.
+#[test]
+fn a_fetch_deferring_the_store_unpacks_into_the_directory_alone_until_made_valid() {
+    use fs4::fs_std::FileExt;
+    let (hub, paths) = hub_with("deferred", "zstd", 300_000, &|_| Tamper::default());
+    let state = tempfile::tempdir().unwrap();
+    let dir = state.path().join("view");
+    std::fs::create_dir(&dir).unwrap();
+    let reports = std::sync::Arc::new(Reports::default());
+    let fetcher = Fetcher::from_config(&config(state.path(), vec![hub.url()]))
+        .unwrap()
+        .with_progress(reports.clone())
+        .deferring_store_into(dir.clone());
+    assert_eq!(fetcher.realize(&[top(&paths)]).unwrap().downloaded(), 3);
+    let store = state.path().join("store");
+    assert!(support::store_entries(&store).is_empty(), "no store entry yet");
+    for p in &paths {
+        assert!(support::dump(&dir.join(p.path.base_name())) == p.nar, "{} differs from its NAR", p.path);
+        assert!(!fetcher.store.is_valid(&p.path));
+        assert!(fetcher.store.record(&p.path).is_ok(), "{}'s record is written", p.path);
+    }
+    assert_eq!(reports.linked.lock().unwrap().len(), 3, "reported as in the directory");
+    let lock_free = |p: &StorePath| {
+        let lock = state.path().join("locks/store").join(format!("{}.lock", p.hash_part()));
+        FileExt::try_lock_exclusive(&std::fs::File::open(lock).unwrap()).unwrap()
+    };
+    let deferred = fetcher.take_deferred();
+    assert_eq!(deferred.len(), 3);
+    assert!(paths.iter().all(|p| !lock_free(&p.path)), "held: another fetch of these paths waits");
+    for d in deferred {
+        assert!(imageless_node::deferred_store::make_valid(&fetcher.store, &d.info.store_path, &dir).unwrap());
+    }
+    assert_store_holds(&store, &paths);
+    for p in &paths {
+        assert_linked_like_the_store(&store, &dir, &p.path);
+        assert!(lock_free(&p.path), "released");
+    }
+    assert!(fetcher.take_deferred().is_empty());
+    support::chmod_tree_writable(state.path());
+
+    let paths = support::closure("deferred-flip", 100_000);
+    let bad = paths[1].path.clone();
+    let hub = Hub::start();
+    let b = bad.clone();
+    support::write_cache(&hub.cache_dir(), &paths, "zstd", &move |p| Tamper {
+        flip_byte: *p == b,
+        ..Tamper::default()
+    });
+    let state = tempfile::tempdir().unwrap();
+    let dir = state.path().join("view");
+    std::fs::create_dir(&dir).unwrap();
+    let fetcher =
+        Fetcher::from_config(&config(state.path(), vec![hub.url()])).unwrap().deferring_store_into(dir.clone());
+    let err = fetcher.realize(&[top(&paths)]).unwrap_err();
+    assert!(err.to_string().contains("NarHash mismatch"), "{err}");
+    assert!(!dir.join(bad.base_name()).exists(), "the bad path's tree was removed");
+    assert!(fetcher.take_deferred().iter().all(|d| d.info.store_path != bad));
+    assert!(support::store_entries(&state.path().join("store")).is_empty());
+    support::chmod_tree_writable(state.path());
+}

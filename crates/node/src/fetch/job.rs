@@ -30,8 +30,12 @@ const UNPACK_BUFFER: usize = 64 * 1024;
 pub struct Done {
     pub published: Option<NarInfo>,
     pub nar_bytes: u64,
-    /// The path was also linked into the fetch's [`LinkSink`] while it was unpacked.
+    /// The path was also linked into the fetch's [`LinkSink`] while it was unpacked (or
+    /// unpacked there alone, see [`LinkSink::deferring_store`]).
     pub linked: bool,
+    /// The path's lock, still held: the path was unpacked into a sink that defers the store's
+    /// own entry, which its holder makes later (see [`super::DeferredPath`]).
+    pub held: Option<PathLock>,
 }
 
 /// A directory each fetched path is also linked into as it is unpacked (see
@@ -42,11 +46,20 @@ pub struct Done {
 pub struct LinkSink {
     dir: PathBuf,
     usable: AtomicBool,
+    defer_store: bool,
 }
 
 impl LinkSink {
     pub fn new(dir: PathBuf) -> LinkSink {
-        LinkSink { dir, usable: AtomicBool::new(true) }
+        LinkSink { dir, usable: AtomicBool::new(true), defer_store: false }
+    }
+
+    /// A sink each path is unpacked into alone: the store's own entry (the same tree, hard
+    /// links to the sink's inodes) is left for later, and the path's lock stays held until
+    /// then. A cold start then creates each directory once rather than twice (store and view)
+    /// before its pod can start.
+    pub fn deferring_store(dir: PathBuf) -> LinkSink {
+        LinkSink { dir, usable: AtomicBool::new(true), defer_store: true }
     }
 
     /// Where `path` goes in the sink, while linking works.
@@ -84,7 +97,7 @@ pub async fn fetch_one(
     sink: Option<&Arc<LinkSink>>,
 ) -> Result<Done, FetchError> {
     let path = planned.info.store_path.clone();
-    let untouched = Done { published: None, nar_bytes: 0, linked: false };
+    let untouched = Done { published: None, nar_bytes: 0, linked: false, held: None };
     if cancel.load(Ordering::SeqCst) {
         return Ok(untouched);
     }
@@ -112,7 +125,7 @@ pub async fn fetch_one(
             Ok((nar_bytes, linked)) => {
                 finder.sources.served(planned.source, nar_bytes);
                 tracing::debug!(path = %path, substituter = %planned.substituter, nar_bytes, "fetched");
-                return Ok(Done { published: Some(planned.info), nar_bytes, linked });
+                return Ok(Done { published: Some(planned.info), nar_bytes, linked, held: returned });
             }
             Err(Failed::Local(e)) => return Err(e),
             Err(Failed::Source(e)) => e,
@@ -143,7 +156,9 @@ pub async fn fetch_one(
 /// to this future (an error elsewhere, an abort), the tree is either renamed into place after
 /// every check passed or removed before the lock is released. On a failure the lock comes
 /// back, for the next substituter's try. The same holds for the path's tree in the `sink`:
-/// complete once the path is published, else removed.
+/// complete once the path is published, else removed. A sink that defers the store's entry
+/// gets the only tree, the path's record is written once every check passed, and the lock
+/// comes back held on success too.
 #[allow(clippy::too_many_arguments)]
 async fn download_and_unpack(
     finder: &Finder,
@@ -173,6 +188,7 @@ async fn download_and_unpack(
     let decoding = decoding.clone();
     let sink = sink.cloned();
     let link = sink.as_ref().and_then(|sink| sink.target(&info.store_path));
+    let deferred = link.is_some() && sink.as_ref().is_some_and(|sink| sink.defer_store);
     let unpacker = tokio::task::spawn_blocking(move || {
         let contexts = &decoding.zstd_contexts;
         // A kept zstd context for a zstd NAR only (other codecs need none).
@@ -189,8 +205,16 @@ async fn download_and_unpack(
             // a decoder (and progress) call each. It sits below the NarSize bound and hash,
             // which still see exactly the bytes the parser takes.
             .map(|source| std::io::BufReader::with_capacity(UNPACK_BUFFER, source))
-            .and_then(|source| unpack_checked(source, info.nar_size, &info.nar_hash, &temp, link.as_deref()))
-            .and_then(|done| store.publish(&info, &temp).map(|()| done).map_err(Failure::Store));
+            .and_then(|source| match (&link, deferred) {
+                (Some(only), true) => {
+                    unpack_checked(source, info.nar_size, &info.nar_hash, only, None).map(|(got, _)| (got, true))
+                }
+                _ => unpack_checked(source, info.nar_size, &info.nar_hash, &temp, link.as_deref()),
+            })
+            .and_then(|done| {
+                let published = if deferred { store.write_record(&info) } else { store.publish(&info, &temp) };
+                published.map(|()| done).map_err(Failure::Store)
+            });
         if let Some(context) = zstd_context {
             contexts.give_back(context);
         }
@@ -249,7 +273,7 @@ async fn download_and_unpack(
     if let (Err(_), Some((progress, counted))) = (&outcome, rewind) {
         progress.rewound(counted.load(Ordering::Relaxed));
     }
-    let lock = outcome.is_err().then_some(lock);
+    let lock = (outcome.is_err() || deferred).then_some(lock);
     (outcome, lock)
 }
 

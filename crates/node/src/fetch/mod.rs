@@ -96,6 +96,23 @@ pub struct Fetcher {
     catalog: Option<catalog::CatalogPull>,
     /// Where each fetched path is also linked as it is unpacked (a closure view being built).
     link_sink: Option<Arc<job::LinkSink>>,
+    /// With a sink that defers the store's entries: the paths unpacked there alone.
+    deferred: std::sync::Mutex<Vec<DeferredPath>>,
+}
+
+/// A path verified and unpacked only into a [`Fetcher::deferring_store_into`] directory: its
+/// record is written, its store entry is not (the path is not valid yet), and its lock is
+/// held while this lives (see [`crate::deferred_store`], which makes it valid).
+pub struct DeferredPath {
+    pub info: narinfo::NarInfo,
+    _lock: store::PathLock,
+}
+
+impl DeferredPath {
+    /// `info`'s path, its `lock` held.
+    pub(crate) fn new(info: narinfo::NarInfo, lock: store::PathLock) -> DeferredPath {
+        DeferredPath { info, _lock: lock }
+    }
 }
 
 impl Fetcher {
@@ -134,6 +151,7 @@ impl Fetcher {
             health: Health { retry_after: std::time::Duration::from_secs(config.substituter_retry_after_secs) },
             catalog: None,
             link_sink: None,
+            deferred: std::sync::Mutex::new(Vec::new()),
         })
     }
 
@@ -155,6 +173,22 @@ impl Fetcher {
     pub fn linking_into(mut self, dir: std::path::PathBuf) -> Fetcher {
         self.link_sink = Some(Arc::new(job::LinkSink::new(dir)));
         self
+    }
+
+    /// Unpacks each path it fetches into `dir` only (`dir/<hash>-<name>`, reported with
+    /// [`Progress::path_linked`]) and writes its record, but leaves its store entry for later:
+    /// the paths are in [`Fetcher::take_deferred`], locked, and not valid until made so. For
+    /// a closure view built during the pull by a caller that can make the store's entries
+    /// after its pod started (the sandbox's prefetch).
+    pub fn deferring_store_into(mut self, dir: std::path::PathBuf) -> Fetcher {
+        self.link_sink = Some(Arc::new(job::LinkSink::deferring_store(dir)));
+        self
+    }
+
+    /// The paths of the last [`Fetcher::realize`] whose store entries are still to be made
+    /// (see [`Fetcher::deferring_store_into`]); empty otherwise.
+    pub fn take_deferred(&self) -> Vec<DeferredPath> {
+        std::mem::take(&mut *self.deferred.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// Reports the fetch to `progress`.
@@ -325,6 +359,10 @@ impl Fetcher {
             match joined.expect("fetch job panicked") {
                 Ok(done) => {
                     report.nar_bytes += done.nar_bytes;
+                    if let (Some(info), Some(lock)) = (&done.published, done.held) {
+                        let deferred = DeferredPath::new(info.clone(), lock);
+                        self.deferred.lock().unwrap_or_else(|p| p.into_inner()).push(deferred);
+                    }
                     report.published.extend(done.published);
                 }
                 Err(e) => {

@@ -154,11 +154,23 @@ impl NodeStore {
 
     /// Writes the record, then renames the unpacked tree into place. Call with the lock held.
     pub fn publish(&self, info: &NarInfo, unpacked: &Path) -> Result<(), FetchError> {
+        self.write_record(info)?;
+        self.rename_into_place(&info.store_path, unpacked)
+    }
+
+    /// Writes the verified narinfo of a path about to become valid (a record of a path that
+    /// is not valid is never read). Call with the path's lock held.
+    pub fn write_record(&self, info: &NarInfo) -> Result<(), FetchError> {
         let record = self.record_path(&info.store_path);
         let tmp = self.info_dir.join(format!(".tmp-{}-{}", info.store_path.hash_part(), std::process::id()));
         std::fs::write(&tmp, info.to_text()).map_err(FetchError::store(&self.info_dir, "writing a record"))?;
-        std::fs::rename(&tmp, &record).map_err(FetchError::store(&self.info_dir, "renaming a record"))?;
-        let dest = self.path_of(&info.store_path);
+        std::fs::rename(&tmp, &record).map_err(FetchError::store(&self.info_dir, "renaming a record"))
+    }
+
+    /// Makes `p` valid: its complete tree at `unpacked` (in the store directory) renamed into
+    /// place, after its record was written. Call with the path's lock held.
+    pub fn rename_into_place(&self, p: &StorePath, unpacked: &Path) -> Result<(), FetchError> {
+        let dest = self.path_of(p);
         std::fs::rename(unpacked, &dest)
             .map_err(FetchError::store(&self.dir, format!("renaming into {}", dest.display())))
     }

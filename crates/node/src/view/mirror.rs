@@ -33,6 +33,18 @@ fn known_kind(dir: BorrowedFd<'_>, name: &CStr, kind: FileType) -> Result<FileTy
 pub(super) struct Mirror {
     pub method: Method,
     pub stats: ViewStats,
+    /// Whether what is made anew (directories, copied files, recreated symlinks) gets the
+    /// source's times: a store entry made from a view (see crate::deferred_store) is laid out
+    /// exactly as Nix lays it out, every mtime 1. A view does without (a call per directory).
+    pub keep_times: bool,
+}
+
+/// The times of `st` (what a listing's source has), to set on its copy.
+fn times_of(st: &rfs::Stat) -> rfs::Timestamps {
+    rfs::Timestamps {
+        last_access: rfs::Timespec { tv_sec: st.st_atime as _, tv_nsec: st.st_atime_nsec as _ },
+        last_modification: rfs::Timespec { tv_sec: st.st_mtime as _, tv_nsec: st.st_mtime_nsec as _ },
+    }
 }
 
 fn failed(shown: &Path, e: impl Into<io::Error>) -> ViewError {
@@ -81,7 +93,8 @@ impl Mirror {
             )
         };
         let from = open(src).map_err(|e| failed(shown, e))?;
-        let mode = rfs::fstat(&from).map_err(|e| failed(shown, e))?.st_mode & 0o7777;
+        let st = rfs::fstat(&from).map_err(|e| failed(shown, e))?;
+        let mode = st.st_mode & 0o7777;
         rfs::mkdirat(dst, name, FILLING).map_err(|e| failed(shown, e))?;
         let to = open(dst).map_err(|e| failed(shown, e))?;
         let mut listing = Dir::new(from).map_err(|e| failed(shown, e))?;
@@ -95,6 +108,10 @@ impl Mirror {
             self.entry(from, to.as_fd(), child, entry.file_type(), shown)?;
         }
         rfs::fchmod(&to, Mode::from_raw_mode(mode)).map_err(|e| failed(shown, e))?;
+        if self.keep_times {
+            // Last: making the entries changed the directory's mtime.
+            rfs::futimens(&to, &times_of(&st)).map_err(|e| failed(shown, e))?;
+        }
         self.stats.dirs += 1;
         Ok(())
     }
@@ -137,6 +154,11 @@ impl Mirror {
             rfs::readlinkat(src, name, Vec::new())
                 .and_then(|target| rfs::symlinkat(target.as_c_str(), dst, name))
                 .map_err(|e| failed(shown, e))?;
+            if self.keep_times {
+                rfs::statat(src, name, AtFlags::SYMLINK_NOFOLLOW)
+                    .and_then(|st| rfs::utimensat(dst, name, &times_of(&st), AtFlags::SYMLINK_NOFOLLOW))
+                    .map_err(|e| failed(shown, e))?;
+            }
         }
         self.stats.symlinks += 1;
         Ok(())
@@ -149,7 +171,8 @@ impl Mirror {
         }
         let from = rfs::openat(src, name, OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
             .map_err(|e| failed(shown, e))?;
-        let mode = rfs::fstat(&from).map_err(|e| failed(shown, e))?.st_mode & 0o555;
+        let st = rfs::fstat(&from).map_err(|e| failed(shown, e))?;
+        let mode = st.st_mode & 0o555;
         let to = rfs::openat(
             dst,
             name,
@@ -161,6 +184,9 @@ impl Mirror {
         io::copy(&mut File::from(from), &mut to).map_err(|e| failed(shown, e))?;
         // The mode exactly, whatever the umask.
         rfs::fchmod(&to, Mode::from_raw_mode(mode)).map_err(|e| failed(shown, e))?;
+        if self.keep_times {
+            rfs::futimens(&to, &times_of(&st)).map_err(|e| failed(shown, e))?;
+        }
         self.stats.files += 1;
         self.stats.copied += 1;
         Ok(())

@@ -110,9 +110,16 @@ impl ViewBuild {
             store: None,
             dest: dest.to_path_buf(),
             dest_fd: open_dir(dest)?,
-            mirror: Mirror { method: Method::HardLink, stats: ViewStats::default() },
+            mirror: Mirror { method: Method::HardLink, stats: ViewStats::default(), keep_times: false },
             added: HashSet::new(),
         })
+    }
+
+    /// Directories (and whatever is copied rather than linked) get their source's times, as a
+    /// store's entry made from a view needs (every mtime 1, as Nix lays paths out).
+    pub fn keeping_times(mut self) -> ViewBuild {
+        self.mirror.keep_times = true;
+        self
     }
 
     /// Mirrors `path` (complete in the store) into the view, once.
