@@ -101,6 +101,28 @@ fn large_environment(version: ContainerdVersion) {
         assert_eq!(rest.next().map(str::trim), Some(size.to_string().as_str()), "{out}");
         assert_eq!(views(&node).len(), 2, "one view per environment: {:?}", views(&node));
         assert_eq!(node_mounts(&node), before, "a finished pod leaves no host mount");
+        // The sandbox's prefetch unpacked the closure into the view alone, then made the
+        // store's entries from it after publishing (`store_dir` waits until it is done): every
+        // path is in the store, its files the view's own inodes, and no environment is left
+        // marked as waiting for them.
+        let store = node.store_dir();
+        let missing: Vec<_> = large.iter().filter(|n| !store.join(n).exists()).collect();
+        assert!(missing.is_empty(), "not in the node store: {missing:?}");
+        let rel = format!("{lib}/lib/liblarge123.so.1.0");
+        let ino = |p: &std::path::Path| std::os::unix::fs::MetadataExt::ino(&std::fs::symlink_metadata(p).unwrap());
+        let in_view = views(&node)
+            .iter()
+            .map(|v| node.state_root.join("views").join(v).join("store").join(&rel))
+            .find(|p| p.exists())
+            .expect("a view holds liblarge123");
+        assert_eq!(ino(&in_view), ino(&store.join(&rel)), "the store's file is the view's");
+        let marked: Vec<_> = std::fs::read_dir(node.state_root.join("envs"))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.path().join("store-pending").exists())
+            .map(|e| e.file_name())
+            .collect();
+        assert!(marked.is_empty(), "environments still marked: {marked:?}");
 
         // One running container, then 20: each adds the same few host mounts, none per path.
         let sleeper = |i: usize| {

@@ -1004,6 +1004,41 @@ mod tests {
         assert!(!cache.prefetch_running(&app, Mode::Run), "released when the prefetch ends");
     }
 
+    /// An environment published by a prefetch that died before it made the store's entries of
+    /// what it unpacked into the view alone: the next lookup makes them from the view (the
+    /// same inodes) and removes the marker; with the marker still held, it leaves them be.
+    #[test]
+    fn a_lookup_completes_the_store_entries_an_interrupted_prefetch_left() {
+        let tmp = tempfile::tempdir().unwrap();
+        let config = NodeConfig { state_root: tmp.path().join("state"), ..NodeConfig::default() };
+        let root = config.state_root.clone();
+        let cache = NodeCache::new(config, System::X86_64Linux);
+        let store = cache.store();
+        let (a, b) = ("aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-a-1.0", "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-b-1.0");
+        let closure = fake_store(&store, &[a, b]);
+        let dir = root.join("envs/k1");
+        std::fs::create_dir_all(dir.join("env")).unwrap();
+        std::fs::write(dir.join("closure"), format!("/nix/store/{a}\n/nix/store/{b}\n")).unwrap();
+        std::fs::write(dir.join(NODE_STORE_MARKER), b"").unwrap();
+        let rendered = cache.lookup("k1").unwrap();
+        assert_eq!(rendered.closure, closure);
+        let view = cache.ensure_view(&rendered).unwrap();
+        // As the prefetch leaves it: b only in the view, listed in the marker.
+        crate::fetch::nar::remove_tree(&store.dir.join(b)).unwrap();
+        let marker = dir.join(deferred_store::MARKER);
+        std::fs::write(&marker, format!("/nix/store/{b}\n")).unwrap();
+        let held = File::open(&marker).unwrap();
+        FileExt::lock_exclusive(&held).unwrap();
+        assert!(cache.lookup("k1").is_some(), "served meanwhile: the view has every path");
+        assert!(!store.is_valid(&closure[1]) && marker.exists(), "left to the process holding the marker");
+        drop(held);
+        assert!(cache.lookup("k1").is_some());
+        assert!(store.is_valid(&closure[1]), "made valid by the lookup");
+        assert!(!marker.exists());
+        let ino = |p: &Path| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).unwrap());
+        assert_eq!(ino(&store.dir.join(b).join("bin/tool")), ino(&view.join("store").join(b).join("bin/tool")));
+    }
+
     #[test]
     fn view_lifecycle() {
         let tmp = tempfile::tempdir().unwrap();
