@@ -1,5 +1,5 @@
 //! The disk the benchmark's node runs on: a fresh ext4 with its journal (as distributions and
-//! cloud images format a node's disk), loop-mounted from a file, holding the bench's
+//! cloud images format a node's disk), loop-mounted from a sparse file, holding the bench's
 //! temp dirs (node state and store, containerd's root, the registry, the physical-limit
 //! copies) for every side alike.
 //!
@@ -16,9 +16,8 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
-/// What a full run writes takes a few GB with flox/xlarge's images; allocated up front (see
-/// [`BenchDisk::prepare`]) and deleted at the end.
-const SIZE: &str = "32G";
+/// Sparse: only what the run writes takes space (a few GB with flox/xlarge's images).
+const SIZE: &str = "48G";
 
 pub struct BenchDisk {
     image: PathBuf,
@@ -37,23 +36,13 @@ impl BenchDisk {
         disk.unmount();
         std::fs::create_dir_all(&disk.mount).with_context(|| format!("creating {}", disk.mount.display()))?;
         let _ = std::fs::remove_file(&disk.image);
-        // Allocated up front where the machine's file system can: in a sparse file, the first
-        // write to each region allocates its blocks in the machine's file system too, a cost a
-        // node's own disk does not have, and one that fell on whichever turn first wrote where
-        // (ext4 spreads new directories over its block groups). Sparse where it cannot.
-        let allocated = Command::new("fallocate").args(["-l", SIZE]).arg(&disk.image).status();
-        if !allocated.is_ok_and(|s| s.success()) {
-            eprintln!("xtask: bench disk: fallocate failed, using a sparse file");
-            let _ = std::fs::remove_file(&disk.image);
-            sh(Command::new("truncate").args(["-s", SIZE]).arg(&disk.image))?;
-        }
+        sh(Command::new("truncate").args(["-s", SIZE]).arg(&disk.image))?;
         // A journal, as mkfs.ext4 makes one unless told not to. Inode tables and journal
         // written now rather than by the kernel's lazy init after mounting, which would write
         // for minutes underneath the first figures (a physical-limit copy took 0.88 s instead
-        // of 0.33 s while it ran). One inode per 32 KiB: 1 M, many times what a run creates.
-        // No discard: on a file it punches the allocated blocks out again.
+        // of 0.33 s while it ran). One inode per 32 KiB: 1.5 M, many times what a run creates.
         sh(Command::new("mkfs.ext4")
-            .args(["-q", "-F", "-i", "32768", "-E", "lazy_itable_init=0,lazy_journal_init=0,nodiscard"])
+            .args(["-q", "-F", "-i", "32768", "-E", "lazy_itable_init=0,lazy_journal_init=0"])
             .arg(&disk.image))?;
         // Direct I/O from the loop device to its file: otherwise every byte written is cached
         // twice (the bench disk's page and the file's), and a run that writes gigabytes
