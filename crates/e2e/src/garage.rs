@@ -212,9 +212,20 @@ impl Garage {
                     scope.spawn(move || -> anyhow::Result<()> {
                         for (key, path) in chunk {
                             let body = std::fs::read(&path)?;
-                            let resp = client.put(store.presign_put(&key).as_str()).body(body).send()?;
-                            if !resp.status().is_success() {
-                                bail!("PUT {key}: {}: {}", resp.status(), resp.text().unwrap_or_default());
+                            // A single node answers 503 ("could not reach quorum") when its own
+                            // internal calls time out on a loaded machine: that PUT again, a
+                            // few times, before the setup fails.
+                            let mut tries = 0;
+                            loop {
+                                let resp = client.put(store.presign_put(&key).as_str()).body(body.clone()).send()?;
+                                if resp.status().is_success() {
+                                    break;
+                                }
+                                tries += 1;
+                                if resp.status() != reqwest::StatusCode::SERVICE_UNAVAILABLE || tries == 5 {
+                                    bail!("PUT {key}: {}: {}", resp.status(), resp.text().unwrap_or_default());
+                                }
+                                std::thread::sleep(Duration::from_millis(500 << tries));
                             }
                         }
                         Ok(())
