@@ -1004,18 +1004,25 @@ mod tests {
         assert!(!cache.prefetch_running(&app, Mode::Run), "released when the prefetch ends");
     }
 
-    /// An environment published by a prefetch that died before it made the store's entries of
-    /// what it unpacked into the view alone: the next lookup makes them from the view (the
-    /// same inodes) and removes the marker; with the marker still held, it leaves them be.
-    #[test]
-    fn a_lookup_completes_the_store_entries_an_interrupted_prefetch_left() {
+    /// A cache on a fresh state root whose store holds two paths (a references b).
+    fn cache_with_two_paths() -> (tempfile::TempDir, PathBuf, NodeCache, NodeStore, Vec<StorePath>) {
         let tmp = tempfile::tempdir().unwrap();
         let config = NodeConfig { state_root: tmp.path().join("state"), ..NodeConfig::default() };
         let root = config.state_root.clone();
         let cache = NodeCache::new(config, System::X86_64Linux);
         let store = cache.store();
-        let (a, b) = ("aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-a-1.0", "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-b-1.0");
-        let closure = fake_store(&store, &[a, b]);
+        let closure =
+            fake_store(&store, &["aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-a-1.0", "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-b-1.0"]);
+        (tmp, root, cache, store, closure)
+    }
+
+    /// An environment published by a prefetch that died before it made the store's entries of
+    /// what it unpacked into the view alone: the next lookup makes them from the view (the
+    /// same inodes) and removes the marker; with the marker still held, it leaves them be.
+    #[test]
+    fn a_lookup_completes_the_store_entries_an_interrupted_prefetch_left() {
+        let (_tmp, root, cache, store, closure) = cache_with_two_paths();
+        let (a, b) = (closure[0].base_name(), closure[1].base_name());
         let dir = root.join("envs/k1");
         std::fs::create_dir_all(dir.join("env")).unwrap();
         std::fs::write(dir.join("closure"), format!("/nix/store/{a}\n/nix/store/{b}\n")).unwrap();
@@ -1041,13 +1048,7 @@ mod tests {
 
     #[test]
     fn view_lifecycle() {
-        let tmp = tempfile::tempdir().unwrap();
-        let config = NodeConfig { state_root: tmp.path().join("state"), ..NodeConfig::default() };
-        let root = config.state_root.clone();
-        let cache = NodeCache::new(config, System::X86_64Linux);
-        let store = cache.store();
-        let closure =
-            fake_store(&store, &["aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-a-1.0", "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-b-1.0"]);
+        let (_tmp, root, cache, store, closure) = cache_with_two_paths();
         let rendered = Rendered {
             key: "k1".into(),
             dir: root.join("envs/k1"),

@@ -450,12 +450,10 @@ fn a_fetch_linking_into_a_directory_leaves_each_fetched_path_there_as_hard_links
     }
 }
 
-/// A path that fails its check leaves nothing in the link directory either; and where links
-/// cannot be made (the directory is gone) the fetch goes on and reports its paths as only
-/// done, leaving nothing there.
-#[test]
-fn a_failed_path_or_failed_linking_leaves_nothing_in_the_link_directory() {
-    let paths = support::closure("linked-flip", 100_000);
+/// A hub whose second path's NAR has a flipped byte (the path, named), and an empty state
+/// with an empty `view` directory in it.
+fn a_path_flipped(salt: &str) -> (Hub, Vec<Published>, StorePath, tempfile::TempDir, std::path::PathBuf) {
+    let paths = support::closure(salt, 100_000);
     let bad = paths[1].path.clone();
     let hub = Hub::start();
     let b = bad.clone();
@@ -464,8 +462,17 @@ fn a_failed_path_or_failed_linking_leaves_nothing_in_the_link_directory() {
         ..Tamper::default()
     });
     let state = tempfile::tempdir().unwrap();
-    let linked = state.path().join("view");
-    std::fs::create_dir(&linked).unwrap();
+    let dir = state.path().join("view");
+    std::fs::create_dir(&dir).unwrap();
+    (hub, paths, bad, state, dir)
+}
+
+/// A path that fails its check leaves nothing in the link directory either; and where links
+/// cannot be made (the directory is gone) the fetch goes on and reports its paths as only
+/// done, leaving nothing there.
+#[test]
+fn a_failed_path_or_failed_linking_leaves_nothing_in_the_link_directory() {
+    let (hub, paths, bad, state, linked) = a_path_flipped("linked-flip");
     let (fetcher, _) = linking_fetcher(state.path(), &hub, &linked);
     let err = fetcher.realize(&[top(&paths)]).unwrap_err();
     assert!(err.to_string().contains("NarHash mismatch"), "{err}");
@@ -528,17 +535,7 @@ fn a_fetch_deferring_the_store_unpacks_into_the_directory_alone_until_made_valid
     assert!(fetcher.take_deferred().is_empty());
     support::chmod_tree_writable(state.path());
 
-    let paths = support::closure("deferred-flip", 100_000);
-    let bad = paths[1].path.clone();
-    let hub = Hub::start();
-    let b = bad.clone();
-    support::write_cache(&hub.cache_dir(), &paths, "zstd", &move |p| Tamper {
-        flip_byte: *p == b,
-        ..Tamper::default()
-    });
-    let state = tempfile::tempdir().unwrap();
-    let dir = state.path().join("view");
-    std::fs::create_dir(&dir).unwrap();
+    let (hub, paths, bad, state, dir) = a_path_flipped("deferred-flip");
     let fetcher =
         Fetcher::from_config(&config(state.path(), vec![hub.url()])).unwrap().deferring_store_into(dir.clone());
     let err = fetcher.realize(&[top(&paths)]).unwrap_err();
